@@ -1,0 +1,7 @@
+//! Choosing an endpoint for a request: immutable per-Service snapshots and lock-free pickers.
+
+mod schedule;
+mod snapshot;
+
+pub use schedule::WeightedSchedule;
+pub use snapshot::{Bucket, NoEndpoint, Pick, ServiceSnapshot};

@@ -1,0 +1,135 @@
+//! `locus check`: validate manifests and say, per Service, where traffic will go and why.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use locus_core::balancer::ServiceSnapshot;
+
+use crate::identity::{self, IdentityConfig};
+use crate::model::Model;
+use crate::resources::load_paths;
+use crate::routing::{GatewaySelector, RouteTable};
+
+/// Loads, validates and explains. `Err` carries the error text for invalid input.
+pub fn run(paths: &[PathBuf], cfg: &IdentityConfig) -> Result<String, String> {
+    let set = load_paths(paths).map_err(|e| e.to_string())?;
+    let model = Model::build(&set).map_err(|e| e.to_string())?;
+    let resolved = identity::resolve(cfg, &model);
+    let table = RouteTable::build(&model, resolved, &GatewaySelector::All, 0);
+    Ok(report(&model, &table))
+}
+
+/// The text report for a model and the route table built from it.
+pub fn report(model: &Model, table: &RouteTable) -> String {
+    let mut out = String::new();
+    let id = &table.identity;
+    let _ = writeln!(
+        out,
+        "Gateway locality: {} (from {}); node: {}",
+        id.identity.locality,
+        id.source,
+        id.identity.node.as_deref().unwrap_or("<unknown>")
+    );
+    let _ = writeln!(out, "\nListeners:");
+    if table.ports.is_empty() {
+        let _ = writeln!(out, "  (none: no Gateway with an HTTP listener)");
+    }
+    for (port, t) in &table.ports {
+        let _ = writeln!(
+            out,
+            "  port {port}: {}  hosts: {}",
+            t.listeners.join(", "),
+            if t.hosts().is_empty() {
+                "(no routes)".to_owned()
+            } else {
+                t.hosts().join(", ")
+            }
+        );
+    }
+    for svc in model.services.values() {
+        for port in &svc.ports {
+            let routed = table.services.contains_key(&(svc.key.clone(), port.port));
+            let _ = writeln!(
+                out,
+                "\nService {} port {}{}{}",
+                svc.key,
+                port.port,
+                if port.name.is_empty() {
+                    String::new()
+                } else {
+                    format!(" ({})", port.name)
+                },
+                if routed {
+                    ""
+                } else {
+                    "  [not referenced by any route]"
+                }
+            );
+            let mode = if svc.policy.strict_local {
+                "strict: internalTrafficPolicy Local, only endpoints on the gateway's node; never spills (503 when none)".to_owned()
+            } else if svc.policy.distribution.uses_locality() {
+                format!(
+                    "failover: trafficDistribution {}, the best bucket with a ready endpoint gets all traffic",
+                    svc.policy.distribution.as_str()
+                )
+            } else {
+                "locality-blind: no trafficDistribution, one bucket".to_owned()
+            };
+            let _ = writeln!(out, "  mode: {mode}");
+            let snap =
+                ServiceSnapshot::build(id.identity.clone(), svc.policy, port.endpoints.clone());
+            let active = snap.active_bucket();
+            for (b, bucket) in snap.buckets.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "  bucket {b} {:<19} {}/{} ready{}",
+                    bucket.tier.as_str(),
+                    bucket.eligible.len(),
+                    bucket.members.len(),
+                    if active == Some(b) {
+                        "  <- traffic goes here"
+                    } else {
+                        ""
+                    }
+                );
+                for &i in &bucket.members {
+                    let ep = &snap.endpoints[i as usize];
+                    let _ = writeln!(
+                        out,
+                        "      {:<22} {:<24} node {:<12} weight {:<3} {:<10} {}",
+                        ep.addr.to_string(),
+                        ep.locality.to_string(),
+                        ep.node.as_deref().unwrap_or("-"),
+                        ep.weight,
+                        format!("{:?}", ep.state).to_lowercase(),
+                        ep.origin
+                    );
+                }
+            }
+            let ranked: usize = snap.buckets.iter().map(|b| b.members.len()).sum();
+            if ranked < snap.endpoints.len() {
+                let _ = writeln!(
+                    out,
+                    "  excluded: {} endpoint(s) not on the gateway's node",
+                    snap.endpoints.len() - ranked
+                );
+            }
+            if let Err(why) = snap.pick() {
+                let _ = writeln!(out, "  requests now get 503: {why}");
+            }
+            if snap.using_terminating {
+                let _ = writeln!(
+                    out,
+                    "  note: no ready endpoint; terminating endpoints that still serve are used"
+                );
+            }
+        }
+    }
+    if !table.warnings.is_empty() {
+        let _ = writeln!(out, "\nWarnings:");
+        for w in &table.warnings {
+            let _ = writeln!(out, "  - {w}");
+        }
+    }
+    out
+}

@@ -1,0 +1,219 @@
+//! The running gateway: applies resource sets (validate → model → route table → swap) and keeps
+//! one listener per configured port.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::net::TcpListener;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::identity::{self, IdentityConfig};
+use crate::model::Model;
+use crate::proxy::{self, Shared};
+use crate::resources::{ConfigError, ResourceSet};
+use crate::routing::{GatewaySelector, RouteTable};
+
+/// Lifecycle events, for whoever started the gateway (tests, the demo, scripts reading stdout).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// A listener port is bound. `port` is the configured port, `addr` the socket.
+    Listening { port: u16, addr: SocketAddr },
+    /// A configuration is in force (the first one, then each accepted reload).
+    Applied { generation: u64 },
+    /// A configuration was refused; the previous one keeps serving.
+    Rejected { error: String },
+}
+
+#[derive(Clone, Debug)]
+pub struct GatewayOptions {
+    pub identity: IdentityConfig,
+    pub selector: GatewaySelector,
+    /// Address listeners bind to.
+    pub bind: IpAddr,
+    /// Bind every listener to an ephemeral port instead of its configured one (tests, demo).
+    pub ephemeral_ports: bool,
+    /// Print events to stdout as `key=value` lines.
+    pub events_to_stdout: bool,
+}
+
+impl Default for GatewayOptions {
+    fn default() -> Self {
+        GatewayOptions {
+            identity: IdentityConfig::default(),
+            selector: GatewaySelector::All,
+            bind: IpAddr::from([0, 0, 0, 0]),
+            ephemeral_ports: false,
+            events_to_stdout: false,
+        }
+    }
+}
+
+struct Listener {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+pub struct Gateway {
+    shared: Arc<Shared>,
+    options: GatewayOptions,
+    listeners: Mutex<BTreeMap<u16, Listener>>,
+    generation: AtomicU64,
+    events: Mutex<Vec<mpsc::UnboundedSender<Event>>>,
+    last_warnings: Mutex<Vec<String>>,
+}
+
+impl Gateway {
+    pub fn new(options: GatewayOptions) -> Arc<Self> {
+        Arc::new(Gateway {
+            shared: Arc::new(Shared::new(RouteTable::default())),
+            options,
+            listeners: Mutex::new(BTreeMap::new()),
+            generation: AtomicU64::new(0),
+            events: Mutex::new(Vec::new()),
+            last_warnings: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Subscribes to lifecycle events.
+    pub fn subscribe(&self) -> mpsc::UnboundedReceiver<Event> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        self.events.lock().expect("events lock").push(tx);
+        rx
+    }
+
+    fn emit(&self, event: Event) {
+        if self.options.events_to_stdout {
+            use std::io::Write;
+            let line = match &event {
+                Event::Listening { port, addr } => format!("listening port={port} addr={addr}"),
+                Event::Applied { generation } => format!("applied generation={generation}"),
+                Event::Rejected { error } => format!("rejected error={error:?}"),
+            };
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{line}");
+            let _ = out.flush();
+        }
+        self.events
+            .lock()
+            .expect("events lock")
+            .retain(|tx| tx.send(event.clone()).is_ok());
+    }
+
+    /// The route table in force.
+    pub fn table(&self) -> Arc<RouteTable> {
+        self.shared.table.load_full()
+    }
+
+    /// Configured port → bound address.
+    pub fn listener_addrs(&self) -> BTreeMap<u16, SocketAddr> {
+        self.listeners
+            .lock()
+            .expect("listeners lock")
+            .iter()
+            .map(|(p, l)| (*p, l.addr))
+            .collect()
+    }
+
+    /// Validates and applies a resource set. On error nothing changes: the last good
+    /// configuration keeps serving.
+    pub async fn apply(&self, set: &ResourceSet) -> Result<u64, String> {
+        let model = Model::build(set).map_err(|e| self.reject(e.to_string()))?;
+        let resolved = identity::resolve(&self.options.identity, &model);
+        let generation = self.generation.load(Ordering::SeqCst) + 1;
+        let table = RouteTable::build(&model, resolved, &self.options.selector, generation);
+        // Bind new ports before publishing so a table never names a port that is not served.
+        let wanted: Vec<u16> = table.ports.keys().copied().collect();
+        let bound = self.bind_missing(&wanted).await;
+        if let Err(e) = bound {
+            return Err(self.reject(e));
+        }
+        self.log_warnings(&table.warnings);
+        tracing::info!(
+            generation,
+            locality = %table.identity.identity.locality,
+            locality_source = %table.identity.source,
+            node = table.identity.identity.node.as_deref().unwrap_or("<unknown>"),
+            services = table.services.len(),
+            listeners = table.ports.len(),
+            "configuration applied"
+        );
+        self.shared.table.store(Arc::new(table));
+        self.generation.store(generation, Ordering::SeqCst);
+        self.close_unwanted(&wanted);
+        self.emit(Event::Applied { generation });
+        Ok(generation)
+    }
+
+    /// Reports a configuration that cannot be used (a load or validation error).
+    pub fn reject(&self, error: String) -> String {
+        if self.generation.load(Ordering::SeqCst) > 0 {
+            tracing::error!(%error, "configuration rejected; the last good configuration keeps serving");
+        } else {
+            tracing::error!(%error, "configuration rejected");
+        }
+        self.emit(Event::Rejected {
+            error: error.clone(),
+        });
+        error
+    }
+
+    pub fn reject_config_error(&self, e: &ConfigError) -> String {
+        self.reject(e.to_string())
+    }
+
+    fn log_warnings(&self, warnings: &[String]) {
+        let mut last = self.last_warnings.lock().expect("warnings lock");
+        for w in warnings {
+            if !last.contains(w) {
+                tracing::warn!("{w}");
+            }
+        }
+        *last = warnings.to_vec();
+    }
+
+    async fn bind_missing(&self, wanted: &[u16]) -> Result<(), String> {
+        let missing: Vec<u16> = {
+            let l = self.listeners.lock().expect("listeners lock");
+            wanted
+                .iter()
+                .copied()
+                .filter(|p| !l.contains_key(p))
+                .collect()
+        };
+        for port in missing {
+            let bind_port = if self.options.ephemeral_ports {
+                0
+            } else {
+                port
+            };
+            let socket = SocketAddr::new(self.options.bind, bind_port);
+            let listener = TcpListener::bind(socket)
+                .await
+                .map_err(|e| format!("cannot listen on {socket} for listener port {port}: {e}"))?;
+            let addr = listener.local_addr().map_err(|e| e.to_string())?;
+            let task = tokio::spawn(proxy::serve(listener, port, self.shared.clone()));
+            tracing::info!(port, %addr, "listening");
+            self.listeners
+                .lock()
+                .expect("listeners lock")
+                .insert(port, Listener { addr, task });
+            self.emit(Event::Listening { port, addr });
+        }
+        Ok(())
+    }
+
+    fn close_unwanted(&self, wanted: &[u16]) {
+        let mut l = self.listeners.lock().expect("listeners lock");
+        let gone: Vec<u16> = l.keys().copied().filter(|p| !wanted.contains(p)).collect();
+        for port in gone {
+            if let Some(listener) = l.remove(&port) {
+                // Stops accepting; connections already accepted finish on their own tasks.
+                listener.task.abort();
+                tracing::info!(port, addr = %listener.addr, "listener closed");
+            }
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! Where this gateway runs: its locality and node.
+//!
+//! Resolution order (agentgateway's, plus an explicit flag): `--locality`, else the `LOCALITY`
+//! environment variable (clap reads both into one option), else the topology labels of the Node
+//! named by `--node` / `NODE_NAME` in the resources. The node name alone also drives
+//! `internalTrafficPolicy: Local`.
+
+use locus_core::{GatewayIdentity, Locality};
+
+use crate::model::Model;
+
+/// What the operator told us.
+#[derive(Clone, Debug, Default)]
+pub struct IdentityConfig {
+    /// From `--locality` or `LOCALITY`.
+    pub locality: Option<Locality>,
+    /// From `--node` or `NODE_NAME`.
+    pub node: Option<String>,
+}
+
+/// The identity in force and how it was found.
+#[derive(Clone, Debug, Default)]
+pub struct ResolvedIdentity {
+    pub identity: GatewayIdentity,
+    /// Human-readable: where the locality came from.
+    pub source: String,
+    pub warnings: Vec<String>,
+}
+
+pub fn resolve(cfg: &IdentityConfig, model: &Model) -> ResolvedIdentity {
+    let mut warnings = Vec::new();
+    let node = cfg.node.clone().filter(|n| !n.is_empty());
+    let (locality, source) = if let Some(l) = cfg.locality.clone().filter(|l| !l.is_unknown()) {
+        (l, "--locality / LOCALITY".to_owned())
+    } else if let Some(name) = &node {
+        match model.nodes.get(name) {
+            Some(n) if !n.locality.is_unknown() => {
+                (n.locality.clone(), format!("labels of Node {name}"))
+            }
+            Some(_) => {
+                warnings.push(format!(
+                    "Node {name} has no topology.kubernetes.io/region or /zone label, so the gateway's locality is unknown"
+                ));
+                (
+                    Locality::default(),
+                    "unknown (Node has no topology labels)".to_owned(),
+                )
+            }
+            None => {
+                warnings.push(format!(
+                    "Node {name} (from --node / NODE_NAME) is not among the resources, so the gateway's locality is unknown"
+                ));
+                (Locality::default(), "unknown (Node not found)".to_owned())
+            }
+        }
+    } else {
+        (
+            Locality::default(),
+            "unknown (no --locality, LOCALITY, --node or NODE_NAME)".to_owned(),
+        )
+    };
+    if locality.is_unknown() {
+        let users: Vec<String> = model
+            .services
+            .values()
+            .filter(|s| s.policy.distribution.uses_locality() && !s.policy.strict_local)
+            .map(|s| format!("{} ({})", s.key, s.policy.distribution.as_str()))
+            .collect();
+        if !users.is_empty() {
+            warnings.push(format!(
+                "the gateway's locality is unknown, so locality preferences cannot apply and traffic is spread over every endpoint of: {}. Set --locality region/zone, LOCALITY, or --node with a labelled Node",
+                users.join(", ")
+            ));
+        }
+    }
+    ResolvedIdentity {
+        identity: GatewayIdentity { locality, node },
+        source,
+        warnings,
+    }
+}

@@ -1,0 +1,18 @@
+//! Locus: a locality-aware L7 gateway configured with the Kubernetes resources users already
+//! know.
+//!
+//! Data flows one way: `resources` (manifests in) → `model` (validated meaning) → `routing`
+//! (an immutable route table with one snapshot per Service port, swapped atomically) →
+//! `proxy` (the request path, which only loads snapshots). `discovery` feeds resources in and
+//! `gateway` ties it together; `echo`, `demo` and `check` are the tools around it.
+
+pub mod check;
+pub mod demo;
+pub mod discovery;
+pub mod echo;
+pub mod gateway;
+pub mod identity;
+pub mod model;
+pub mod proxy;
+pub mod resources;
+pub mod routing;

@@ -1,0 +1,228 @@
+//! The `locus` binary: `serve`, `check`, `echo` and `demo`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use locus::discovery::files;
+use locus::gateway::{Gateway, GatewayOptions};
+use locus::identity::IdentityConfig;
+use locus::model::ObjKey;
+use locus::routing::GatewaySelector;
+use locus_core::Locality;
+
+#[derive(Parser)]
+#[command(
+    name = "locus",
+    version,
+    about = "A locality-aware L7 gateway configured with Kubernetes resources"
+)]
+struct Cli {
+    /// Log format.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args, Clone)]
+struct IdentityArgs {
+    /// The gateway's own locality, `region/zone/subzone` (else LOCALITY, else its Node's labels).
+    #[arg(long, env = "LOCALITY", value_parser = parse_locality)]
+    locality: Option<Locality>,
+    /// The Kubernetes node the gateway runs on (drives internalTrafficPolicy: Local, and the
+    /// locality when none is given).
+    #[arg(long, env = "NODE_NAME")]
+    node: Option<String>,
+}
+
+impl IdentityArgs {
+    fn config(&self) -> IdentityConfig {
+        IdentityConfig {
+            locality: self.locality.clone(),
+            node: self.node.clone(),
+        }
+    }
+}
+
+fn parse_locality(s: &str) -> Result<Locality, String> {
+    Locality::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_gateway(s: &str) -> Result<ObjKey, String> {
+    match s.split_once('/') {
+        Some((ns, name)) if !ns.is_empty() && !name.is_empty() => Ok(ObjKey::new(ns, name)),
+        _ => Err(format!("{s:?}: expected namespace/name")),
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve the Gateways, routes and Services in the given manifests, reloading on change.
+    Serve {
+        /// Manifest files or directories (as `kubectl apply -f`); repeatable.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        identity: IdentityArgs,
+        /// Serve only this Gateway (`namespace/name`); default: every Gateway in the files.
+        #[arg(long, value_parser = parse_gateway)]
+        gateway: Option<ObjKey>,
+        /// Address the listeners bind to.
+        #[arg(long, default_value = "0.0.0.0")]
+        bind: IpAddr,
+        /// Bind each listener to a free port instead of its configured one; the bound
+        /// addresses are printed on stdout (`listening port=80 addr=127.0.0.1:41234`).
+        #[arg(long)]
+        ephemeral_ports: bool,
+        /// Runtime worker threads (default: the number of cores).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// How often the files are checked for changes, in milliseconds.
+        #[arg(long, default_value_t = 250)]
+        poll_ms: u64,
+    },
+    /// Validate manifests and explain where each Service's traffic will go and why.
+    Check {
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<PathBuf>,
+        #[command(flatten)]
+        identity: IdentityArgs,
+    },
+    /// A tiny HTTP backend: `/hostname` returns NAME, other paths echo the request as JSON.
+    Echo {
+        #[arg(long)]
+        name: String,
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+    },
+    /// Reproduce the agentgateway locality walkthrough on 127.0.0.1 and print the outcome.
+    Demo {
+        /// Keep the gateway and backends running afterwards.
+        #[arg(long)]
+        serve: bool,
+    },
+}
+
+fn init_logging(format: LogFormat, default_level: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
+    let mut b = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = workers {
+        b.worker_threads(n.max(1));
+    }
+    b.enable_all().build()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { files, identity } => match locus::check::run(&files, &identity.config()) {
+            Ok(report) => {
+                print!("{report}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Echo { name, listen } => {
+            init_logging(cli.log_format, "info");
+            let rt = runtime(Some(1)).expect("tokio runtime");
+            rt.block_on(async move {
+                let listener = match tokio::net::TcpListener::bind(listen).await {
+                    Ok(l) => l,
+                    Err(e) => {
+                        eprintln!("error: cannot listen on {listen}: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                let addr = listener.local_addr().expect("bound socket has an address");
+                println!("listening addr={addr}");
+                locus::echo::serve(listener, Arc::from(name)).await;
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Demo { serve } => {
+            // The demo's output is its table; logs only for problems unless RUST_LOG says so.
+            init_logging(cli.log_format, "warn");
+            let rt = runtime(None).expect("tokio runtime");
+            match rt.block_on(locus::demo::run(serve)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Serve {
+            files,
+            identity,
+            gateway,
+            bind,
+            ephemeral_ports,
+            workers,
+            poll_ms,
+        } => {
+            init_logging(cli.log_format, "info");
+            let rt = runtime(workers).expect("tokio runtime");
+            rt.block_on(async move {
+                let gw = Gateway::new(GatewayOptions {
+                    identity: identity.config(),
+                    selector: gateway.map_or(GatewaySelector::All, GatewaySelector::One),
+                    bind,
+                    ephemeral_ports,
+                    events_to_stdout: true,
+                });
+                if let Err(e) = files::load_once(&gw, &files).await {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+                tokio::spawn(files::watch(
+                    gw.clone(),
+                    files,
+                    std::time::Duration::from_millis(poll_ms.max(10)),
+                ));
+                shutdown_signal().await;
+                tracing::info!("shutting down");
+                ExitCode::SUCCESS
+            })
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

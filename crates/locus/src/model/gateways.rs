@@ -1,0 +1,123 @@
+//! Gateway → listeners.
+
+use std::collections::BTreeMap;
+
+use gateway_api::apis::standard::gateways::{
+    Gateway, GatewayListenersAllowedRoutesNamespacesFrom as From,
+};
+
+use super::{name_of, namespace_of, DocCtx, ObjKey};
+use crate::resources::{ConfigError, Origin};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AllowedRoutes {
+    Same,
+    All,
+    /// Namespaces whose labels include all of these.
+    Selector(BTreeMap<String, String>),
+}
+
+#[derive(Clone, Debug)]
+pub struct ListenerModel {
+    pub name: String,
+    pub port: u16,
+    pub hostname: Option<String>,
+    pub allowed: AllowedRoutes,
+}
+
+#[derive(Clone, Debug)]
+pub struct GatewayModel {
+    pub key: ObjKey,
+    pub class: String,
+    /// The HTTP listeners Locus serves (others are reported and skipped).
+    pub listeners: Vec<ListenerModel>,
+    pub annotations: BTreeMap<String, String>,
+    pub origin: Origin,
+}
+
+pub(super) fn build(
+    ctx: &DocCtx<'_>,
+    gw: &Gateway,
+    warnings: &mut Vec<String>,
+) -> Result<GatewayModel, ConfigError> {
+    let key = ObjKey {
+        namespace: namespace_of(&gw.metadata),
+        name: name_of(ctx, &gw.metadata)?,
+    };
+    let mut listeners = Vec::new();
+    for (i, l) in gw.spec.listeners.iter().enumerate() {
+        let field = |f: &str| format!("spec.listeners[{i}].{f}");
+        let port = u16::try_from(l.port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| {
+                ctx.error(
+                    &field("port"),
+                    format!("{} is not a port (1-65535)", l.port),
+                )
+            })?;
+        if l.protocol != "HTTP" {
+            warnings.push(format!(
+                "{}: listener {:?} has protocol {} which Locus does not serve yet (HTTP only); listener skipped",
+                ctx.place(),
+                l.name,
+                l.protocol
+            ));
+            continue;
+        }
+        if listeners.iter().any(|x: &ListenerModel| x.name == l.name) {
+            return Err(ctx.error(
+                &field("name"),
+                format!("listener name {:?} is used twice", l.name),
+            ));
+        }
+        let allowed = match l
+            .allowed_routes
+            .as_ref()
+            .and_then(|a| a.namespaces.as_ref())
+        {
+            None => AllowedRoutes::Same,
+            Some(ns) => match ns.from {
+                None | Some(From::Same) => AllowedRoutes::Same,
+                Some(From::All) => AllowedRoutes::All,
+                Some(From::Selector) => {
+                    let sel = ns.selector.as_ref().ok_or_else(|| {
+                        ctx.error(
+                            &field("allowedRoutes.namespaces.selector"),
+                            "required when from is Selector",
+                        )
+                    })?;
+                    if sel
+                        .match_expressions
+                        .as_ref()
+                        .is_some_and(|e| !e.is_empty())
+                    {
+                        warnings.push(format!(
+                            "{}: listener {:?}: allowedRoutes selector matchExpressions are not supported; only matchLabels are used",
+                            ctx.place(),
+                            l.name
+                        ));
+                    }
+                    AllowedRoutes::Selector(sel.match_labels.clone().unwrap_or_default())
+                }
+            },
+        };
+        listeners.push(ListenerModel {
+            name: l.name.clone(),
+            port,
+            hostname: l
+                .hostname
+                .clone()
+                .filter(|h| !h.is_empty())
+                .map(|h| h.to_ascii_lowercase()),
+            allowed,
+        });
+    }
+    Ok(GatewayModel {
+        key,
+        class: gw.spec.gateway_class_name.clone(),
+        listeners,
+        annotations: gw.metadata.annotations.clone().unwrap_or_default(),
+        origin: ctx.doc.origin.clone(),
+    })
+}

@@ -1,0 +1,215 @@
+//! The validated model: what the resources mean, independent of where they came from.
+//!
+//! Sources (files now, the cluster later) produce a [`ResourceSet`]; [`Model::build`] checks it
+//! and resolves it — Services to their endpoints with localities, HTTPRoutes to the Gateways
+//! they attach to — into plain domain types the routing layer consumes. Anything Locus cannot
+//! honour becomes a warning here, so `check`, the log and the admin API all say the same.
+
+mod gateways;
+mod routes;
+mod services;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use locus_core::Locality;
+
+use crate::resources::{ConfigError, Document, Origin, Resource, ResourceSet};
+
+pub use gateways::{AllowedRoutes, GatewayModel, ListenerModel};
+pub use routes::{
+    BackendRefModel, MatchModel, ParentRefModel, PathMatch, RouteModel, RuleModel, ValueMatch,
+};
+pub use services::{ServiceModel, ServicePortModel};
+
+/// `namespace/name` of a namespaced object.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjKey {
+    pub fn new(namespace: &str, name: &str) -> Self {
+        ObjKey {
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+}
+
+impl fmt::Display for ObjKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A Kubernetes Node as far as locality goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeModel {
+    pub name: String,
+    pub locality: Locality,
+}
+
+pub const LABEL_REGION: &str = "topology.kubernetes.io/region";
+pub const LABEL_ZONE: &str = "topology.kubernetes.io/zone";
+pub const LABEL_SUBZONE: &str = "topology.istio.io/subzone";
+
+/// Everything Locus routes by, validated.
+#[derive(Clone, Debug, Default)]
+pub struct Model {
+    pub gateways: Vec<GatewayModel>,
+    pub routes: Vec<RouteModel>,
+    pub services: BTreeMap<ObjKey, ServiceModel>,
+    pub nodes: BTreeMap<String, NodeModel>,
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    /// Settings Locus read but cannot honour, skipped kinds, unresolved references.
+    pub warnings: Vec<String>,
+}
+
+/// Context for errors about one document.
+pub(crate) struct DocCtx<'a> {
+    pub doc: &'a Document,
+}
+
+impl DocCtx<'_> {
+    pub fn error(&self, field: &str, message: impl Into<String>) -> ConfigError {
+        ConfigError::new(&self.doc.origin.file, self.doc.doc.clone(), field, message)
+    }
+
+    /// `file: document N (Kind ns/name)`, to prefix warnings.
+    pub fn place(&self) -> String {
+        format!("{}: {}", self.doc.origin.file.display(), self.doc.doc)
+    }
+}
+
+fn namespace_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> String {
+    meta.namespace
+        .clone()
+        .unwrap_or_else(|| "default".to_owned())
+}
+
+fn name_of(
+    ctx: &DocCtx<'_>,
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+) -> Result<String, ConfigError> {
+    match meta.name.as_deref() {
+        Some(n) if !n.is_empty() => Ok(n.to_owned()),
+        _ => Err(ctx.error("metadata.name", "missing")),
+    }
+}
+
+/// Reads the locality labels of a Node (or of anything labelled like one).
+pub fn locality_from_labels(labels: &BTreeMap<String, String>) -> Locality {
+    let get = |k: &str| labels.get(k).cloned().unwrap_or_default();
+    Locality {
+        region: get(LABEL_REGION),
+        zone: get(LABEL_ZONE),
+        subzone: get(LABEL_SUBZONE),
+    }
+}
+
+impl Model {
+    /// Validates and resolves a set of resources.
+    pub fn build(set: &ResourceSet) -> Result<Model, ConfigError> {
+        let mut model = Model {
+            warnings: set.warnings.clone(),
+            ..Model::default()
+        };
+        check_duplicates(&set.documents)?;
+
+        // Nodes and namespaces first: endpoints and routes refer to them.
+        for doc in &set.documents {
+            let ctx = DocCtx { doc };
+            match &doc.resource {
+                Resource::Node(node) => {
+                    let name = name_of(&ctx, &node.metadata)?;
+                    let labels = node.metadata.labels.clone().unwrap_or_default();
+                    model.nodes.insert(
+                        name.clone(),
+                        NodeModel {
+                            name,
+                            locality: locality_from_labels(&labels),
+                        },
+                    );
+                }
+                Resource::Namespace(ns) => {
+                    let name = name_of(&ctx, &ns.metadata)?;
+                    let mut labels = ns.metadata.labels.clone().unwrap_or_default();
+                    labels.insert("kubernetes.io/metadata.name".into(), name.clone());
+                    model.namespaces.insert(name, labels);
+                }
+                _ => {}
+            }
+        }
+        let mut services = Vec::new();
+        let mut slices = Vec::new();
+        let mut entries = Vec::new();
+        for doc in &set.documents {
+            let ctx = DocCtx { doc };
+            match &doc.resource {
+                Resource::Gateway(gw) => {
+                    let g = gateways::build(&ctx, gw, &mut model.warnings)?;
+                    model.gateways.push(g);
+                }
+                Resource::HttpRoute(route) => {
+                    let r = routes::build(&ctx, route, &mut model.warnings)?;
+                    model.routes.push(r);
+                }
+                Resource::Service(svc) => services.push((doc, &**svc)),
+                Resource::EndpointSlice(slice) => slices.push((doc, &**slice)),
+                Resource::WorkloadEntry(we) => entries.push((doc, &**we)),
+                Resource::Node(_) | Resource::Namespace(_) => {}
+            }
+        }
+        let endpoint_sources =
+            services::EndpointSources::build(&slices, &entries, &model.nodes, &mut model.warnings)?;
+        for (doc, svc) in services {
+            let ctx = DocCtx { doc };
+            let s = services::build(&ctx, svc, &endpoint_sources, &mut model.warnings)?;
+            model.services.insert(s.key.clone(), s);
+        }
+        endpoint_sources.warn_orphans(&model.services, &mut model.warnings);
+        Ok(model)
+    }
+
+    /// The origin of each Service (for `check`).
+    pub fn service_origin(&self, key: &ObjKey) -> Option<&Origin> {
+        self.services.get(key).map(|s| &s.origin)
+    }
+}
+
+/// Two documents defining the same object is almost always a mistake (an old copy of a file
+/// left in the directory): refuse it instead of silently letting one win.
+fn check_duplicates(documents: &[Document]) -> Result<(), ConfigError> {
+    let mut seen: HashMap<(&'static str, String), &Document> = HashMap::new();
+    for doc in documents {
+        let key = (doc.resource.kind(), doc.doc.name_or_index());
+        if doc.doc.name.is_none() {
+            continue;
+        }
+        let key = if doc.doc.namespace.is_none()
+            && !matches!(doc.resource, Resource::Node(_) | Resource::Namespace(_))
+        {
+            (key.0, format!("default/{}", key.1))
+        } else {
+            key
+        };
+        if let Some(first) = seen.get(&key) {
+            return Err(ConfigError::new(
+                &doc.origin.file,
+                doc.doc.clone(),
+                "metadata.name",
+                format!(
+                    "{} {} is already defined in {} document {}",
+                    key.0,
+                    key.1,
+                    first.origin.file.display(),
+                    first.origin.index
+                ),
+            ));
+        }
+        seen.insert(key, doc);
+    }
+    Ok(())
+}

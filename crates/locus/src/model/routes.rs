@@ -1,0 +1,402 @@
+//! HTTPRoute → attachment, matches and weighted backends.
+
+use std::time::Duration;
+
+use gateway_api::apis::standard::httproutes::{
+    HttpRoute, HttpRouteRulesMatches, HttpRouteRulesMatchesHeadersType as HeaderType,
+    HttpRouteRulesMatchesMethod as Method, HttpRouteRulesMatchesPathType as PathType,
+    HttpRouteRulesMatchesQueryParamsType as QueryType,
+};
+use regex::Regex;
+
+use super::{name_of, namespace_of, DocCtx, ObjKey};
+use crate::resources::{ConfigError, Origin};
+
+#[derive(Clone, Debug)]
+pub enum PathMatch {
+    Exact(String),
+    /// Matches whole path segments: `/foo` matches `/foo`, `/foo/` and `/foo/bar`, not `/foobar`.
+    Prefix(String),
+    Regex(Regex),
+}
+
+#[derive(Clone, Debug)]
+pub enum ValueMatch {
+    Exact(String),
+    Regex(Regex),
+}
+
+impl ValueMatch {
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            ValueMatch::Exact(v) => v == value,
+            ValueMatch::Regex(r) => r.is_match(value),
+        }
+    }
+}
+
+/// One `matches[]` entry; all its conditions must hold.
+#[derive(Clone, Debug)]
+pub struct MatchModel {
+    pub path: PathMatch,
+    /// Lower-cased header names.
+    pub headers: Vec<(http::HeaderName, ValueMatch)>,
+    pub query: Vec<(String, ValueMatch)>,
+    pub method: Option<http::Method>,
+}
+
+impl Default for MatchModel {
+    fn default() -> Self {
+        MatchModel {
+            path: PathMatch::Prefix("/".into()),
+            headers: Vec::new(),
+            query: Vec::new(),
+            method: None,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct BackendRefModel {
+    pub service: ObjKey,
+    pub port: Option<u16>,
+    pub weight: u32,
+    /// Set when the reference cannot be honoured whatever exists (wrong kind, cross-namespace):
+    /// requests sent to its share get a 500, as the Gateway API requires.
+    pub invalid: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RuleModel {
+    pub matches: Vec<MatchModel>,
+    pub backends: Vec<BackendRefModel>,
+    /// Filters Locus cannot apply. Per the Gateway API, requests that would have been
+    /// processed by a filter that cannot be honoured get an error, never a silent skip.
+    pub unsupported_filters: Vec<String>,
+    /// `timeouts.request`.
+    pub request_timeout: Option<Duration>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ParentRefModel {
+    pub gateway: ObjKey,
+    pub section: Option<String>,
+    pub port: Option<u16>,
+}
+
+#[derive(Clone, Debug)]
+pub struct RouteModel {
+    pub key: ObjKey,
+    pub parents: Vec<ParentRefModel>,
+    /// Lower-cased; may start with `*.`.
+    pub hostnames: Vec<String>,
+    pub rules: Vec<RuleModel>,
+    /// RFC 3339 creation time, for the Gateway API's tie-break (oldest wins).
+    pub created: Option<String>,
+    pub origin: Origin,
+}
+
+/// Parses a Gateway API duration (`1h`, `10s`, `500ms`, combinations like `1m30s`).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let mut total = Duration::ZERO;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let n: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let (unit, len) = if rest.starts_with("ms") {
+            (Duration::from_millis(1), 2)
+        } else if rest.starts_with('h') {
+            (Duration::from_secs(3600), 1)
+        } else if rest.starts_with('m') {
+            (Duration::from_secs(60), 1)
+        } else if rest.starts_with('s') {
+            (Duration::from_secs(1), 1)
+        } else {
+            return None;
+        };
+        total += unit * u32::try_from(n).ok()?;
+        rest = &rest[len..];
+    }
+    Some(total)
+}
+
+fn method(m: &Method) -> http::Method {
+    match m {
+        Method::Get => http::Method::GET,
+        Method::Head => http::Method::HEAD,
+        Method::Post => http::Method::POST,
+        Method::Put => http::Method::PUT,
+        Method::Delete => http::Method::DELETE,
+        Method::Connect => http::Method::CONNECT,
+        Method::Options => http::Method::OPTIONS,
+        Method::Trace => http::Method::TRACE,
+        Method::Patch => http::Method::PATCH,
+    }
+}
+
+fn build_match(
+    ctx: &DocCtx<'_>,
+    field: &str,
+    m: &HttpRouteRulesMatches,
+) -> Result<MatchModel, ConfigError> {
+    let regex = |f: &str, v: &str| {
+        Regex::new(v).map_err(|e| ctx.error(f, format!("invalid regular expression: {e}")))
+    };
+    let path = match &m.path {
+        None => PathMatch::Prefix("/".into()),
+        Some(p) => {
+            let value = p.value.clone().unwrap_or_else(|| "/".into());
+            let f = format!("{field}.path.value");
+            match p.r#type.clone().unwrap_or(PathType::PathPrefix) {
+                PathType::RegularExpression => {
+                    PathMatch::Regex(regex(&f, &format!("^(?:{value})$"))?)
+                }
+                kind => {
+                    if !value.starts_with('/') {
+                        return Err(ctx.error(&f, format!("{value:?} must start with '/'")));
+                    }
+                    if matches!(kind, PathType::Exact) {
+                        PathMatch::Exact(value)
+                    } else {
+                        // A trailing slash in a prefix is ignored (`/foo/` ≡ `/foo`).
+                        let trimmed = value.trim_end_matches('/');
+                        PathMatch::Prefix(if trimmed.is_empty() {
+                            "/".into()
+                        } else {
+                            trimmed.into()
+                        })
+                    }
+                }
+            }
+        }
+    };
+    let mut headers = Vec::new();
+    for (i, h) in m.headers.iter().flatten().enumerate() {
+        let f = format!("{field}.headers[{i}]");
+        let name =
+            http::HeaderName::from_bytes(h.name.to_ascii_lowercase().as_bytes()).map_err(|_| {
+                ctx.error(
+                    &format!("{f}.name"),
+                    format!("{:?} is not a header name", h.name),
+                )
+            })?;
+        let value = match h.r#type.clone().unwrap_or(HeaderType::Exact) {
+            HeaderType::Exact => ValueMatch::Exact(h.value.clone()),
+            HeaderType::RegularExpression => {
+                ValueMatch::Regex(regex(&format!("{f}.value"), &format!("^(?:{})$", h.value))?)
+            }
+        };
+        headers.push((name, value));
+    }
+    let mut query = Vec::new();
+    for (i, q) in m.query_params.iter().flatten().enumerate() {
+        let f = format!("{field}.queryParams[{i}].value");
+        let value = match q.r#type.clone().unwrap_or(QueryType::Exact) {
+            QueryType::Exact => ValueMatch::Exact(q.value.clone()),
+            QueryType::RegularExpression => {
+                ValueMatch::Regex(regex(&f, &format!("^(?:{})$", q.value))?)
+            }
+        };
+        query.push((q.name.clone(), value));
+    }
+    Ok(MatchModel {
+        path,
+        headers,
+        query,
+        method: m.method.as_ref().map(method),
+    })
+}
+
+pub(super) fn build(
+    ctx: &DocCtx<'_>,
+    route: &HttpRoute,
+    warnings: &mut Vec<String>,
+) -> Result<RouteModel, ConfigError> {
+    let key = ObjKey {
+        namespace: namespace_of(&route.metadata),
+        name: name_of(ctx, &route.metadata)?,
+    };
+    let mut parents = Vec::new();
+    for (i, p) in route.spec.parent_refs.iter().flatten().enumerate() {
+        let group = p.group.as_deref().unwrap_or("gateway.networking.k8s.io");
+        let kind = p.kind.as_deref().unwrap_or("Gateway");
+        if group != "gateway.networking.k8s.io" || kind != "Gateway" {
+            warnings.push(format!(
+                "{}: spec.parentRefs[{i}] refers to {group}/{kind}, which Locus does not serve; ignored",
+                ctx.place()
+            ));
+            continue;
+        }
+        let port = match p.port {
+            None => None,
+            Some(n) => Some(u16::try_from(n).ok().filter(|p| *p != 0).ok_or_else(|| {
+                ctx.error(
+                    &format!("spec.parentRefs[{i}].port"),
+                    format!("{n} is not a port"),
+                )
+            })?),
+        };
+        parents.push(ParentRefModel {
+            gateway: ObjKey {
+                namespace: p.namespace.clone().unwrap_or_else(|| key.namespace.clone()),
+                name: p.name.clone(),
+            },
+            section: p.section_name.clone(),
+            port,
+        });
+    }
+    let hostnames = route
+        .spec
+        .hostnames
+        .iter()
+        .flatten()
+        .map(|h| h.to_ascii_lowercase())
+        .collect();
+    let mut rules = Vec::new();
+    for (r, rule) in route.spec.rules.iter().flatten().enumerate() {
+        let field = format!("spec.rules[{r}]");
+        let mut matches = Vec::new();
+        for (m, mm) in rule.matches.iter().flatten().enumerate() {
+            matches.push(build_match(ctx, &format!("{field}.matches[{m}]"), mm)?);
+        }
+        if matches.is_empty() {
+            matches.push(MatchModel::default());
+        }
+        let mut backends = Vec::new();
+        for (b, br) in rule.backend_refs.iter().flatten().enumerate() {
+            let f = format!("{field}.backendRefs[{b}]");
+            let weight = br.weight.unwrap_or(1);
+            if !(0..=1_000_000).contains(&weight) {
+                return Err(ctx.error(
+                    &format!("{f}.weight"),
+                    format!("{weight} is outside 0..=1000000"),
+                ));
+            }
+            let group = br.group.as_deref().unwrap_or("");
+            let kind = br.kind.as_deref().unwrap_or("Service");
+            let namespace = br
+                .namespace
+                .clone()
+                .unwrap_or_else(|| key.namespace.clone());
+            let invalid = if !(group.is_empty() || group == "core") || kind != "Service" {
+                Some(format!(
+                    "backendRef kind {group}/{kind} is not supported (Service only)"
+                ))
+            } else if namespace != key.namespace {
+                Some(format!(
+                    "backendRef to namespace {namespace} needs a ReferenceGrant, which Locus does not read yet"
+                ))
+            } else if br.port.is_none() {
+                Some("backendRef to a Service needs a port".to_owned())
+            } else {
+                None
+            };
+            if let Some(why) = &invalid {
+                warnings.push(format!(
+                    "{}: {f}: {why}; its share of requests gets 500",
+                    ctx.place()
+                ));
+            }
+            let port = match br.port {
+                None => None,
+                Some(n) => Some(u16::try_from(n).ok().filter(|p| *p != 0).ok_or_else(|| {
+                    ctx.error(&format!("{f}.port"), format!("{n} is not a port"))
+                })?),
+            };
+            if br.filters.as_ref().is_some_and(|f| !f.is_empty()) {
+                warnings.push(format!(
+                    "{}: {f}.filters: backendRef filters are not supported yet; requests to this backend get 500",
+                    ctx.place()
+                ));
+            }
+            backends.push(BackendRefModel {
+                service: ObjKey {
+                    namespace,
+                    name: br.name.clone(),
+                },
+                port,
+                weight: weight as u32,
+                invalid: invalid.or_else(|| {
+                    br.filters
+                        .as_ref()
+                        .filter(|f| !f.is_empty())
+                        .map(|_| "backendRef filters are not supported yet".to_owned())
+                }),
+            });
+        }
+        let mut unsupported_filters = Vec::new();
+        for (i, f) in rule.filters.iter().flatten().enumerate() {
+            let name = format!("{:?}", f.r#type);
+            warnings.push(format!(
+                "{}: {field}.filters[{i}]: filter {name} is not supported yet; requests matching this rule get 500",
+                ctx.place()
+            ));
+            unsupported_filters.push(name);
+        }
+        let request_timeout = match rule.timeouts.as_ref().and_then(|t| t.request.as_deref()) {
+            None => None,
+            Some(s) => Some(parse_duration(s).ok_or_else(|| {
+                ctx.error(
+                    &format!("{field}.timeouts.request"),
+                    format!("{s:?} is not a duration (e.g. 10s, 500ms)"),
+                )
+            })?)
+            .filter(|d| !d.is_zero()),
+        };
+        if rule
+            .timeouts
+            .as_ref()
+            .and_then(|t| t.backend_request.as_ref())
+            .is_some()
+        {
+            warnings.push(format!(
+                "{}: {field}.timeouts.backendRequest is not supported yet; only timeouts.request applies",
+                ctx.place()
+            ));
+        }
+        rules.push(RuleModel {
+            matches,
+            backends,
+            unsupported_filters,
+            request_timeout,
+        });
+    }
+    Ok(RouteModel {
+        key,
+        parents,
+        hostnames,
+        rules,
+        created: route
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .and_then(|t| serde_json::to_value(t).ok())
+            .and_then(|v| v.as_str().map(str::to_owned)),
+        origin: ctx.doc.origin.clone(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("ten"), None);
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration(""), None);
+    }
+}

@@ -1,0 +1,377 @@
+//! Service → ports → endpoints with their localities (from EndpointSlices, WorkloadEntries and
+//! Nodes).
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use locus_core::{Distribution, Endpoint, EndpointState, Locality, RoutingPolicy};
+
+use super::{name_of, namespace_of, DocCtx, NodeModel, ObjKey};
+use crate::resources::{ConfigError, Document, Origin, WorkloadEntry};
+
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+#[derive(Clone, Debug)]
+pub struct ServicePortModel {
+    pub name: String,
+    pub port: u16,
+    /// `appProtocol`, e.g. `kubernetes.io/h2c` for cleartext HTTP/2 upstreams.
+    pub app_protocol: Option<String>,
+    /// Resolved endpoints for this port.
+    pub endpoints: Vec<Endpoint>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ServiceModel {
+    pub key: ObjKey,
+    pub policy: RoutingPolicy,
+    pub ports: Vec<ServicePortModel>,
+    pub annotations: BTreeMap<String, String>,
+    pub origin: Origin,
+}
+
+impl ServiceModel {
+    pub fn port(&self, port: u16) -> Option<&ServicePortModel> {
+        self.ports.iter().find(|p| p.port == port)
+    }
+}
+
+/// One endpoint of an EndpointSlice before it is matched to a Service port.
+struct SliceEndpoint {
+    ip: IpAddr,
+    locality: Locality,
+    node: Option<Arc<str>>,
+    state: EndpointState,
+}
+
+struct Slice {
+    service: ObjKey,
+    /// (port name, port number).
+    ports: Vec<(String, u16)>,
+    endpoints: Vec<SliceEndpoint>,
+    origin: Arc<str>,
+}
+
+struct Entry {
+    key: ObjKey,
+    labels: BTreeMap<String, String>,
+    ip: IpAddr,
+    ports: BTreeMap<String, u32>,
+    locality: Locality,
+    weight: u32,
+    origin: Arc<str>,
+}
+
+/// EndpointSlices and WorkloadEntries, validated, ready to be matched to Services.
+pub(super) struct EndpointSources {
+    slices: Vec<Slice>,
+    entries: Vec<Entry>,
+}
+
+fn parse_ip(ctx: &DocCtx<'_>, field: &str, s: &str) -> Result<IpAddr, ConfigError> {
+    s.parse()
+        .map_err(|_| ctx.error(field, format!("{s:?} is not an IP address")))
+}
+
+impl EndpointSources {
+    pub(super) fn build(
+        slices: &[(&Document, &EndpointSlice)],
+        entries: &[(&Document, &WorkloadEntry)],
+        nodes: &BTreeMap<String, NodeModel>,
+        warnings: &mut Vec<String>,
+    ) -> Result<Self, ConfigError> {
+        // A zone seen on some Node tells the region of endpoints that only carry a zone.
+        let region_of_zone = |zone: &str| {
+            nodes
+                .values()
+                .find(|n| n.locality.zone == zone && !n.locality.region.is_empty())
+                .map(|n| n.locality.region.clone())
+                .unwrap_or_default()
+        };
+        let mut out = EndpointSources {
+            slices: Vec::new(),
+            entries: Vec::new(),
+        };
+        for (doc, slice) in slices {
+            let ctx = DocCtx { doc };
+            let namespace = namespace_of(&slice.metadata);
+            let name = name_of(&ctx, &slice.metadata)?;
+            let labels = slice.metadata.labels.clone().unwrap_or_default();
+            let Some(service) = labels.get(SERVICE_NAME_LABEL) else {
+                warnings.push(format!(
+                    "{}: has no {SERVICE_NAME_LABEL} label, so it belongs to no Service; skipped",
+                    ctx.place()
+                ));
+                continue;
+            };
+            if slice.address_type == "FQDN" {
+                warnings.push(format!(
+                    "{}: addressType FQDN is not supported (IPv4 and IPv6 only); skipped",
+                    ctx.place()
+                ));
+                continue;
+            }
+            let mut ports = Vec::new();
+            for (i, p) in slice.ports.iter().flatten().enumerate() {
+                let Some(n) = p.port else { continue };
+                let port = u16::try_from(n).ok().filter(|p| *p != 0).ok_or_else(|| {
+                    ctx.error(&format!("ports[{i}].port"), format!("{n} is not a port"))
+                })?;
+                ports.push((p.name.clone().unwrap_or_default(), port));
+            }
+            let mut endpoints = Vec::new();
+            for (i, ep) in slice.endpoints.iter().enumerate() {
+                let field = format!("endpoints[{i}].addresses");
+                let Some(first) = ep.addresses.first() else {
+                    return Err(ctx.error(&field, "must hold at least one address"));
+                };
+                let ip = parse_ip(&ctx, &format!("{field}[0]"), first)?;
+                let cond = ep.conditions.as_ref();
+                let ready = cond.and_then(|c| c.ready);
+                let serving = cond.and_then(|c| c.serving).or(ready);
+                let terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
+                let state = match ready {
+                    Some(false) if terminating && serving == Some(true) => {
+                        EndpointState::TerminatingServing
+                    }
+                    Some(false) => EndpointState::NotReady,
+                    _ => EndpointState::Ready,
+                };
+                let node = ep.node_name.clone().filter(|n| !n.is_empty());
+                let mut locality = node
+                    .as_ref()
+                    .and_then(|n| nodes.get(n))
+                    .map(|n| n.locality.clone())
+                    .unwrap_or_default();
+                if let Some(zone) = ep.zone.as_ref().filter(|z| !z.is_empty()) {
+                    if locality.zone.is_empty() {
+                        locality.zone = zone.clone();
+                    }
+                    if locality.region.is_empty() {
+                        locality.region = region_of_zone(zone);
+                    }
+                }
+                endpoints.push(SliceEndpoint {
+                    ip,
+                    locality,
+                    node: node.map(Arc::from),
+                    state,
+                });
+            }
+            out.slices.push(Slice {
+                service: ObjKey::new(&namespace, service),
+                ports,
+                endpoints,
+                origin: Arc::from(format!("EndpointSlice {namespace}/{name}")),
+            });
+        }
+        for (doc, we) in entries {
+            let ctx = DocCtx { doc };
+            let namespace = namespace_of(&we.metadata);
+            let name = name_of(&ctx, &we.metadata)?;
+            let Some(address) = we.spec.address.as_deref().filter(|a| !a.is_empty()) else {
+                warnings.push(format!(
+                    "{}: spec.address is empty; Locus does not resolve workloads without an address; skipped",
+                    ctx.place()
+                ));
+                continue;
+            };
+            let Ok(ip) = address.parse::<IpAddr>() else {
+                warnings.push(format!(
+                    "{}: spec.address {address:?} is a DNS name, which Locus does not resolve yet; skipped",
+                    ctx.place()
+                ));
+                continue;
+            };
+            let locality = Locality::parse(we.spec.locality.as_deref().unwrap_or(""))
+                .map_err(|e| ctx.error("spec.locality", e.to_string()))?;
+            for (port_name, port) in &we.spec.ports {
+                if *port == 0 || *port > 65535 {
+                    return Err(ctx.error(
+                        &format!("spec.ports.{port_name}"),
+                        format!("{port} is not a port"),
+                    ));
+                }
+            }
+            if we.spec.network.as_ref().is_some_and(|n| !n.is_empty()) {
+                warnings.push(format!(
+                    "{}: spec.network is not used by Locus (all endpoints are assumed reachable)",
+                    ctx.place()
+                ));
+            }
+            let mut labels = we.metadata.labels.clone().unwrap_or_default();
+            labels.extend(we.spec.labels.clone());
+            out.entries.push(Entry {
+                key: ObjKey::new(&namespace, &name),
+                labels,
+                ip,
+                ports: we.spec.ports.clone(),
+                locality,
+                weight: we.spec.weight.unwrap_or(1).max(1),
+                origin: Arc::from(format!("WorkloadEntry {namespace}/{name}")),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Endpoints of one Service port, deduplicated by address (first source wins).
+    fn endpoints_for(
+        &self,
+        service: &ObjKey,
+        selector: &BTreeMap<String, String>,
+        port: &ServicePortModel,
+        target_port: Option<&IntOrString>,
+        single_port: bool,
+    ) -> Vec<Endpoint> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for slice in self.slices.iter().filter(|s| &s.service == service) {
+            let found = slice.ports.iter().find(|(name, _)| {
+                name == &port.name || (single_port && slice.ports.len() == 1 && name.is_empty())
+            });
+            let Some(&(_, number)) = found else { continue };
+            for ep in &slice.endpoints {
+                let addr = SocketAddr::new(ep.ip, number);
+                if seen.insert(addr) {
+                    out.push(Endpoint {
+                        addr,
+                        locality: ep.locality.clone(),
+                        node: ep.node.clone(),
+                        weight: 1,
+                        state: ep.state,
+                        origin: slice.origin.clone(),
+                    });
+                }
+            }
+        }
+        if !selector.is_empty() {
+            for entry in self.entries.iter().filter(|e| {
+                e.key.namespace == service.namespace
+                    && selector.iter().all(|(k, v)| e.labels.get(k) == Some(v))
+            }) {
+                // Istio: the entry's port for the Service port's name, else the target port.
+                let number = entry
+                    .ports
+                    .get(&port.name)
+                    .map(|p| *p as u16)
+                    .or_else(|| match target_port {
+                        Some(IntOrString::Int(n)) => u16::try_from(*n).ok(),
+                        Some(IntOrString::String(name)) => entry.ports.get(name).map(|p| *p as u16),
+                        None => Some(port.port),
+                    })
+                    .unwrap_or(port.port);
+                let addr = SocketAddr::new(entry.ip, number);
+                if seen.insert(addr) {
+                    out.push(Endpoint {
+                        addr,
+                        locality: entry.locality.clone(),
+                        node: None,
+                        weight: entry.weight,
+                        state: EndpointState::Ready,
+                        origin: entry.origin.clone(),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    /// Says so when an EndpointSlice names a Service that does not exist.
+    pub(super) fn warn_orphans(
+        &self,
+        services: &BTreeMap<ObjKey, ServiceModel>,
+        warnings: &mut Vec<String>,
+    ) {
+        for slice in &self.slices {
+            if !services.contains_key(&slice.service) {
+                warnings.push(format!(
+                    "{} belongs to Service {}, which is not defined; its endpoints are unused",
+                    slice.origin, slice.service
+                ));
+            }
+        }
+    }
+}
+
+pub(super) fn build(
+    ctx: &DocCtx<'_>,
+    svc: &Service,
+    sources: &EndpointSources,
+    warnings: &mut Vec<String>,
+) -> Result<ServiceModel, ConfigError> {
+    let key = ObjKey {
+        namespace: namespace_of(&svc.metadata),
+        name: name_of(ctx, &svc.metadata)?,
+    };
+    let spec = svc.spec.clone().unwrap_or_default();
+    if spec.type_.as_deref() == Some("ExternalName") {
+        warnings.push(format!(
+            "{}: type ExternalName is not supported; the Service has no endpoints",
+            ctx.place()
+        ));
+    }
+    let distribution = match spec.traffic_distribution.as_deref() {
+        None | Some("") => Distribution::Any,
+        Some(v) => Distribution::parse(v).ok_or_else(|| {
+            ctx.error(
+                "spec.trafficDistribution",
+                format!("{v:?} is not one of PreferClose, PreferSameZone, PreferSameNode"),
+            )
+        })?,
+    };
+    let strict_local = match spec.internal_traffic_policy.as_deref() {
+        None | Some("") | Some("Cluster") => false,
+        Some("Local") => true,
+        Some(v) => {
+            return Err(ctx.error(
+                "spec.internalTrafficPolicy",
+                format!("{v:?} is not one of Cluster, Local"),
+            ))
+        }
+    };
+    if strict_local && distribution.uses_locality() {
+        warnings.push(format!(
+            "{}: internalTrafficPolicy Local takes precedence; trafficDistribution {} has no effect",
+            ctx.place(),
+            distribution.as_str()
+        ));
+    }
+    let selector = spec.selector.clone().unwrap_or_default();
+    let service_ports = spec.ports.clone().unwrap_or_default();
+    let single_port = service_ports.len() == 1;
+    let mut ports = Vec::new();
+    for (i, p) in service_ports.iter().enumerate() {
+        let port = u16::try_from(p.port)
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| {
+                ctx.error(
+                    &format!("spec.ports[{i}].port"),
+                    format!("{} is not a port", p.port),
+                )
+            })?;
+        let mut model = ServicePortModel {
+            name: p.name.clone().unwrap_or_default(),
+            port,
+            app_protocol: p.app_protocol.clone(),
+            endpoints: Vec::new(),
+        };
+        model.endpoints =
+            sources.endpoints_for(&key, &selector, &model, p.target_port.as_ref(), single_port);
+        ports.push(model);
+    }
+    Ok(ServiceModel {
+        key,
+        policy: RoutingPolicy {
+            distribution,
+            strict_local,
+        },
+        ports,
+        annotations: svc.metadata.annotations.clone().unwrap_or_default(),
+        origin: ctx.doc.origin.clone(),
+    })
+}

@@ -1,0 +1,88 @@
+//! Every way a request can fail in the gateway, and the one place each becomes a status.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{header, HeaderValue, Response, StatusCode};
+use locus_core::balancer::NoEndpoint;
+
+use super::body::ProxyBody;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no route for host {host:?} and path {path:?}")]
+    NoRoute { host: String, path: String },
+    #[error("no endpoint available for service {service}: {reason}")]
+    NoEndpoint {
+        service: Arc<str>,
+        reason: NoEndpoint,
+    },
+    #[error("invalid backend: {0}")]
+    InvalidBackend(Arc<str>),
+    #[error("every backendRef of route {0} has weight 0")]
+    NoBackendWeight(Arc<str>),
+    #[error("route {route}: {why}")]
+    UnsupportedFilter { route: Arc<str>, why: Arc<str> },
+    #[error("upstream connect error to {addr} (service {service}): {detail}")]
+    UpstreamConnect {
+        service: Arc<str>,
+        addr: SocketAddr,
+        detail: String,
+    },
+    #[error("upstream {addr} (service {service}) failed before responding: {detail}")]
+    Upstream {
+        service: Arc<str>,
+        addr: SocketAddr,
+        detail: String,
+    },
+    #[error("upstream {addr} (service {service}) did not respond within {timeout:?}")]
+    Timeout {
+        service: Arc<str>,
+        addr: SocketAddr,
+        timeout: Duration,
+    },
+}
+
+impl ProxyError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::NoEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::InvalidBackend(_)
+            | ProxyError::NoBackendWeight(_)
+            | ProxyError::UnsupportedFilter { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::UpstreamConnect { .. } | ProxyError::Upstream { .. } => {
+                StatusCode::BAD_GATEWAY
+            }
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// A short machine-readable code, sent as `x-locus-error` so clients and tests can tell a
+    /// gateway error from an upstream's own error status.
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProxyError::NoRoute { .. } => "no-route",
+            ProxyError::NoEndpoint { .. } => "no-endpoint",
+            ProxyError::InvalidBackend(_) => "invalid-backend",
+            ProxyError::NoBackendWeight(_) => "no-backend-weight",
+            ProxyError::UnsupportedFilter { .. } => "unsupported-filter",
+            ProxyError::UpstreamConnect { .. } => "upstream-connect",
+            ProxyError::Upstream { .. } => "upstream-reset",
+            ProxyError::Timeout { .. } => "upstream-timeout",
+        }
+    }
+
+    pub fn into_response(self) -> Response<ProxyBody> {
+        let mut resp = Response::new(ProxyBody::text(format!("{self}\n")));
+        *resp.status_mut() = self.status();
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        h.insert("x-locus-error", HeaderValue::from_static(self.code()));
+        resp
+    }
+}

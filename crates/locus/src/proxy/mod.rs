@@ -1,0 +1,104 @@
+//! The request path: accept, route, pick, forward. It reads the current route table and
+//! Service snapshots through `ArcSwap` and takes no lock.
+
+mod body;
+mod error;
+mod forward;
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::{Request, Response};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+pub use body::ProxyBody;
+pub use error::ProxyError;
+
+use crate::routing::RouteTable;
+
+/// How long an upstream connection attempt may take (Envoy's default `connect_timeout`).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// State shared by every connection of every listener.
+pub struct Shared {
+    pub table: ArcSwap<RouteTable>,
+    client: Client<HttpConnector, ProxyBody>,
+    h2c_client: Client<HttpConnector, ProxyBody>,
+}
+
+impl Shared {
+    pub fn new(table: RouteTable) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build(connector.clone());
+        let h2c_client = Client::builder(TokioExecutor::new())
+            .http2_only(true)
+            .build(connector);
+        Shared {
+            table: ArcSwap::from_pointee(table),
+            client,
+            h2c_client,
+        }
+    }
+}
+
+/// Per-connection facts a request needs.
+struct ConnInfo {
+    /// The configured listener port this connection came in on (routes are keyed by it, even
+    /// when the socket is bound elsewhere with `--ephemeral-ports`).
+    port: u16,
+    peer: SocketAddr,
+}
+
+/// Accepts connections on `listener` until the task is aborted. Connections already accepted
+/// live on in their own tasks, so removing a listener never cuts a request short.
+pub async fn serve(listener: TcpListener, port: u16, shared: Arc<Shared>) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of file descriptors and the like: back off briefly instead of spinning.
+                tracing::warn!(port, error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let shared = shared.clone();
+        let info = Arc::new(ConnInfo { port, peer });
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let shared = shared.clone();
+                let info = info.clone();
+                async move { Ok::<_, Infallible>(handle(&shared, &info, req).await) }
+            });
+            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn handle(shared: &Shared, info: &ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
+    match forward::forward(shared, info, req).await {
+        Ok(resp) => resp,
+        Err(e) => {
+            tracing::debug!(error = %e, "request failed in the gateway");
+            e.into_response()
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! Kubernetes manifests in: files → documents → typed resources.
+//!
+//! Reads YAML or JSON exactly as `kubectl apply -f` would take it (one file, several
+//! multi-document files, a directory of them, `kind: List`), deserialises each document into
+//! the ecosystem's own types (k8s-openapi, gateway-api) or our copies of Istio's, and reports
+//! any problem with the file, the document and the field it is about.
+
+mod error;
+pub mod istio;
+mod load;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use gateway_api::apis::standard::gateways::Gateway;
+use gateway_api::apis::standard::httproutes::HttpRoute;
+use k8s_openapi::api::core::v1::{Namespace, Node, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+pub use error::{ConfigError, DocRef};
+pub use istio::WorkloadEntry;
+pub use load::{collect_files, load_paths};
+
+/// Where a resource came from: a file and the document's position in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Origin {
+    pub file: Arc<Path>,
+    /// 1-based position of the document in the file (a `List`'s items share their list's).
+    pub index: usize,
+}
+
+/// A resource of a kind Locus understands.
+#[derive(Clone, Debug)]
+pub enum Resource {
+    Gateway(Box<Gateway>),
+    HttpRoute(Box<HttpRoute>),
+    Service(Box<Service>),
+    EndpointSlice(Box<EndpointSlice>),
+    Node(Box<Node>),
+    Namespace(Box<Namespace>),
+    WorkloadEntry(Box<WorkloadEntry>),
+}
+
+impl Resource {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Resource::Gateway(_) => "Gateway",
+            Resource::HttpRoute(_) => "HTTPRoute",
+            Resource::Service(_) => "Service",
+            Resource::EndpointSlice(_) => "EndpointSlice",
+            Resource::Node(_) => "Node",
+            Resource::Namespace(_) => "Namespace",
+            Resource::WorkloadEntry(_) => "WorkloadEntry",
+        }
+    }
+}
+
+/// One parsed document.
+#[derive(Clone, Debug)]
+pub struct Document {
+    pub origin: Origin,
+    pub doc: DocRef,
+    pub resource: Resource,
+}
+
+/// Everything read from a set of files, with the warnings met on the way.
+#[derive(Clone, Debug, Default)]
+pub struct ResourceSet {
+    pub documents: Vec<Document>,
+    pub warnings: Vec<String>,
+    pub files: Vec<PathBuf>,
+}
+
+/// Parses the text of one file (YAML or JSON, any number of documents).
+pub fn parse_text(file: &Path, text: &str, out: &mut ResourceSet) -> Result<(), ConfigError> {
+    let file: Arc<Path> = Arc::from(file);
+    for (i, de) in serde_yaml_ng::Deserializer::from_str(text).enumerate() {
+        let index = i + 1;
+        let yaml = match <serde_yaml_ng::Value as serde::Deserialize>::deserialize(de) {
+            Ok(v) => v,
+            Err(e) => {
+                return Err(ConfigError::new(
+                    &file,
+                    DocRef::index_only(index),
+                    "",
+                    format!("not valid YAML: {e}"),
+                ))
+            }
+        };
+        if yaml.is_null() {
+            continue; // an empty document, e.g. a trailing `---`
+        }
+        let value: Value = serde_json::to_value(&yaml).map_err(|e| {
+            ConfigError::new(
+                &file,
+                DocRef::index_only(index),
+                "",
+                format!("cannot be read as a Kubernetes object: {e}"),
+            )
+        })?;
+        parse_value(
+            Origin {
+                file: file.clone(),
+                index,
+            },
+            value,
+            out,
+        )?;
+    }
+    Ok(())
+}
+
+fn parse_value(origin: Origin, value: Value, out: &mut ResourceSet) -> Result<(), ConfigError> {
+    let doc = DocRef::from_value(origin.index, &value);
+    let err = |field: &str, msg: String| ConfigError::new(&origin.file, doc.clone(), field, msg);
+    let Value::Object(map) = &value else {
+        return Err(err(
+            "",
+            "a document must be a mapping (a Kubernetes object)".into(),
+        ));
+    };
+    let api_version = match map.get("apiVersion") {
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err(err("apiVersion", "must be a string".into())),
+        None => return Err(err("apiVersion", "missing".into())),
+    };
+    let kind = match map.get("kind") {
+        Some(Value::String(s)) => s.clone(),
+        Some(_) => return Err(err("kind", "must be a string".into())),
+        None => return Err(err("kind", "missing".into())),
+    };
+    let (group, version) = match api_version.rsplit_once('/') {
+        Some((g, v)) => (g, v),
+        None => ("", api_version.as_str()),
+    };
+    let resource = match (group, kind.as_str()) {
+        ("", "List") => {
+            let items = match map.get("items") {
+                Some(Value::Array(items)) => items.clone(),
+                None | Some(Value::Null) => Vec::new(),
+                Some(_) => return Err(err("items", "must be a list".into())),
+            };
+            for item in items {
+                parse_value(origin.clone(), item, out)?;
+            }
+            return Ok(());
+        }
+        ("gateway.networking.k8s.io", "Gateway") if matches!(version, "v1" | "v1beta1") => {
+            Resource::Gateway(typed(&origin, &doc, with_version(value, "v1"))?)
+        }
+        ("gateway.networking.k8s.io", "HTTPRoute") if matches!(version, "v1" | "v1beta1") => {
+            Resource::HttpRoute(typed(&origin, &doc, with_version(value, "v1"))?)
+        }
+        ("", "Service") if version == "v1" => Resource::Service(typed(&origin, &doc, value)?),
+        ("", "Node") if version == "v1" => Resource::Node(typed(&origin, &doc, value)?),
+        ("", "Namespace") if version == "v1" => Resource::Namespace(typed(&origin, &doc, value)?),
+        ("discovery.k8s.io", "EndpointSlice") if version == "v1" => {
+            Resource::EndpointSlice(typed(&origin, &doc, value)?)
+        }
+        ("networking.istio.io", "WorkloadEntry")
+            if matches!(version, "v1" | "v1beta1" | "v1alpha3") =>
+        {
+            Resource::WorkloadEntry(typed(&origin, &doc, value)?)
+        }
+        _ => {
+            out.warnings.push(format!(
+                "{}: document {} ({} {}): kind {kind} ({api_version}) is not used by Locus; skipped",
+                origin.file.display(),
+                origin.index,
+                kind,
+                doc.name_or_index(),
+            ));
+            return Ok(());
+        }
+    };
+    out.documents.push(Document {
+        origin,
+        doc,
+        resource,
+    });
+    Ok(())
+}
+
+/// Gateway API's v1beta1 kinds are the same shape as v1; the typed structs only accept v1.
+fn with_version(mut value: Value, version: &str) -> Value {
+    if let Value::Object(map) = &mut value {
+        map.insert(
+            "apiVersion".into(),
+            Value::String(format!("gateway.networking.k8s.io/{version}")),
+        );
+    }
+    value
+}
+
+fn typed<T: DeserializeOwned>(
+    origin: &Origin,
+    doc: &DocRef,
+    value: Value,
+) -> Result<Box<T>, ConfigError> {
+    serde_path_to_error::deserialize::<_, T>(value)
+        .map(Box::new)
+        .map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            ConfigError::new(&origin.file, doc.clone(), &path, e.into_inner().to_string())
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<ResourceSet, ConfigError> {
+        let mut set = ResourceSet::default();
+        parse_text(Path::new("test.yaml"), text, &mut set)?;
+        Ok(set)
+    }
+
+    #[test]
+    fn reads_multi_document_files_and_lists() {
+        let set = parse(
+            "apiVersion: v1\nkind: Service\nmetadata: {name: a}\nspec: {ports: [{port: 80}]}\n---\n\
+             ---\napiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Node\n  metadata: {name: n1}\n",
+        )
+        .unwrap();
+        let kinds: Vec<_> = set.documents.iter().map(|d| d.resource.kind()).collect();
+        assert_eq!(kinds, vec!["Service", "Node"]);
+        assert_eq!(set.documents[1].origin.index, 3);
+    }
+
+    #[test]
+    fn unknown_kinds_are_skipped_with_a_warning_naming_them() {
+        let set = parse(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: shop}\n",
+        )
+        .unwrap();
+        assert!(set.documents.is_empty());
+        assert_eq!(set.warnings.len(), 1);
+        assert!(
+            set.warnings[0].contains("kind Deployment (apps/v1)"),
+            "{}",
+            set.warnings[0]
+        );
+        assert!(set.warnings[0].contains("shop/web"), "{}", set.warnings[0]);
+    }
+
+    #[test]
+    fn errors_name_file_document_and_field() {
+        let err = parse(
+            "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n---\napiVersion: v1\nkind: Service\n\
+             metadata: {name: web, namespace: shop}\nspec:\n  ports:\n  - port: eighty\n",
+        )
+        .unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.starts_with("test.yaml: document 2 (Service shop/web): field spec.ports[0].port:"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn missing_kind_is_an_error() {
+        let err = parse("apiVersion: v1\nmetadata: {name: x}\n").unwrap_err();
+        assert!(err.to_string().contains("field kind: missing"), "{err}");
+    }
+
+    #[test]
+    fn invalid_yaml_names_the_document() {
+        let err = parse("apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n---\nfoo: [unclosed\n")
+            .unwrap_err();
+        assert!(err.to_string().contains("document 2"), "{err}");
+    }
+
+    #[test]
+    fn reads_workload_entries_and_gateway_api_kinds() {
+        let set = parse(
+            r#"
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: we-zone-a, namespace: ns, labels: {app: x}}
+spec: {address: 127.0.0.1, locality: region/zone, ports: {http: 8080}, weight: 3}
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: HTTPRoute
+metadata: {name: r, namespace: ns}
+spec:
+  parentRefs: [{name: gateway}]
+  hostnames: [locality.test]
+  rules: [{backendRefs: [{name: svc, port: 80}]}]
+"#,
+        )
+        .unwrap();
+        assert_eq!(set.documents.len(), 2);
+        match &set.documents[0].resource {
+            Resource::WorkloadEntry(we) => {
+                assert_eq!(we.spec.weight, Some(3));
+                assert_eq!(we.spec.ports.get("http"), Some(&8080));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

@@ -1,0 +1,393 @@
+//! The route table: listeners → hosts → ordered matches → weighted backends → one snapshot per
+//! Service port.
+//!
+//! Built whole by one writer from a [`Model`] and the gateway's identity, then published
+//! through an `ArcSwap`; requests only read it. Each Service port has its own `ArcSwap` of a
+//! [`ServiceSnapshot`] so health changes can swap one Service without rebuilding routes.
+
+pub mod matching;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use http::request::Parts;
+use locus_core::balancer::{ServiceSnapshot, WeightedSchedule};
+
+use crate::identity::ResolvedIdentity;
+use crate::model::{AllowedRoutes, MatchModel, Model, ObjKey};
+use matching::{intersect, HostKey, Precedence};
+
+/// One Service port that routes send traffic to.
+#[derive(Debug)]
+pub struct ServiceTarget {
+    pub key: ObjKey,
+    pub port: u16,
+    /// `namespace/name:port`, for logs and error bodies.
+    pub name: Arc<str>,
+    /// Upstream speaks cleartext HTTP/2 (`appProtocol: kubernetes.io/h2c`).
+    pub h2c: bool,
+    pub snapshot: ArcSwap<ServiceSnapshot>,
+}
+
+#[derive(Debug)]
+pub enum Backend {
+    Service(Arc<ServiceTarget>),
+    /// A backendRef that cannot be honoured; its share of requests gets a 500 saying why.
+    Invalid(Arc<str>),
+}
+
+/// What a matched rule does.
+#[derive(Debug)]
+pub struct RuleAction {
+    /// `namespace/name` of the HTTPRoute and the rule index, for logs.
+    pub route: Arc<str>,
+    pub backends: Vec<Backend>,
+    schedule: WeightedSchedule,
+    pub timeout: Option<Duration>,
+    /// Set when the rule uses filters Locus cannot apply (requests get a 500).
+    pub unsupported: Option<Arc<str>>,
+}
+
+impl RuleAction {
+    /// The backend for this request, split by backendRef weights; `None` when every weight
+    /// is 0 (the Gateway API asks for a 500 then).
+    #[inline]
+    pub fn pick_backend(&self) -> Option<&Backend> {
+        self.schedule.next().map(|i| &self.backends[i as usize])
+    }
+}
+
+#[derive(Debug)]
+struct Entry {
+    matcher: MatchModel,
+    precedence: Precedence,
+    action: Arc<RuleAction>,
+}
+
+/// Everything served on one port.
+#[derive(Debug, Default)]
+pub struct PortTable {
+    /// `namespace/gateway/listener` names bound to this port.
+    pub listeners: Vec<String>,
+    exact: HashMap<String, Vec<Entry>>,
+    /// Longest suffix first.
+    wildcard: Vec<(HostKey, Vec<Entry>)>,
+    any: Vec<Entry>,
+}
+
+fn first<'a>(entries: &'a [Entry], req: &Parts) -> Option<&'a Arc<RuleAction>> {
+    entries
+        .iter()
+        .find(|e| matching::matches(&e.matcher, req))
+        .map(|e| &e.action)
+}
+
+impl PortTable {
+    /// The rule for a request, by host (exact, then wildcard, then catch-all) and then by
+    /// match precedence.
+    pub fn route(&self, host: &str, req: &Parts) -> Option<&Arc<RuleAction>> {
+        if let Some(found) = self.exact.get(host).and_then(|e| first(e, req)) {
+            return Some(found);
+        }
+        for (key, entries) in &self.wildcard {
+            if key.covers(host) {
+                if let Some(found) = first(entries, req) {
+                    return Some(found);
+                }
+            }
+        }
+        first(&self.any, req)
+    }
+
+    fn insert(&mut self, key: HostKey, entry: Entry) {
+        let list = match key {
+            HostKey::Exact(h) => self.exact.entry(h).or_default(),
+            HostKey::Wildcard(_) => match self.wildcard.iter().position(|(k, _)| *k == key) {
+                Some(i) => &mut self.wildcard[i].1,
+                None => {
+                    self.wildcard.push((key, Vec::new()));
+                    &mut self.wildcard.last_mut().expect("just pushed").1
+                }
+            },
+            HostKey::Any => &mut self.any,
+        };
+        list.push(entry);
+    }
+
+    fn finish(&mut self) {
+        for list in self.exact.values_mut() {
+            list.sort_by(|a, b| a.precedence.cmp(&b.precedence));
+        }
+        self.wildcard.sort_by(|(a, _), (b, _)| match (a, b) {
+            (HostKey::Wildcard(x), HostKey::Wildcard(y)) => y.len().cmp(&x.len()).then(x.cmp(y)),
+            _ => a.cmp(b),
+        });
+        for (_, list) in &mut self.wildcard {
+            list.sort_by(|a, b| a.precedence.cmp(&b.precedence));
+        }
+        self.any.sort_by(|a, b| a.precedence.cmp(&b.precedence));
+    }
+
+    /// Hosts with routes, for `check` and logs.
+    pub fn hosts(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.exact.keys().cloned().collect();
+        out.sort();
+        out.extend(self.wildcard.iter().map(|(k, _)| match k {
+            HostKey::Wildcard(s) => format!("*{s}"),
+            other => format!("{other:?}"),
+        }));
+        if !self.any.is_empty() {
+            out.push("*".into());
+        }
+        out
+    }
+}
+
+/// The whole routing state at one moment.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    pub generation: u64,
+    pub identity: ResolvedIdentity,
+    pub ports: BTreeMap<u16, PortTable>,
+    pub services: BTreeMap<(ObjKey, u16), Arc<ServiceTarget>>,
+    pub warnings: Vec<String>,
+}
+
+/// Which Gateways this instance serves.
+#[derive(Clone, Debug, Default)]
+pub enum GatewaySelector {
+    /// Every Gateway in the resources (file mode: the user pointed us at them).
+    #[default]
+    All,
+    One(ObjKey),
+}
+
+impl GatewaySelector {
+    fn selects(&self, key: &ObjKey) -> bool {
+        match self {
+            GatewaySelector::All => true,
+            GatewaySelector::One(k) => k == key,
+        }
+    }
+}
+
+fn namespace_allowed(
+    model: &Model,
+    allowed: &AllowedRoutes,
+    gateway_ns: &str,
+    route_ns: &str,
+) -> bool {
+    match allowed {
+        AllowedRoutes::Same => gateway_ns == route_ns,
+        AllowedRoutes::All => true,
+        AllowedRoutes::Selector(want) => {
+            let labels = model.namespaces.get(route_ns);
+            want.iter().all(|(k, v)| {
+                labels.and_then(|l| l.get(k)) == Some(v)
+                    || (k == "kubernetes.io/metadata.name" && v == route_ns)
+            })
+        }
+    }
+}
+
+impl RouteTable {
+    pub fn build(
+        model: &Model,
+        identity: ResolvedIdentity,
+        selector: &GatewaySelector,
+        generation: u64,
+    ) -> RouteTable {
+        let mut warnings = model.warnings.clone();
+        warnings.extend(identity.warnings.iter().cloned());
+        let mut services: BTreeMap<(ObjKey, u16), Arc<ServiceTarget>> = BTreeMap::new();
+        let mut ports: BTreeMap<u16, PortTable> = BTreeMap::new();
+        let mut seen: HashSet<(u16, HostKey, String, usize, usize)> = HashSet::new();
+
+        let gateways: Vec<_> = model
+            .gateways
+            .iter()
+            .filter(|g| selector.selects(&g.key))
+            .collect();
+        if let GatewaySelector::One(k) = selector {
+            if gateways.is_empty() {
+                warnings.push(format!(
+                    "Gateway {k} (from --gateway) is not among the resources"
+                ));
+            }
+        }
+        for gw in &gateways {
+            for l in &gw.listeners {
+                ports
+                    .entry(l.port)
+                    .or_default()
+                    .listeners
+                    .push(format!("{}/{}", gw.key, l.name));
+            }
+        }
+        for route in &model.routes {
+            let mut attached = false;
+            for parent in &route.parents {
+                let Some(gw) = gateways.iter().find(|g| g.key == parent.gateway) else {
+                    continue;
+                };
+                for l in &gw.listeners {
+                    if parent.section.as_ref().is_some_and(|s| *s != l.name)
+                        || parent.port.is_some_and(|p| p != l.port)
+                    {
+                        continue;
+                    }
+                    if !namespace_allowed(
+                        model,
+                        &l.allowed,
+                        &gw.key.namespace,
+                        &route.key.namespace,
+                    ) {
+                        warnings.push(format!(
+                            "HTTPRoute {} is not allowed on listener {}/{} (allowedRoutes); not attached there",
+                            route.key, gw.key, l.name
+                        ));
+                        continue;
+                    }
+                    let Some(hosts) = intersect(l.hostname.as_deref(), &route.hostnames) else {
+                        warnings.push(format!(
+                            "HTTPRoute {}: none of its hostnames matches listener {}/{} hostname {}; not attached there",
+                            route.key,
+                            gw.key,
+                            l.name,
+                            l.hostname.as_deref().unwrap_or("*")
+                        ));
+                        continue;
+                    };
+                    attached = true;
+                    for (r, rule) in route.rules.iter().enumerate() {
+                        let action = Arc::new(build_action(
+                            model,
+                            &identity,
+                            route,
+                            r,
+                            rule,
+                            &mut services,
+                            &mut warnings,
+                        ));
+                        for host in &hosts {
+                            for (i, m) in rule.matches.iter().enumerate() {
+                                if !seen.insert((l.port, host.clone(), route.key.to_string(), r, i))
+                                {
+                                    continue;
+                                }
+                                let precedence = Precedence::new(
+                                    m,
+                                    route.created.clone(),
+                                    route.key.to_string(),
+                                    r,
+                                    i,
+                                );
+                                ports.entry(l.port).or_default().insert(
+                                    host.clone(),
+                                    Entry {
+                                        matcher: m.clone(),
+                                        precedence,
+                                        action: action.clone(),
+                                    },
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            if !attached && !route.parents.is_empty() {
+                warnings.push(format!(
+                    "HTTPRoute {} is not attached to any Gateway Locus serves",
+                    route.key
+                ));
+            }
+        }
+        for table in ports.values_mut() {
+            table.finish();
+        }
+        RouteTable {
+            generation,
+            identity,
+            ports,
+            services,
+            warnings,
+        }
+    }
+}
+
+fn build_action(
+    model: &Model,
+    identity: &ResolvedIdentity,
+    route: &crate::model::RouteModel,
+    r: usize,
+    rule: &crate::model::RuleModel,
+    services: &mut BTreeMap<(ObjKey, u16), Arc<ServiceTarget>>,
+    warnings: &mut Vec<String>,
+) -> RuleAction {
+    let mut backends = Vec::new();
+    let mut weights = Vec::new();
+    for b in &rule.backends {
+        let backend = if let Some(why) = &b.invalid {
+            Backend::Invalid(Arc::from(why.as_str()))
+        } else {
+            let port = b.port.unwrap_or_default();
+            match model.services.get(&b.service) {
+                None => {
+                    let why = format!("Service {} not found", b.service);
+                    warnings.push(format!(
+                        "HTTPRoute {} rule {r}: {why}; its share of requests gets 500",
+                        route.key
+                    ));
+                    Backend::Invalid(Arc::from(why))
+                }
+                Some(svc) => match svc.port(port) {
+                    None => {
+                        let why = format!("Service {} has no port {port}", b.service);
+                        warnings.push(format!(
+                            "HTTPRoute {} rule {r}: {why}; its share of requests gets 500",
+                            route.key
+                        ));
+                        Backend::Invalid(Arc::from(why))
+                    }
+                    Some(sp) => {
+                        let target = services
+                            .entry((svc.key.clone(), port))
+                            .or_insert_with(|| {
+                                Arc::new(ServiceTarget {
+                                    key: svc.key.clone(),
+                                    port,
+                                    name: Arc::from(format!("{}:{port}", svc.key)),
+                                    h2c: sp.app_protocol.as_deref() == Some("kubernetes.io/h2c"),
+                                    snapshot: ArcSwap::from_pointee(ServiceSnapshot::build(
+                                        identity.identity.clone(),
+                                        svc.policy,
+                                        sp.endpoints.clone(),
+                                    )),
+                                })
+                            })
+                            .clone();
+                        Backend::Service(target)
+                    }
+                },
+            }
+        };
+        if b.weight > 0 {
+            weights.push((backends.len() as u32, b.weight));
+        }
+        backends.push(backend);
+    }
+    RuleAction {
+        route: Arc::from(format!("{} rule {r}", route.key)),
+        backends,
+        schedule: WeightedSchedule::new(weights),
+        timeout: rule.request_timeout,
+        unsupported: (!rule.unsupported_filters.is_empty()).then(|| {
+            Arc::from(format!(
+                "filters not supported by Locus yet: {}",
+                rule.unsupported_filters.join(", ")
+            ))
+        }),
+    }
+}

@@ -184,17 +184,10 @@ impl Model {
 fn check_duplicates(documents: &[Document]) -> Result<(), ConfigError> {
     let mut seen: HashMap<(&'static str, String), &Document> = HashMap::new();
     for doc in documents {
-        let key = (doc.resource.kind(), doc.doc.name_or_index());
         if doc.doc.name.is_none() {
             continue;
         }
-        let key = if doc.doc.namespace.is_none()
-            && !matches!(doc.resource, Resource::Node(_) | Resource::Namespace(_))
-        {
-            (key.0, format!("default/{}", key.1))
-        } else {
-            key
-        };
+        let key = (doc.resource.kind(), doc.doc.name_or_index());
         if let Some(first) = seen.get(&key) {
             return Err(ConfigError::new(
                 &doc.origin.file,

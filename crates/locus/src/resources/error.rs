@@ -28,10 +28,18 @@ impl DocRef {
     pub fn from_value(index: usize, value: &Value) -> Self {
         let s = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_owned);
         let meta = value.get("metadata");
+        let kind = s(value.get("kind"));
+        let cluster_scoped = matches!(
+            kind.as_deref(),
+            Some("Node" | "Namespace" | "GatewayClass" | "List")
+        );
+        // Namespaced objects without a namespace land in `default`, as with kubectl.
+        let namespace = s(meta.and_then(|m| m.get("namespace")))
+            .or_else(|| (!cluster_scoped).then(|| "default".to_owned()));
         DocRef {
             index,
-            kind: s(value.get("kind")),
-            namespace: s(meta.and_then(|m| m.get("namespace"))),
+            kind,
+            namespace,
             name: s(meta.and_then(|m| m.get("name"))),
         }
     }

@@ -1,0 +1,300 @@
+//! Test harness: the real `locus` binary and real echo backends as child processes on
+//! 127.0.0.1, talking real HTTP. Readiness comes from the processes' stdout lines
+//! (`listening …`, `applied generation=N`), never from sleeps.
+
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_locus");
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A child process killed on drop, with its stdout lines on a channel.
+pub struct Proc {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Proc {
+    pub fn spawn(args: &[&str]) -> Proc {
+        let mut child = Command::new(BIN)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(if std::env::var_os("LOCUS_TEST_LOGS").is_some() {
+                Stdio::inherit()
+            } else {
+                Stdio::null()
+            })
+            .spawn()
+            .expect("spawn locus");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Proc {
+            child,
+            lines: rx,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stdout line satisfying `pred` and returns it.
+    pub fn wait_line(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = std::time::Instant::now() + WAIT;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if pred(&line) {
+                        return line;
+                    }
+                }
+                Err(e) => panic!("waiting for {what}: {e:?}; stdout so far: {:#?}", self.seen),
+            }
+        }
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit and returns its status.
+    pub fn wait_exit(&mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("wait")
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An echo backend process.
+pub struct Echo {
+    pub proc: Proc,
+    pub addr: SocketAddr,
+    pub name: String,
+}
+
+pub fn echo(name: &str) -> Echo {
+    let mut proc = Proc::spawn(&["echo", "--name", name, "--listen", "127.0.0.1:0"]);
+    let line = proc.wait_line("echo listening", |l| l.starts_with("listening addr="));
+    let addr = line["listening addr=".len()..].parse().expect("address");
+    Echo {
+        proc,
+        addr,
+        name: name.to_owned(),
+    }
+}
+
+/// A `locus serve` process on a manifest directory.
+pub struct Gw {
+    pub proc: Proc,
+    /// Configured listener port → bound address.
+    pub listeners: BTreeMap<u16, SocketAddr>,
+    pub generation: u64,
+    pub dir: PathBuf,
+}
+
+impl Gw {
+    /// Starts the gateway and waits for its first configuration.
+    pub fn start(dir: &Path, extra: &[&str]) -> Gw {
+        let mut args = vec![
+            "serve",
+            "-f",
+            dir.to_str().unwrap(),
+            "--bind",
+            "127.0.0.1",
+            "--ephemeral-ports",
+            "--poll-ms",
+            "50",
+        ];
+        args.extend_from_slice(extra);
+        let mut proc = Proc::spawn(&args);
+        let mut listeners = BTreeMap::new();
+        loop {
+            let line = proc.wait_line("first configuration", |l| {
+                l.starts_with("listening ")
+                    || l.starts_with("applied ")
+                    || l.starts_with("rejected ")
+            });
+            if let Some(rest) = line.strip_prefix("listening port=") {
+                let (port, addr) = rest.split_once(" addr=").unwrap();
+                listeners.insert(port.parse().unwrap(), addr.parse().unwrap());
+            } else if line.starts_with("applied generation=1") {
+                break;
+            } else {
+                panic!("gateway did not start: {line}");
+            }
+        }
+        Gw {
+            proc,
+            listeners,
+            generation: 1,
+            dir: dir.to_owned(),
+        }
+    }
+
+    pub fn addr(&self, port: u16) -> SocketAddr {
+        self.listeners[&port]
+    }
+
+    /// Waits for the next accepted configuration.
+    pub fn wait_applied(&mut self) -> u64 {
+        let next = self.generation + 1;
+        let want = format!("applied generation={next}");
+        self.proc.wait_line(&want, |l| l == want);
+        self.generation = next;
+        next
+    }
+
+    /// Waits for a refused configuration and returns its error text.
+    pub fn wait_rejected(&mut self) -> String {
+        let line = self
+            .proc
+            .wait_line("rejected", |l| l.starts_with("rejected "));
+        line["rejected error=".len()..].to_owned()
+    }
+
+    /// Writes (atomically) a manifest into the watched directory and waits for it to apply.
+    pub fn apply(&mut self, name: &str, text: &str) {
+        write(&self.dir, name, text);
+        self.wait_applied();
+    }
+
+    pub fn delete(&mut self, name: &str) {
+        std::fs::remove_file(self.dir.join(name)).unwrap();
+        self.wait_applied();
+    }
+}
+
+pub fn write(dir: &Path, name: &str, text: &str) {
+    locus::demo::write_atomic(&dir.join(name), text).unwrap();
+}
+
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix("locus-test-")
+        .tempdir()
+        .unwrap()
+}
+
+/// A response, reduced to what tests look at.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: http::HeaderMap,
+    pub body: String,
+}
+
+impl Resp {
+    /// The backend that answered (echo's `x-backend`), or `status NNN` for gateway errors.
+    pub fn who(&self) -> String {
+        match self.headers.get("x-backend") {
+            Some(v) if self.status == 200 => v.to_str().unwrap().to_owned(),
+            _ => format!("status {}", self.status),
+        }
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("{e}: {}", self.body))
+    }
+}
+
+pub struct HttpClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        Self::new(false)
+    }
+}
+
+impl HttpClient {
+    pub fn new(h2: bool) -> Self {
+        HttpClient {
+            client: Client::builder(TokioExecutor::new())
+                .http2_only(h2)
+                .build_http(),
+        }
+    }
+
+    pub async fn request(
+        &self,
+        method: &str,
+        addr: SocketAddr,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Resp {
+        let mut b = http::Request::builder()
+            .method(method)
+            .uri(format!("http://{addr}{path}"))
+            .header("host", host);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        let resp = self
+            .client
+            .request(b.body(Full::new(body)).unwrap())
+            .await
+            .expect("request");
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.unwrap().to_bytes();
+        Resp {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        }
+    }
+
+    pub async fn get(&self, addr: SocketAddr, host: &str, path: &str) -> Resp {
+        self.request("GET", addr, host, path, &[], Bytes::new())
+            .await
+    }
+
+    /// Sends `n` GETs one after another and counts who answered.
+    pub async fn count(
+        &self,
+        addr: SocketAddr,
+        host: &str,
+        path: &str,
+        n: usize,
+    ) -> BTreeMap<String, usize> {
+        let mut out = BTreeMap::new();
+        for _ in 0..n {
+            *out.entry(self.get(addr, host, path).await.who())
+                .or_default() += 1;
+        }
+        out
+    }
+}
+
+pub fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}

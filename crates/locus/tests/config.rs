@@ -1,0 +1,203 @@
+//! Invalid manifests: clear errors naming file, document and field; the last good
+//! configuration keeps serving; `locus check` explains and fails on bad input.
+
+mod common;
+
+use common::*;
+use locus::demo::{gateway_manifest, service_manifest, workload_entry_manifest, HOST};
+
+fn seed_dir(port: u16) -> tempfile::TempDir {
+    let dir = tempdir();
+    write(dir.path(), "gateway.yaml", &gateway_manifest());
+    write(
+        dir.path(),
+        "service.yaml",
+        &service_manifest("trafficDistribution: PreferClose"),
+    );
+    write(
+        dir.path(),
+        "we-zone-a.yaml",
+        &workload_entry_manifest("we-zone-a", "region/zone", port),
+    );
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_edit_is_reported_and_last_good_config_keeps_serving() {
+    let a = echo("backend-zone-a");
+    let dir = seed_dir(a.addr.port());
+    let mut gw = Gw::start(dir.path(), &["--locality", "region/zone"]);
+    let addr = gw.addr(80);
+    let c = HttpClient::default();
+    assert_eq!(c.get(addr, HOST, "/hostname").await.who(), "backend-zone-a");
+
+    // A bad field value.
+    write(
+        dir.path(),
+        "service.yaml",
+        &service_manifest("trafficDistribution: PreferFarAway"),
+    );
+    let err = gw.wait_rejected();
+    assert!(err.contains("service.yaml: document 1 (Service locus-demo/locality-svc): field spec.trafficDistribution"), "{err}");
+    assert_eq!(c.get(addr, HOST, "/hostname").await.who(), "backend-zone-a");
+
+    // A type error deep in a document.
+    write(
+        dir.path(),
+        "service.yaml",
+        &service_manifest("").replace("port: 80", "port: eighty"),
+    );
+    let err = gw.wait_rejected();
+    assert!(err.contains("field spec.ports[0].port"), "{err}");
+    assert_eq!(c.get(addr, HOST, "/hostname").await.who(), "backend-zone-a");
+
+    // Broken YAML in a new file, and a bad locality.
+    write(
+        dir.path(),
+        "broken.yaml",
+        "apiVersion: v1\nkind: [unclosed\n",
+    );
+    let err = gw.wait_rejected();
+    assert!(err.contains("broken.yaml: document 1"), "{err}");
+    std::fs::remove_file(dir.path().join("broken.yaml")).unwrap();
+    write(
+        dir.path(),
+        "service.yaml",
+        &service_manifest("trafficDistribution: PreferClose"),
+    );
+    gw.wait_applied();
+    write(
+        dir.path(),
+        "we-zone-a.yaml",
+        &workload_entry_manifest("we-zone-a", "region//zone", a.addr.port()),
+    );
+    let err = gw.wait_rejected();
+    assert!(
+        err.contains("(WorkloadEntry locus-demo/we-zone-a): field spec.locality"),
+        "{err}"
+    );
+    assert_eq!(c.get(addr, HOST, "/hostname").await.who(), "backend-zone-a");
+
+    // Fixing it applies again.
+    write(
+        dir.path(),
+        "we-zone-a.yaml",
+        &workload_entry_manifest("we-zone-a", "region/zone", a.addr.port()),
+    );
+    gw.wait_applied();
+    assert_eq!(c.get(addr, HOST, "/hostname").await.who(), "backend-zone-a");
+}
+
+#[test]
+fn invalid_initial_config_fails_to_start_with_a_clear_error() {
+    let dir = tempdir();
+    write(dir.path(), "svc.yaml", "apiVersion: v1\nkind: Service\nmetadata: {name: s}\nspec:\n  internalTrafficPolicy: Nearby\n");
+    let out = std::process::Command::new(BIN)
+        .args([
+            "serve",
+            "-f",
+            dir.path().to_str().unwrap(),
+            "--ephemeral-ports",
+            "--bind",
+            "127.0.0.1",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("svc.yaml: document 1 (Service default/s): field spec.internalTrafficPolicy: \"Nearby\" is not one of Cluster, Local"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_explains_buckets_and_fails_on_bad_input() {
+    let dir = tempdir();
+    write(dir.path(), "gateway.yaml", &gateway_manifest());
+    write(
+        dir.path(),
+        "service.yaml",
+        &service_manifest("trafficDistribution: PreferClose"),
+    );
+    for (we, loc, port) in [
+        ("we-zone-a", "region/zone", 9101),
+        ("we-zone-b", "region/other-zone", 9102),
+        ("we-region-b", "other-region/zone", 9103),
+    ] {
+        write(
+            dir.path(),
+            &format!("{we}.yaml"),
+            &workload_entry_manifest(we, loc, port),
+        );
+    }
+    write(
+        dir.path(),
+        "deploy.yaml",
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\n",
+    );
+    let out = std::process::Command::new(BIN)
+        .args([
+            "check",
+            "-f",
+            dir.path().to_str().unwrap(),
+            "--locality",
+            "region/zone",
+        ])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("Gateway locality: region/zone"), "{text}");
+    assert!(
+        text.contains("Service locus-demo/locality-svc port 80 (http)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mode: failover: trafficDistribution PreferClose"),
+        "{text}"
+    );
+    let zone = text.find("bucket 0 same-zone").expect("zone bucket");
+    let region = text.find("bucket 1 same-region").expect("region bucket");
+    let elsewhere = text.find("bucket 2 elsewhere").expect("elsewhere bucket");
+    assert!(zone < region && region < elsewhere);
+    assert!(text[zone..region].contains("127.0.0.1:9101"), "{text}");
+    assert!(
+        text[zone..region].contains("<- traffic goes here"),
+        "{text}"
+    );
+    assert!(text[region..elsewhere].contains("127.0.0.1:9102"), "{text}");
+    assert!(text[elsewhere..].contains("127.0.0.1:9103"), "{text}");
+    assert!(
+        text.contains("kind Deployment (apps/v1) is not used by Locus; skipped"),
+        "{text}"
+    );
+
+    // Without any locality, check warns that preferences cannot apply.
+    let out = std::process::Command::new(BIN)
+        .args(["check", "-f", dir.path().to_str().unwrap()])
+        .env_remove("LOCALITY")
+        .env_remove("NODE_NAME")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("the gateway's locality is unknown, so locality preferences cannot apply"),
+        "{text}"
+    );
+
+    // Invalid input: non-zero exit and the error on stderr.
+    write(dir.path(), "bad.yaml", "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: x}\nspec:\n  rules:\n  - matches: [{path: {type: PathPrefix, value: nope}}]\n");
+    let out = std::process::Command::new(BIN)
+        .args(["check", "-f", dir.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(
+            "bad.yaml: document 1 (HTTPRoute x/r): field spec.rules[0].matches[0].path.value"
+        ),
+        "{stderr}"
+    );
+}

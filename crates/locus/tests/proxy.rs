@@ -1,0 +1,150 @@
+//! The data path: HTTP/1.1 and h2c downstream, forwarding headers, streamed bodies, upstream
+//! failures, and connections that survive reloads.
+
+mod common;
+
+use bytes::Bytes;
+use common::*;
+
+fn manifests(port: u16, extra_service_spec: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: apps}}\nspec:\n  gatewayClassName: locus\n  listeners: [{{name: http, protocol: HTTP, port: 8080}}]\n---\n\
+apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: apps}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules: [{{backendRefs: [{{name: svc, port: 80}}]}}]\n---\n\
+apiVersion: v1\nkind: Service\nmetadata: {{name: svc, namespace: apps}}\nspec:\n  selector: {{app: svc}}\n  ports: [{{name: http, port: 80}}]\n{extra_service_spec}---\n\
+apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: we, namespace: apps, labels: {{app: svc}}}}\nspec: {{address: 127.0.0.1, ports: {{http: {port}}}}}\n"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwards_headers_and_streams_bodies_over_http1_and_h2c() {
+    let e = echo("echo");
+    let dir = tempdir();
+    write(dir.path(), "all.yaml", &manifests(e.addr.port(), ""));
+    let gw = Gw::start(dir.path(), &[]);
+    let addr = gw.addr(8080);
+
+    for h2 in [false, true] {
+        let c = HttpClient::new(h2);
+        let body = Bytes::from(vec![b'a'; 1 << 20]);
+        let r = c
+            .request(
+                "POST",
+                addr,
+                "svc.test",
+                "/upload?x=1",
+                &[
+                    ("connection", "x-drop-me"),
+                    ("x-drop-me", "secret"),
+                    ("x-forwarded-for", "10.1.2.3"),
+                ],
+                body,
+            )
+            .await;
+        assert_eq!(r.status, 200, "h2={h2}: {}", r.body);
+        let j = r.json();
+        assert_eq!(j["bodyBytes"], 1 << 20, "h2={h2}");
+        assert_eq!(j["path"], "/upload");
+        assert_eq!(j["query"], "x=1");
+        assert_eq!(j["method"], "POST");
+        let h = &j["headers"];
+        assert_eq!(h["host"], "svc.test", "h2={h2}: {h}");
+        assert_eq!(h["x-forwarded-for"], "10.1.2.3, 127.0.0.1");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert!(
+            h.get("x-drop-me").is_none(),
+            "hop-by-hop header forwarded: {h}"
+        );
+        assert!(h.get("connection").is_none() || h["connection"] != "x-drop-me");
+
+        // Large response bodies stream back.
+        let r = c.get(addr, "svc.test", "/size/3000000").await;
+        assert_eq!(r.body.len(), 3_000_000);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upstream_connect_failure_is_a_clear_502() {
+    // A port nothing listens on: bind, note the port, close.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempdir();
+    write(dir.path(), "all.yaml", &manifests(port, ""));
+    let gw = Gw::start(dir.path(), &[]);
+    let r = HttpClient::default()
+        .get(gw.addr(8080), "svc.test", "/")
+        .await;
+    assert_eq!(r.status, 502);
+    assert_eq!(r.headers["x-locus-error"], "upstream-connect");
+    assert!(
+        r.body.contains(&format!(
+            "upstream connect error to 127.0.0.1:{port} (service apps/svc:80)"
+        )),
+        "{}",
+        r.body
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_connections_survive_reloads() {
+    let a = echo("a");
+    let b = echo("b");
+    let dir = tempdir();
+    write(dir.path(), "all.yaml", &manifests(a.addr.port(), ""));
+    let mut gw = Gw::start(dir.path(), &[]);
+    let addr = gw.addr(8080);
+    // One raw keep-alive connection used before and after the reload.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let ask = async |conn: &mut tokio::net::TcpStream| {
+        conn.write_all(b"GET /hostname HTTP/1.1\r\nhost: svc.test\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = vec![0u8; 4096];
+        let mut got = Vec::new();
+        loop {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(n > 0, "connection closed");
+            got.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&got);
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                let len: usize = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length: ")
+                            .map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap();
+                if body.len() >= len {
+                    return body[..len].to_owned();
+                }
+            }
+        }
+    };
+    assert_eq!(ask(&mut conn).await, "a");
+    gw.apply("all.yaml", &manifests(b.addr.port(), ""));
+    assert_eq!(ask(&mut conn).await, "b");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_timeout_gives_504() {
+    // A backend that accepts but never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let dir = tempdir();
+    let m = manifests(port, "").replace(
+        "rules: [{backendRefs: [{name: svc, port: 80}]}]",
+        "rules: [{timeouts: {request: 300ms}, backendRefs: [{name: svc, port: 80}]}]",
+    );
+    write(dir.path(), "all.yaml", &m);
+    let gw = Gw::start(dir.path(), &[]);
+    let r = HttpClient::default()
+        .get(gw.addr(8080), "svc.test", "/")
+        .await;
+    assert_eq!(r.status, 504);
+    assert_eq!(r.headers["x-locus-error"], "upstream-timeout");
+    drop(silent);
+}

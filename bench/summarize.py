@@ -1,0 +1,77 @@
+#!/usr/bin/env python3
+"""Summarise a bench/run.sh result directory into results.json and results.md (medians of the
+interleaved rounds, and Locus's ratio to each peer)."""
+import glob, json, os, re, statistics, sys
+
+out = sys.argv[1]
+meta = dict(l.strip().split("=", 1) for l in open(f"{out}/meta.txt") if "=" in l and not l.startswith(" "))
+rows = {}
+for f in sorted(glob.glob(f"{out}/raw/*-*-[0-9]*.txt")):
+    name = os.path.basename(f)[:-4]
+    scenario, target, _round = name.rsplit("-", 2)
+    if scenario == "warmup":
+        continue
+    text = open(f).read()
+    m = re.search(r"RESULT (.*)", text)
+    if not m:
+        continue
+    r = dict(kv.split("=") for kv in m.group(1).split())
+    r = {k: int(v) for k, v in r.items()}
+    r["rps"] = r["requests"] / (r["duration_us"] / 1e6)
+    try:
+        r["rss_kb"] = int(open(f + ".rss").read().strip())
+    except (OSError, ValueError):
+        r["rss_kb"] = None
+    rows.setdefault(scenario, {}).setdefault(target, []).append(r)
+
+def med(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+summary = {}
+for scenario, targets in rows.items():
+    summary[scenario] = {}
+    for target, runs in targets.items():
+        summary[scenario][target] = {
+            "rps": med([r["rps"] for r in runs]),
+            "rps_runs": [round(r["rps"]) for r in runs],
+            "p50_ms": med([r["p50_us"] / 1000 for r in runs]),
+            "p99_ms": med([r["p99_us"] / 1000 for r in runs]),
+            "p999_ms": med([r["p999_us"] / 1000 for r in runs]),
+            "errors": sum(r["sock_errors"] + r["non2xx"] for r in runs),
+            "rss_peak_kb": med([r["rss_kb"] for r in runs]),
+        }
+json.dump({"meta": meta, "summary": summary}, open(f"{out}/results.json", "w"), indent=2)
+
+titles = {"small": "keep-alive, 9-byte body", "1k": "keep-alive, 1 KiB body",
+          "64k": "keep-alive, 64 KiB body", "newconn": "new connection per request"}
+lines = [f"Run {meta.get('date')} on {meta.get('cpus')} cores ({meta.get('model')}); "
+         f"{meta.get('params')}; Envoy {meta.get('envoy', '?').split(': ')[-1]}, nginx {meta.get('nginx')}, "
+         f"HAProxy {meta.get('haproxy')}, Locus {meta.get('locus')}.", ""]
+for scenario in ["small", "1k", "64k", "newconn"]:
+    if scenario not in summary:
+        continue
+    s = summary[scenario]
+    lines += [f"**{titles[scenario]}** (medians of {len(next(iter(rows[scenario].values())))} interleaved rounds)", "",
+              "| target | req/s | p50 ms | p99 ms | p99.9 ms | errors | peak RSS MiB | Locus req/s ÷ target |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    locus = s.get("locus", {}).get("rps")
+    for t in ["direct", "envoy", "nginx", "haproxy", "locus"]:
+        if t not in s:
+            continue
+        v = s[t]
+        ratio = f"{locus / v['rps']:.2f}" if locus and t != "locus" else "—"
+        rss = f"{v['rss_peak_kb'] / 1024:.1f}" if v["rss_peak_kb"] else "—"
+        lines.append(f"| {t} | {v['rps']:,.0f} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | {v['p999_ms']:.2f} | "
+                     f"{v['errors']} | {rss} | {ratio} |")
+    lines.append("")
+mem = ["| proxy | RSS idle MiB |", "|---|---:|"]
+for t in ["envoy", "nginx", "haproxy", "locus"]:
+    k = f"rss_idle_kb.{t}"
+    if k in meta:
+        mem.append(f"| {t} | {int(meta[k]) / 1024:.1f} |")
+if "rss_10k_endpoints_kb.locus" in meta:
+    mem.append(f"| locus with 10,000 endpoints in 100 zones | {int(meta['rss_10k_endpoints_kb.locus']) / 1024:.1f} |")
+lines += ["**Memory**", ""] + mem + [""]
+open(f"{out}/results.md", "w").write("\n".join(lines))
+print("\n".join(lines))

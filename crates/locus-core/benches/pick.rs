@@ -15,10 +15,13 @@ fn endpoints(n: usize, localities: usize) -> Vec<Endpoint> {
     (0..n)
         .map(|i| {
             let l = i % localities;
-            let region = if l % 2 == 0 { "r1" } else { "r2" };
+            let region = if l.is_multiple_of(2) { "r1" } else { "r2" };
             let ip = IpAddr::V4(Ipv4Addr::from(0x0a00_0000 + i as u32));
-            Endpoint::new(SocketAddr::new(ip, 8080), Locality::new(region, &format!("z{l}"), ""))
-                .with_weight(1 + (i % 3) as u32)
+            Endpoint::new(
+                SocketAddr::new(ip, 8080),
+                Locality::new(region, &format!("z{l}"), ""),
+            )
+            .with_weight(1 + (i % 3) as u32)
         })
         .collect()
 }

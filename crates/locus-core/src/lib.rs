@@ -10,9 +10,11 @@
 
 pub mod balancer;
 pub mod endpoint;
+pub mod health;
 pub mod locality;
 pub mod ranking;
 
 pub use endpoint::{Endpoint, EndpointState};
+pub use health::{EndpointHealth, Outcome, OutlierPolicy, Spillover};
 pub use locality::{Locality, LocalityError, Relation};
 pub use ranking::{Distribution, GatewayIdentity, RoutingPolicy, Tier};

@@ -15,7 +15,15 @@ pub fn run(paths: &[PathBuf], cfg: &IdentityConfig) -> Result<String, String> {
     let set = load_paths(paths).map_err(|e| e.to_string())?;
     let model = Model::build(&set).map_err(|e| e.to_string())?;
     let resolved = identity::resolve(cfg, &model);
-    let table = RouteTable::build(&model, resolved, &GatewaySelector::All, 0);
+    let registry = crate::health::HealthRegistry::default();
+    let table = RouteTable::build(
+        &model,
+        resolved,
+        &GatewaySelector::All,
+        0,
+        &registry,
+        crate::health::now_ms(),
+    );
     Ok(report(&model, &table))
 }
 
@@ -78,6 +86,7 @@ pub fn report(model: &Model, table: &RouteTable) -> String {
             let _ = writeln!(out, "  mode: {mode}");
             let snap =
                 ServiceSnapshot::build(id.identity.clone(), svc.policy, port.endpoints.clone());
+            let o = &port.health.outlier;
             let active = snap.active_bucket();
             for (b, bucket) in snap.buckets.iter().enumerate() {
                 let _ = writeln!(
@@ -116,6 +125,21 @@ pub fn report(model: &Model, table: &RouteTable) -> String {
             }
             if let Err(why) = snap.pick() {
                 let _ = writeln!(out, "  requests now get 503: {why}");
+            }
+            // maxEjectionPercent below what a bucket holds means a dead bucket can never be
+            // fully ejected, so failover would rely on retries alone.
+            let allowed = (snap.endpoints.len() * o.max_ejection_percent as usize / 100).max(1);
+            if let Some(first) = snap.buckets.iter().find(|b| !b.members.is_empty()) {
+                if allowed < first.members.len() && !svc.policy.strict_local {
+                    let _ = writeln!(
+                        out,
+                        "  warning: maxEjectionPercent {}% allows {allowed} of {} endpoints ejected, fewer than the {} in bucket {}: if that bucket fails, failover relies on retries only",
+                        o.max_ejection_percent,
+                        snap.endpoints.len(),
+                        first.members.len(),
+                        first.tier
+                    );
+                }
             }
             if snap.using_terminating {
                 let _ = writeln!(

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use crate::health::{self, active::Prober, HealthRegistry};
 use crate::identity::{self, IdentityConfig};
 use crate::model::Model;
 use crate::proxy::{self, Shared};
@@ -58,6 +59,8 @@ struct Listener {
 
 pub struct Gateway {
     shared: Arc<Shared>,
+    registry: HealthRegistry,
+    prober: Prober,
     options: GatewayOptions,
     listeners: Mutex<BTreeMap<u16, Listener>>,
     generation: AtomicU64,
@@ -66,9 +69,20 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// A gateway with no configuration yet. Must be called within a Tokio runtime: it starts
+    /// the health monitor.
     pub fn new(options: GatewayOptions) -> Arc<Self> {
+        let (health_tx, health_rx) = mpsc::unbounded_channel();
+        let shared = Arc::new(Shared::new(RouteTable::default(), health_tx.clone()));
+        tokio::spawn(health::monitor(
+            shared.clone(),
+            health_tx.clone(),
+            health_rx,
+        ));
         Arc::new(Gateway {
-            shared: Arc::new(Shared::new(RouteTable::default())),
+            shared,
+            registry: HealthRegistry::default(),
+            prober: Prober::new(health_tx),
             options,
             listeners: Mutex::new(BTreeMap::new()),
             generation: AtomicU64::new(0),
@@ -123,7 +137,14 @@ impl Gateway {
         let model = Model::build(set).map_err(|e| self.reject(e.to_string()))?;
         let resolved = identity::resolve(&self.options.identity, &model);
         let generation = self.generation.load(Ordering::SeqCst) + 1;
-        let table = RouteTable::build(&model, resolved, &self.options.selector, generation);
+        let table = RouteTable::build(
+            &model,
+            resolved,
+            &self.options.selector,
+            generation,
+            &self.registry,
+            health::now_ms(),
+        );
         // Bind new ports before publishing so a table never names a port that is not served.
         let wanted: Vec<u16> = table.ports.keys().copied().collect();
         let bound = self.bind_missing(&wanted).await;
@@ -140,8 +161,12 @@ impl Gateway {
             listeners = table.ports.len(),
             "configuration applied"
         );
-        self.shared.table.store(Arc::new(table));
+        let table = Arc::new(table);
+        self.shared.table.store(table.clone());
         self.generation.store(generation, Ordering::SeqCst);
+        self.prober.reconcile(&table);
+        self.registry
+            .retain(&table.by_endpoint.keys().copied().collect());
         self.close_unwanted(&wanted);
         self.emit(Event::Applied { generation });
         Ok(generation)

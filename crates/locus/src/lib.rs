@@ -11,6 +11,7 @@ pub mod demo;
 pub mod discovery;
 pub mod echo;
 pub mod gateway;
+pub mod health;
 pub mod identity;
 pub mod model;
 pub mod proxy;

@@ -4,4 +4,4 @@ mod schedule;
 mod snapshot;
 
 pub use schedule::WeightedSchedule;
-pub use snapshot::{Bucket, NoEndpoint, Pick, ServiceSnapshot};
+pub use snapshot::{Bucket, HealthOptions, NoEndpoint, Pick, ServiceSnapshot, SnapshotMode};

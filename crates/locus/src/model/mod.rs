@@ -6,7 +6,8 @@
 //! honour becomes a warning here, so `check`, the log and the admin API all say the same.
 
 mod gateways;
-mod routes;
+pub mod policies;
+pub mod routes;
 mod services;
 
 use std::collections::{BTreeMap, HashMap};
@@ -17,6 +18,7 @@ use locus_core::Locality;
 use crate::resources::{ConfigError, Document, Origin, Resource, ResourceSet};
 
 pub use gateways::{AllowedRoutes, GatewayModel, ListenerModel};
+pub use policies::{ActiveCheck, HealthConfig, RetryPolicy};
 pub use routes::{
     BackendRefModel, MatchModel, ParentRefModel, PathMatch, RouteModel, RuleModel, ValueMatch,
 };
@@ -145,6 +147,8 @@ impl Model {
         let mut services = Vec::new();
         let mut slices = Vec::new();
         let mut entries = Vec::new();
+        let mut rules = Vec::new();
+        let mut traffic = Vec::new();
         for doc in &set.documents {
             let ctx = DocCtx { doc };
             match &doc.resource {
@@ -159,14 +163,17 @@ impl Model {
                 Resource::Service(svc) => services.push((doc, &**svc)),
                 Resource::EndpointSlice(slice) => slices.push((doc, &**slice)),
                 Resource::WorkloadEntry(we) => entries.push((doc, &**we)),
+                Resource::DestinationRule(dr) => rules.push((doc, &**dr)),
+                Resource::BackendTrafficPolicy(btp) => traffic.push((doc, &**btp)),
                 Resource::Node(_) | Resource::Namespace(_) => {}
             }
         }
         let endpoint_sources =
             services::EndpointSources::build(&slices, &entries, &model.nodes, &mut model.warnings)?;
+        let policies = policies::Policies::build(&rules, &traffic, &mut model.warnings)?;
         for (doc, svc) in services {
             let ctx = DocCtx { doc };
-            let s = services::build(&ctx, svc, &endpoint_sources, &mut model.warnings)?;
+            let s = services::build(&ctx, svc, &endpoint_sources, &policies, &mut model.warnings)?;
             model.services.insert(s.key.clone(), s);
         }
         endpoint_sources.warn_orphans(&model.services, &mut model.warnings);

@@ -10,6 +10,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use locus_core::{Distribution, Endpoint, EndpointState, Locality, RoutingPolicy};
 
+use super::policies::{HealthConfig, Policies};
 use super::{name_of, namespace_of, DocCtx, NodeModel, ObjKey};
 use crate::resources::{ConfigError, Document, Origin, WorkloadEntry};
 
@@ -23,6 +24,8 @@ pub struct ServicePortModel {
     pub app_protocol: Option<String>,
     /// Resolved endpoints for this port.
     pub endpoints: Vec<Endpoint>,
+    /// Outlier detection, active checks, retries and spillover for this port.
+    pub health: HealthConfig,
 }
 
 #[derive(Clone, Debug)]
@@ -301,6 +304,7 @@ pub(super) fn build(
     ctx: &DocCtx<'_>,
     svc: &Service,
     sources: &EndpointSources,
+    policies: &Policies<'_>,
     warnings: &mut Vec<String>,
 ) -> Result<ServiceModel, ConfigError> {
     let key = ObjKey {
@@ -359,7 +363,10 @@ pub(super) fn build(
             port,
             app_protocol: p.app_protocol.clone(),
             endpoints: Vec::new(),
+            health: HealthConfig::default(),
         };
+        let annotations = svc.metadata.annotations.clone().unwrap_or_default();
+        model.health = policies.for_port(&key, port, &annotations, ctx, warnings)?;
         model.endpoints =
             sources.endpoints_for(&key, &selector, &model, p.target_port.as_ref(), single_port);
         ports.push(model);

@@ -11,6 +11,8 @@ use super::body::ProxyBody;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
+    #[error("bad request: {0}")]
+    BadRequest(String),
     #[error("no route for host {host:?} and path {path:?}")]
     NoRoute { host: String, path: String },
     #[error("no endpoint available for service {service}: {reason}")]
@@ -47,6 +49,7 @@ pub enum ProxyError {
 impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
+            ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::NoEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::InvalidBackend(_)
@@ -63,6 +66,7 @@ impl ProxyError {
     /// gateway error from an upstream's own error status.
     pub fn code(&self) -> &'static str {
         match self {
+            ProxyError::BadRequest(_) => "bad-request",
             ProxyError::NoRoute { .. } => "no-route",
             ProxyError::NoEndpoint { .. } => "no-endpoint",
             ProxyError::InvalidBackend(_) => "invalid-backend",

@@ -2,13 +2,21 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
 use http::{Request, Response, Uri, Version};
-use hyper::body::Incoming;
+use http_body_util::BodyExt;
+use hyper::body::{Body, Incoming};
+use locus_core::balancer::SnapshotMode;
+use locus_core::{EndpointHealth, Outcome, Tier};
 
 use super::body::ProxyBody;
 use super::error::ProxyError;
 use super::{ConnInfo, Shared};
-use crate::routing::Backend;
+use crate::health::{now_ms, HealthEvent};
+use crate::routing::{Backend, ServiceTarget};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -72,6 +80,108 @@ fn io_detail(err: &(dyn std::error::Error + 'static)) -> String {
     last
 }
 
+/// What the first attempt's pick is replaced by on retries: everything tried is avoided.
+fn pick_endpoint(
+    target: &ServiceTarget,
+    tried: &[SocketAddr],
+    now: u64,
+) -> Result<(SocketAddr, Arc<EndpointHealth>, Tier), ProxyError> {
+    let snap = target.snapshot.load();
+    let no_endpoint = |reason| ProxyError::NoEndpoint {
+        service: target.name.clone(),
+        reason,
+    };
+    let mut pick = if tried.is_empty() {
+        snap.pick().map_err(no_endpoint)?
+    } else {
+        let idx = tried_indices(&snap.endpoints, tried);
+        snap.pick_excluding(&idx).map_err(no_endpoint)?
+    };
+    // An endpoint ejected by a request a moment ago may still be in this snapshot until the
+    // health monitor publishes the next one: step over it rather than send it traffic.
+    if snap.mode == SnapshotMode::Normal && snap.endpoint_health(pick).is_ejected(now) {
+        let mut idx = tried_indices(&snap.endpoints, tried);
+        idx.push(pick.endpoint);
+        if let Ok(p) = snap.pick_excluding(&idx) {
+            pick = p;
+        }
+    }
+    Ok((
+        snap.endpoint(pick).addr,
+        snap.endpoint_health(pick).clone(),
+        snap.buckets[pick.bucket as usize].tier,
+    ))
+}
+
+fn tried_indices(endpoints: &[locus_core::Endpoint], tried: &[SocketAddr]) -> Vec<u32> {
+    endpoints
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| tried.contains(&e.addr))
+        .map(|(i, _)| i as u32)
+        .collect()
+}
+
+/// Feeds an outcome to outlier detection and ejects the endpoint when a threshold is crossed
+/// and `maxEjectionPercent` allows it (at least one endpoint always may be, as in Envoy).
+fn note_outcome(
+    shared: &Shared,
+    target: &ServiceTarget,
+    addr: SocketAddr,
+    health: &EndpointHealth,
+    outcome: Outcome,
+) {
+    let policy = &target.health.outlier;
+    let now = now_ms();
+    let Some(reason) = health.record(outcome, policy, now) else {
+        return;
+    };
+    let snap = target.snapshot.load();
+    let ejected = snap.health.iter().filter(|h| h.is_ejected(now)).count();
+    let allowed = (snap.health.len() * policy.max_ejection_percent as usize / 100).max(1);
+    if ejected >= allowed {
+        tracing::info!(service = %target.name, endpoint = %addr, reason = reason.as_str(), ejected, allowed,
+            "not ejecting: maxEjectionPercent reached");
+        return;
+    }
+    if let Some(until) = health.eject(policy, now) {
+        tracing::warn!(
+            service = %target.name,
+            endpoint = %addr,
+            reason = reason.as_str(),
+            times = health.ejection_count(),
+            for_ms = until - now,
+            "endpoint ejected"
+        );
+        let _ = shared.health_tx.send(HealthEvent::Ejected {
+            addr,
+            until_ms: until,
+        });
+    }
+}
+
+/// Counts a request in flight on an endpoint for as long as it lives.
+struct InFlight(Arc<EndpointHealth>);
+
+impl InFlight {
+    fn new(h: Arc<EndpointHealth>) -> Self {
+        h.in_flight
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        InFlight(h)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0
+            .in_flight
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Bodies up to this size are buffered so a request can be retried on another endpoint.
+const REPLAY_LIMIT: u64 = 64 * 1024;
+
 pub(super) async fn forward(
     shared: &Shared,
     info: &ConnInfo,
@@ -106,31 +216,13 @@ pub(super) async fn forward(
         };
         (action, target)
     };
-    let (addr, bucket) = {
-        let snap = target.snapshot.load();
-        let pick = snap.pick().map_err(|reason| ProxyError::NoEndpoint {
-            service: target.name.clone(),
-            reason,
-        })?;
-        let ep = snap.endpoint(pick);
-        (ep.addr, snap.buckets[pick.bucket as usize].tier)
-    };
-    tracing::debug!(service = %target.name, endpoint = %addr, bucket = %bucket, route = %action.route, "forwarding");
 
-    // Upstream request: same method, path and headers, to the endpoint.
+    // The request as it goes upstream, minus URI and body (set per attempt).
     let path_and_query = parts
         .uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    let authority =
-        Authority::try_from(addr.to_string()).expect("a socket address is an authority");
-    parts.uri = Uri::builder()
-        .scheme(Scheme::HTTP)
-        .authority(authority)
-        .path_and_query(path_and_query)
-        .build()
-        .expect("valid parts make a valid URI");
     strip_hop_by_hop(&mut parts.headers);
     if !parts.headers.contains_key(header::HOST) && !host.is_empty() {
         if let Ok(v) = HeaderValue::from_str(&host) {
@@ -152,51 +244,149 @@ pub(super) async fn forward(
     parts
         .headers
         .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    parts.version = if target.h2c {
+    let version = if target.h2c {
         Version::HTTP_2
     } else {
         Version::HTTP_11
     };
-    let upstream_req = Request::from_parts(parts, ProxyBody::Incoming(body));
 
+    // A body that can be sent again makes the request retryable on another endpoint.
+    let retry = &target.health.retry;
+    let mut streaming = None;
+    let replay: Option<Bytes> = if body.is_end_stream() {
+        Some(Bytes::new())
+    } else {
+        let small = body.size_hint().upper().is_some_and(|n| n <= REPLAY_LIMIT);
+        if retry.attempts > 0 && small {
+            Some(
+                body.collect()
+                    .await
+                    .map_err(|e| ProxyError::BadRequest(format!("reading the request body: {e}")))?
+                    .to_bytes(),
+            )
+        } else {
+            streaming = Some(body);
+            None
+        }
+    };
+    let max_attempts = if replay.is_some() {
+        retry.attempts + 1
+    } else {
+        1
+    };
+    let deadline = action.timeout.map(|t| tokio::time::Instant::now() + t);
     let client = if target.h2c {
         &shared.h2c_client
     } else {
         &shared.client
     };
-    let call = client.request(upstream_req);
-    let result = match action.timeout {
-        Some(timeout) => match tokio::time::timeout(timeout, call).await {
-            Ok(r) => r,
-            Err(_) => {
-                return Err(ProxyError::Timeout {
-                    service: target.name.clone(),
-                    addr,
-                    timeout,
-                })
-            }
-        },
-        None => call.await,
-    };
-    let resp = result.map_err(|e| {
-        let detail = io_detail(&e);
-        if e.is_connect() {
-            ProxyError::UpstreamConnect {
-                service: target.name.clone(),
-                addr,
-                detail,
-            }
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut last_error = None;
+
+    for attempt in 1..=max_attempts {
+        let (addr, health, tier) = match pick_endpoint(&target, &tried, now_ms()) {
+            Ok(p) => p,
+            // Nothing left to retry on: the client gets the error that made us retry.
+            Err(e) => return Err(last_error.unwrap_or(e)),
+        };
+        tracing::debug!(service = %target.name, endpoint = %addr, bucket = %tier, attempt, route = %action.route, "forwarding");
+        let last = attempt == max_attempts;
+        let authority =
+            Authority::try_from(addr.to_string()).expect("a socket address is an authority");
+        let uri = Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority)
+            .path_and_query(path_and_query.clone())
+            .build()
+            .expect("valid parts make a valid URI");
+        let mut upstream = Request::new(match (&replay, streaming.take()) {
+            (Some(bytes), _) => ProxyBody::text(bytes.clone()),
+            (None, Some(body)) => ProxyBody::Incoming(body),
+            (None, None) => ProxyBody::empty(),
+        });
+        *upstream.method_mut() = parts.method.clone();
+        *upstream.uri_mut() = uri;
+        *upstream.version_mut() = version;
+        *upstream.headers_mut() = if last {
+            std::mem::take(&mut parts.headers)
         } else {
-            ProxyError::Upstream {
-                service: target.name.clone(),
-                addr,
-                detail,
+            parts.headers.clone()
+        };
+
+        let _in_flight = InFlight::new(health.clone());
+        let per_try = retry
+            .per_try_timeout
+            .map(|t| tokio::time::Instant::now() + t);
+        let until = match (deadline, per_try) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let call = client.request(upstream);
+        let result = match until {
+            Some(at) => match tokio::time::timeout_at(at, call).await {
+                Ok(r) => r,
+                Err(_) => {
+                    note_outcome(shared, &target, addr, &health, Outcome::LocalOriginFailure);
+                    return Err(ProxyError::Timeout {
+                        service: target.name.clone(),
+                        addr,
+                        timeout: action.timeout.or(retry.per_try_timeout).unwrap_or_default(),
+                    });
+                }
+            },
+            None => call.await,
+        };
+        match result {
+            Err(e) => {
+                note_outcome(shared, &target, addr, &health, Outcome::LocalOriginFailure);
+                let detail = io_detail(&e);
+                // Only a request that never reached the endpoint is retried by default: it
+                // cannot have had an effect there.
+                if e.is_connect() && !last {
+                    tracing::debug!(service = %target.name, endpoint = %addr, %detail, "connect failed; retrying on another endpoint");
+                    tried.push(addr);
+                    last_error = Some(ProxyError::UpstreamConnect {
+                        service: target.name.clone(),
+                        addr,
+                        detail,
+                    });
+                    continue;
+                }
+                return Err(if e.is_connect() {
+                    ProxyError::UpstreamConnect {
+                        service: target.name.clone(),
+                        addr,
+                        detail,
+                    }
+                } else {
+                    ProxyError::Upstream {
+                        service: target.name.clone(),
+                        addr,
+                        detail,
+                    }
+                });
+            }
+            Ok(resp) => {
+                let status = resp.status().as_u16();
+                note_outcome(shared, &target, addr, &health, Outcome::Status(status));
+                if !last && retry.statuses.contains(&status) {
+                    // Try another endpoint; if none is left, this response goes back as is.
+                    let snap = target.snapshot.load();
+                    let mut idx = tried_indices(&snap.endpoints, &tried);
+                    idx.extend(tried_indices(&snap.endpoints, &[addr]));
+                    if snap.pick_excluding(&idx).is_ok() {
+                        tracing::debug!(service = %target.name, endpoint = %addr, status, "retrying on another endpoint");
+                        tried.push(addr);
+                        continue;
+                    }
+                }
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                return Ok(Response::from_parts(parts, ProxyBody::Incoming(body)));
             }
         }
-    })?;
-    let (mut parts, body) = resp.into_parts();
-    strip_hop_by_hop(&mut parts.headers);
-    Ok(Response::from_parts(parts, ProxyBody::Incoming(body)))
+    }
+    unreachable!("the last attempt always returns")
 }
 
 #[cfg(test)]

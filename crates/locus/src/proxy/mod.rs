@@ -23,6 +23,7 @@ use tokio::net::TcpListener;
 pub use body::ProxyBody;
 pub use error::ProxyError;
 
+use crate::health::HealthTx;
 use crate::routing::RouteTable;
 
 /// How long an upstream connection attempt may take (Envoy's default `connect_timeout`).
@@ -31,12 +32,14 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// State shared by every connection of every listener.
 pub struct Shared {
     pub table: ArcSwap<RouteTable>,
+    /// To the health monitor: ejections found on the request path.
+    pub health_tx: HealthTx,
     client: Client<HttpConnector, ProxyBody>,
     h2c_client: Client<HttpConnector, ProxyBody>,
 }
 
 impl Shared {
-    pub fn new(table: RouteTable) -> Self {
+    pub fn new(table: RouteTable, health_tx: HealthTx) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
@@ -48,6 +51,7 @@ impl Shared {
             .build(connector);
         Shared {
             table: ArcSwap::from_pointee(table),
+            health_tx,
             client,
             h2c_client,
         }

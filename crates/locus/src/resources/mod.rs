@@ -5,6 +5,7 @@
 //! the ecosystem's own types (k8s-openapi, gateway-api) or our copies of Istio's, and reports
 //! any problem with the file, the document and the field it is about.
 
+pub mod envoy_gateway;
 mod error;
 pub mod istio;
 mod load;
@@ -19,8 +20,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 
+pub use envoy_gateway::BackendTrafficPolicy;
 pub use error::{ConfigError, DocRef};
-pub use istio::WorkloadEntry;
+pub use istio::{DestinationRule, WorkloadEntry};
 pub use load::{collect_files, load_paths};
 
 /// Where a resource came from: a file and the document's position in it.
@@ -41,6 +43,8 @@ pub enum Resource {
     Node(Box<Node>),
     Namespace(Box<Namespace>),
     WorkloadEntry(Box<WorkloadEntry>),
+    DestinationRule(Box<DestinationRule>),
+    BackendTrafficPolicy(Box<BackendTrafficPolicy>),
 }
 
 impl Resource {
@@ -53,6 +57,8 @@ impl Resource {
             Resource::Node(_) => "Node",
             Resource::Namespace(_) => "Namespace",
             Resource::WorkloadEntry(_) => "WorkloadEntry",
+            Resource::DestinationRule(_) => "DestinationRule",
+            Resource::BackendTrafficPolicy(_) => "BackendTrafficPolicy",
         }
     }
 }
@@ -163,6 +169,14 @@ fn parse_value(origin: Origin, value: Value, out: &mut ResourceSet) -> Result<()
             if matches!(version, "v1" | "v1beta1" | "v1alpha3") =>
         {
             Resource::WorkloadEntry(typed(&origin, &doc, value)?)
+        }
+        ("networking.istio.io", "DestinationRule")
+            if matches!(version, "v1" | "v1beta1" | "v1alpha3") =>
+        {
+            Resource::DestinationRule(typed(&origin, &doc, value)?)
+        }
+        ("gateway.envoyproxy.io", "BackendTrafficPolicy") if version == "v1alpha1" => {
+            Resource::BackendTrafficPolicy(typed(&origin, &doc, value)?)
         }
         _ => {
             out.warnings.push(format!(

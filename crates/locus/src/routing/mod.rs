@@ -11,12 +11,15 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::net::SocketAddr;
+
 use arc_swap::ArcSwap;
 use http::request::Parts;
 use locus_core::balancer::{ServiceSnapshot, WeightedSchedule};
 
+use crate::health::HealthRegistry;
 use crate::identity::ResolvedIdentity;
-use crate::model::{AllowedRoutes, MatchModel, Model, ObjKey};
+use crate::model::{AllowedRoutes, HealthConfig, MatchModel, Model, ObjKey};
 use matching::{intersect, HostKey, Precedence};
 
 /// One Service port that routes send traffic to.
@@ -28,7 +31,34 @@ pub struct ServiceTarget {
     pub name: Arc<str>,
     /// Upstream speaks cleartext HTTP/2 (`appProtocol: kubernetes.io/h2c`).
     pub h2c: bool,
+    pub health: HealthConfig,
     pub snapshot: ArcSwap<ServiceSnapshot>,
+}
+
+impl ServiceTarget {
+    /// Rebuilds the snapshot from the same endpoints with their current health.
+    pub fn refresh(&self, now_ms: u64) {
+        let old = self.snapshot.load();
+        let new = ServiceSnapshot::build_with_health(
+            old.gateway.clone(),
+            old.policy,
+            old.options,
+            old.endpoints.clone(),
+            old.health.clone(),
+            now_ms,
+        );
+        let (before, after) = (old.spilled_fraction(), new.spilled_fraction());
+        if (before == 0.0) != (after == 0.0) || old.mode != new.mode {
+            tracing::info!(
+                service = %self.name,
+                spilled = format!("{:.1}%", after * 100.0),
+                mode = new.mode.as_str(),
+                "{}",
+                if after > 0.0 { "spilling over to farther buckets" } else { "all traffic back in the best bucket" }
+            );
+        }
+        self.snapshot.store(Arc::new(new));
+    }
 }
 
 #[derive(Debug)]
@@ -152,6 +182,8 @@ pub struct RouteTable {
     pub identity: ResolvedIdentity,
     pub ports: BTreeMap<u16, PortTable>,
     pub services: BTreeMap<(ObjKey, u16), Arc<ServiceTarget>>,
+    /// Which Service ports each endpoint address belongs to (health changes rebuild these).
+    pub by_endpoint: HashMap<SocketAddr, Vec<Arc<ServiceTarget>>>,
     pub warnings: Vec<String>,
 }
 
@@ -198,6 +230,8 @@ impl RouteTable {
         identity: ResolvedIdentity,
         selector: &GatewaySelector,
         generation: u64,
+        registry: &HealthRegistry,
+        now_ms: u64,
     ) -> RouteTable {
         let mut warnings = model.warnings.clone();
         warnings.extend(identity.warnings.iter().cloned());
@@ -262,9 +296,14 @@ impl RouteTable {
                     };
                     attached = true;
                     for (r, rule) in route.rules.iter().enumerate() {
-                        let action = Arc::new(build_action(
+                        let ctx = BuildCtx {
                             model,
-                            &identity,
+                            identity: &identity,
+                            registry,
+                            now_ms,
+                        };
+                        let action = Arc::new(build_action(
+                            &ctx,
                             route,
                             r,
                             rule,
@@ -307,19 +346,32 @@ impl RouteTable {
         for table in ports.values_mut() {
             table.finish();
         }
+        let mut by_endpoint: HashMap<SocketAddr, Vec<Arc<ServiceTarget>>> = HashMap::new();
+        for target in services.values() {
+            for ep in &target.snapshot.load().endpoints {
+                by_endpoint.entry(ep.addr).or_default().push(target.clone());
+            }
+        }
         RouteTable {
             generation,
             identity,
             ports,
             services,
+            by_endpoint,
             warnings,
         }
     }
 }
 
+struct BuildCtx<'a> {
+    model: &'a Model,
+    identity: &'a ResolvedIdentity,
+    registry: &'a HealthRegistry,
+    now_ms: u64,
+}
+
 fn build_action(
-    model: &Model,
-    identity: &ResolvedIdentity,
+    ctx: &BuildCtx<'_>,
     route: &crate::model::RouteModel,
     r: usize,
     rule: &crate::model::RuleModel,
@@ -333,7 +385,7 @@ fn build_action(
             Backend::Invalid(Arc::from(why.as_str()))
         } else {
             let port = b.port.unwrap_or_default();
-            match model.services.get(&b.service) {
+            match ctx.model.services.get(&b.service) {
                 None => {
                     let why = format!("Service {} not found", b.service);
                     warnings.push(format!(
@@ -355,16 +407,27 @@ fn build_action(
                         let target = services
                             .entry((svc.key.clone(), port))
                             .or_insert_with(|| {
+                                let health = sp
+                                    .endpoints
+                                    .iter()
+                                    .map(|e| ctx.registry.get(e.addr))
+                                    .collect();
                                 Arc::new(ServiceTarget {
                                     key: svc.key.clone(),
                                     port,
                                     name: Arc::from(format!("{}:{port}", svc.key)),
                                     h2c: sp.app_protocol.as_deref() == Some("kubernetes.io/h2c"),
-                                    snapshot: ArcSwap::from_pointee(ServiceSnapshot::build(
-                                        identity.identity.clone(),
-                                        svc.policy,
-                                        sp.endpoints.clone(),
-                                    )),
+                                    health: sp.health.clone(),
+                                    snapshot: ArcSwap::from_pointee(
+                                        ServiceSnapshot::build_with_health(
+                                            ctx.identity.identity.clone(),
+                                            svc.policy,
+                                            sp.health.options,
+                                            sp.endpoints.clone(),
+                                            health,
+                                            ctx.now_ms,
+                                        ),
+                                    ),
                                 })
                             })
                             .clone();

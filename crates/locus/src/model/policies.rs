@@ -1,0 +1,549 @@
+//! Health and retry policies of a Service port: Istio DestinationRule `outlierDetection`,
+//! Envoy Gateway BackendTrafficPolicy `healthCheck` and `retry`, and Locus's annotations.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use locus_core::balancer::HealthOptions;
+use locus_core::{OutlierPolicy, Spillover};
+
+use super::routes::parse_duration;
+use super::{name_of, namespace_of, DocCtx, ObjKey};
+use crate::resources::envoy_gateway::{
+    ActiveHealthCheck, BackendTrafficPolicy, PassiveHealthCheck, Retry,
+};
+use crate::resources::istio::{DestinationRule, OutlierDetection};
+use crate::resources::{ConfigError, Document};
+
+pub const ANNOTATION_SPILLOVER: &str = "locus.io/spillover";
+pub const ANNOTATION_OVERPROVISIONING: &str = "locus.io/overprovisioning-factor";
+pub const ANNOTATION_FAIL_CLOSED: &str = "locus.io/fail-closed";
+
+/// An active HTTP health check (BackendTrafficPolicy `healthCheck.active`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ActiveCheck {
+    pub path: String,
+    pub method: http::Method,
+    pub expected_statuses: Vec<u16>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy_threshold: u32,
+    pub unhealthy_threshold: u32,
+}
+
+/// Retries. Requests that never reached an endpoint are always retried (up to `attempts`);
+/// responses with one of `statuses` are retried when the request body can be replayed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Extra attempts after the first (Envoy Gateway's `numRetries`; default 2).
+    pub attempts: u32,
+    pub statuses: Vec<u16>,
+    pub per_try_timeout: Option<Duration>,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            attempts: 2,
+            statuses: Vec::new(),
+            per_try_timeout: None,
+        }
+    }
+}
+
+/// Everything about health for one Service port.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HealthConfig {
+    pub outlier: OutlierPolicy,
+    /// Where the outlier policy came from, for `check` and the admin API.
+    pub outlier_source: String,
+    pub options: HealthOptions,
+    pub active: Option<ActiveCheck>,
+    pub retry: RetryPolicy,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            outlier: OutlierPolicy::default(),
+            outlier_source:
+                "Locus defaults (no outlierDetection or passive health check configured)".into(),
+            options: HealthOptions::default(),
+            active: None,
+            retry: RetryPolicy::default(),
+        }
+    }
+}
+
+/// DestinationRules and BackendTrafficPolicies, indexed by the Service they target.
+#[derive(Default)]
+pub(super) struct Policies<'a> {
+    rules: BTreeMap<ObjKey, (&'a Document, &'a DestinationRule)>,
+    traffic: BTreeMap<ObjKey, (&'a Document, &'a BackendTrafficPolicy)>,
+}
+
+/// The Service a DestinationRule `host` names: `name`, `name.ns`, `name.ns.svc` or
+/// `name.ns.svc.<cluster domain>`.
+fn host_to_service(host: &str, rule_namespace: &str) -> Option<ObjKey> {
+    if host.contains('*') {
+        return None;
+    }
+    let parts: Vec<&str> = host.split('.').collect();
+    match parts.as_slice() {
+        [name] => Some(ObjKey::new(rule_namespace, name)),
+        [name, ns] => Some(ObjKey::new(ns, name)),
+        [name, ns, "svc", ..] => Some(ObjKey::new(ns, name)),
+        _ => None,
+    }
+}
+
+fn warn_extra(
+    ctx: &DocCtx<'_>,
+    field: &str,
+    extra: &BTreeMap<String, serde_json::Value>,
+    warnings: &mut Vec<String>,
+) {
+    for key in extra.keys() {
+        warnings.push(format!(
+            "{}: {field}{key} is not supported by Locus; ignored",
+            ctx.place()
+        ));
+    }
+}
+
+impl<'a> Policies<'a> {
+    pub(super) fn build(
+        rules: &[(&'a Document, &'a DestinationRule)],
+        traffic: &[(&'a Document, &'a BackendTrafficPolicy)],
+        warnings: &mut Vec<String>,
+    ) -> Result<Self, ConfigError> {
+        let mut out = Policies::default();
+        for &(doc, dr) in rules {
+            let ctx = DocCtx { doc };
+            let ns = namespace_of(&dr.metadata);
+            name_of(&ctx, &dr.metadata)?;
+            let Some(target) = host_to_service(&dr.spec.host, &ns) else {
+                warnings.push(format!(
+                    "{}: spec.host {:?} is not a Kubernetes Service name (wildcards and external hosts are not supported); ignored",
+                    ctx.place(),
+                    dr.spec.host
+                ));
+                continue;
+            };
+            if !dr.spec.subsets.is_empty() {
+                warnings.push(format!(
+                    "{}: spec.subsets are not supported by Locus yet; ignored",
+                    ctx.place()
+                ));
+            }
+            if dr.spec.workload_selector.is_some() {
+                warnings.push(format!(
+                    "{}: spec.workloadSelector does not apply to a gateway; ignored",
+                    ctx.place()
+                ));
+            }
+            warn_extra(&ctx, "spec.", &dr.spec.extra, warnings);
+            if let Some(tp) = &dr.spec.traffic_policy {
+                warn_extra(&ctx, "spec.trafficPolicy.", &tp.extra, warnings);
+                if tp.load_balancer.is_some() {
+                    warnings.push(format!(
+                        "{}: spec.trafficPolicy.loadBalancer is not supported by Locus yet; ignored",
+                        ctx.place()
+                    ));
+                }
+            }
+            if let Some((first, _)) = out.rules.insert(target.clone(), (doc, dr)) {
+                warnings.push(format!(
+                    "{}: another DestinationRule ({}) targets Service {target}; this one wins",
+                    ctx.place(),
+                    first.doc.name_or_index()
+                ));
+            }
+        }
+        for &(doc, btp) in traffic {
+            let ctx = DocCtx { doc };
+            let ns = namespace_of(&btp.metadata);
+            name_of(&ctx, &btp.metadata)?;
+            warn_extra(&ctx, "spec.", &btp.spec.extra, warnings);
+            let refs = btp
+                .spec
+                .target_refs
+                .iter()
+                .chain(btp.spec.target_ref.as_ref());
+            for r in refs {
+                if (r.group.is_empty() || r.group == "core")
+                    && (r.kind == "Service" || r.kind.is_empty())
+                {
+                    out.traffic.insert(ObjKey::new(&ns, &r.name), (doc, btp));
+                } else {
+                    warnings.push(format!(
+                        "{}: targetRef {}/{} {} is not supported (Locus applies BackendTrafficPolicy to Services); ignored",
+                        ctx.place(),
+                        r.group,
+                        r.kind,
+                        r.name
+                    ));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The health configuration of one Service port.
+    pub(super) fn for_port(
+        &self,
+        service: &ObjKey,
+        port: u16,
+        annotations: &BTreeMap<String, String>,
+        svc_ctx: &DocCtx<'_>,
+        warnings: &mut Vec<String>,
+    ) -> Result<HealthConfig, ConfigError> {
+        let mut cfg = HealthConfig::default();
+        if let Some(&(doc, dr)) = self.rules.get(service) {
+            let ctx = DocCtx { doc };
+            let tp = dr.spec.traffic_policy.as_ref();
+            let port_level = tp.and_then(|tp| {
+                tp.port_level_settings
+                    .iter()
+                    .enumerate()
+                    .find(|(_, p)| p.port.as_ref().and_then(|p| p.number) == Some(u32::from(port)))
+            });
+            let (field, od) =
+                match port_level.and_then(|(i, p)| p.outlier_detection.as_ref().map(|o| (i, o))) {
+                    Some((i, od)) => (
+                        format!("spec.trafficPolicy.portLevelSettings[{i}].outlierDetection"),
+                        Some(od),
+                    ),
+                    None => (
+                        "spec.trafficPolicy.outlierDetection".to_owned(),
+                        tp.and_then(|t| t.outlier_detection.as_ref()),
+                    ),
+                };
+            if let Some(od) = od {
+                cfg.outlier = outlier_from_istio(&ctx, &field, od, warnings)?;
+                cfg.outlier_source =
+                    format!("DestinationRule {} ({field})", doc.doc.name_or_index());
+            }
+        }
+        if let Some(&(doc, btp)) = self.traffic.get(service) {
+            let ctx = DocCtx { doc };
+            if let Some(hc) = &btp.spec.health_check {
+                warn_extra(&ctx, "spec.healthCheck.", &hc.extra, warnings);
+                if let Some(p) = &hc.passive {
+                    if cfg.outlier_source.starts_with("DestinationRule") {
+                        warnings.push(format!(
+                            "{}: both a DestinationRule and this BackendTrafficPolicy set passive health for Service {service}; the BackendTrafficPolicy wins",
+                            ctx.place()
+                        ));
+                    }
+                    cfg.outlier = outlier_from_envoy_gateway(&ctx, p, warnings)?;
+                    cfg.outlier_source = format!(
+                        "BackendTrafficPolicy {} (spec.healthCheck.passive)",
+                        doc.doc.name_or_index()
+                    );
+                }
+                if let Some(a) = &hc.active {
+                    cfg.active = Some(active_from_envoy_gateway(&ctx, a, warnings)?);
+                }
+            }
+            if let Some(r) = &btp.spec.retry {
+                cfg.retry = retry_from_envoy_gateway(&ctx, r, warnings)?;
+            }
+        }
+        apply_annotations(&mut cfg, annotations, svc_ctx)?;
+        Ok(cfg)
+    }
+}
+
+fn duration(
+    ctx: &DocCtx<'_>,
+    field: &str,
+    value: Option<&String>,
+    default: Duration,
+) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(s) => parse_duration(s).ok_or_else(|| {
+            ctx.error(
+                field,
+                format!("{s:?} is not a duration (e.g. 10s, 500ms, 1m)"),
+            )
+        }),
+    }
+}
+
+fn percent(
+    ctx: &DocCtx<'_>,
+    field: &str,
+    value: Option<u32>,
+    default: u32,
+) -> Result<u32, ConfigError> {
+    match value {
+        Some(v) if v > 100 => Err(ctx.error(field, format!("{v} is not a percentage (0-100)"))),
+        Some(v) => Ok(v),
+        None => Ok(default),
+    }
+}
+
+fn outlier_from_istio(
+    ctx: &DocCtx<'_>,
+    field: &str,
+    od: &OutlierDetection,
+    warnings: &mut Vec<String>,
+) -> Result<OutlierPolicy, ConfigError> {
+    warn_extra(ctx, &format!("{field}."), &od.extra, warnings);
+    let d = OutlierPolicy::envoy_defaults();
+    Ok(OutlierPolicy {
+        consecutive_5xx: od
+            .consecutive_5xx_errors
+            .or(od.consecutive_errors)
+            .unwrap_or(d.consecutive_5xx),
+        consecutive_gateway: od
+            .consecutive_gateway_errors
+            .unwrap_or(d.consecutive_gateway),
+        consecutive_local_origin: od
+            .consecutive_local_origin_failures
+            .unwrap_or(d.consecutive_local_origin),
+        split_local_origin: od.split_external_local_origin_errors.unwrap_or(false),
+        interval: duration(
+            ctx,
+            &format!("{field}.interval"),
+            od.interval.as_ref(),
+            d.interval,
+        )?,
+        base_ejection: duration(
+            ctx,
+            &format!("{field}.baseEjectionTime"),
+            od.base_ejection_time.as_ref(),
+            d.base_ejection,
+        )?,
+        max_ejection: d.max_ejection,
+        max_ejection_percent: percent(
+            ctx,
+            &format!("{field}.maxEjectionPercent"),
+            od.max_ejection_percent,
+            d.max_ejection_percent,
+        )?,
+        min_health_percent: percent(
+            ctx,
+            &format!("{field}.minHealthPercent"),
+            od.min_health_percent,
+            0,
+        )?,
+    })
+}
+
+fn outlier_from_envoy_gateway(
+    ctx: &DocCtx<'_>,
+    p: &PassiveHealthCheck,
+    warnings: &mut Vec<String>,
+) -> Result<OutlierPolicy, ConfigError> {
+    let field = "spec.healthCheck.passive";
+    warn_extra(ctx, &format!("{field}."), &p.extra, warnings);
+    // Envoy Gateway's documented defaults.
+    Ok(OutlierPolicy {
+        consecutive_5xx: p.consecutive_5xx_errors.unwrap_or(5),
+        consecutive_gateway: p.consecutive_gateway_errors.unwrap_or(0),
+        consecutive_local_origin: p.consecutive_local_origin_failures.unwrap_or(5),
+        split_local_origin: p.split_external_local_origin_errors.unwrap_or(false),
+        interval: duration(
+            ctx,
+            &format!("{field}.interval"),
+            p.interval.as_ref(),
+            Duration::from_secs(3),
+        )?,
+        base_ejection: duration(
+            ctx,
+            &format!("{field}.baseEjectionTime"),
+            p.base_ejection_time.as_ref(),
+            Duration::from_secs(30),
+        )?,
+        max_ejection: Duration::from_secs(300),
+        max_ejection_percent: percent(
+            ctx,
+            &format!("{field}.maxEjectionPercent"),
+            p.max_ejection_percent,
+            10,
+        )?,
+        min_health_percent: 0,
+    })
+}
+
+fn active_from_envoy_gateway(
+    ctx: &DocCtx<'_>,
+    a: &ActiveHealthCheck,
+    warnings: &mut Vec<String>,
+) -> Result<ActiveCheck, ConfigError> {
+    let field = "spec.healthCheck.active";
+    warn_extra(ctx, &format!("{field}."), &a.extra, warnings);
+    match a.type_.as_deref() {
+        None | Some("HTTP") => {}
+        Some(other) => {
+            return Err(ctx.error(
+                &format!("{field}.type"),
+                format!("{other:?} is not supported (HTTP only)"),
+            ))
+        }
+    }
+    let http = a.http.clone().unwrap_or_default();
+    warn_extra(ctx, &format!("{field}.http."), &http.extra, warnings);
+    let path = http.path.unwrap_or_else(|| "/".into());
+    if !path.starts_with('/') {
+        return Err(ctx.error(
+            &format!("{field}.http.path"),
+            format!("{path:?} must start with '/'"),
+        ));
+    }
+    let method = http::Method::from_bytes(http.method.as_deref().unwrap_or("GET").as_bytes())
+        .map_err(|_| ctx.error(&format!("{field}.http.method"), "not an HTTP method"))?;
+    let positive = |f: &str, v: Option<u32>, d: u32| -> Result<u32, ConfigError> {
+        match v {
+            Some(0) => Err(ctx.error(&format!("{field}.{f}"), "must be at least 1")),
+            Some(v) => Ok(v),
+            None => Ok(d),
+        }
+    };
+    Ok(ActiveCheck {
+        path,
+        method,
+        expected_statuses: if http.expected_statuses.is_empty() {
+            vec![200]
+        } else {
+            http.expected_statuses
+        },
+        interval: duration(
+            ctx,
+            &format!("{field}.interval"),
+            a.interval.as_ref(),
+            Duration::from_secs(3),
+        )?,
+        timeout: duration(
+            ctx,
+            &format!("{field}.timeout"),
+            a.timeout.as_ref(),
+            Duration::from_secs(1),
+        )?,
+        healthy_threshold: positive("healthyThreshold", a.healthy_threshold, 1)?,
+        unhealthy_threshold: positive("unhealthyThreshold", a.unhealthy_threshold, 3)?,
+    })
+}
+
+fn retry_from_envoy_gateway(
+    ctx: &DocCtx<'_>,
+    r: &Retry,
+    warnings: &mut Vec<String>,
+) -> Result<RetryPolicy, ConfigError> {
+    warn_extra(ctx, "spec.retry.", &r.extra, warnings);
+    let mut statuses = Vec::new();
+    if let Some(on) = &r.retry_on {
+        for t in &on.triggers {
+            match t.as_str() {
+                "5xx" => statuses.extend(500..=599),
+                "gateway-error" => statuses.extend(502..=504),
+                "retriable-status-codes" => statuses.extend(on.http_status_codes.iter().copied()),
+                // Always retried by Locus: the request never reached the endpoint.
+                "connect-failure" | "refused-stream" | "reset" => {}
+                other => warnings.push(format!(
+                    "{}: spec.retry.retryOn.triggers: {other:?} is not supported; ignored",
+                    ctx.place()
+                )),
+            }
+        }
+        if !on.triggers.iter().any(|t| t == "retriable-status-codes")
+            && !on.http_status_codes.is_empty()
+        {
+            statuses.extend(on.http_status_codes.iter().copied());
+        }
+    }
+    statuses.sort_unstable();
+    statuses.dedup();
+    let per_try_timeout = match r.per_retry.as_ref().and_then(|p| p.timeout.as_ref()) {
+        None => None,
+        Some(s) => Some(duration(
+            ctx,
+            "spec.retry.perRetry.timeout",
+            Some(s),
+            Duration::ZERO,
+        )?),
+    };
+    if r.per_retry.as_ref().is_some_and(|p| p.back_off.is_some()) {
+        warnings.push(format!(
+            "{}: spec.retry.perRetry.backOff is not supported; retries go to another endpoint at once",
+            ctx.place()
+        ));
+    }
+    Ok(RetryPolicy {
+        attempts: r.num_retries.unwrap_or(2),
+        statuses,
+        per_try_timeout,
+    })
+}
+
+fn apply_annotations(
+    cfg: &mut HealthConfig,
+    annotations: &BTreeMap<String, String>,
+    ctx: &DocCtx<'_>,
+) -> Result<(), ConfigError> {
+    let field = |k: &str| format!("metadata.annotations.{k}");
+    if let Some(v) = annotations.get(ANNOTATION_SPILLOVER) {
+        cfg.options.spillover = match v.as_str() {
+            "proportional" => Spillover::Proportional,
+            "all-or-nothing" => Spillover::AllOrNothing,
+            _ => {
+                return Err(ctx.error(
+                    &field(ANNOTATION_SPILLOVER),
+                    format!("{v:?} is not one of proportional, all-or-nothing"),
+                ))
+            }
+        };
+    }
+    if let Some(v) = annotations.get(ANNOTATION_OVERPROVISIONING) {
+        cfg.options.overprovisioning = v
+            .parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite() && *f >= 1.0)
+            .ok_or_else(|| {
+                ctx.error(
+                    &field(ANNOTATION_OVERPROVISIONING),
+                    format!("{v:?} is not a number ≥ 1 (e.g. 1.4)"),
+                )
+            })?;
+    }
+    if let Some(v) = annotations.get(ANNOTATION_FAIL_CLOSED) {
+        cfg.options.fail_closed = match v.as_str() {
+            "true" => true,
+            "false" => false,
+            _ => {
+                return Err(ctx.error(
+                    &field(ANNOTATION_FAIL_CLOSED),
+                    format!("{v:?} is not true or false"),
+                ))
+            }
+        };
+    }
+    cfg.options.min_health_percent = cfg.outlier.min_health_percent;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn destination_rule_hosts() {
+        assert_eq!(
+            host_to_service("reviews", "ns"),
+            Some(ObjKey::new("ns", "reviews"))
+        );
+        assert_eq!(
+            host_to_service("reviews.shop", "ns"),
+            Some(ObjKey::new("shop", "reviews"))
+        );
+        assert_eq!(
+            host_to_service("reviews.shop.svc.cluster.local", "ns"),
+            Some(ObjKey::new("shop", "reviews"))
+        );
+        assert_eq!(host_to_service("*.shop.svc.cluster.local", "ns"), None);
+        assert_eq!(host_to_service("api.example.com", "ns"), None);
+    }
+}

@@ -5,9 +5,14 @@
 //! - `/size/N` → N bytes of body (benchmarks of body sizes);
 //! - anything else → a JSON echo of the request (name, method, path, query, host, headers).
 //!
+//! - `/_echo/fail/NNN` → from now on every other request is answered with status NNN
+//!   (`/_echo/fail/0` restores normal answers): how tests and benchmarks make a backend fail
+//!   without killing it.
+//!
 //! Every response carries `x-backend: NAME`.
 
 use std::convert::Infallible;
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -21,6 +26,12 @@ use tokio::net::TcpListener;
 
 /// Serves the echo backend on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, name: Arc<str>) {
+    serve_with_status(listener, name, 0).await
+}
+
+/// Like [`serve`], answering every request with `fail_status` when it is not 0.
+pub async fn serve_with_status(listener: TcpListener, name: Arc<str>, fail_status: u16) {
+    let fail = Arc::new(AtomicU16::new(fail_status));
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -28,21 +39,30 @@ pub async fn serve(listener: TcpListener, name: Arc<str>) {
         };
         let _ = stream.set_nodelay(true);
         let name = name.clone();
+        let fail = fail.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let name = name.clone();
-                async move { Ok::<_, Infallible>(respond(&name, req).await) }
+                let fail = fail.clone();
+                async move { Ok::<_, Infallible>(respond(&name, &fail, req).await) }
             });
             let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }
 
-async fn respond(name: &str, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(name: &str, fail: &AtomicU16, req: Request<Incoming>) -> Response<Full<Bytes>> {
     let path = req.uri().path().to_owned();
     let mut status = StatusCode::OK;
-    let body: Bytes = if path == "/hostname" {
+    let forced = fail.load(Ordering::Relaxed);
+    let body: Bytes = if let Some(code) = path.strip_prefix("/_echo/fail/") {
+        fail.store(code.parse().unwrap_or(0), Ordering::Relaxed);
+        Bytes::from(format!("{name} fail status set to {code}"))
+    } else if forced != 0 {
+        status = StatusCode::from_u16(forced).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        Bytes::from(format!("{name} failing on purpose"))
+    } else if path == "/hostname" {
         Bytes::from(name.to_owned())
     } else if let Some(code) = path.strip_prefix("/status/") {
         status = code

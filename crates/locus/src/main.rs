@@ -103,6 +103,9 @@ enum Command {
         name: String,
         #[arg(long, default_value = "127.0.0.1:8080")]
         listen: SocketAddr,
+        /// Answer every request with this status (0: normal); `/_echo/fail/NNN` changes it.
+        #[arg(long, default_value_t = 0)]
+        fail_status: u16,
     },
     /// Reproduce the agentgateway locality walkthrough on 127.0.0.1 and print the outcome.
     Demo {
@@ -145,7 +148,11 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Echo { name, listen } => {
+        Command::Echo {
+            name,
+            listen,
+            fail_status,
+        } => {
             init_logging(cli.log_format, "info");
             let rt = runtime(Some(1)).expect("tokio runtime");
             rt.block_on(async move {
@@ -158,7 +165,7 @@ fn main() -> ExitCode {
                 };
                 let addr = listener.local_addr().expect("bound socket has an address");
                 println!("listening addr={addr}");
-                locus::echo::serve(listener, Arc::from(name)).await;
+                locus::echo::serve_with_status(listener, Arc::from(name), fail_status).await;
                 ExitCode::SUCCESS
             })
         }

@@ -179,6 +179,18 @@ impl Drop for InFlight {
     }
 }
 
+fn idempotent(m: &http::Method) -> bool {
+    matches!(
+        *m,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::TRACE
+            | http::Method::PUT
+            | http::Method::DELETE
+    )
+}
+
 /// Bodies up to this size are buffered so a request can be retried on another endpoint.
 const REPLAY_LIMIT: u64 = 64 * 1024;
 
@@ -340,15 +352,25 @@ pub(super) async fn forward(
             Err(e) => {
                 note_outcome(shared, &target, addr, &health, Outcome::LocalOriginFailure);
                 let detail = io_detail(&e);
-                // Only a request that never reached the endpoint is retried by default: it
-                // cannot have had an effect there.
-                if e.is_connect() && !last {
-                    tracing::debug!(service = %target.name, endpoint = %addr, %detail, "connect failed; retrying on another endpoint");
+                // A request that never reached the endpoint is retried: it cannot have had an
+                // effect there. So is an idempotent one whose connection broke (an endpoint
+                // killed mid-request), as RFC 9110 §9.2.2 allows.
+                let retryable = e.is_connect() || idempotent(&parts.method);
+                if retryable && !last {
+                    tracing::debug!(service = %target.name, endpoint = %addr, %detail, "upstream failed; retrying on another endpoint");
                     tried.push(addr);
-                    last_error = Some(ProxyError::UpstreamConnect {
-                        service: target.name.clone(),
-                        addr,
-                        detail,
+                    last_error = Some(if e.is_connect() {
+                        ProxyError::UpstreamConnect {
+                            service: target.name.clone(),
+                            addr,
+                            detail,
+                        }
+                    } else {
+                        ProxyError::Upstream {
+                            service: target.name.clone(),
+                            addr,
+                            detail,
+                        }
                     });
                     continue;
                 }

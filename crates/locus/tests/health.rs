@@ -1,0 +1,298 @@
+//! Health that drives failover, with real backends: killed endpoints, 5xx ejection and return,
+//! active checks, proportional spillover, fail-closed.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const GATEWAY: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: apps}\nspec:\n  gatewayClassName: locus\n  listeners: [{name: http, protocol: HTTP, port: 8080}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: apps}\nspec:\n  parentRefs: [{name: gw}]\n  rules: [{backendRefs: [{name: svc, port: 80}]}]\n---\n";
+
+fn service(annotations: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: svc\n  namespace: apps\n  annotations: {{{annotations}}}\nspec:\n  selector: {{app: svc}}\n  trafficDistribution: PreferClose\n  ports: [{{name: http, port: 80}}]\n---\n"
+    )
+}
+
+fn entry(name: &str, locality: &str, addr: SocketAddr) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}, namespace: apps, labels: {{app: svc}}}}\nspec: {{address: \"{}\", locality: {locality}, ports: {{http: {}}}}}\n---\n",
+        addr.ip(),
+        addr.port()
+    )
+}
+
+async fn set_fail(addr: SocketAddr, status: u16) {
+    let r = HttpClient::default()
+        .get(addr, "x", &format!("/_echo/fail/{status}"))
+        .await;
+    assert_eq!(r.status, 200);
+}
+
+/// Sends requests until `done` says stop or the deadline passes; returns the responses.
+async fn until(
+    c: &HttpClient,
+    addr: SocketAddr,
+    what: &str,
+    mut done: impl FnMut(&[String]) -> bool,
+) -> Vec<String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen = Vec::new();
+    while !done(&seen) {
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; last responses: {:?}",
+            &seen[seen.len().saturating_sub(20)..]
+        );
+        seen.push(c.get(addr, "svc.test", "/hostname").await.who());
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_local_zone_under_load_loses_no_request() {
+    let mut a1 = echo("a1");
+    let mut a2 = echo("a2");
+    let b = echo("b");
+    let dir = tempdir();
+    let m = [
+        GATEWAY.to_owned(),
+        service(""),
+        entry("a1", "r/za", a1.addr),
+        entry("a2", "r/za", a2.addr),
+        entry("b", "r/zb", b.addr),
+    ]
+    .concat();
+    write(dir.path(), "all.yaml", &m);
+    let gw = Gw::start(dir.path(), &["--locality", "r/za"]);
+    let addr = gw.addr(8080);
+
+    // Four clients sending back to back, each on its own connection pool.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let tx = tx.clone();
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let c = HttpClient::default();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if tx
+                    .send(c.get(addr, "svc.test", "/hostname").await.who())
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }));
+    }
+    let mut before = Vec::new();
+    while before.len() < 300 {
+        before.push(rx.recv().await.unwrap());
+    }
+    a1.proc.kill();
+    a2.proc.kill();
+    let mut after = Vec::new();
+    while after.len() < 600 {
+        after.push(rx.recv().await.unwrap());
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let errors: Vec<&String> = before
+        .iter()
+        .chain(&after)
+        .filter(|w| w.starts_with("status"))
+        .collect();
+    assert!(errors.is_empty(), "clients saw errors: {errors:?}");
+    assert!(before.iter().all(|w| w == "a1" || w == "a2"), "{before:?}");
+    // Requests in flight at the kill may still have been answered by a zone-a backend; after
+    // them, everything goes to the next bucket.
+    assert!(after[20..].iter().all(|w| w == "b"), "{after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn backend_answering_500s_is_ejected_and_returns_after_the_ejection_time() {
+    let a = echo("a");
+    let b = echo("b");
+    let dir = tempdir();
+    let rule = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: svc, namespace: apps}\nspec:\n  host: svc.apps.svc.cluster.local\n  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 3, interval: 1s, baseEjectionTime: 1s, maxEjectionPercent: 100}\n---\n";
+    let m = [
+        GATEWAY.to_owned(),
+        service(""),
+        entry("a", "r/za", a.addr),
+        entry("b", "r/za", b.addr),
+        rule.to_owned(),
+    ]
+    .concat();
+    write(dir.path(), "all.yaml", &m);
+    let gw = Gw::start(dir.path(), &["--locality", "r/za"]);
+    let addr = gw.addr(8080);
+    let c = HttpClient::default();
+    set_fail(b.addr, 500).await;
+    let seen = c.count(addr, "svc.test", "/hostname", 40).await;
+    // Exactly three 500s reach the client (no retry on status by default), then b is out.
+    assert_eq!(seen, counts(&[("a", 37), ("status 500", 3)]));
+    let ejected_at = Instant::now();
+    set_fail(b.addr, 0).await;
+    until(&c, addr, "b to return", |s| {
+        s.last().is_some_and(|w| w == "b")
+    })
+    .await;
+    assert!(
+        ejected_at.elapsed() >= Duration::from_millis(900),
+        "returned after {:?}",
+        ejected_at.elapsed()
+    );
+
+    // Ejected again: the second ejection lasts twice as long (base × times ejected).
+    set_fail(b.addr, 500).await;
+    let seen = c.count(addr, "svc.test", "/hostname", 40).await;
+    assert_eq!(seen.get("status 500"), Some(&3), "{seen:?}");
+    let ejected_at = Instant::now();
+    set_fail(b.addr, 0).await;
+    until(&c, addr, "b to return again", |s| {
+        s.last().is_some_and(|w| w == "b")
+    })
+    .await;
+    assert!(
+        ejected_at.elapsed() >= Duration::from_millis(1_900),
+        "returned after {:?}",
+        ejected_at.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn active_checks_take_an_endpoint_out_and_bring_it_back() {
+    let a = echo("a");
+    let b = echo("b");
+    let dir = tempdir();
+    let policy = "apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: BackendTrafficPolicy\nmetadata: {name: hc, namespace: apps}\nspec:\n  targetRefs: [{group: \"\", kind: Service, name: svc}]\n  healthCheck:\n    active: {type: HTTP, interval: 100ms, timeout: 500ms, unhealthyThreshold: 2, healthyThreshold: 2, http: {path: /healthz, expectedStatuses: [200]}}\n---\n";
+    let m = [
+        GATEWAY.to_owned(),
+        service(""),
+        entry("a", "r/za", a.addr),
+        entry("b", "r/za", b.addr),
+        policy.to_owned(),
+    ]
+    .concat();
+    write(dir.path(), "all.yaml", &m);
+    let gw = Gw::start(dir.path(), &["--locality", "r/za"]);
+    let addr = gw.addr(8080);
+    let c = HttpClient::default();
+    assert_eq!(
+        c.count(addr, "svc.test", "/hostname", 10).await,
+        counts(&[("a", 5), ("b", 5)])
+    );
+    set_fail(b.addr, 503).await;
+    until(&c, addr, "b to be taken out by its checks", |s| {
+        s.len() >= 20 && s[s.len() - 20..].iter().all(|w| w == "a")
+    })
+    .await;
+    set_fail(b.addr, 0).await;
+    until(&c, addr, "b to be brought back by its checks", |s| {
+        s.last().is_some_and(|w| w == "b")
+    })
+    .await;
+}
+
+fn slice(name: &str, zone: &str, addr: SocketAddr, ready: bool) -> String {
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: apps\n  labels: {{kubernetes.io/service-name: svc}}\naddressType: IPv4\nports: [{{name: http, port: {}}}]\nendpoints:\n- {{addresses: [\"{}\"], zone: {zone}, conditions: {{ready: {ready}}}}}\n---\n",
+        addr.port(),
+        addr.ip()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn five_local_endpoints_with_two_down_keep_84_percent_local() {
+    let local: Vec<Echo> = (1..=3).map(|i| echo(&format!("local-{i}"))).collect();
+    let remote = echo("remote");
+    let down: Vec<SocketAddr> = (0..2)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        })
+        .collect();
+    let mut m = GATEWAY.to_owned() + &service("");
+    for (i, e) in local.iter().enumerate() {
+        m += &slice(&format!("l{i}"), "za", e.addr, true);
+    }
+    for (i, a) in down.iter().enumerate() {
+        m += &slice(&format!("d{i}"), "za", *a, false);
+    }
+    m += &slice("remote", "zb", remote.addr, true);
+    let dir = tempdir();
+    write(dir.path(), "all.yaml", &m);
+    let mut gw = Gw::start(dir.path(), &["--locality", "r/za"]);
+    let addr = gw.addr(8080);
+    let c = HttpClient::default();
+    let n = 2_000;
+    let seen = c.count(addr, "svc.test", "/hostname", n).await;
+    let local_share = (n - seen.get("remote").copied().unwrap_or(0)) as f64 / n as f64;
+    assert!(
+        (0.82..=0.86).contains(&local_share),
+        "local share {local_share}: {seen:?}"
+    );
+    assert_eq!(
+        seen.keys().filter(|k| k.starts_with("status")).count(),
+        0,
+        "{seen:?}"
+    );
+
+    // The agentgateway behaviour on request: all-or-nothing keeps everything local.
+    write(
+        dir.path(),
+        "all.yaml",
+        &m.replace(
+            "annotations: {}",
+            "annotations: {locus.io/spillover: all-or-nothing}",
+        ),
+    );
+    gw.wait_applied();
+    let seen = c.count(addr, "svc.test", "/hostname", 300).await;
+    assert_eq!(
+        seen,
+        counts(&[("local-1", 100), ("local-2", 100), ("local-3", 100)])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_closed_answers_503_when_nothing_is_healthy() {
+    let mut a = echo("a");
+    let dir = tempdir();
+    let m = [
+        GATEWAY.to_owned(),
+        service("locus.io/fail-closed: \"true\""),
+        entry("a", "r/za", a.addr),
+    ]
+    .concat();
+    write(dir.path(), "all.yaml", &m);
+    let mut gw = Gw::start(dir.path(), &["--locality", "r/za"]);
+    let addr = gw.addr(8080);
+    let c = HttpClient::default();
+    assert_eq!(c.get(addr, "svc.test", "/hostname").await.who(), "a");
+    a.proc.kill();
+    // The first request finds the endpoint dead (502) and ejects it; then the Service fails
+    // closed.
+    assert_eq!(c.get(addr, "svc.test", "/hostname").await.status, 502);
+    let r = c.get(addr, "svc.test", "/hostname").await;
+    assert_eq!(r.status, 503, "{}", r.body);
+    assert_eq!(r.headers["x-locus-error"], "no-endpoint");
+    assert!(r.body.contains("fails closed"), "{}", r.body);
+
+    // Without it, the ejected endpoint is still tried as a last resort (502 from the dead
+    // backend, not 503).
+    write(
+        dir.path(),
+        "all.yaml",
+        &m.replace("locus.io/fail-closed: \"true\"", ""),
+    );
+    gw.wait_applied();
+    assert_eq!(c.get(addr, "svc.test", "/hostname").await.status, 502);
+}

@@ -40,7 +40,9 @@ impl Default for OutlierPolicy {
     /// without an `outlierDetection` block, a connection failure takes an endpoint out of
     /// rotation at once: a refused or timed-out connect is not a matter of opinion, and it is
     /// what makes a dead zone fail over. 5xx responses are left alone until a policy says
-    /// otherwise (an application's 500 is not necessarily the endpoint's fault).
+    /// otherwise (an application's 500 is not necessarily the endpoint's fault). The base
+    /// ejection is short (5 s, growing 5 s per repeat) because real traffic is the only probe
+    /// when no active check is configured: a restarted endpoint should not wait 30 s.
     fn default() -> Self {
         OutlierPolicy {
             consecutive_5xx: 0,
@@ -48,7 +50,7 @@ impl Default for OutlierPolicy {
             consecutive_local_origin: 1,
             split_local_origin: true,
             interval: Duration::from_secs(10),
-            base_ejection: Duration::from_secs(30),
+            base_ejection: Duration::from_secs(5),
             max_ejection: Duration::from_secs(300),
             max_ejection_percent: 100,
             min_health_percent: 0,

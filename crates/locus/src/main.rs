@@ -127,11 +127,20 @@ fn init_logging(format: LogFormat, default_level: &str) {
     }
 }
 
+/// The runtime: with one worker, a single-threaded runtime (no work-stealing queues, no
+/// cross-thread wakeups: the figure to compare with one nginx worker or one HAProxy thread);
+/// otherwise a multi-threaded one with `workers` threads (default: the number of cores).
+/// Upstream connections are pooled per thread either way.
 fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
-    let mut b = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = workers {
-        b.worker_threads(n.max(1));
-    }
+    let mut b = match workers {
+        Some(1) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n.max(1));
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
     b.enable_all().build()
 }
 

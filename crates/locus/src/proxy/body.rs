@@ -11,6 +11,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 #[derive(Debug)]
 pub enum ProxyBody {
     Incoming(Incoming),
+    Pooled(super::pool::PooledBody),
     Full(Option<Bytes>),
 }
 
@@ -39,6 +40,7 @@ impl Body for ProxyBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
             ProxyBody::Incoming(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Pooled(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         }
     }
@@ -46,6 +48,7 @@ impl Body for ProxyBody {
     fn is_end_stream(&self) -> bool {
         match self {
             ProxyBody::Incoming(b) => b.is_end_stream(),
+            ProxyBody::Pooled(b) => b.is_end_stream(),
             ProxyBody::Full(b) => b.is_none(),
         }
     }
@@ -53,6 +56,7 @@ impl Body for ProxyBody {
     fn size_hint(&self) -> SizeHint {
         match self {
             ProxyBody::Incoming(b) => b.size_hint(),
+            ProxyBody::Pooled(b) => b.size_hint(),
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
         }

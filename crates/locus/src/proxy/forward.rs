@@ -14,7 +14,8 @@ use locus_core::{EndpointHealth, Outcome, Tier};
 
 use super::body::ProxyBody;
 use super::error::ProxyError;
-use super::{ConnInfo, Shared};
+use super::pool::{self, SendError};
+use super::{ConnInfo, Shared, CONNECT_TIMEOUT};
 use crate::health::{now_ms, HealthEvent};
 use crate::routing::{Backend, ServiceTarget};
 
@@ -287,13 +288,10 @@ pub(super) async fn forward(
         1
     };
     let deadline = action.timeout.map(|t| tokio::time::Instant::now() + t);
-    let client = if target.h2c {
-        &shared.h2c_client
-    } else {
-        &shared.client
-    };
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last_error = None;
+    // A request handed back by an attempt that could not send it, reused as is.
+    let mut pending: Option<Request<ProxyBody>> = None;
 
     for attempt in 1..=max_attempts {
         let (addr, health, tier) = match pick_endpoint(&target, &tried, now_ms()) {
@@ -303,26 +301,37 @@ pub(super) async fn forward(
         };
         tracing::debug!(service = %target.name, endpoint = %addr, bucket = %tier, attempt, route = %action.route, "forwarding");
         let last = attempt == max_attempts;
-        let authority =
-            Authority::try_from(addr.to_string()).expect("a socket address is an authority");
-        let uri = Uri::builder()
-            .scheme(Scheme::HTTP)
-            .authority(authority)
-            .path_and_query(path_and_query.clone())
-            .build()
-            .expect("valid parts make a valid URI");
-        let mut upstream = Request::new(match (&replay, streaming.take()) {
-            (Some(bytes), _) => ProxyBody::text(bytes.clone()),
-            (None, Some(body)) => ProxyBody::Incoming(body),
-            (None, None) => ProxyBody::empty(),
-        });
-        *upstream.method_mut() = parts.method.clone();
-        *upstream.uri_mut() = uri;
-        *upstream.version_mut() = version;
-        *upstream.headers_mut() = if last {
-            std::mem::take(&mut parts.headers)
+        let mut upstream = match pending.take() {
+            Some(r) => r,
+            None => {
+                let mut r = Request::new(match (&replay, streaming.take()) {
+                    (Some(bytes), _) => ProxyBody::text(bytes.clone()),
+                    (None, Some(body)) => ProxyBody::Incoming(body),
+                    (None, None) => ProxyBody::empty(),
+                });
+                *r.method_mut() = parts.method.clone();
+                *r.version_mut() = version;
+                // Kept for a retry that has to rebuild the request; the last attempt takes them.
+                *r.headers_mut() = if last {
+                    std::mem::take(&mut parts.headers)
+                } else {
+                    parts.headers.clone()
+                };
+                r
+            }
+        };
+        *upstream.uri_mut() = if target.h2c {
+            let authority =
+                Authority::try_from(addr.to_string()).expect("a socket address is an authority");
+            Uri::builder()
+                .scheme(Scheme::HTTP)
+                .authority(authority)
+                .path_and_query(path_and_query.clone())
+                .build()
+                .expect("valid parts make a valid URI")
         } else {
-            parts.headers.clone()
+            // Origin-form, as HTTP/1.1 sends it to an origin server.
+            Uri::from(path_and_query.clone())
         };
 
         let _in_flight = InFlight::new(health.clone());
@@ -333,7 +342,25 @@ pub(super) async fn forward(
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let call = client.request(upstream);
+        // Err: (detail, never reached the endpoint, the request if it is handed back).
+        let call = async {
+            if target.h2c {
+                shared
+                    .h2c_client
+                    .request(upstream)
+                    .await
+                    .map(|r| r.map(ProxyBody::Incoming))
+                    .map_err(|e| (io_detail(&e), e.is_connect(), None))
+            } else {
+                pool::send(addr, upstream, CONNECT_TIMEOUT)
+                    .await
+                    .map(|r| r.map(ProxyBody::Pooled))
+                    .map_err(|e| match e {
+                        SendError::Connect(io, req) => (io.to_string(), true, Some(req)),
+                        SendError::Request(err, req) => (io_detail(&err), req.is_some(), req),
+                    })
+            }
+        };
         let result = match until {
             Some(at) => match tokio::time::timeout_at(at, call).await {
                 Ok(r) => r,
@@ -349,32 +376,9 @@ pub(super) async fn forward(
             None => call.await,
         };
         match result {
-            Err(e) => {
+            Err((detail, unsent, back)) => {
                 note_outcome(shared, &target, addr, &health, Outcome::LocalOriginFailure);
-                let detail = io_detail(&e);
-                // A request that never reached the endpoint is retried: it cannot have had an
-                // effect there. So is an idempotent one whose connection broke (an endpoint
-                // killed mid-request), as RFC 9110 §9.2.2 allows.
-                let retryable = e.is_connect() || idempotent(&parts.method);
-                if retryable && !last {
-                    tracing::debug!(service = %target.name, endpoint = %addr, %detail, "upstream failed; retrying on another endpoint");
-                    tried.push(addr);
-                    last_error = Some(if e.is_connect() {
-                        ProxyError::UpstreamConnect {
-                            service: target.name.clone(),
-                            addr,
-                            detail,
-                        }
-                    } else {
-                        ProxyError::Upstream {
-                            service: target.name.clone(),
-                            addr,
-                            detail,
-                        }
-                    });
-                    continue;
-                }
-                return Err(if e.is_connect() {
+                let error = if unsent {
                     ProxyError::UpstreamConnect {
                         service: target.name.clone(),
                         addr,
@@ -386,7 +390,18 @@ pub(super) async fn forward(
                         addr,
                         detail,
                     }
-                });
+                };
+                // A request that never reached the endpoint is retried: it cannot have had an
+                // effect there. So is an idempotent one whose connection broke (an endpoint
+                // killed mid-request), as RFC 9110 §9.2.2 allows.
+                if (unsent || idempotent(&parts.method)) && !last {
+                    tracing::debug!(service = %target.name, endpoint = %addr, error = %error, "retrying on another endpoint");
+                    tried.push(addr);
+                    pending = back;
+                    last_error = Some(error);
+                    continue;
+                }
+                return Err(error);
             }
             Ok(resp) => {
                 let status = resp.status().as_u16();
@@ -404,7 +419,7 @@ pub(super) async fn forward(
                 }
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                return Ok(Response::from_parts(parts, ProxyBody::Incoming(body)));
+                return Ok(Response::from_parts(parts, body));
             }
         }
     }

@@ -4,6 +4,7 @@
 mod body;
 mod error;
 mod forward;
+mod pool;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -34,7 +35,7 @@ pub struct Shared {
     pub table: ArcSwap<RouteTable>,
     /// To the health monitor: ejections found on the request path.
     pub health_tx: HealthTx,
-    client: Client<HttpConnector, ProxyBody>,
+    /// Cleartext HTTP/2 upstreams (multiplexed; HTTP/1.1 goes through the per-thread pool).
     h2c_client: Client<HttpConnector, ProxyBody>,
 }
 
@@ -43,16 +44,12 @@ impl Shared {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector.clone());
         let h2c_client = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .build(connector);
         Shared {
             table: ArcSwap::from_pointee(table),
             health_tx,
-            client,
             h2c_client,
         }
     }

@@ -1,0 +1,193 @@
+//! Upstream HTTP/1.1 connections, pooled per worker thread.
+//!
+//! Each worker thread keeps its own idle connections per endpoint in a thread-local map, so
+//! taking and returning a connection never locks (hyper-util's shared pool takes a mutex on
+//! both). A connection goes back to the pool when its response body has been read to the end.
+//! Requests are sent with `try_send_request`, which hands the request back when it could not
+//! be written: a connection that died while idle costs a reconnect, never the request.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1;
+use hyper::{Request, Response};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+use super::body::ProxyBody;
+
+/// Idle connections kept per endpoint and worker; more are closed when returned.
+const MAX_IDLE_PER_ENDPOINT: usize = 512;
+/// Idle connections older than this are not reused (backends commonly close at 60–75 s).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
+
+struct Idle {
+    sender: http1::SendRequest<ProxyBody>,
+    since: Instant,
+}
+
+thread_local! {
+    static IDLE: RefCell<HashMap<SocketAddr, Vec<Idle>>> = RefCell::new(HashMap::new());
+}
+
+/// Why a request could not be sent.
+pub enum SendError {
+    /// No connection could be made; the request was not sent and is handed back.
+    Connect(std::io::Error, Request<ProxyBody>),
+    /// The exchange failed; `Some(request)` when it was never written.
+    Request(hyper::Error, Option<Request<ProxyBody>>),
+}
+
+fn take_idle(addr: SocketAddr) -> Option<http1::SendRequest<ProxyBody>> {
+    IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        let list = idle.get_mut(&addr)?;
+        while let Some(c) = list.pop() {
+            if !c.sender.is_closed() && c.since.elapsed() < IDLE_TIMEOUT {
+                return Some(c.sender);
+            }
+        }
+        None
+    })
+}
+
+fn put_idle(addr: SocketAddr, sender: http1::SendRequest<ProxyBody>) {
+    if sender.is_closed() {
+        return;
+    }
+    IDLE.with(|idle| {
+        let mut idle = idle.borrow_mut();
+        let list = idle.entry(addr).or_default();
+        if list.len() < MAX_IDLE_PER_ENDPOINT {
+            list.push(Idle {
+                sender,
+                since: Instant::now(),
+            });
+        }
+    });
+}
+
+async fn connect(
+    addr: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<http1::SendRequest<ProxyBody>> {
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(s) => s?,
+        Err(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("connect timed out after {timeout:?}"),
+            ))
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(std::io::Error::other)?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(endpoint = %addr, error = %e, "upstream connection ended with an error");
+        }
+    });
+    Ok(sender)
+}
+
+/// Sends `req` to `addr` over a pooled or new connection.
+pub async fn send(
+    addr: SocketAddr,
+    mut req: Request<ProxyBody>,
+    connect_timeout: Duration,
+) -> Result<Response<PooledBody>, SendError> {
+    // Pooled connections first; one that turns out dead hands the request back.
+    while let Some(mut sender) = take_idle(addr) {
+        // Returned at the end of its last response body; ready again at once in practice.
+        if sender.ready().await.is_err() {
+            continue;
+        }
+        match sender.try_send_request(req).await {
+            Ok(resp) => return Ok(wrap(addr, sender, resp)),
+            Err(mut e) => match e.take_message() {
+                Some(back) => req = back,
+                None => return Err(SendError::Request(e.into_error(), None)),
+            },
+        }
+    }
+    let mut sender = match connect(addr, connect_timeout).await {
+        Ok(s) => s,
+        Err(e) => return Err(SendError::Connect(e, req)),
+    };
+    match sender.try_send_request(req).await {
+        Ok(resp) => Ok(wrap(addr, sender, resp)),
+        Err(mut e) => {
+            let back = e.take_message();
+            Err(SendError::Request(e.into_error(), back))
+        }
+    }
+}
+
+fn wrap(
+    addr: SocketAddr,
+    sender: http1::SendRequest<ProxyBody>,
+    resp: Response<Incoming>,
+) -> Response<PooledBody> {
+    resp.map(|body| {
+        let done = body.is_end_stream();
+        let mut pooled = PooledBody {
+            body,
+            ret: Some((addr, sender)),
+        };
+        if done {
+            pooled.release();
+        }
+        pooled
+    })
+}
+
+/// A response body that returns its connection to the pool once read to the end.
+#[derive(Debug)]
+pub struct PooledBody {
+    body: Incoming,
+    ret: Option<(SocketAddr, http1::SendRequest<ProxyBody>)>,
+}
+
+impl PooledBody {
+    fn release(&mut self) {
+        if let Some((addr, sender)) = self.ret.take() {
+            put_idle(addr, sender);
+        }
+    }
+}
+
+impl Body for PooledBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.release(),
+            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(),
+            Poll::Ready(Some(Err(_))) => this.ret = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}

@@ -30,6 +30,7 @@ fn gateway() -> GatewayIdentity {
     GatewayIdentity {
         locality: Locality::new("r1", "z0", ""),
         node: None,
+        labels: Default::default(),
     }
 }
 

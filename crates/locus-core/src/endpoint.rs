@@ -1,5 +1,6 @@
 //! Endpoints: one address a Service's traffic can be sent to, with where it runs.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -29,6 +30,10 @@ pub struct Endpoint {
     pub state: EndpointState,
     /// A human name: `WorkloadEntry ns/name` or `EndpointSlice ns/name`; for logs and `check`.
     pub origin: Arc<str>,
+    /// Labels (WorkloadEntry labels), for `failoverPriority`.
+    pub labels: Option<Arc<BTreeMap<String, String>>>,
+    /// EndpointSlice `hints.forZones`, for topology-aware routing.
+    pub zone_hints: Option<Arc<[String]>>,
 }
 
 impl Endpoint {
@@ -41,6 +46,8 @@ impl Endpoint {
             weight: 1,
             state: EndpointState::Ready,
             origin: Arc::from(addr.to_string()),
+            labels: None,
+            zone_hints: None,
         }
     }
 

@@ -12,9 +12,11 @@ pub mod balancer;
 pub mod endpoint;
 pub mod health;
 pub mod locality;
+pub mod policy;
 pub mod ranking;
 
 pub use endpoint::{Endpoint, EndpointState};
 pub use health::{EndpointHealth, Outcome, OutlierPolicy, Spillover};
 pub use locality::{Locality, LocalityError, Relation};
+pub use policy::{Algorithm, BalancerConfig, HashOn, LocalityLbSetting};
 pub use ranking::{Distribution, GatewayIdentity, RoutingPolicy, Tier};

@@ -16,6 +16,8 @@ use crate::locality::{Locality, Relation};
 pub struct GatewayIdentity {
     pub locality: Locality,
     pub node: Option<String>,
+    /// The gateway's own labels, for `failoverPriority` keys other than the topology ones.
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl GatewayIdentity {
@@ -85,6 +87,10 @@ pub enum Tier {
     SameSubzone,
     SameZone,
     SameRegion,
+    /// The region named by a `failover` rule.
+    FailoverRegion,
+    /// `failoverPriority`: this many leading labels match.
+    Priority(u8),
     Elsewhere,
 }
 
@@ -97,6 +103,8 @@ impl Tier {
             Tier::SameSubzone => "same-subzone",
             Tier::SameZone => "same-zone",
             Tier::SameRegion => "same-region",
+            Tier::FailoverRegion => "failover-region",
+            Tier::Priority(_) => "priority",
             Tier::Elsewhere => "elsewhere",
         }
     }
@@ -195,6 +203,7 @@ mod tests {
         GatewayIdentity {
             locality: Locality::parse(locality).unwrap(),
             node: node.map(str::to_owned),
+            labels: Default::default(),
         }
     }
 

@@ -77,24 +77,112 @@ pub fn report(model: &Model, table: &RouteTable) -> String {
                 "strict: internalTrafficPolicy Local, only endpoints on the gateway's node; never spills (503 when none)".to_owned()
             } else if svc.policy.distribution.uses_locality() {
                 format!(
-                    "failover: trafficDistribution {}, the best bucket with a ready endpoint gets all traffic",
+                    "failover: trafficDistribution {}, closest bucket first, spilling to the next as it loses health",
                     svc.policy.distribution.as_str()
                 )
             } else {
                 "locality-blind: no trafficDistribution, one bucket".to_owned()
             };
             let _ = writeln!(out, "  mode: {mode}");
-            let snap =
-                ServiceSnapshot::build(id.identity.clone(), svc.policy, port.endpoints.clone());
-            let o = &port.health.outlier;
+            let h = &port.health;
+            let o = &h.outlier;
+            let detectors: Vec<String> = [
+                (o.consecutive_5xx, "consecutive 5xx"),
+                (o.consecutive_gateway, "consecutive gateway errors"),
+                (
+                    if o.split_local_origin {
+                        o.consecutive_local_origin
+                    } else {
+                        0
+                    },
+                    "consecutive local-origin failures",
+                ),
+            ]
+            .iter()
+            .filter(|(n, _)| *n > 0)
+            .map(|(n, what)| format!("{n} {what}"))
+            .collect();
+            let _ = writeln!(
+                out,
+                "  health: outlier detection from {}: eject after {}; {:?} x times ejected (max {:?}); at most {}% ejected{}",
+                h.outlier_source,
+                if detectors.is_empty() { "never".to_owned() } else { detectors.join(" or ") },
+                o.base_ejection,
+                o.max_ejection,
+                o.max_ejection_percent,
+                if o.min_health_percent > 0 {
+                    format!("; panic below {}% healthy", o.min_health_percent)
+                } else {
+                    String::new()
+                }
+            );
+            if let Some(a) = &h.active {
+                let _ = writeln!(
+                    out,
+                    "  active check: {} {} every {:?} (timeout {:?}), expect {:?}, unhealthy after {}, healthy after {}",
+                    a.method, a.path, a.interval, a.timeout, a.expected_statuses, a.unhealthy_threshold, a.healthy_threshold
+                );
+            }
+            let spill = match h.options.spillover {
+                locus_core::Spillover::Proportional => format!(
+                    "proportional (overprovisioning factor {}: a bucket keeps all its traffic while >= {:.0}% of it is healthy)",
+                    h.options.overprovisioning,
+                    100.0 / h.options.overprovisioning
+                ),
+                locus_core::Spillover::AllOrNothing => "all-or-nothing (locus.io/spillover)".to_owned(),
+            };
+            let _ = writeln!(
+                out,
+                "  spillover: {spill}; retries: {} on connect failure{}{}",
+                h.retry.attempts,
+                if h.retry.statuses.is_empty() {
+                    String::new()
+                } else {
+                    format!(" and on status {:?}", h.retry.statuses)
+                },
+                if h.options.fail_closed {
+                    "; fails closed (503) when nothing is healthy"
+                } else {
+                    ""
+                }
+            );
+            // The live snapshot when the Service is routed (its health is the gateway's now);
+            // otherwise one built the same way.
+            let snap = table
+                .services
+                .get(&(svc.key.clone(), port.port))
+                .map(|t| t.snapshot.load_full())
+                .unwrap_or_else(|| {
+                    std::sync::Arc::new(ServiceSnapshot::build_with_health(
+                        id.identity.clone(),
+                        svc.policy,
+                        port.balancer.clone(),
+                        h.options,
+                        port.endpoints.clone(),
+                        port.endpoints.iter().map(|_| Default::default()).collect(),
+                        crate::health::now_ms(),
+                    ))
+                });
+            let _ = writeln!(
+                out,
+                "  ranking: {}; balancing within a bucket: {}",
+                snap.rule,
+                match &snap.balancer.algorithm {
+                    locus_core::Algorithm::ConsistentHash(on) => {
+                        format!("consistent hash on {on:?} (best healthy bucket only)")
+                    }
+                    other => other.as_str().to_owned(),
+                }
+            );
             let active = snap.active_bucket();
             for (b, bucket) in snap.buckets.iter().enumerate() {
                 let _ = writeln!(
                     out,
-                    "  bucket {b} {:<19} {}/{} ready{}",
-                    bucket.tier.as_str(),
-                    bucket.eligible.len(),
+                    "  bucket {b} {:<26} {}/{} healthy, {:>5.1}% of traffic{}",
+                    bucket.label,
+                    bucket.healthy,
                     bucket.members.len(),
+                    bucket.load * 100.0,
                     if active == Some(b) {
                         "  <- traffic goes here"
                     } else {
@@ -137,7 +225,7 @@ pub fn report(model: &Model, table: &RouteTable) -> String {
                         o.max_ejection_percent,
                         snap.endpoints.len(),
                         first.members.len(),
-                        first.tier
+                        first.label
                     );
                 }
             }

@@ -30,6 +30,12 @@ pub struct ResolvedIdentity {
 pub fn resolve(cfg: &IdentityConfig, model: &Model) -> ResolvedIdentity {
     let mut warnings = Vec::new();
     let node = cfg.node.clone().filter(|n| !n.is_empty());
+    // The Node's labels double as the gateway's own (failoverPriority compares against them).
+    let labels = node
+        .as_ref()
+        .and_then(|n| model.nodes.get(n))
+        .map(|n| n.labels.clone())
+        .unwrap_or_default();
     let (locality, source) = if let Some(l) = cfg.locality.clone().filter(|l| !l.is_unknown()) {
         (l, "--locality / LOCALITY".to_owned())
     } else if let Some(name) = &node {
@@ -74,7 +80,11 @@ pub fn resolve(cfg: &IdentityConfig, model: &Model) -> ResolvedIdentity {
         }
     }
     ResolvedIdentity {
-        identity: GatewayIdentity { locality, node },
+        identity: GatewayIdentity {
+            locality,
+            node,
+            labels,
+        },
         source,
         warnings,
     }

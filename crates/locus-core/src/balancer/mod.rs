@@ -4,4 +4,6 @@ mod schedule;
 mod snapshot;
 
 pub use schedule::WeightedSchedule;
-pub use snapshot::{Bucket, HealthOptions, NoEndpoint, Pick, ServiceSnapshot, SnapshotMode};
+pub use snapshot::{
+    hash_bytes, Bucket, HealthOptions, NoEndpoint, Pick, ServiceSnapshot, SnapshotMode,
+};

@@ -162,6 +162,16 @@ impl WeightedSchedule {
         Some(self.sequence[n % len])
     }
 
+    /// The item at position `r` (mod the period): a weighted random pick for a random `r`.
+    #[inline]
+    pub fn at(&self, r: u64) -> Option<u32> {
+        let len = self.sequence.len();
+        if len == 0 {
+            return None;
+        }
+        Some(self.sequence[(r % len as u64) as usize])
+    }
+
     /// The item `offset` steps after the next one, without moving the cursor (for retries that
     /// must avoid an endpoint already tried).
     pub fn peek_after(&self, offset: usize) -> Option<u32> {

@@ -6,12 +6,15 @@ use std::sync::Arc;
 use crate::balancer::schedule::WeightedSchedule;
 use crate::endpoint::{Endpoint, EndpointState};
 use crate::health::{self, BucketHealth, EndpointHealth, Spillover};
-use crate::ranking::{self, GatewayIdentity, RoutingPolicy, Tier};
+use crate::policy::{self, Algorithm, BalancerConfig, RankingRule};
+use crate::ranking::{GatewayIdentity, RoutingPolicy, Tier};
 
 /// One priority bucket of a snapshot.
 #[derive(Debug)]
 pub struct Bucket {
     pub tier: Tier,
+    /// What the bucket is (`same-zone`, `distribute us-east/* 20%`, …).
+    pub label: String,
     /// Every endpoint ranked into this bucket (indices into [`ServiceSnapshot::endpoints`]).
     pub members: Vec<u32>,
     /// The members that may receive traffic now.
@@ -21,6 +24,69 @@ pub struct Bucket {
     /// Share of the Service's traffic this bucket gets now (0..=1).
     pub load: f64,
     schedule: WeightedSchedule,
+    /// Consistent-hash ring (only on the bucket a hash policy routes to).
+    ring: Option<Ring>,
+}
+
+/// A ring hash (ketama): each endpoint owns points on a 64-bit circle in proportion to its
+/// weight; a key goes to the first point at or after its hash. Removing one of N endpoints
+/// moves only the keys it owned (~1/N).
+#[derive(Debug)]
+struct Ring {
+    points: Vec<(u64, u32)>,
+}
+
+/// Points per unit of weight (ketama's 160): fixed, so an endpoint's points do not move when
+/// others come and go. Scaled down only for Services so large the ring would pass 2^20 points.
+const POINTS_PER_WEIGHT: u64 = 160;
+const MAX_RING_POINTS: u64 = 1 << 20;
+
+impl Ring {
+    fn new(members: &[u32], endpoints: &[Endpoint]) -> Option<Ring> {
+        if members.is_empty() {
+            return None;
+        }
+        let total: u64 = members
+            .iter()
+            .map(|&i| u64::from(endpoints[i as usize].weight))
+            .sum();
+        let per_weight = POINTS_PER_WEIGHT.min((MAX_RING_POINTS / total.max(1)).max(1));
+        let mut points = Vec::with_capacity((total * per_weight) as usize);
+        for &i in members {
+            let ep = &endpoints[i as usize];
+            let n = per_weight * u64::from(ep.weight);
+            // Points are derived from the address, not the index, so they stay put when
+            // other endpoints come and go.
+            let base = hash_bytes(ep.addr.to_string().as_bytes());
+            for k in 0..n {
+                points.push((mix(base ^ k.wrapping_mul(0x9E37_79B9_7F4A_7C15)), i));
+            }
+        }
+        points.sort_unstable();
+        Some(Ring { points })
+    }
+
+    fn lookup(&self, key: u64) -> u32 {
+        let i = self.points.partition_point(|(h, _)| *h < key);
+        self.points[if i == self.points.len() { 0 } else { i }].1
+    }
+}
+
+/// FNV-1a, stable across processes and versions so every gateway replica maps a key the same.
+pub fn hash_bytes(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    mix(h)
+}
+
+/// splitmix64's finaliser: spreads bits so nearby inputs land far apart.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 impl Bucket {
@@ -111,6 +177,9 @@ const ONE: u64 = 1 << 53;
 pub struct ServiceSnapshot {
     pub gateway: GatewayIdentity,
     pub policy: RoutingPolicy,
+    pub balancer: Arc<BalancerConfig>,
+    /// Which rule ranked the buckets.
+    pub rule: RankingRule,
     pub options: HealthOptions,
     pub endpoints: Vec<Endpoint>,
     /// Parallel to `endpoints`: shared per-endpoint health.
@@ -140,6 +209,7 @@ impl ServiceSnapshot {
         Self::build_with_health(
             gateway,
             policy,
+            Arc::new(BalancerConfig::default()),
             HealthOptions::default(),
             endpoints,
             health,
@@ -150,6 +220,7 @@ impl ServiceSnapshot {
     pub fn build_with_health(
         gateway: GatewayIdentity,
         policy: RoutingPolicy,
+        balancer: Arc<BalancerConfig>,
         options: HealthOptions,
         endpoints: Vec<Endpoint>,
         health: Vec<Arc<EndpointHealth>>,
@@ -160,7 +231,11 @@ impl ServiceSnapshot {
             health.len(),
             "one health record per endpoint"
         );
-        let ranked = ranking::rank(&gateway, policy, &endpoints);
+        let (ranked_buckets, rule) = policy::rank_buckets(&gateway, policy, &balancer, &endpoints);
+        let fixed_weights: Vec<Option<u32>> = ranked_buckets.iter().map(|b| b.weight).collect();
+        let labels: Vec<String> = ranked_buckets.iter().map(|b| b.label.clone()).collect();
+        let tiers: Vec<Tier> = ranked_buckets.iter().map(|b| b.tier).collect();
+        let ranked: Vec<Vec<u32>> = ranked_buckets.into_iter().map(|b| b.members).collect();
         let any_ready = ranked
             .iter()
             .flatten()
@@ -200,16 +275,42 @@ impl ServiceSnapshot {
         } else {
             (SnapshotMode::Empty, &healthy)
         };
-        let loads = health::bucket_loads(
-            &bucket_health(routable),
-            options.spillover,
-            options.overprovisioning,
-        );
-        let buckets: Vec<Bucket> = ranking::tiers(policy)
-            .iter()
+        let routable_health = bucket_health(routable);
+        let loads = if fixed_weights.iter().any(Option::is_some) {
+            // `distribute`: fixed shares, each scaled by its target's health so a target with
+            // nothing healthy gives its share to the others (Istio does not; see #33470).
+            let eff: Vec<f64> = fixed_weights
+                .iter()
+                .zip(&routable_health)
+                .map(|(w, h)| {
+                    let w = f64::from(w.unwrap_or(0));
+                    if h.total == 0 {
+                        0.0
+                    } else {
+                        w * (options.overprovisioning * h.healthy as f64 / h.total as f64).min(1.0)
+                    }
+                })
+                .collect();
+            let sum: f64 = eff.iter().sum();
+            eff.iter()
+                .map(|e| if sum > 0.0 { e / sum } else { 0.0 })
+                .collect()
+        } else {
+            health::bucket_loads(
+                &routable_health,
+                options.spillover,
+                options.overprovisioning,
+            )
+        };
+        let hash_bucket = loads.iter().position(|l| *l > 0.0);
+        let uses_ring = matches!(balancer.algorithm, Algorithm::ConsistentHash(_));
+        let buckets: Vec<Bucket> = tiers
+            .into_iter()
+            .zip(labels)
             .zip(ranked)
             .zip(&loads)
-            .map(|((&tier, members), &load)| {
+            .enumerate()
+            .map(|(b, (((tier, label), members), &load))| {
                 let eligible: Vec<u32> = members.iter().copied().filter(|&i| routable(i)).collect();
                 let healthy_count = members.iter().filter(|&&i| healthy(i)).count();
                 let schedule = if load > 0.0 {
@@ -219,13 +320,20 @@ impl ServiceSnapshot {
                 } else {
                     WeightedSchedule::new(std::iter::empty())
                 };
+                let ring = if uses_ring && hash_bucket == Some(b) {
+                    Ring::new(&eligible, &endpoints)
+                } else {
+                    None
+                };
                 Bucket {
                     tier,
+                    label,
                     members,
                     eligible,
                     healthy: healthy_count,
                     load,
                     schedule,
+                    ring,
                 }
             })
             .collect();
@@ -248,6 +356,8 @@ impl ServiceSnapshot {
         ServiceSnapshot {
             gateway,
             policy,
+            balancer,
+            rule,
             options,
             endpoints,
             health,
@@ -297,12 +407,58 @@ impl ServiceSnapshot {
         b.or_else(|| self.buckets.iter().rposition(|b| b.load > 0.0))
     }
 
-    /// Picks an endpoint: a bucket by the spillover shares, then smooth weighted round robin
-    /// inside it. Lock-free: two relaxed atomic increments at most.
+    /// Picks an endpoint: a bucket by the spillover shares, then the Service's algorithm
+    /// inside it (smooth weighted round robin by default). Lock-free: relaxed atomics only.
     #[inline]
     pub fn pick(&self) -> Result<Pick, NoEndpoint> {
+        self.pick_for(None)
+    }
+
+    /// Like [`ServiceSnapshot::pick`], with the request's hash key for consistent hashing.
+    /// Hashed requests always go to the best healthy bucket (the first with traffic), so
+    /// stickiness never pulls traffic farther than it has to go.
+    #[inline]
+    pub fn pick_for(&self, key: Option<u64>) -> Result<Pick, NoEndpoint> {
+        if let Some(key) = key {
+            if let Some((b, bucket)) = self
+                .buckets
+                .iter()
+                .enumerate()
+                .find(|(_, b)| b.ring.is_some())
+            {
+                let ring = bucket.ring.as_ref().expect("found a ring");
+                return Ok(Pick {
+                    endpoint: ring.lookup(key),
+                    bucket: b as u32,
+                });
+            }
+        }
         let b = self.draw_bucket().ok_or_else(|| self.why_empty())?;
-        match self.buckets[b].schedule.next() {
+        let bucket = &self.buckets[b];
+        let endpoint = match self.balancer.algorithm {
+            Algorithm::RoundRobin | Algorithm::ConsistentHash(_) => bucket.schedule.next(),
+            Algorithm::Random => {
+                let r = mix(self.draws.fetch_add(1, Ordering::Relaxed) ^ 0x5bd1_e995);
+                bucket.schedule.at(r)
+            }
+            Algorithm::LeastRequest => {
+                // Power of two choices, weighted: two weighted-random candidates, the one with
+                // fewer requests in flight per unit of weight wins.
+                let r = mix(self.draws.fetch_add(1, Ordering::Relaxed) ^ 0x2545_f491);
+                match (bucket.schedule.at(r), bucket.schedule.at(r.rotate_left(32))) {
+                    (Some(a), Some(c)) => {
+                        let load = |i: u32| {
+                            u64::from(self.health[i as usize].in_flight.load(Ordering::Relaxed))
+                                * 1_000_000
+                                / u64::from(self.endpoints[i as usize].weight.max(1))
+                        };
+                        Some(if load(c) < load(a) { c } else { a })
+                    }
+                    (a, _) => a,
+                }
+            }
+        };
+        match endpoint {
             Some(endpoint) => Ok(Pick {
                 endpoint,
                 bucket: b as u32,
@@ -401,6 +557,7 @@ mod tests {
         GatewayIdentity {
             locality: Locality::parse("region/zone").unwrap(),
             node: Some("n1".into()),
+            labels: Default::default(),
         }
     }
 
@@ -513,7 +670,15 @@ mod tests {
         let p = OutlierPolicy::default();
         health[0].eject(&p, 0).unwrap();
         health[1].eject(&p, 0).unwrap();
-        ServiceSnapshot::build_with_health(gw(), PREFER_CLOSE, options, eps, health, 1)
+        ServiceSnapshot::build_with_health(
+            gw(),
+            PREFER_CLOSE,
+            Arc::default(),
+            options,
+            eps,
+            health,
+            1,
+        )
     }
 
     #[test]
@@ -565,6 +730,7 @@ mod tests {
         let s = ServiceSnapshot::build_with_health(
             gw(),
             PREFER_CLOSE,
+            Arc::default(),
             HealthOptions::default(),
             eps.clone(),
             health.clone(),
@@ -577,7 +743,15 @@ mod tests {
             fail_closed: true,
             ..HealthOptions::default()
         };
-        let s = ServiceSnapshot::build_with_health(gw(), PREFER_CLOSE, closed, eps, health, 1);
+        let s = ServiceSnapshot::build_with_health(
+            gw(),
+            PREFER_CLOSE,
+            Arc::default(),
+            closed,
+            eps,
+            health,
+            1,
+        );
         assert_eq!(s.mode, SnapshotMode::Empty);
         assert_eq!(s.pick(), Err(NoEndpoint::NoneHealthy(2)));
     }
@@ -595,5 +769,176 @@ mod tests {
         let p = s.pick_excluding(&[0, 1]).unwrap();
         assert_eq!((p.endpoint, p.bucket), (2, 1));
         assert!(s.pick_excluding(&[0, 1, 2]).is_err());
+    }
+
+    fn with_balancer(eps: Vec<Endpoint>, balancer: BalancerConfig) -> ServiceSnapshot {
+        let health = eps
+            .iter()
+            .map(|_| Arc::new(EndpointHealth::new()))
+            .collect();
+        ServiceSnapshot::build_with_health(
+            gw(),
+            RoutingPolicy::default(),
+            Arc::new(balancer),
+            HealthOptions::default(),
+            eps,
+            health,
+            1,
+        )
+    }
+
+    #[test]
+    fn distribute_weights_hold_within_two_percent_and_fail_over() {
+        use crate::policy::{DistributeRule, LocalityLbSetting, LocalityPattern};
+        let p = |s: &str| LocalityPattern::parse(s).unwrap();
+        let lb = LocalityLbSetting {
+            distribute: vec![DistributeRule {
+                from: p("region/*"),
+                to: vec![(p("region/*"), 80), (p("other-region/*"), 20)],
+            }],
+            ..Default::default()
+        };
+        let balancer = BalancerConfig {
+            locality: Some(lb),
+            ..Default::default()
+        };
+        let eps = vec![
+            ep(1, "region/zone"),
+            ep(2, "region/other-zone"),
+            ep(3, "other-region/zone"),
+        ];
+        let s = with_balancer(eps.clone(), balancer.clone());
+        let c = counts(&s, 10_000);
+        let local = c[&1] + c[&2];
+        assert!((7_800..=8_200).contains(&local), "{c:?}");
+        assert!(
+            (c[&1] as i64 - c[&2] as i64).abs() <= 1,
+            "spread evenly inside a target: {c:?}"
+        );
+        // The 20% target has nothing healthy: its share goes to the other target.
+        let health: Vec<Arc<EndpointHealth>> = eps
+            .iter()
+            .map(|_| Arc::new(EndpointHealth::new()))
+            .collect();
+        health[2].eject(&OutlierPolicy::default(), 0).unwrap();
+        let s = ServiceSnapshot::build_with_health(
+            gw(),
+            RoutingPolicy::default(),
+            Arc::new(balancer),
+            HealthOptions::default(),
+            eps,
+            health,
+            1,
+        );
+        let c = counts(&s, 1_000);
+        assert_eq!(c.get(&3), None, "{c:?}");
+    }
+
+    #[test]
+    fn least_request_prefers_the_less_loaded_endpoint() {
+        let eps = vec![ep(1, "region/zone"), ep(2, "region/zone")];
+        let s = with_balancer(
+            eps,
+            BalancerConfig {
+                algorithm: Algorithm::LeastRequest,
+                ..Default::default()
+            },
+        );
+        s.health[0].in_flight.store(50, Ordering::Relaxed);
+        let c = counts(&s, 1_000);
+        // Whenever both candidates differ, the idle one wins: endpoint 1 only when drawn twice.
+        assert!(c.get(&1).copied().unwrap_or(0) < 350, "{c:?}");
+        assert!(c[&2] > 650, "{c:?}");
+    }
+
+    #[test]
+    fn every_algorithm_honours_weights() {
+        let eps = vec![
+            ep(1, "region/zone").with_weight(3),
+            ep(2, "region/zone").with_weight(1),
+        ];
+        for algorithm in [
+            Algorithm::RoundRobin,
+            Algorithm::Random,
+            Algorithm::LeastRequest,
+        ] {
+            let s = with_balancer(
+                eps.clone(),
+                BalancerConfig {
+                    algorithm: algorithm.clone(),
+                    ..Default::default()
+                },
+            );
+            let c = counts(&s, 8_000);
+            let share = c[&1] as f64 / 8_000.0;
+            assert!((0.72..=0.78).contains(&share), "{algorithm:?}: {c:?}");
+        }
+        // Hashing: keys spread over the ring in proportion to weight.
+        let s = with_balancer(
+            eps,
+            BalancerConfig {
+                algorithm: Algorithm::ConsistentHash(crate::policy::HashOn::SourceIp),
+                ..Default::default()
+            },
+        );
+        let mut c = HashMap::new();
+        for k in 0..8_000u64 {
+            let p = s.pick_for(Some(hash_bytes(&k.to_le_bytes()))).unwrap();
+            *c.entry(s.endpoint(p).addr.port()).or_insert(0usize) += 1;
+        }
+        let share = c[&1] as f64 / 8_000.0;
+        assert!((0.70..=0.80).contains(&share), "{c:?}");
+    }
+
+    #[test]
+    fn consistent_hash_moves_about_one_nth_of_keys_when_an_endpoint_goes() {
+        let n = 10;
+        let eps: Vec<Endpoint> = (1..=n).map(|p| ep(p, "region/zone")).collect();
+        let cfg = BalancerConfig {
+            algorithm: Algorithm::ConsistentHash(crate::policy::HashOn::SourceIp),
+            ..Default::default()
+        };
+        let before = with_balancer(eps.clone(), cfg.clone());
+        let after = with_balancer(eps[1..].to_vec(), cfg);
+        let keys = 20_000u64;
+        let mut moved = 0;
+        for k in 0..keys {
+            let h = hash_bytes(&k.to_le_bytes());
+            let a = before.endpoint(before.pick_for(Some(h)).unwrap()).addr;
+            let b = after.endpoint(after.pick_for(Some(h)).unwrap()).addr;
+            if a != b {
+                moved += 1;
+                assert_eq!(a.port(), 1, "only keys of the removed endpoint move");
+            }
+        }
+        let frac = moved as f64 / keys as f64;
+        assert!(frac < 1.5 / n as f64, "moved {frac}");
+    }
+
+    #[test]
+    fn hashing_stays_in_the_best_healthy_bucket() {
+        let eps = vec![
+            ep(1, "region/zone"),
+            ep(2, "other-region/zone"),
+            ep(3, "other-region/zone"),
+        ];
+        let s = ServiceSnapshot::build_with_health(
+            gw(),
+            PREFER_CLOSE,
+            Arc::new(BalancerConfig {
+                algorithm: Algorithm::ConsistentHash(crate::policy::HashOn::SourceIp),
+                ..Default::default()
+            }),
+            HealthOptions::default(),
+            eps.clone(),
+            eps.iter()
+                .map(|_| Arc::new(EndpointHealth::new()))
+                .collect(),
+            1,
+        );
+        for k in 0..100u64 {
+            let p = s.pick_for(Some(hash_bytes(&k.to_le_bytes()))).unwrap();
+            assert_eq!(s.endpoint(p).addr.port(), 1);
+        }
     }
 }

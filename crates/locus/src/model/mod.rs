@@ -51,6 +51,7 @@ impl fmt::Display for ObjKey {
 pub struct NodeModel {
     pub name: String,
     pub locality: Locality,
+    pub labels: BTreeMap<String, String>,
 }
 
 pub const LABEL_REGION: &str = "topology.kubernetes.io/region";
@@ -132,6 +133,7 @@ impl Model {
                         NodeModel {
                             name,
                             locality: locality_from_labels(&labels),
+                            labels,
                         },
                     );
                 }

@@ -5,19 +5,22 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use locus_core::balancer::HealthOptions;
-use locus_core::{OutlierPolicy, Spillover};
+use locus_core::policy::{DistributeRule, LocalityPattern, PriorityLabel};
+use locus_core::{Algorithm, BalancerConfig, HashOn, LocalityLbSetting, OutlierPolicy, Spillover};
 
 use super::routes::parse_duration;
 use super::{name_of, namespace_of, DocCtx, ObjKey};
 use crate::resources::envoy_gateway::{
     ActiveHealthCheck, BackendTrafficPolicy, PassiveHealthCheck, Retry,
 };
-use crate::resources::istio::{DestinationRule, OutlierDetection};
+use crate::resources::istio::{DestinationRule, LoadBalancerSettings, OutlierDetection};
 use crate::resources::{ConfigError, Document};
 
 pub const ANNOTATION_SPILLOVER: &str = "locus.io/spillover";
 pub const ANNOTATION_OVERPROVISIONING: &str = "locus.io/overprovisioning-factor";
 pub const ANNOTATION_FAIL_CLOSED: &str = "locus.io/fail-closed";
+pub const ANNOTATION_TOPOLOGY_MODE: &str = "service.kubernetes.io/topology-mode";
+pub const ANNOTATION_TOPOLOGY_HINTS: &str = "service.kubernetes.io/topology-aware-hints";
 
 /// An active HTTP health check (BackendTrafficPolicy `healthCheck.active`).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -145,12 +148,6 @@ impl<'a> Policies<'a> {
             warn_extra(&ctx, "spec.", &dr.spec.extra, warnings);
             if let Some(tp) = &dr.spec.traffic_policy {
                 warn_extra(&ctx, "spec.trafficPolicy.", &tp.extra, warnings);
-                if tp.load_balancer.is_some() {
-                    warnings.push(format!(
-                        "{}: spec.trafficPolicy.loadBalancer is not supported by Locus yet; ignored",
-                        ctx.place()
-                    ));
-                }
             }
             if let Some((first, _)) = out.rules.insert(target.clone(), (doc, dr)) {
                 warnings.push(format!(
@@ -187,6 +184,56 @@ impl<'a> Policies<'a> {
             }
         }
         Ok(out)
+    }
+
+    /// Locality and balancing settings of one Service port: the DestinationRule's
+    /// `loadBalancer` (port-level first) and the topology-mode annotation.
+    pub(super) fn balancer_for_port(
+        &self,
+        service: &ObjKey,
+        port: u16,
+        annotations: &BTreeMap<String, String>,
+        svc_ctx: &DocCtx<'_>,
+        warnings: &mut Vec<String>,
+    ) -> Result<BalancerConfig, ConfigError> {
+        let mut cfg = BalancerConfig::default();
+        let mode = annotations
+            .get(ANNOTATION_TOPOLOGY_MODE)
+            .or_else(|| annotations.get(ANNOTATION_TOPOLOGY_HINTS));
+        match mode.map(|m| m.to_ascii_lowercase()) {
+            None => {}
+            Some(m) if m == "auto" => cfg.topology_hints = true,
+            Some(m) if m == "disabled" || m.is_empty() => {}
+            Some(m) => warnings.push(format!(
+                "{}: {ANNOTATION_TOPOLOGY_MODE} {m:?} is not supported (Auto or Disabled); ignored",
+                svc_ctx.place()
+            )),
+        }
+        let Some(&(doc, dr)) = self.rules.get(service) else {
+            return Ok(cfg);
+        };
+        let ctx = DocCtx { doc };
+        let tp = dr.spec.traffic_policy.as_ref();
+        let port_level = tp.and_then(|tp| {
+            tp.port_level_settings.iter().enumerate().find(|(_, p)| {
+                p.port.as_ref().and_then(|p| p.number) == Some(u32::from(port))
+                    && p.load_balancer.is_some()
+            })
+        });
+        let (field, lb) = match port_level {
+            Some((i, p)) => (
+                format!("spec.trafficPolicy.portLevelSettings[{i}].loadBalancer"),
+                p.load_balancer.as_ref(),
+            ),
+            None => (
+                "spec.trafficPolicy.loadBalancer".to_owned(),
+                tp.and_then(|t| t.load_balancer.as_ref()),
+            ),
+        };
+        if let Some(lb) = lb {
+            load_balancer(&ctx, &field, lb, &mut cfg, warnings)?;
+        }
+        Ok(cfg)
     }
 
     /// The health configuration of one Service port.
@@ -253,6 +300,137 @@ impl<'a> Policies<'a> {
         apply_annotations(&mut cfg, annotations, svc_ctx)?;
         Ok(cfg)
     }
+}
+
+fn load_balancer(
+    ctx: &DocCtx<'_>,
+    field: &str,
+    lb: &LoadBalancerSettings,
+    cfg: &mut BalancerConfig,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    warn_extra(ctx, &format!("{field}."), &lb.extra, warnings);
+    if let Some(simple) = &lb.simple {
+        cfg.algorithm = match simple.as_str() {
+            "ROUND_ROBIN" | "UNSPECIFIED" => Algorithm::RoundRobin,
+            "LEAST_REQUEST" | "LEAST_CONN" => Algorithm::LeastRequest,
+            "RANDOM" => Algorithm::Random,
+            "PASSTHROUGH" => {
+                return Err(ctx.error(
+                    &format!("{field}.simple"),
+                    "PASSTHROUGH is not supported by a gateway",
+                ))
+            }
+            other => {
+                return Err(ctx.error(
+                    &format!("{field}.simple"),
+                    format!("{other:?} is not one of ROUND_ROBIN, LEAST_REQUEST, RANDOM"),
+                ))
+            }
+        };
+    }
+    if let Some(h) = &lb.consistent_hash {
+        if lb.simple.is_some() {
+            return Err(ctx.error(
+                &format!("{field}.consistentHash"),
+                "cannot be set together with simple",
+            ));
+        }
+        warn_extra(ctx, &format!("{field}.consistentHash."), &h.extra, warnings);
+        let mut on = Vec::new();
+        if let Some(name) = &h.http_header_name {
+            on.push(HashOn::Header(name.to_ascii_lowercase()));
+        }
+        if let Some(c) = &h.http_cookie {
+            let ttl_secs = match &c.ttl {
+                None => None,
+                Some(t) => Some(
+                    duration(
+                        ctx,
+                        &format!("{field}.consistentHash.httpCookie.ttl"),
+                        Some(t),
+                        Duration::ZERO,
+                    )?
+                    .as_secs(),
+                ),
+            };
+            on.push(HashOn::Cookie {
+                name: c.name.clone(),
+                ttl_secs: ttl_secs.filter(|t| *t > 0),
+            });
+        }
+        if h.use_source_ip == Some(true) {
+            on.push(HashOn::SourceIp);
+        }
+        if let Some(q) = &h.http_query_parameter_name {
+            on.push(HashOn::QueryParameter(q.clone()));
+        }
+        if on.len() != 1 {
+            return Err(ctx.error(
+                &format!("{field}.consistentHash"),
+                "exactly one of httpHeaderName, httpCookie, useSourceIp, httpQueryParameterName must be set",
+            ));
+        }
+        if h.maglev.is_some() {
+            warnings.push(format!(
+                "{}: {field}.consistentHash.maglev: Locus uses a ring hash (same minimal remapping); maglev settings ignored",
+                ctx.place()
+            ));
+        }
+        cfg.algorithm = Algorithm::ConsistentHash(on.remove(0));
+    }
+    if let Some(l) = &lb.locality_lb_setting {
+        let f = format!("{field}.localityLbSetting");
+        if !l.distribute.is_empty() && !l.failover.is_empty() {
+            return Err(ctx.error(
+                &f,
+                "distribute and failover cannot both be set (Istio rejects it too)",
+            ));
+        }
+        let mut distribute = Vec::new();
+        for (i, d) in l.distribute.iter().enumerate() {
+            let df = format!("{f}.distribute[{i}]");
+            let from =
+                LocalityPattern::parse(&d.from).map_err(|e| ctx.error(&format!("{df}.from"), e))?;
+            let mut to = Vec::new();
+            for (pattern, weight) in &d.to {
+                to.push((
+                    LocalityPattern::parse(pattern)
+                        .map_err(|e| ctx.error(&format!("{df}.to"), e))?,
+                    *weight,
+                ));
+            }
+            let sum: u32 = to.iter().map(|(_, w)| *w).sum();
+            if sum != 100 {
+                return Err(ctx.error(
+                    &format!("{df}.to"),
+                    format!("weights add up to {sum}, not 100"),
+                ));
+            }
+            distribute.push(DistributeRule { from, to });
+        }
+        let mut failover = Vec::new();
+        for (i, fo) in l.failover.iter().enumerate() {
+            if fo.from.is_empty() || fo.to.is_empty() || fo.from == fo.to {
+                return Err(ctx.error(
+                    &format!("{f}.failover[{i}]"),
+                    "from and to must be two different regions",
+                ));
+            }
+            failover.push((fo.from.clone(), fo.to.clone()));
+        }
+        cfg.locality = Some(LocalityLbSetting {
+            enabled: l.enabled.unwrap_or(true),
+            distribute,
+            failover,
+            failover_priority: l
+                .failover_priority
+                .iter()
+                .map(|p| PriorityLabel::parse(p))
+                .collect(),
+        });
+    }
+    Ok(())
 }
 
 fn duration(

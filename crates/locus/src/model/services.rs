@@ -26,6 +26,8 @@ pub struct ServicePortModel {
     pub endpoints: Vec<Endpoint>,
     /// Outlier detection, active checks, retries and spillover for this port.
     pub health: HealthConfig,
+    /// Locality load-balancing settings and the algorithm for this port.
+    pub balancer: std::sync::Arc<locus_core::BalancerConfig>,
 }
 
 #[derive(Clone, Debug)]
@@ -46,6 +48,7 @@ impl ServiceModel {
 /// One endpoint of an EndpointSlice before it is matched to a Service port.
 struct SliceEndpoint {
     ip: IpAddr,
+    zone_hints: Option<Arc<[String]>>,
     locality: Locality,
     node: Option<Arc<str>>,
     state: EndpointState,
@@ -61,7 +64,7 @@ struct Slice {
 
 struct Entry {
     key: ObjKey,
-    labels: BTreeMap<String, String>,
+    labels: Arc<BTreeMap<String, String>>,
     ip: IpAddr,
     ports: BTreeMap<String, u32>,
     locality: Locality,
@@ -158,8 +161,14 @@ impl EndpointSources {
                         locality.region = region_of_zone(zone);
                     }
                 }
+                let zone_hints = ep
+                    .hints
+                    .as_ref()
+                    .and_then(|h| h.for_zones.as_ref())
+                    .map(|z| z.iter().map(|z| z.name.clone()).collect::<Vec<_>>().into());
                 endpoints.push(SliceEndpoint {
                     ip,
+                    zone_hints,
                     locality,
                     node: node.map(Arc::from),
                     state,
@@ -210,7 +219,7 @@ impl EndpointSources {
             labels.extend(we.spec.labels.clone());
             out.entries.push(Entry {
                 key: ObjKey::new(&namespace, &name),
-                labels,
+                labels: Arc::new(labels),
                 ip,
                 ports: we.spec.ports.clone(),
                 locality,
@@ -247,6 +256,8 @@ impl EndpointSources {
                         weight: 1,
                         state: ep.state,
                         origin: slice.origin.clone(),
+                        labels: None,
+                        zone_hints: ep.zone_hints.clone(),
                     });
                 }
             }
@@ -276,6 +287,8 @@ impl EndpointSources {
                         weight: entry.weight,
                         state: EndpointState::Ready,
                         origin: entry.origin.clone(),
+                        labels: Some(entry.labels.clone()),
+                        zone_hints: None,
                     });
                 }
             }
@@ -364,9 +377,17 @@ pub(super) fn build(
             app_protocol: p.app_protocol.clone(),
             endpoints: Vec::new(),
             health: HealthConfig::default(),
+            balancer: Default::default(),
         };
         let annotations = svc.metadata.annotations.clone().unwrap_or_default();
         model.health = policies.for_port(&key, port, &annotations, ctx, warnings)?;
+        model.balancer = std::sync::Arc::new(policies.balancer_for_port(
+            &key,
+            port,
+            &annotations,
+            ctx,
+            warnings,
+        )?);
         model.endpoints =
             sources.endpoints_for(&key, &selector, &model, p.target_port.as_ref(), single_port);
         ports.push(model);

@@ -9,8 +9,9 @@ use bytes::Bytes;
 use http::{Request, Response, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
+use locus_core::balancer::hash_bytes;
 use locus_core::balancer::SnapshotMode;
-use locus_core::{EndpointHealth, Outcome, Tier};
+use locus_core::{Algorithm, EndpointHealth, HashOn, Outcome, Tier};
 
 use super::body::ProxyBody;
 use super::error::ProxyError;
@@ -86,6 +87,7 @@ fn pick_endpoint(
     target: &ServiceTarget,
     tried: &[SocketAddr],
     now: u64,
+    key: Option<u64>,
 ) -> Result<(SocketAddr, Arc<EndpointHealth>, Tier), ProxyError> {
     let snap = target.snapshot.load();
     let no_endpoint = |reason| ProxyError::NoEndpoint {
@@ -93,7 +95,7 @@ fn pick_endpoint(
         reason,
     };
     let mut pick = if tried.is_empty() {
-        snap.pick().map_err(no_endpoint)?
+        snap.pick_for(key).map_err(no_endpoint)?
     } else {
         let idx = tried_indices(&snap.endpoints, tried);
         snap.pick_excluding(&idx).map_err(no_endpoint)?
@@ -177,6 +179,67 @@ impl Drop for InFlight {
         self.0
             .in_flight
             .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The consistent-hash key of a request, and the cookie to set when the policy hashes on a
+/// cookie with a TTL and the client has none yet (Envoy's and Istio's behaviour).
+fn hash_key(
+    on: &HashOn,
+    parts: &http::request::Parts,
+    info: &ConnInfo,
+) -> (Option<u64>, Option<HeaderValue>) {
+    match on {
+        HashOn::Header(name) => (
+            parts
+                .headers
+                .get(name.as_str())
+                .map(|v| hash_bytes(v.as_bytes())),
+            None,
+        ),
+        HashOn::SourceIp => (
+            Some(hash_bytes(info.peer.ip().to_string().as_bytes())),
+            None,
+        ),
+        HashOn::QueryParameter(name) => {
+            let v = parts.uri.query().and_then(|q| {
+                q.split('&')
+                    .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.to_owned())
+            });
+            (v.map(|v| hash_bytes(v.as_bytes())), None)
+        }
+        HashOn::Cookie { name, ttl_secs } => {
+            let found = parts
+                .headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|c| c.trim().split_once('='))
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.to_owned());
+            match (found, ttl_secs) {
+                (Some(v), _) => (Some(hash_bytes(v.as_bytes())), None),
+                (None, Some(ttl)) => {
+                    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                    let seed = format!(
+                        "{}-{}-{}",
+                        info.peer,
+                        now_ms(),
+                        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    );
+                    let value = format!("{:016x}", hash_bytes(seed.as_bytes()));
+                    let cookie = HeaderValue::from_str(&format!(
+                        "{name}={value}; Max-Age={ttl}; Path=/; HttpOnly"
+                    ))
+                    .ok();
+                    (Some(hash_bytes(value.as_bytes())), cookie)
+                }
+                (None, None) => (None, None),
+            }
+        }
     }
 }
 
@@ -288,13 +351,17 @@ pub(super) async fn forward(
         1
     };
     let deadline = action.timeout.map(|t| tokio::time::Instant::now() + t);
+    let (hash_key, set_cookie) = match &target.snapshot.load().balancer.algorithm {
+        Algorithm::ConsistentHash(on) => hash_key(on, &parts, info),
+        _ => (None, None),
+    };
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last_error = None;
     // A request handed back by an attempt that could not send it, reused as is.
     let mut pending: Option<Request<ProxyBody>> = None;
 
     for attempt in 1..=max_attempts {
-        let (addr, health, tier) = match pick_endpoint(&target, &tried, now_ms()) {
+        let (addr, health, tier) = match pick_endpoint(&target, &tried, now_ms(), hash_key) {
             Ok(p) => p,
             // Nothing left to retry on: the client gets the error that made us retry.
             Err(e) => return Err(last_error.unwrap_or(e)),
@@ -419,6 +486,9 @@ pub(super) async fn forward(
                 }
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
+                if let Some(cookie) = set_cookie {
+                    parts.headers.append(header::SET_COOKIE, cookie);
+                }
                 return Ok(Response::from_parts(parts, body));
             }
         }

@@ -74,7 +74,7 @@ pub struct DestinationRuleSpec {
 #[serde(rename_all = "camelCase")]
 pub struct TrafficPolicy {
     #[serde(default)]
-    pub load_balancer: Option<serde_json::Value>,
+    pub load_balancer: Option<LoadBalancerSettings>,
     #[serde(default)]
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(default)]
@@ -89,7 +89,7 @@ pub struct PortTrafficPolicy {
     #[serde(default)]
     pub port: Option<PortSelector>,
     #[serde(default)]
-    pub load_balancer: Option<serde_json::Value>,
+    pub load_balancer: Option<LoadBalancerSettings>,
     #[serde(default)]
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(flatten)]
@@ -127,4 +127,78 @@ pub struct OutlierDetection {
     pub min_health_percent: Option<u32>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// `trafficPolicy.loadBalancer`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LoadBalancerSettings {
+    #[serde(default)]
+    pub simple: Option<String>,
+    #[serde(default)]
+    pub consistent_hash: Option<ConsistentHash>,
+    #[serde(default)]
+    pub locality_lb_setting: Option<LocalityLbSetting>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ConsistentHash {
+    #[serde(default)]
+    pub http_header_name: Option<String>,
+    #[serde(default)]
+    pub http_cookie: Option<HttpCookie>,
+    #[serde(default)]
+    pub use_source_ip: Option<bool>,
+    #[serde(default)]
+    pub http_query_parameter_name: Option<String>,
+    #[serde(default)]
+    pub ring_hash: Option<serde_json::Value>,
+    #[serde(default)]
+    pub maglev: Option<serde_json::Value>,
+    #[serde(default)]
+    pub minimum_ring_size: Option<u64>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpCookie {
+    pub name: String,
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default)]
+    pub ttl: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalityLbSetting {
+    #[serde(default)]
+    pub enabled: Option<bool>,
+    #[serde(default)]
+    pub distribute: Vec<Distribute>,
+    #[serde(default)]
+    pub failover: Vec<Failover>,
+    #[serde(default)]
+    pub failover_priority: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct Distribute {
+    #[serde(default)]
+    pub from: String,
+    #[serde(default)]
+    pub to: BTreeMap<String, u32>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+pub struct Failover {
+    #[serde(default)]
+    pub from: String,
+    #[serde(default)]
+    pub to: String,
 }

@@ -42,6 +42,7 @@ impl ServiceTarget {
         let new = ServiceSnapshot::build_with_health(
             old.gateway.clone(),
             old.policy,
+            old.balancer.clone(),
             old.options,
             old.endpoints.clone(),
             old.health.clone(),
@@ -422,6 +423,7 @@ fn build_action(
                                         ServiceSnapshot::build_with_health(
                                             ctx.identity.identity.clone(),
                                             svc.policy,
+                                            sp.balancer.clone(),
                                             sp.health.options,
                                             sp.endpoints.clone(),
                                             health,

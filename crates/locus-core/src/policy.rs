@@ -1,0 +1,682 @@
+//! Policies beyond "nearest first": Istio's `localityLbSetting` (distribute, failover,
+//! failoverPriority), Kubernetes topology hints, and the balancing algorithm used inside a
+//! bucket. [`rank_buckets`] turns them, with the Kubernetes fields of [`RoutingPolicy`], into
+//! the buckets a snapshot routes over.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::endpoint::Endpoint;
+use crate::locality::Locality;
+use crate::ranking::{self, GatewayIdentity, RoutingPolicy, Tier};
+
+/// A locality with `*` wildcards at any level (`us-central1/*`, `*`, `r/z/*`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalityPattern {
+    parts: Vec<String>,
+}
+
+impl LocalityPattern {
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s.is_empty() {
+            return Err("empty locality".into());
+        }
+        let parts: Vec<String> = s.split('/').map(str::to_owned).collect();
+        if parts.len() > 3 || parts.iter().any(String::is_empty) {
+            return Err(format!(
+                "{s:?} is not region/zone/subzone (with * wildcards)"
+            ));
+        }
+        Ok(LocalityPattern { parts })
+    }
+
+    /// Whether `l` matches: each given level equal or `*`; a trailing `*` matches the rest.
+    pub fn matches(&self, l: &Locality) -> bool {
+        let levels = [l.region.as_str(), l.zone.as_str(), l.subzone.as_str()];
+        for (i, p) in self.parts.iter().enumerate() {
+            if p == "*" {
+                if i == self.parts.len() - 1 {
+                    return true;
+                }
+                continue;
+            }
+            if levels[i] != p {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+impl fmt::Display for LocalityPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.parts.join("/"))
+    }
+}
+
+/// One `distribute` rule: traffic from `from` split by weight over `to`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DistributeRule {
+    pub from: LocalityPattern,
+    pub to: Vec<(LocalityPattern, u32)>,
+}
+
+/// One `failoverPriority` entry: a label key (compared with the gateway's own value) or
+/// `key=value` (endpoints carrying that value match).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PriorityLabel {
+    Key(String),
+    KeyValue(String, String),
+}
+
+pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+pub const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
+
+impl PriorityLabel {
+    pub fn parse(s: &str) -> Self {
+        match s.split_once('=') {
+            Some((k, v)) => PriorityLabel::KeyValue(k.trim().to_owned(), v.trim().to_owned()),
+            None => PriorityLabel::Key(s.trim().to_owned()),
+        }
+    }
+}
+
+/// Istio `localityLbSetting`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalityLbSetting {
+    pub enabled: bool,
+    pub distribute: Vec<DistributeRule>,
+    /// `(from region, to region)`.
+    pub failover: Vec<(String, String)>,
+    pub failover_priority: Vec<PriorityLabel>,
+}
+
+impl Default for LocalityLbSetting {
+    fn default() -> Self {
+        LocalityLbSetting {
+            enabled: true,
+            distribute: Vec::new(),
+            failover: Vec::new(),
+            failover_priority: Vec::new(),
+        }
+    }
+}
+
+/// What a consistent hash is computed from.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum HashOn {
+    Header(String),
+    /// Cookie name and, when set, the TTL of the cookie Locus creates if the client has none.
+    Cookie {
+        name: String,
+        ttl_secs: Option<u64>,
+    },
+    SourceIp,
+    QueryParameter(String),
+}
+
+/// `loadBalancer.simple` / `consistentHash`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Algorithm {
+    /// Smooth weighted round robin.
+    #[default]
+    RoundRobin,
+    /// Power of two choices on in-flight requests per unit of weight.
+    LeastRequest,
+    /// Weighted random.
+    Random,
+    /// Ring hash on a request attribute, within the best healthy bucket.
+    ConsistentHash(HashOn),
+}
+
+impl Algorithm {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Algorithm::RoundRobin => "ROUND_ROBIN",
+            Algorithm::LeastRequest => "LEAST_REQUEST",
+            Algorithm::Random => "RANDOM",
+            Algorithm::ConsistentHash(_) => "consistentHash",
+        }
+    }
+}
+
+/// Everything besides the Kubernetes fields that shapes a Service's balancing.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BalancerConfig {
+    /// From a DestinationRule; overrides `trafficDistribution` (Istio's precedence) but never
+    /// `internalTrafficPolicy: Local`.
+    pub locality: Option<LocalityLbSetting>,
+    pub algorithm: Algorithm,
+    /// `service.kubernetes.io/topology-mode: Auto`.
+    pub topology_hints: bool,
+}
+
+/// One bucket as ranked.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RankedBucket {
+    pub tier: Tier,
+    /// Human description (`same-zone`, `distribute us-central1/* 80%`, `priority 2/3`).
+    pub label: String,
+    pub members: Vec<u32>,
+    /// Set for `distribute` targets: a fixed share (percent) instead of a priority.
+    pub weight: Option<u32>,
+}
+
+/// Which rule decided the buckets, for `check`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RankingRule {
+    Strict,
+    TopologyHints { zone: String },
+    TopologyHintsIgnored(String),
+    LocalityLbDisabled,
+    Distribute(String),
+    FailoverPriority,
+    IstioLocality,
+    TrafficDistribution,
+}
+
+impl fmt::Display for RankingRule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RankingRule::Strict => {
+                f.write_str("internalTrafficPolicy Local (strict, same node only)")
+            }
+            RankingRule::TopologyHints { zone } => {
+                write!(f, "topology hints: endpoints hinted for zone {zone} only")
+            }
+            RankingRule::TopologyHintsIgnored(why) => {
+                write!(f, "topology hints not used ({why}); routing cluster-wide")
+            }
+            RankingRule::LocalityLbDisabled => {
+                f.write_str("DestinationRule localityLbSetting disabled: locality-blind")
+            }
+            RankingRule::Distribute(from) => write!(f, "DestinationRule distribute from {from}"),
+            RankingRule::FailoverPriority => f.write_str("DestinationRule failoverPriority"),
+            RankingRule::IstioLocality => {
+                f.write_str("DestinationRule localityLbSetting (Istio priorities)")
+            }
+            RankingRule::TrafficDistribution => f.write_str("Service trafficDistribution"),
+        }
+    }
+}
+
+fn from_tiers(
+    gw: &GatewayIdentity,
+    policy: RoutingPolicy,
+    endpoints: &[Endpoint],
+    only: Option<&[u32]>,
+) -> Vec<RankedBucket> {
+    let ranked = ranking::rank(gw, policy, endpoints);
+    ranking::tiers(policy)
+        .iter()
+        .zip(ranked)
+        .map(|(&tier, members)| RankedBucket {
+            tier,
+            label: tier.as_str().to_owned(),
+            members: match only {
+                Some(keep) => members.into_iter().filter(|m| keep.contains(m)).collect(),
+                None => members,
+            },
+            weight: None,
+        })
+        .collect()
+}
+
+fn label_value<'a>(ep: &'a Endpoint, key: &str) -> Option<&'a str> {
+    match key {
+        REGION_LABEL => Some(ep.locality.region.as_str()).filter(|s| !s.is_empty()),
+        ZONE_LABEL => Some(ep.locality.zone.as_str()).filter(|s| !s.is_empty()),
+        SUBZONE_LABEL => Some(ep.locality.subzone.as_str()).filter(|s| !s.is_empty()),
+        _ => ep
+            .labels
+            .as_ref()
+            .and_then(|l| l.get(key))
+            .map(String::as_str),
+    }
+}
+
+fn gateway_value<'a>(
+    gw: &'a GatewayIdentity,
+    labels: &'a BTreeMap<String, String>,
+    key: &str,
+) -> Option<&'a str> {
+    match key {
+        REGION_LABEL => Some(gw.locality.region.as_str()).filter(|s| !s.is_empty()),
+        ZONE_LABEL => Some(gw.locality.zone.as_str()).filter(|s| !s.is_empty()),
+        SUBZONE_LABEL => Some(gw.locality.subzone.as_str()).filter(|s| !s.is_empty()),
+        _ => labels.get(key).map(String::as_str),
+    }
+}
+
+/// Ranks endpoints into buckets under every policy in force, and says which rule decided.
+/// `gateway_labels` are the gateway's own labels for `failoverPriority` keys other than the
+/// topology ones.
+pub fn rank_buckets(
+    gw: &GatewayIdentity,
+    policy: RoutingPolicy,
+    cfg: &BalancerConfig,
+    endpoints: &[Endpoint],
+) -> (Vec<RankedBucket>, RankingRule) {
+    let gateway_labels = &gw.labels;
+    if policy.strict_local {
+        return (from_tiers(gw, policy, endpoints, None), RankingRule::Strict);
+    }
+    let all: Vec<u32> = (0..endpoints.len() as u32).collect();
+    let one = |label: &str, members: Vec<u32>| RankedBucket {
+        tier: Tier::All,
+        label: label.to_owned(),
+        members,
+        weight: None,
+    };
+    // Kubernetes Topology Aware Routing, with kube-proxy's rules.
+    let mut hints_note = None;
+    if cfg.topology_hints {
+        let zone = &gw.locality.zone;
+        let ready: Vec<&Endpoint> = endpoints
+            .iter()
+            .filter(|e| e.state == crate::endpoint::EndpointState::Ready)
+            .collect();
+        let why = if zone.is_empty() {
+            Some("the gateway's zone is unknown".to_owned())
+        } else if ready.is_empty() {
+            Some("no ready endpoint".to_owned())
+        } else if ready.iter().any(|e| e.zone_hints.is_none()) {
+            Some("not every ready endpoint has a zone hint".to_owned())
+        } else if !ready.iter().any(|e| {
+            e.zone_hints
+                .as_ref()
+                .is_some_and(|z| z.iter().any(|h| h == zone))
+        }) {
+            Some(format!("no endpoint is hinted for zone {zone}"))
+        } else {
+            None
+        };
+        match why {
+            None => {
+                let members = all
+                    .iter()
+                    .copied()
+                    .filter(|&i| {
+                        endpoints[i as usize]
+                            .zone_hints
+                            .as_ref()
+                            .is_some_and(|z| z.iter().any(|h| h == zone))
+                    })
+                    .collect();
+                return (
+                    vec![one(&format!("hinted for {zone}"), members)],
+                    RankingRule::TopologyHints { zone: zone.clone() },
+                );
+            }
+            Some(why) => hints_note = Some(RankingRule::TopologyHintsIgnored(why)),
+        }
+    }
+    let Some(lb) = &cfg.locality else {
+        if let Some(note) = hints_note {
+            return (vec![one("all", all)], note);
+        }
+        return (
+            from_tiers(gw, policy, endpoints, None),
+            RankingRule::TrafficDistribution,
+        );
+    };
+    if !lb.enabled {
+        return (vec![one("all", all)], RankingRule::LocalityLbDisabled);
+    }
+    if let Some(rule) = lb.distribute.iter().find(|d| d.from.matches(&gw.locality)) {
+        let mut taken = vec![false; endpoints.len()];
+        let buckets = rule
+            .to
+            .iter()
+            .map(|(pattern, weight)| {
+                let members: Vec<u32> = all
+                    .iter()
+                    .copied()
+                    .filter(|&i| {
+                        !taken[i as usize] && pattern.matches(&endpoints[i as usize].locality)
+                    })
+                    .collect();
+                for &m in &members {
+                    taken[m as usize] = true;
+                }
+                RankedBucket {
+                    tier: Tier::All,
+                    label: format!("distribute {pattern} {weight}%"),
+                    members,
+                    weight: Some(*weight),
+                }
+            })
+            .collect();
+        return (buckets, RankingRule::Distribute(rule.from.to_string()));
+    }
+    let failover_to = lb
+        .failover
+        .iter()
+        .find(|(from, _)| *from == gw.locality.region)
+        .map(|(_, to)| to.as_str());
+    // Splits the farthest group into the failover region first, the rest after.
+    let split_failover = |members: Vec<u32>, tier: Tier, label: String| -> Vec<RankedBucket> {
+        match failover_to {
+            None => vec![RankedBucket {
+                tier,
+                label,
+                members,
+                weight: None,
+            }],
+            Some(to) => {
+                let (first, rest): (Vec<u32>, Vec<u32>) = members
+                    .into_iter()
+                    .partition(|&i| endpoints[i as usize].locality.region == to);
+                vec![
+                    RankedBucket {
+                        tier: Tier::FailoverRegion,
+                        label: format!("failover region {to}"),
+                        members: first,
+                        weight: None,
+                    },
+                    RankedBucket {
+                        tier,
+                        label,
+                        members: rest,
+                        weight: None,
+                    },
+                ]
+            }
+        }
+    };
+    if !lb.failover_priority.is_empty() {
+        let n = lb.failover_priority.len();
+        let matched = |ep: &Endpoint| -> usize {
+            lb.failover_priority
+                .iter()
+                .take_while(|p| match p {
+                    PriorityLabel::KeyValue(k, v) => label_value(ep, k) == Some(v.as_str()),
+                    PriorityLabel::Key(k) => {
+                        match (label_value(ep, k), gateway_value(gw, gateway_labels, k)) {
+                            (Some(a), Some(b)) => a == b,
+                            _ => false,
+                        }
+                    }
+                })
+                .count()
+        };
+        let mut levels: Vec<Vec<u32>> = vec![Vec::new(); n + 1];
+        for &i in &all {
+            levels[n - matched(&endpoints[i as usize])].push(i);
+        }
+        let mut buckets = Vec::new();
+        for (rank, members) in levels.into_iter().enumerate() {
+            let label = format!("{} of {n} priority labels match", n - rank);
+            if rank == n {
+                buckets.extend(split_failover(members, Tier::Elsewhere, label));
+            } else {
+                buckets.push(RankedBucket {
+                    tier: Tier::Priority((n - rank) as u8),
+                    label,
+                    members,
+                    weight: None,
+                });
+            }
+        }
+        return (buckets, RankingRule::FailoverPriority);
+    }
+    // Istio's default priorities: same locality, same zone, same region, failover region,
+    // elsewhere.
+    let mut groups: [Vec<u32>; 4] = Default::default();
+    for &i in &all {
+        let ep = &endpoints[i as usize];
+        let slot = match gw.locality.relation(&ep.locality) {
+            crate::locality::Relation::SameNode | crate::locality::Relation::SameSubzone => 0,
+            crate::locality::Relation::SameZone
+                if gw.locality.subzone.is_empty() && ep.locality.subzone.is_empty() =>
+            {
+                0
+            }
+            crate::locality::Relation::SameZone => 1,
+            crate::locality::Relation::SameRegion => 2,
+            crate::locality::Relation::CrossRegion => 3,
+        };
+        groups[slot].push(i);
+    }
+    let [exact, zone, region, rest] = groups;
+    let mut buckets = vec![
+        RankedBucket {
+            tier: Tier::SameSubzone,
+            label: "same locality".into(),
+            members: exact,
+            weight: None,
+        },
+        RankedBucket {
+            tier: Tier::SameZone,
+            label: "same-zone".into(),
+            members: zone,
+            weight: None,
+        },
+        RankedBucket {
+            tier: Tier::SameRegion,
+            label: "same-region".into(),
+            members: region,
+            weight: None,
+        },
+    ];
+    buckets.extend(split_failover(rest, Tier::Elsewhere, "elsewhere".into()));
+    (buckets, RankingRule::IstioLocality)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::EndpointState;
+    use std::sync::Arc;
+
+    fn ep(port: u16, locality: &str) -> Endpoint {
+        Endpoint::new(
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            Locality::parse(locality).unwrap(),
+        )
+    }
+
+    fn gw(l: &str) -> GatewayIdentity {
+        GatewayIdentity {
+            locality: Locality::parse(l).unwrap(),
+            node: None,
+            labels: BTreeMap::new(),
+        }
+    }
+
+    fn members(b: &[RankedBucket]) -> Vec<Vec<u32>> {
+        b.iter().map(|b| b.members.clone()).collect()
+    }
+
+    #[test]
+    fn wildcards() {
+        let p = LocalityPattern::parse("us-central1/*").unwrap();
+        assert!(p.matches(&Locality::new("us-central1", "a", "")));
+        assert!(p.matches(&Locality::new("us-central1", "b", "s")));
+        assert!(!p.matches(&Locality::new("us-central2", "a", "")));
+        let p = LocalityPattern::parse("*/zone-a").unwrap();
+        assert!(p.matches(&Locality::new("r1", "zone-a", "")));
+        assert!(!p.matches(&Locality::new("r1", "zone-b", "")));
+        assert!(LocalityPattern::parse("*")
+            .unwrap()
+            .matches(&Locality::default()));
+        assert!(LocalityPattern::parse("a//b").is_err());
+        let exact = LocalityPattern::parse("r1/z1").unwrap();
+        assert!(exact.matches(&Locality::new("r1", "z1", "anything")));
+    }
+
+    fn eps() -> Vec<Endpoint> {
+        vec![
+            ep(1, "us-west/zone1"),
+            ep(2, "us-west/zone2"),
+            ep(3, "us-east/zone1"),
+            ep(4, "eu-west/zone1"),
+        ]
+    }
+
+    #[test]
+    fn failover_orders_the_named_region_first() {
+        let lb = LocalityLbSetting {
+            failover: vec![("us-west".into(), "eu-west".into())],
+            ..Default::default()
+        };
+        let cfg = BalancerConfig {
+            locality: Some(lb),
+            ..Default::default()
+        };
+        let (b, rule) = rank_buckets(&gw("us-west/zone1"), RoutingPolicy::default(), &cfg, &eps());
+        assert_eq!(rule, RankingRule::IstioLocality);
+        assert_eq!(
+            members(&b),
+            vec![vec![0], vec![], vec![1], vec![3], vec![2]]
+        );
+        // Without the rule, other regions share one bucket.
+        let cfg = BalancerConfig {
+            locality: Some(LocalityLbSetting::default()),
+            ..Default::default()
+        };
+        let (b, _) = rank_buckets(&gw("us-west/zone1"), RoutingPolicy::default(), &cfg, &eps());
+        assert_eq!(members(&b), vec![vec![0], vec![], vec![1], vec![2, 3]]);
+    }
+
+    #[test]
+    fn failover_priority_from_the_istio_doc() {
+        // Istio's example: failoverPriority [network, region, zone]: endpoints matching all
+        // three first, then network+region, then network, then none.
+        let mut eps = vec![
+            ep(1, "r1/z1"),
+            ep(2, "r1/z2"),
+            ep(3, "r2/z1"),
+            ep(4, "r1/z1"),
+        ];
+        for (i, net) in ["n1", "n1", "n1", "n2"].iter().enumerate() {
+            eps[i].labels = Some(Arc::new(BTreeMap::from([(
+                "topology.istio.io/network".to_owned(),
+                net.to_string(),
+            )])));
+        }
+        let lb = LocalityLbSetting {
+            failover_priority: vec![
+                PriorityLabel::Key("topology.istio.io/network".into()),
+                PriorityLabel::Key(REGION_LABEL.into()),
+                PriorityLabel::Key(ZONE_LABEL.into()),
+            ],
+            ..Default::default()
+        };
+        let cfg = BalancerConfig {
+            locality: Some(lb),
+            ..Default::default()
+        };
+        let labels = BTreeMap::from([("topology.istio.io/network".to_owned(), "n1".to_owned())]);
+        let mut g = gw("r1/z1");
+        g.labels = labels;
+        let (b, rule) = rank_buckets(&g, RoutingPolicy::default(), &cfg, &eps);
+        assert_eq!(rule, RankingRule::FailoverPriority);
+        assert_eq!(members(&b), vec![vec![0], vec![1], vec![2], vec![3]]);
+        // key=value form: endpoints with that value first.
+        let lb = LocalityLbSetting {
+            failover_priority: vec![PriorityLabel::parse("topology.istio.io/network=n2")],
+            ..Default::default()
+        };
+        let cfg = BalancerConfig {
+            locality: Some(lb),
+            ..Default::default()
+        };
+        let (b, _) = rank_buckets(&g, RoutingPolicy::default(), &cfg, &eps);
+        assert_eq!(members(&b), vec![vec![3], vec![0, 1, 2]]);
+    }
+
+    #[test]
+    fn distribute_picks_the_rule_for_the_gateway_and_splits_targets() {
+        let lb = LocalityLbSetting {
+            distribute: vec![
+                DistributeRule {
+                    from: LocalityPattern::parse("eu-west/*").unwrap(),
+                    to: vec![(LocalityPattern::parse("eu-west/*").unwrap(), 100)],
+                },
+                DistributeRule {
+                    from: LocalityPattern::parse("us-west/*").unwrap(),
+                    to: vec![
+                        (LocalityPattern::parse("us-west/*").unwrap(), 80),
+                        (LocalityPattern::parse("us-east/*").unwrap(), 20),
+                    ],
+                },
+            ],
+            ..Default::default()
+        };
+        let cfg = BalancerConfig {
+            locality: Some(lb),
+            ..Default::default()
+        };
+        let (b, rule) = rank_buckets(&gw("us-west/zone2"), RoutingPolicy::default(), &cfg, &eps());
+        assert_eq!(rule, RankingRule::Distribute("us-west/*".into()));
+        assert_eq!(members(&b), vec![vec![0, 1], vec![2]]);
+        assert_eq!(
+            b.iter().map(|b| b.weight).collect::<Vec<_>>(),
+            vec![Some(80), Some(20)]
+        );
+    }
+
+    #[test]
+    fn locality_lb_overrides_traffic_distribution_but_not_strict() {
+        let cfg = BalancerConfig {
+            locality: Some(LocalityLbSetting {
+                enabled: false,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let close = RoutingPolicy {
+            distribution: crate::ranking::Distribution::PreferClose,
+            strict_local: false,
+        };
+        let (b, rule) = rank_buckets(&gw("us-west/zone1"), close, &cfg, &eps());
+        assert_eq!(rule, RankingRule::LocalityLbDisabled);
+        assert_eq!(members(&b), vec![vec![0, 1, 2, 3]]);
+        let strict = RoutingPolicy {
+            strict_local: true,
+            ..close
+        };
+        let (_, rule) = rank_buckets(&gw("us-west/zone1"), strict, &cfg, &eps());
+        assert_eq!(rule, RankingRule::Strict);
+    }
+
+    #[test]
+    fn topology_hints_follow_kube_proxy_rules() {
+        let hinted = |port, zone: &str, hint: &str| {
+            let mut e = ep(port, &format!("r/{zone}"));
+            e.zone_hints = Some(Arc::from(vec![hint.to_owned()]));
+            e
+        };
+        let cfg = BalancerConfig {
+            topology_hints: true,
+            ..Default::default()
+        };
+        let eps = vec![
+            hinted(1, "za", "za"),
+            hinted(2, "zb", "zb"),
+            hinted(3, "zc", "za"),
+        ];
+        let (b, rule) = rank_buckets(&gw("r/za"), RoutingPolicy::default(), &cfg, &eps);
+        assert_eq!(rule, RankingRule::TopologyHints { zone: "za".into() });
+        assert_eq!(members(&b), vec![vec![0, 2]]);
+        // One ready endpoint without hints: cluster-wide.
+        let mut partial = eps.clone();
+        partial.push(ep(4, "r/zb"));
+        let (b, rule) = rank_buckets(&gw("r/za"), RoutingPolicy::default(), &cfg, &partial);
+        assert!(
+            matches!(rule, RankingRule::TopologyHintsIgnored(_)),
+            "{rule:?}"
+        );
+        assert_eq!(members(&b), vec![vec![0, 1, 2, 3]]);
+        // A not-ready endpoint without hints does not count.
+        partial[3].state = EndpointState::NotReady;
+        let (_, rule) = rank_buckets(&gw("r/za"), RoutingPolicy::default(), &cfg, &partial);
+        assert!(matches!(rule, RankingRule::TopologyHints { .. }));
+        // No endpoint for the gateway's zone: cluster-wide.
+        let (_, rule) = rank_buckets(&gw("r/zq"), RoutingPolicy::default(), &cfg, &eps);
+        assert!(matches!(rule, RankingRule::TopologyHintsIgnored(_)));
+    }
+}

@@ -22,6 +22,7 @@ pub fn run(paths: &[PathBuf], cfg: &IdentityConfig) -> Result<String, String> {
         &GatewaySelector::All,
         0,
         &registry,
+        &std::sync::Arc::new(crate::metrics::Metrics::new(0.0, 0.0, f64::INFINITY)),
         crate::health::now_ms(),
     );
     Ok(report(&model, &table))

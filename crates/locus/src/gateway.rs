@@ -38,6 +38,11 @@ pub struct GatewayOptions {
     pub ephemeral_ports: bool,
     /// Print events to stdout as `key=value` lines.
     pub events_to_stdout: bool,
+    /// Prices per GB for the transfer cost estimate.
+    pub cost_per_gb_cross_zone: f64,
+    pub cost_per_gb_cross_region: f64,
+    /// `locus_zone_imbalance_ratio` above this logs a warning.
+    pub imbalance_warn: f64,
 }
 
 impl Default for GatewayOptions {
@@ -48,6 +53,9 @@ impl Default for GatewayOptions {
             bind: IpAddr::from([0, 0, 0, 0]),
             ephemeral_ports: false,
             events_to_stdout: false,
+            cost_per_gb_cross_zone: crate::metrics::DEFAULT_COST_CROSS_ZONE,
+            cost_per_gb_cross_region: crate::metrics::DEFAULT_COST_CROSS_REGION,
+            imbalance_warn: 1.5,
         }
     }
 }
@@ -66,6 +74,8 @@ pub struct Gateway {
     generation: AtomicU64,
     events: Mutex<Vec<mpsc::UnboundedSender<Event>>>,
     last_warnings: Mutex<Vec<String>>,
+    last_error: Mutex<Option<String>>,
+    files: Mutex<Vec<String>>,
 }
 
 impl Gateway {
@@ -73,7 +83,16 @@ impl Gateway {
     /// the health monitor.
     pub fn new(options: GatewayOptions) -> Arc<Self> {
         let (health_tx, health_rx) = mpsc::unbounded_channel();
-        let shared = Arc::new(Shared::new(RouteTable::default(), health_tx.clone()));
+        let metrics = Arc::new(crate::metrics::Metrics::new(
+            options.cost_per_gb_cross_zone,
+            options.cost_per_gb_cross_region,
+            options.imbalance_warn,
+        ));
+        let shared = Arc::new(Shared::new(
+            RouteTable::default(),
+            health_tx.clone(),
+            metrics,
+        ));
         tokio::spawn(health::monitor(
             shared.clone(),
             health_tx.clone(),
@@ -88,6 +107,8 @@ impl Gateway {
             generation: AtomicU64::new(0),
             events: Mutex::new(Vec::new()),
             last_warnings: Mutex::new(Vec::new()),
+            last_error: Mutex::new(None),
+            files: Mutex::new(Vec::new()),
         })
     }
 
@@ -114,6 +135,25 @@ impl Gateway {
             .lock()
             .expect("events lock")
             .retain(|tx| tx.send(event.clone()).is_ok());
+    }
+
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.shared.metrics
+    }
+
+    /// The generation in force (0 before the first configuration).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// The last configuration error, cleared by the next good configuration.
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().expect("error lock").clone()
+    }
+
+    /// The files of the configuration in force.
+    pub fn files(&self) -> Vec<String> {
+        self.files.lock().expect("files lock").clone()
     }
 
     /// The route table in force.
@@ -143,6 +183,7 @@ impl Gateway {
             &self.options.selector,
             generation,
             &self.registry,
+            &self.shared.metrics,
             health::now_ms(),
         );
         // Bind new ports before publishing so a table never names a port that is not served.
@@ -168,6 +209,16 @@ impl Gateway {
         self.registry
             .retain(&table.by_endpoint.keys().copied().collect());
         self.close_unwanted(&wanted);
+        *self.last_error.lock().expect("error lock") = None;
+        *self.files.lock().expect("files lock") =
+            set.files.iter().map(|f| f.display().to_string()).collect();
+        self.shared
+            .metrics
+            .reloads
+            .get_or_create(&crate::metrics::ResultLabels {
+                result: "success".into(),
+            })
+            .inc();
         self.emit(Event::Applied { generation });
         Ok(generation)
     }
@@ -179,6 +230,14 @@ impl Gateway {
         } else {
             tracing::error!(%error, "configuration rejected");
         }
+        *self.last_error.lock().expect("error lock") = Some(error.clone());
+        self.shared
+            .metrics
+            .reloads
+            .get_or_create(&crate::metrics::ResultLabels {
+                result: "failure".into(),
+            })
+            .inc();
         self.emit(Event::Rejected {
             error: error.clone(),
         });

@@ -6,6 +6,7 @@
 //! `proxy` (the request path, which only loads snapshots). `discovery` feeds resources in and
 //! `gateway` ties it together; `echo`, `demo` and `check` are the tools around it.
 
+pub mod admin;
 pub mod check;
 pub mod demo;
 pub mod discovery;
@@ -13,6 +14,7 @@ pub mod echo;
 pub mod gateway;
 pub mod health;
 pub mod identity;
+pub mod metrics;
 pub mod model;
 pub mod proxy;
 pub mod resources;

@@ -89,6 +89,24 @@ enum Command {
         /// How often the files are checked for changes, in milliseconds.
         #[arg(long, default_value_t = 250)]
         poll_ms: u64,
+        /// Admin API address (`/metrics`, `/ready`, `/debug/...`); `off` disables it. Loopback
+        /// by default: expose it elsewhere only on purpose.
+        #[arg(long, default_value = "127.0.0.1:15000")]
+        admin: String,
+        /// Estimated price of one GB crossing zones, for `locus_estimated_transfer_cost_dollars`
+        /// (default: typical public-cloud list price).
+        #[arg(long, default_value_t = locus::metrics::DEFAULT_COST_CROSS_ZONE)]
+        cost_per_gb_cross_zone: f64,
+        /// Estimated price of one GB crossing regions.
+        #[arg(long, default_value_t = locus::metrics::DEFAULT_COST_CROSS_REGION)]
+        cost_per_gb_cross_region: f64,
+        /// Warn when an endpoint's expected load exceeds the mean by this factor because
+        /// endpoints are spread unevenly over zones.
+        #[arg(long, default_value_t = 1.5)]
+        imbalance_warn_factor: f64,
+        /// Log one line per request (Common Log Format, target `locus::access`).
+        #[arg(long)]
+        access_log: bool,
     },
     /// Validate manifests and explain where each Service's traffic will go and why.
     Check {
@@ -198,7 +216,13 @@ fn main() -> ExitCode {
             ephemeral_ports,
             workers,
             poll_ms,
+            admin,
+            cost_per_gb_cross_zone,
+            cost_per_gb_cross_region,
+            imbalance_warn_factor,
+            access_log,
         } => {
+            locus::proxy::ACCESS_LOG.store(access_log, std::sync::atomic::Ordering::Relaxed);
             init_logging(cli.log_format, "info");
             let rt = runtime(workers).expect("tokio runtime");
             rt.block_on(async move {
@@ -208,7 +232,29 @@ fn main() -> ExitCode {
                     bind,
                     ephemeral_ports,
                     events_to_stdout: true,
+                    cost_per_gb_cross_zone,
+                    cost_per_gb_cross_region,
+                    imbalance_warn: imbalance_warn_factor,
                 });
+                if !matches!(admin.as_str(), "off" | "none") {
+                    let addr: SocketAddr = match admin.parse() {
+                        Ok(a) => a,
+                        Err(_) => {
+                            eprintln!("error: --admin {admin:?} is not an address (e.g. 127.0.0.1:15000) or off");
+                            return ExitCode::FAILURE;
+                        }
+                    };
+                    match locus::admin::start(addr, gw.clone()).await {
+                        Ok(bound) => {
+                            println!("admin addr={bound}");
+                            tracing::info!(%bound, "admin API listening");
+                        }
+                        Err(e) => {
+                            eprintln!("error: cannot listen on {addr} for the admin API: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                }
                 if let Err(e) = files::load_once(&gw, &files).await {
                     eprintln!("error: {e}");
                     return ExitCode::FAILURE;

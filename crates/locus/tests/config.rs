@@ -100,6 +100,8 @@ fn invalid_initial_config_fails_to_start_with_a_clear_error() {
             "--ephemeral-ports",
             "--bind",
             "127.0.0.1",
+            "--admin",
+            "off",
         ])
         .output()
         .unwrap();

@@ -15,7 +15,7 @@ use locus_core::{Algorithm, EndpointHealth, HashOn, Outcome, Tier};
 
 use super::body::ProxyBody;
 use super::error::ProxyError;
-use super::pool::{self, SendError};
+use super::pool::{self, Meter, SendError};
 use super::{ConnInfo, Shared, CONNECT_TIMEOUT};
 use crate::health::{now_ms, HealthEvent};
 use crate::routing::{Backend, ServiceTarget};
@@ -88,7 +88,7 @@ fn pick_endpoint(
     tried: &[SocketAddr],
     now: u64,
     key: Option<u64>,
-) -> Result<(SocketAddr, Arc<EndpointHealth>, Tier), ProxyError> {
+) -> Result<(SocketAddr, Arc<EndpointHealth>, Tier, u32), ProxyError> {
     let snap = target.snapshot.load();
     let no_endpoint = |reason| ProxyError::NoEndpoint {
         service: target.name.clone(),
@@ -113,6 +113,7 @@ fn pick_endpoint(
         snap.endpoint(pick).addr,
         snap.endpoint_health(pick).clone(),
         snap.buckets[pick.bucket as usize].tier,
+        pick.endpoint,
     ))
 }
 
@@ -148,6 +149,14 @@ fn note_outcome(
         return;
     }
     if let Some(until) = health.eject(policy, now) {
+        shared
+            .metrics
+            .ejections
+            .get_or_create(&crate::metrics::ReasonLabels {
+                service: target.name.to_string(),
+                reason: reason.as_str().to_owned(),
+            })
+            .inc();
         tracing::warn!(
             service = %target.name,
             endpoint = %addr,
@@ -345,6 +354,11 @@ pub(super) async fn forward(
             None
         }
     };
+    let request_bytes = match (&replay, &streaming) {
+        (Some(b), _) => b.len() as u64,
+        (None, Some(body)) => body.size_hint().lower(),
+        (None, None) => 0,
+    };
     let max_attempts = if replay.is_some() {
         retry.attempts + 1
     } else {
@@ -361,7 +375,7 @@ pub(super) async fn forward(
     let mut pending: Option<Request<ProxyBody>> = None;
 
     for attempt in 1..=max_attempts {
-        let (addr, health, tier) = match pick_endpoint(&target, &tried, now_ms(), hash_key) {
+        let (addr, health, tier, idx) = match pick_endpoint(&target, &tried, now_ms(), hash_key) {
             Ok(p) => p,
             // Nothing left to retry on: the client gets the error that made us retry.
             Err(e) => return Err(last_error.unwrap_or(e)),
@@ -402,6 +416,8 @@ pub(super) async fn forward(
         };
 
         let _in_flight = InFlight::new(health.clone());
+        let em = &target.endpoint_metrics[idx as usize];
+        let started = std::time::Instant::now();
         let per_try = retry
             .per_try_timeout
             .map(|t| tokio::time::Instant::now() + t);
@@ -421,7 +437,17 @@ pub(super) async fn forward(
             } else {
                 pool::send(addr, upstream, CONNECT_TIMEOUT)
                     .await
-                    .map(|r| r.map(ProxyBody::Pooled))
+                    .map(|r| {
+                        r.map(|mut body| {
+                            body.set_meter(Meter {
+                                metrics: em.clone(),
+                                totals: target.totals.clone(),
+                                request_bytes,
+                                response_bytes: 0,
+                            });
+                            ProxyBody::Pooled(body)
+                        })
+                    })
                     .map_err(|e| match e {
                         SendError::Connect(io, req) => (io.to_string(), true, Some(req)),
                         SendError::Request(err, req) => (io_detail(&err), req.is_some(), req),
@@ -445,6 +471,9 @@ pub(super) async fn forward(
         match result {
             Err((detail, unsent, back)) => {
                 note_outcome(shared, &target, addr, &health, Outcome::LocalOriginFailure);
+                if unsent {
+                    em.connect_failures.inc();
+                }
                 let error = if unsent {
                     ProxyError::UpstreamConnect {
                         service: target.name.clone(),
@@ -473,6 +502,14 @@ pub(super) async fn forward(
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 note_outcome(shared, &target, addr, &health, Outcome::Status(status));
+                em.response(status, started.elapsed().as_secs_f64());
+                if target.h2c {
+                    em.bytes(
+                        request_bytes,
+                        resp.body().size_hint().exact().unwrap_or(0),
+                        &target.totals,
+                    );
+                }
                 if !last && retry.statuses.contains(&status) {
                     // Try another endpoint; if none is left, this response goes back as is.
                     let snap = target.snapshot.load();

@@ -35,12 +35,17 @@ pub struct Shared {
     pub table: ArcSwap<RouteTable>,
     /// To the health monitor: ejections found on the request path.
     pub health_tx: HealthTx,
+    pub metrics: Arc<crate::metrics::Metrics>,
     /// Cleartext HTTP/2 upstreams (multiplexed; HTTP/1.1 goes through the per-thread pool).
     h2c_client: Client<HttpConnector, ProxyBody>,
 }
 
 impl Shared {
-    pub fn new(table: RouteTable, health_tx: HealthTx) -> Self {
+    pub fn new(
+        table: RouteTable,
+        health_tx: HealthTx,
+        metrics: Arc<crate::metrics::Metrics>,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
@@ -50,6 +55,7 @@ impl Shared {
         Shared {
             table: ArcSwap::from_pointee(table),
             health_tx,
+            metrics,
             h2c_client,
         }
     }
@@ -94,12 +100,41 @@ pub async fn serve(listener: TcpListener, port: u16, shared: Arc<Shared>) {
     }
 }
 
+/// Access log switch (`--access-log`): off by default, checked once per request.
+pub static ACCESS_LOG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 async fn handle(shared: &Shared, info: &ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
-    match forward::forward(shared, info, req).await {
+    let access = ACCESS_LOG
+        .load(std::sync::atomic::Ordering::Relaxed)
+        .then(|| {
+            (
+                std::time::Instant::now(),
+                req.method().clone(),
+                req.uri().clone(),
+                req.version(),
+                req.headers().get(http::header::HOST).cloned(),
+            )
+        });
+    let resp = match forward::forward(shared, info, req).await {
         Ok(resp) => resp,
         Err(e) => {
             tracing::debug!(error = %e, "request failed in the gateway");
             e.into_response()
         }
+    };
+    if let Some((start, method, uri, version, host)) = access {
+        // Common Log Format plus the host and the time to response headers.
+        tracing::info!(
+            target: "locus::access",
+            "{} - - \"{} {} {:?}\" {} - host={} duration_ms={:.3}",
+            info.peer.ip(),
+            method,
+            uri,
+            version,
+            resp.status().as_u16(),
+            host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("-"),
+            start.elapsed().as_secs_f64() * 1000.0
+        );
     }
+    resp
 }

@@ -19,7 +19,9 @@ use locus_core::balancer::{ServiceSnapshot, WeightedSchedule};
 
 use crate::health::HealthRegistry;
 use crate::identity::ResolvedIdentity;
+use crate::metrics::{EndpointCountLabels, EndpointMetrics, Metrics, ServiceLabels, ServiceTotals};
 use crate::model::{AllowedRoutes, HealthConfig, MatchModel, Model, ObjKey};
+use locus_core::balancer::SnapshotMode;
 use matching::{intersect, HostKey, Precedence};
 
 /// One Service port that routes send traffic to.
@@ -33,6 +35,10 @@ pub struct ServiceTarget {
     pub h2c: bool,
     pub health: HealthConfig,
     pub snapshot: ArcSwap<ServiceSnapshot>,
+    /// Metric handles, parallel to the snapshot's endpoints (which refreshes keep in order).
+    pub endpoint_metrics: Vec<Arc<EndpointMetrics>>,
+    pub totals: Arc<ServiceTotals>,
+    metrics: Arc<Metrics>,
 }
 
 impl ServiceTarget {
@@ -58,8 +64,97 @@ impl ServiceTarget {
                 if after > 0.0 { "spilling over to farther buckets" } else { "all traffic back in the best bucket" }
             );
         }
+        self.publish_gauges(&new);
         self.snapshot.store(Arc::new(new));
     }
+
+    /// Gauges that describe the snapshot: bucket in use, spilled share, endpoints per zone,
+    /// and the zone imbalance check (with its warning).
+    pub fn publish_gauges(&self, snap: &ServiceSnapshot) {
+        let service = ServiceLabels {
+            service: self.name.to_string(),
+        };
+        self.metrics
+            .bucket_in_use
+            .get_or_create(&service)
+            .set(snap.active_bucket().map_or(-1, |b| b as i64));
+        self.metrics
+            .spilled
+            .get_or_create(&service)
+            .set(snap.spilled_fraction());
+        let mut per_zone: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
+        for (i, ep) in snap.endpoints.iter().enumerate() {
+            let e = per_zone.entry(ep.locality.zone.as_str()).or_default();
+            e.1 += 1;
+            if snap
+                .buckets
+                .iter()
+                .any(|b| b.eligible.contains(&(i as u32)))
+                && snap.mode == SnapshotMode::Normal
+            {
+                e.0 += 1;
+            }
+        }
+        for (zone, (healthy, total)) in per_zone {
+            for (state, n) in [("healthy", healthy), ("total", total)] {
+                self.metrics
+                    .endpoints
+                    .get_or_create(&EndpointCountLabels {
+                        service: self.name.to_string(),
+                        zone: zone.to_owned(),
+                        state: state.to_owned(),
+                    })
+                    .set(n);
+            }
+        }
+        let ratio = if snap.policy.distribution.uses_locality() || snap.balancer.locality.is_some()
+        {
+            zone_imbalance(snap)
+        } else {
+            1.0
+        };
+        let gauge = self.metrics.imbalance.get_or_create(&service);
+        let before = gauge.get();
+        gauge.set(ratio);
+        let limit = self.metrics.imbalance_warn;
+        if ratio > limit && (before <= limit || before == 0.0) {
+            tracing::warn!(
+                service = %self.name,
+                ratio = format!("{ratio:.2}"),
+                limit,
+                "zone imbalance: with traffic kept in its zone, some endpoints expect more than {limit}x the mean load (endpoints are spread unevenly over zones)"
+            );
+        }
+    }
+}
+
+/// Max over mean of the load each endpoint can expect if every zone holding endpoints sends
+/// the same traffic and keeps it in-zone: the blog's "66%/33%" check, computed from where the
+/// endpoints are instead of from a recording rule. 1.0 means balanced.
+pub fn zone_imbalance(snap: &ServiceSnapshot) -> f64 {
+    let healthy: Vec<&locus_core::Endpoint> = snap
+        .buckets
+        .iter()
+        .flat_map(|b| &b.eligible)
+        .map(|&i| &snap.endpoints[i as usize])
+        .collect();
+    if healthy.len() < 2 {
+        return 1.0;
+    }
+    let mut zone_weight: BTreeMap<&str, f64> = BTreeMap::new();
+    for ep in &healthy {
+        *zone_weight.entry(ep.locality.zone.as_str()).or_default() += f64::from(ep.weight);
+    }
+    let total: f64 = zone_weight.values().sum();
+    let zones = zone_weight.len() as f64;
+    healthy
+        .iter()
+        .map(|ep| {
+            let w = f64::from(ep.weight);
+            let expected = (1.0 / zones) * w / zone_weight[ep.locality.zone.as_str()];
+            expected / (w / total)
+        })
+        .fold(1.0, f64::max)
 }
 
 #[derive(Debug)]
@@ -232,6 +327,7 @@ impl RouteTable {
         selector: &GatewaySelector,
         generation: u64,
         registry: &HealthRegistry,
+        metrics: &Arc<Metrics>,
         now_ms: u64,
     ) -> RouteTable {
         let mut warnings = model.warnings.clone();
@@ -301,6 +397,7 @@ impl RouteTable {
                             model,
                             identity: &identity,
                             registry,
+                            metrics,
                             now_ms,
                         };
                         let action = Arc::new(build_action(
@@ -368,6 +465,7 @@ struct BuildCtx<'a> {
     model: &'a Model,
     identity: &'a ResolvedIdentity,
     registry: &'a HealthRegistry,
+    metrics: &'a Arc<Metrics>,
     now_ms: u64,
 }
 
@@ -413,24 +511,34 @@ fn build_action(
                                     .iter()
                                     .map(|e| ctx.registry.get(e.addr))
                                     .collect();
-                                Arc::new(ServiceTarget {
+                                let name = format!("{}:{port}", svc.key);
+                                let snapshot = ServiceSnapshot::build_with_health(
+                                    ctx.identity.identity.clone(),
+                                    svc.policy,
+                                    sp.balancer.clone(),
+                                    sp.health.options,
+                                    sp.endpoints.clone(),
+                                    health,
+                                    ctx.now_ms,
+                                );
+                                let endpoint_metrics = snapshot
+                                    .endpoints
+                                    .iter()
+                                    .map(|e| ctx.metrics.endpoint(&name, &ctx.identity.identity, e))
+                                    .collect();
+                                let target = ServiceTarget {
                                     key: svc.key.clone(),
                                     port,
-                                    name: Arc::from(format!("{}:{port}", svc.key)),
+                                    name: Arc::from(name),
                                     h2c: sp.app_protocol.as_deref() == Some("kubernetes.io/h2c"),
                                     health: sp.health.clone(),
-                                    snapshot: ArcSwap::from_pointee(
-                                        ServiceSnapshot::build_with_health(
-                                            ctx.identity.identity.clone(),
-                                            svc.policy,
-                                            sp.balancer.clone(),
-                                            sp.health.options,
-                                            sp.endpoints.clone(),
-                                            health,
-                                            ctx.now_ms,
-                                        ),
-                                    ),
-                                })
+                                    snapshot: ArcSwap::from_pointee(snapshot),
+                                    endpoint_metrics,
+                                    totals: Arc::default(),
+                                    metrics: ctx.metrics.clone(),
+                                };
+                                target.publish_gauges(&target.snapshot.load());
+                                Arc::new(target)
                             })
                             .clone();
                         Backend::Service(target)

@@ -114,6 +114,8 @@ pub struct Gw {
     pub proc: Proc,
     /// Configured listener port → bound address.
     pub listeners: BTreeMap<u16, SocketAddr>,
+    /// The admin API's address.
+    pub admin: SocketAddr,
     pub generation: u64,
     pub dir: PathBuf,
 }
@@ -130,17 +132,23 @@ impl Gw {
             "--ephemeral-ports",
             "--poll-ms",
             "50",
+            "--admin",
+            "127.0.0.1:0",
         ];
         args.extend_from_slice(extra);
         let mut proc = Proc::spawn(&args);
         let mut listeners = BTreeMap::new();
+        let mut admin = None;
         loop {
             let line = proc.wait_line("first configuration", |l| {
                 l.starts_with("listening ")
                     || l.starts_with("applied ")
                     || l.starts_with("rejected ")
+                    || l.starts_with("admin ")
             });
-            if let Some(rest) = line.strip_prefix("listening port=") {
+            if let Some(rest) = line.strip_prefix("admin addr=") {
+                admin = Some(rest.parse().unwrap());
+            } else if let Some(rest) = line.strip_prefix("listening port=") {
                 let (port, addr) = rest.split_once(" addr=").unwrap();
                 listeners.insert(port.parse().unwrap(), addr.parse().unwrap());
             } else if line.starts_with("applied generation=1") {
@@ -151,6 +159,7 @@ impl Gw {
         }
         Gw {
             proc,
+            admin: admin.expect("the admin address is printed first"),
             listeners,
             generation: 1,
             dir: dir.to_owned(),

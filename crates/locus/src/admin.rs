@@ -1,0 +1,239 @@
+//! The admin server: `/metrics`, `/ready`, `/healthz`, `/debug/endpoints`, `/debug/config`.
+//!
+//! Bound to 127.0.0.1:15000 by default: it shows the whole topology and is never exposed on
+//! another address unless `--admin` says so.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+use crate::gateway::Gateway;
+use crate::health::now_ms;
+use crate::routing::{zone_imbalance, RouteTable};
+
+/// Serves the admin API on `listener` until the task is dropped.
+pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let gateway = gateway.clone();
+        let builder = builder.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let gateway = gateway.clone();
+                async move { Ok::<_, Infallible>(respond(&gateway, req)) }
+            });
+            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+        });
+    }
+}
+
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+fn json_reply(v: Value) -> Response<Full<Bytes>> {
+    reply(
+        StatusCode::OK,
+        "application/json",
+        serde_json::to_string_pretty(&v).unwrap_or_default(),
+    )
+}
+
+fn respond(gateway: &Gateway, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match req.uri().path() {
+        "/metrics" => reply(
+            StatusCode::OK,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            gateway.metrics().encode(),
+        ),
+        "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
+        "/ready" => {
+            if gateway.generation() > 0 {
+                reply(StatusCode::OK, "text/plain", "ready\n")
+            } else {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "no configuration applied yet\n",
+                )
+            }
+        }
+        "/debug/endpoints" => json_reply(endpoints(&gateway.table(), gateway)),
+        "/debug/config" => json_reply(config(gateway)),
+        _ => reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "admin endpoints: /metrics /ready /healthz /debug/endpoints /debug/config\n",
+        ),
+    }
+}
+
+/// Per Service: buckets, endpoints with health, in-flight requests and their current share,
+/// and bytes with the estimated cost saved against locality-blind routing.
+pub fn endpoints(table: &RouteTable, gateway: &Gateway) -> Value {
+    let now = now_ms();
+    let metrics = gateway.metrics();
+    let gw = &table.identity.identity;
+    let services: Vec<Value> = table
+        .services
+        .values()
+        .map(|target| {
+            let snap = target.snapshot.load();
+            let buckets: Vec<Value> = snap
+                .buckets
+                .iter()
+                .enumerate()
+                .map(|(b, bucket)| {
+                    let eligible_weight: f64 = bucket
+                        .eligible
+                        .iter()
+                        .map(|&i| f64::from(snap.endpoints[i as usize].weight))
+                        .sum();
+                    let endpoints: Vec<Value> = bucket
+                        .members
+                        .iter()
+                        .map(|&i| {
+                            let ep = &snap.endpoints[i as usize];
+                            let h = &snap.health[i as usize];
+                            let share = if bucket.eligible.contains(&i) && eligible_weight > 0.0 {
+                                bucket.load * f64::from(ep.weight) / eligible_weight
+                            } else {
+                                0.0
+                            };
+                            json!({
+                                "address": ep.addr.to_string(),
+                                "locality": ep.locality.to_string(),
+                                "node": ep.node.as_deref(),
+                                "weight": ep.weight,
+                                "state": format!("{:?}", ep.state),
+                                "healthy": h.is_healthy(now),
+                                "ejected": h.is_ejected(now),
+                                "ejected_for_ms": h.ejected_until(now).map(|u| u - now),
+                                "times_ejected": h.ejection_count(),
+                                "active_check_failing": h.is_active_unhealthy(),
+                                "in_flight": h.in_flight.load(Ordering::Relaxed),
+                                "share": share,
+                                "origin": &*ep.origin,
+                            })
+                        })
+                        .collect();
+                    json!({
+                        "index": b,
+                        "bucket": bucket.label,
+                        "load": bucket.load,
+                        "healthy": bucket.healthy,
+                        "total": bucket.members.len(),
+                        "endpoints": endpoints,
+                    })
+                })
+                .collect();
+            // Locality-blind routing would send each byte to a random endpoint by weight: the
+            // share of weight outside the gateway's zone is what it would send across zones.
+            let total_weight: f64 = snap.endpoints.iter().map(|e| f64::from(e.weight)).sum();
+            let outside: f64 = snap
+                .endpoints
+                .iter()
+                .filter(|e| {
+                    !gw.locality.same_zone(&e.locality)
+                        && gw.relation(e) != locus_core::Relation::SameNode
+                })
+                .map(|e| f64::from(e.weight))
+                .sum();
+            let blind_fraction = if total_weight > 0.0 {
+                outside / total_weight
+            } else {
+                0.0
+            };
+            let bytes = target.totals.bytes.load(Ordering::Relaxed);
+            let cross = target.totals.cross_zone_bytes.load(Ordering::Relaxed);
+            let blind_cross = bytes as f64 * blind_fraction;
+            let saved_bytes = (blind_cross - cross as f64).max(0.0);
+            json!({
+                "service": &*target.name,
+                "gateway_locality": gw.locality.to_string(),
+                "ranking": snap.rule.to_string(),
+                "algorithm": snap.balancer.algorithm.as_str(),
+                "mode": snap.mode.as_str(),
+                "spilled_fraction": snap.spilled_fraction(),
+                "zone_imbalance_ratio": zone_imbalance(&snap),
+                "outlier_detection": target.health.outlier_source,
+                "buckets": buckets,
+                "bytes": {
+                    "total": bytes,
+                    "cross_zone": cross,
+                    "locality_blind_cross_zone_estimate": blind_cross.round() as u64,
+                    "saved": saved_bytes.round() as u64,
+                    "estimated_cost_saved_dollars": saved_bytes / 1e9 * metrics.cost_cross_zone,
+                },
+            })
+        })
+        .collect();
+    json!({
+        "generation": table.generation,
+        "gateway": {
+            "locality": gw.locality.to_string(),
+            "locality_source": table.identity.source,
+            "node": gw.node,
+        },
+        "services": services,
+    })
+}
+
+fn config(gateway: &Gateway) -> Value {
+    let table = gateway.table();
+    let listeners: Vec<Value> = gateway
+        .listener_addrs()
+        .iter()
+        .map(|(port, addr)| {
+            json!({
+                "port": port,
+                "bound": addr.to_string(),
+                "listeners": table.ports.get(port).map(|p| p.listeners.clone()).unwrap_or_default(),
+                "hosts": table.ports.get(port).map(|p| p.hosts()).unwrap_or_default(),
+            })
+        })
+        .collect();
+    json!({
+        "generation": table.generation,
+        "files": gateway.files(),
+        "last_reload_error": gateway.last_error(),
+        "gateway": {
+            "locality": table.identity.identity.locality.to_string(),
+            "locality_source": table.identity.source,
+            "node": table.identity.identity.node,
+        },
+        "listeners": listeners,
+        "services": table.services.values().map(|t| t.name.to_string()).collect::<Vec<_>>(),
+        "warnings": table.warnings,
+    })
+}
+
+/// Binds the admin listener. Returns the bound address.
+pub async fn start(addr: SocketAddr, gateway: Arc<Gateway>) -> std::io::Result<SocketAddr> {
+    let listener = TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    tokio::spawn(serve(listener, gateway));
+    Ok(bound)
+}

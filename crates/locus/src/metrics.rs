@@ -1,0 +1,311 @@
+//! Prometheus metrics. Families are registered once; the request path uses handles resolved
+//! per endpoint when a route table is built ([`EndpointMetrics`]), so recording a request is a
+//! few relaxed atomic adds, never a label lookup or a lock.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use locus_core::{Endpoint, GatewayIdentity, Relation};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Public-cloud list prices for data crossing zones and regions, per GB (AWS and GCP charge
+/// about $0.01/GB between zones of a region and $0.02/GB between nearby regions). Estimates
+/// only: set `--cost-per-gb-cross-zone` / `--cost-per-gb-cross-region` to your own prices.
+pub const DEFAULT_COST_CROSS_ZONE: f64 = 0.01;
+pub const DEFAULT_COST_CROSS_REGION: f64 = 0.02;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TrafficLabels {
+    pub service: String,
+    pub source_zone: String,
+    pub source_region: String,
+    pub destination_zone: String,
+    pub destination_region: String,
+    pub locality_relation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub service: String,
+    pub source_zone: String,
+    pub source_region: String,
+    pub destination_zone: String,
+    pub destination_region: String,
+    pub locality_relation: String,
+    pub code_class: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ServiceLabels {
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RelationLabels {
+    pub service: String,
+    pub locality_relation: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub service: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointCountLabels {
+    pub service: String,
+    pub zone: String,
+    pub state: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: String,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// Every metric family of the gateway.
+pub struct Metrics {
+    pub registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub request_bytes: Family<TrafficLabels, Counter>,
+    pub response_bytes: Family<TrafficLabels, Counter>,
+    pub duration: Family<RelationLabels, Histogram>,
+    pub connect_failures: Family<ServiceLabels, Counter>,
+    pub ejections: Family<ReasonLabels, Counter>,
+    pub active_transitions: Family<ReasonLabels, Counter>,
+    pub bucket_in_use: Family<ServiceLabels, Gauge>,
+    pub spilled: Family<ServiceLabels, Gauge<f64, AtomicU64>>,
+    pub endpoints: Family<EndpointCountLabels, Gauge>,
+    pub reloads: Family<ResultLabels, Counter>,
+    pub cost: Family<RelationLabels, Counter<f64, AtomicU64>>,
+    pub imbalance: Family<ServiceLabels, Gauge<f64, AtomicU64>>,
+    pub cost_cross_zone: f64,
+    pub cost_cross_region: f64,
+    /// `zone_imbalance_ratio` above this logs a warning.
+    pub imbalance_warn: f64,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+    ])
+}
+
+impl Metrics {
+    pub fn new(cost_cross_zone: f64, cost_cross_region: f64, imbalance_warn: f64) -> Self {
+        let mut registry = Registry::with_prefix("locus");
+        let m = Metrics {
+            requests: Family::default(),
+            request_bytes: Family::default(),
+            response_bytes: Family::default(),
+            duration: Family::new_with_constructor(latency_histogram),
+            connect_failures: Family::default(),
+            ejections: Family::default(),
+            active_transitions: Family::default(),
+            bucket_in_use: Family::default(),
+            spilled: Family::default(),
+            endpoints: Family::default(),
+            reloads: Family::default(),
+            cost: Family::default(),
+            imbalance: Family::default(),
+            cost_cross_zone,
+            cost_cross_region,
+            imbalance_warn,
+            registry: Registry::default(),
+        };
+        registry.register(
+            "requests",
+            "Requests forwarded, by source and destination locality and response class",
+            m.requests.clone(),
+        );
+        registry.register(
+            "request_bytes",
+            "Request body bytes sent upstream",
+            m.request_bytes.clone(),
+        );
+        registry.register(
+            "response_bytes",
+            "Response body bytes received from upstream",
+            m.response_bytes.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from picking an endpoint to its response headers",
+            m.duration.clone(),
+        );
+        registry.register(
+            "upstream_connect_failures",
+            "Upstream connections that could not be established",
+            m.connect_failures.clone(),
+        );
+        registry.register(
+            "outlier_ejections",
+            "Endpoints ejected by outlier detection",
+            m.ejections.clone(),
+        );
+        registry.register(
+            "active_check_transitions",
+            "Active health check verdict changes",
+            m.active_transitions.clone(),
+        );
+        registry.register(
+            "bucket_in_use",
+            "Index of the bucket taking most of a Service's traffic (0: the closest)",
+            m.bucket_in_use.clone(),
+        );
+        registry.register(
+            "spilled_fraction",
+            "Share of a Service's traffic leaving its closest bucket",
+            m.spilled.clone(),
+        );
+        registry.register(
+            "endpoints",
+            "Endpoints per Service and zone, by state (healthy, total)",
+            m.endpoints.clone(),
+        );
+        registry.register(
+            "config_reloads",
+            "Configuration loads, by result",
+            m.reloads.clone(),
+        );
+        registry.register(
+            "estimated_transfer_cost_dollars",
+            "Estimated cost of response and request bytes crossing zones and regions, at the configured prices",
+            m.cost.clone(),
+        );
+        registry.register(
+            "zone_imbalance_ratio",
+            "Max over mean of the load an endpoint is expected to get, given how endpoints are spread over zones",
+            m.imbalance.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Handles for one endpoint of one Service, resolved once per table build.
+    pub fn endpoint(
+        &self,
+        service: &str,
+        gw: &GatewayIdentity,
+        ep: &Endpoint,
+    ) -> Arc<EndpointMetrics> {
+        let relation = gw.relation(ep);
+        let rel = relation.as_str().to_owned();
+        let traffic = TrafficLabels {
+            service: service.to_owned(),
+            source_zone: gw.locality.zone.clone(),
+            source_region: gw.locality.region.clone(),
+            destination_zone: ep.locality.zone.clone(),
+            destination_region: ep.locality.region.clone(),
+            locality_relation: rel.clone(),
+        };
+        let class = |c: &str| {
+            self.requests
+                .get_or_create(&RequestLabels {
+                    service: traffic.service.clone(),
+                    source_zone: traffic.source_zone.clone(),
+                    source_region: traffic.source_region.clone(),
+                    destination_zone: traffic.destination_zone.clone(),
+                    destination_region: traffic.destination_region.clone(),
+                    locality_relation: rel.clone(),
+                    code_class: c.to_owned(),
+                })
+                .clone()
+        };
+        let price = match relation {
+            Relation::SameNode | Relation::SameSubzone | Relation::SameZone => 0.0,
+            Relation::SameRegion => self.cost_cross_zone,
+            Relation::CrossRegion => self.cost_cross_region,
+        };
+        let rl = RelationLabels {
+            service: service.to_owned(),
+            locality_relation: rel.clone(),
+        };
+        Arc::new(EndpointMetrics {
+            by_class: [
+                class("1xx"),
+                class("2xx"),
+                class("3xx"),
+                class("4xx"),
+                class("5xx"),
+            ],
+            request_bytes: self.request_bytes.get_or_create(&traffic).clone(),
+            response_bytes: self.response_bytes.get_or_create(&traffic).clone(),
+            duration: self.duration.get_or_create(&rl).clone(),
+            cost: (price > 0.0).then(|| self.cost.get_or_create(&rl).clone()),
+            price_per_byte: price / 1e9,
+            connect_failures: self
+                .connect_failures
+                .get_or_create(&ServiceLabels {
+                    service: service.to_owned(),
+                })
+                .clone(),
+            crosses_zone: matches!(relation, Relation::SameRegion | Relation::CrossRegion),
+        })
+    }
+}
+
+/// Metric handles of one endpoint of one Service.
+#[derive(Debug)]
+pub struct EndpointMetrics {
+    by_class: [Counter; 5],
+    request_bytes: Counter,
+    response_bytes: Counter,
+    duration: Histogram,
+    cost: Option<Counter<f64, AtomicU64>>,
+    price_per_byte: f64,
+    pub connect_failures: Counter,
+    pub crosses_zone: bool,
+}
+
+impl EndpointMetrics {
+    pub fn response(&self, status: u16, seconds: f64) {
+        let class = (status / 100).clamp(1, 5) as usize - 1;
+        self.by_class[class].inc();
+        self.duration.observe(seconds);
+    }
+
+    pub fn bytes(&self, request: u64, response: u64, totals: &ServiceTotals) {
+        if request > 0 {
+            self.request_bytes.inc_by(request);
+        }
+        if response > 0 {
+            self.response_bytes.inc_by(response);
+        }
+        let n = request + response;
+        if n == 0 {
+            return;
+        }
+        totals.bytes.fetch_add(n, Ordering::Relaxed);
+        if self.crosses_zone {
+            totals.cross_zone_bytes.fetch_add(n, Ordering::Relaxed);
+        }
+        if let Some(c) = &self.cost {
+            c.inc_by(n as f64 * self.price_per_byte);
+        }
+    }
+}
+
+/// Running totals of one Service port, for the admin API's savings estimate.
+#[derive(Debug, Default)]
+pub struct ServiceTotals {
+    pub bytes: AtomicU64,
+    pub cross_zone_bytes: AtomicU64,
+}

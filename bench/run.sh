@@ -28,10 +28,10 @@ LOCUS=$ROOT/target/release/locus
 
 ROUNDS=${ROUNDS:-3}; DUR=${DUR:-10s}; CONNS=${CONNS:-64}
 SCENARIOS=(${SCENARIOS:-small 1k 64k newconn})
-TARGETS=(${TARGETS:-direct envoy nginx haproxy locus})
-declare -A PORT=( [direct]=9100 [envoy]=10000 [nginx]=10001 [haproxy]=10002 [locus]=10003 )
+TARGETS=(${TARGETS:-direct envoy nginx haproxy locus locus-nometrics})
+declare -A PORT=( [direct]=9100 [envoy]=10000 [nginx]=10001 [haproxy]=10002 [locus]=10003 [locus-nometrics]=10004 )
 declare -A PATHQ=( [small]=/ [1k]=/1k [64k]=/64k [newconn]=/ )
-declare -A PROCNAME=( [envoy]=envoy [nginx]=nginx-proxy [haproxy]=haproxy [locus]=locus )
+declare -A PROCNAME=( [envoy]=envoy [nginx]=nginx-proxy [haproxy]=haproxy [locus]=locus [locus-nometrics]=locus-nometrics )
 
 OUT=$HERE/results/$(date -u +%Y%m%d-%H%M%S)
 mkdir -p "$OUT/raw"
@@ -78,7 +78,10 @@ start_locus() {  # start_locus NAME MANIFEST PORT [extra args]
   wait_http "http://127.0.0.1:$port/" 200
 }
 start_envoy && start_nginx_proxy && start_haproxy || exit 1
-start_locus locus "$P/conf/locus-bench.yaml" 10003 || exit 1
+start_locus locus "$P/conf/locus-bench.yaml" 10003 --admin 127.0.0.1:15000 || exit 1
+# The same gateway with per-request metrics off, to measure what they cost.
+sed 's/port: 10003/port: 10004/' "$P/conf/locus-bench.yaml" > "$P/conf/locus-bench-nometrics.yaml"
+start_locus locus-nometrics "$P/conf/locus-bench-nometrics.yaml" 10004 --metrics off --admin 127.0.0.1:15001 || exit 1
 
 rss_kb() {  # total RSS of a recorded process and its children
   local pid; pid=$(cat "$RUN/pid.$1") || { echo 0; return; }
@@ -126,8 +129,9 @@ done
 
 # ------------------------------------------------------------------ memory with 10,000 endpoints
 stop_one locus
+stop_one locus-nometrics
 "$HERE/locus-manifests.sh" big > "$P/conf/locus-bench-big.yaml"
-start_locus locus-big "$P/conf/locus-bench-big.yaml" 10003 || exit 1
+start_locus locus-big "$P/conf/locus-bench-big.yaml" 10003 --admin 127.0.0.1:15000 || exit 1
 echo "rss_10k_endpoints_kb.locus=$(rss_kb locus-big)" >> "$OUT/meta.txt"
 stop_one locus-big
 

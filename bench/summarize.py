@@ -56,11 +56,11 @@ for scenario in ["small", "1k", "64k", "newconn"]:
               "| target | req/s | p50 ms | p99 ms | p99.9 ms | errors | peak RSS MiB | Locus req/s ÷ target |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
     locus = s.get("locus", {}).get("rps")
-    for t in ["direct", "envoy", "nginx", "haproxy", "locus"]:
+    for t in ["direct", "envoy", "nginx", "haproxy", "locus", "locus-nometrics"]:
         if t not in s:
             continue
         v = s[t]
-        ratio = f"{locus / v['rps']:.2f}" if locus and t != "locus" else "—"
+        ratio = f"{locus / v['rps']:.2f}" if locus and t not in ("locus",) else "—"
         rss = f"{v['rss_peak_kb'] / 1024:.1f}" if v["rss_peak_kb"] else "—"
         lines.append(f"| {t} | {v['rps']:,.0f} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | {v['p999_ms']:.2f} | "
                      f"{v['errors']} | {rss} | {ratio} |")

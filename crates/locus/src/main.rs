@@ -107,6 +107,9 @@ enum Command {
         /// Log one line per request (Common Log Format, target `locus::access`).
         #[arg(long)]
         access_log: bool,
+        /// Per-request metrics (`on`, `off`); off only to measure their cost.
+        #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+        metrics: String,
     },
     /// Validate manifests and explain where each Service's traffic will go and why.
     Check {
@@ -221,7 +224,10 @@ fn main() -> ExitCode {
             cost_per_gb_cross_region,
             imbalance_warn_factor,
             access_log,
+            metrics,
         } => {
+            locus::metrics::REQUEST_METRICS
+                .store(metrics == "on", std::sync::atomic::Ordering::Relaxed);
             locus::proxy::ACCESS_LOG.store(access_log, std::sync::atomic::Ordering::Relaxed);
             init_logging(cli.log_format, "info");
             let rt = runtime(workers).expect("tokio runtime");

@@ -262,6 +262,11 @@ impl Metrics {
     }
 }
 
+/// Per-request metrics switch (`--metrics off`, for measuring what they cost). Gauges and
+/// reload counters are kept either way: they cost nothing per request.
+pub static REQUEST_METRICS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(true);
+
 /// Metric handles of one endpoint of one Service.
 #[derive(Debug)]
 pub struct EndpointMetrics {
@@ -277,12 +282,18 @@ pub struct EndpointMetrics {
 
 impl EndpointMetrics {
     pub fn response(&self, status: u16, seconds: f64) {
+        if !REQUEST_METRICS.load(Ordering::Relaxed) {
+            return;
+        }
         let class = (status / 100).clamp(1, 5) as usize - 1;
         self.by_class[class].inc();
         self.duration.observe(seconds);
     }
 
     pub fn bytes(&self, request: u64, response: u64, totals: &ServiceTotals) {
+        if !REQUEST_METRICS.load(Ordering::Relaxed) {
+            return;
+        }
         if request > 0 {
             self.request_bytes.inc_by(request);
         }

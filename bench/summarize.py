@@ -8,7 +8,9 @@ meta = dict(l.strip().split("=", 1) for l in open(f"{out}/meta.txt") if "=" in l
 rows = {}
 for f in sorted(glob.glob(f"{out}/raw/*-*-[0-9]*.txt")):
     name = os.path.basename(f)[:-4]
-    scenario, target, _round = name.rsplit("-", 2)
+    # small-locus-nometrics-2: scenario first (no dashes), round last, target in between.
+    scenario, rest = name.split("-", 1)
+    target, _round = rest.rsplit("-", 1)
     if scenario == "warmup":
         continue
     text = open(f).read()

@@ -207,11 +207,17 @@ pub async fn run(serve: bool) -> anyhow::Result<()> {
     });
     let mut events = gw.subscribe();
     let paths = vec![dir_path.clone()];
+    let baseline = files::fingerprint(&paths);
     files::load_once(&gw, &paths)
         .await
         .map_err(anyhow::Error::msg)
         .context("loading the demo manifests")?;
-    tokio::spawn(files::watch(gw.clone(), paths, files::DEFAULT_POLL));
+    tokio::spawn(files::watch(
+        gw.clone(),
+        paths,
+        files::DEFAULT_POLL,
+        baseline,
+    ));
     let addr = *gw
         .listener_addrs()
         .get(&80)

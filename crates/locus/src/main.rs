@@ -261,6 +261,7 @@ fn main() -> ExitCode {
                         }
                     }
                 }
+                let baseline = files::fingerprint(&files);
                 if let Err(e) = files::load_once(&gw, &files).await {
                     eprintln!("error: {e}");
                     return ExitCode::FAILURE;
@@ -269,6 +270,7 @@ fn main() -> ExitCode {
                     gw.clone(),
                     files,
                     std::time::Duration::from_millis(poll_ms.max(10)),
+                    baseline,
                 ));
                 shutdown_signal().await;
                 tracing::info!("shutting down");

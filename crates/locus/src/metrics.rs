@@ -7,10 +7,11 @@ use std::sync::Arc;
 
 use locus_core::{Endpoint, GatewayIdentity, Relation};
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
 /// Public-cloud list prices for data crossing zones and regions, per GB (AWS and GCP charge
@@ -97,10 +98,61 @@ pub struct Metrics {
     pub imbalance_warn: f64,
 }
 
-fn latency_histogram() -> Histogram {
-    Histogram::new([
-        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-    ])
+/// Bucket bounds of the latency histogram, in seconds.
+const LATENCY_BOUNDS: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// A latency histogram made of atomics. prometheus-client's own `Histogram` takes a mutex on
+/// every observation, which the request path must not; this one is a relaxed add per bucket,
+/// count and sum (kept in microseconds).
+#[derive(Clone, Debug, Default)]
+pub struct Histogram {
+    inner: Arc<HistogramInner>,
+}
+
+#[derive(Debug, Default)]
+struct HistogramInner {
+    /// One more than the bounds: the last counts observations above every bound.
+    buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, seconds: f64) {
+        let i = LATENCY_BOUNDS.partition_point(|b| *b < seconds);
+        self.inner.buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.inner.count.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .sum_micros
+            .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for Histogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for Histogram {
+    fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS
+            .iter()
+            .copied()
+            .chain([f64::MAX])
+            .zip(self.inner.buckets.iter().map(|b| b.load(Ordering::Relaxed)))
+            .collect();
+        encoder.encode_histogram::<NoLabelSet>(
+            self.inner.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+            self.inner.count.load(Ordering::Relaxed),
+            &buckets,
+            None,
+        )
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
 }
 
 impl Metrics {
@@ -110,7 +162,7 @@ impl Metrics {
             requests: Family::default(),
             request_bytes: Family::default(),
             response_bytes: Family::default(),
-            duration: Family::new_with_constructor(latency_histogram),
+            duration: Family::default(),
             connect_failures: Family::default(),
             ejections: Family::default(),
             active_transitions: Family::default(),

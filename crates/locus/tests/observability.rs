@@ -8,15 +8,8 @@ use std::net::SocketAddr;
 
 use common::*;
 
-const GATEWAY: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: apps}\nspec:\n  gatewayClassName: locus\n  listeners: [{name: http, protocol: HTTP, port: 8080}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: apps}\nspec:\n  parentRefs: [{name: gw}]\n  rules: [{backendRefs: [{name: svc, port: 80}]}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: svc, namespace: apps}\nspec:\n  selector: {app: svc}\n  ports: [{name: http, port: 80}]\n---\n";
-
-fn entry(name: &str, locality: &str, addr: SocketAddr) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}, namespace: apps, labels: {{app: svc}}}}\nspec: {{address: \"{}\", locality: {locality}, ports: {{http: {}}}}}\n---\n",
-        addr.ip(),
-        addr.port()
-    )
-}
+/// The Service behind [`GATEWAY_AND_ROUTE`], locality-blind.
+const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: svc, namespace: apps}\nspec:\n  selector: {app: svc}\n  ports: [{name: http, port: 80}]\n---\n";
 
 /// The value of the sample whose line contains every one of `parts`.
 fn sample(metrics: &str, name: &str, parts: &[&str]) -> f64 {
@@ -34,7 +27,7 @@ async fn metrics_count_requests_and_bytes_by_locality() {
     let b = echo("same-region");
     let c = echo("cross-region");
     let m = [
-        GATEWAY.to_owned(),
+        GATEWAY_AND_ROUTE.to_owned() + SERVICE,
         entry("a", "r1/za", a.addr),
         entry("b", "r1/zb", b.addr),
         entry("c", "r2/zc", c.addr),
@@ -126,10 +119,11 @@ async fn debug_endpoints_shows_an_ejection_and_zone_imbalance_is_reported() {
     let mut dead = echo("dead");
     let c = echo("c");
     let m = [
-        GATEWAY.replace(
-            "  selector: {app: svc}\n",
-            "  selector: {app: svc}\n  trafficDistribution: PreferClose\n",
-        ),
+        GATEWAY_AND_ROUTE.to_owned()
+            + &SERVICE.replace(
+                "  selector: {app: svc}\n",
+                "  selector: {app: svc}\n  trafficDistribution: PreferClose\n",
+            ),
         entry("a", "r1/za", a.addr),
         entry("dead", "r1/za", dead.addr),
         entry("c", "r1/zb", c.addr),
@@ -213,7 +207,11 @@ async fn admin_listens_on_loopback_only_by_default() {
     write(
         dir.path(),
         "all.yaml",
-        &[GATEWAY.to_owned(), entry("a", "r1/za", a.addr)].concat(),
+        &[
+            GATEWAY_AND_ROUTE.to_owned() + SERVICE,
+            entry("a", "r1/za", a.addr),
+        ]
+        .concat(),
     );
     // Proxy listeners on every address, admin on its default (loopback) address but port 0.
     let mut proc = Proc::spawn(&[

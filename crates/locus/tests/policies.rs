@@ -7,19 +7,11 @@ use std::net::SocketAddr;
 
 use common::*;
 
-const GATEWAY: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: apps}\nspec:\n  gatewayClassName: locus\n  listeners: [{name: http, protocol: HTTP, port: 8080}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: apps}\nspec:\n  parentRefs: [{name: gw}]\n  rules: [{backendRefs: [{name: svc, port: 80}]}]\n---\n";
+const GATEWAY: &str = GATEWAY_AND_ROUTE;
 
 fn service(extra: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Service\nmetadata:\n  name: svc\n  namespace: apps\n{extra}spec:\n  selector: {{app: svc}}\n  trafficDistribution: PreferClose\n  ports: [{{name: http, port: 80}}]\n---\n"
-    )
-}
-
-fn entry(name: &str, locality: &str, addr: SocketAddr) -> String {
-    format!(
-        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}, namespace: apps, labels: {{app: svc}}}}\nspec: {{address: \"{}\", locality: {locality}, ports: {{http: {}}}}}\n---\n",
-        addr.ip(),
-        addr.port()
     )
 }
 

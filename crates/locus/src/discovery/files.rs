@@ -14,13 +14,29 @@ use crate::resources::{collect_files, load_paths};
 /// How often files are checked; changes apply within about this long plus the reload.
 pub const DEFAULT_POLL: Duration = Duration::from_millis(250);
 
+/// What the files looked like at a moment; take it *before* loading them, so a change made
+/// while they load is still seen as a change afterwards.
 #[derive(PartialEq, Eq, Debug)]
-enum Fingerprint {
-    Files(Vec<(PathBuf, u64, Option<SystemTime>)>),
+pub enum Fingerprint {
+    /// Path, length, modification time and inode: an atomic replace (write + rename, as
+    /// editors, `kubectl cp` and ConfigMap volumes do) changes the inode even when it lands in
+    /// the same coarse timestamp tick with the same length.
+    Files(Vec<(PathBuf, u64, Option<SystemTime>, u64)>),
     Error(String),
 }
 
-fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
+#[cfg(unix)]
+fn inode(m: &std::fs::Metadata) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    m.ino() ^ (m.ctime_nsec() as u64).rotate_left(32)
+}
+
+#[cfg(not(unix))]
+fn inode(_: &std::fs::Metadata) -> u64 {
+    0
+}
+
+pub fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
     match collect_files(paths) {
         Err(e) => Fingerprint::Error(e.to_string()),
         Ok(files) => Fingerprint::Files(
@@ -29,8 +45,9 @@ fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
                 .map(|f| {
                     let meta = std::fs::metadata(&f).ok();
                     let len = meta.as_ref().map_or(0, |m| m.len());
+                    let inode = meta.as_ref().map_or(0, inode);
                     let modified = meta.and_then(|m| m.modified().ok());
-                    (f, len, modified)
+                    (f, len, modified, inode)
                 })
                 .collect(),
         ),
@@ -45,9 +62,14 @@ pub async fn load_once(gateway: &Gateway, paths: &[PathBuf]) -> Result<u64, Stri
     }
 }
 
-/// Watches `paths` forever, applying every change.
-pub async fn watch(gateway: Arc<Gateway>, paths: Vec<PathBuf>, every: Duration) {
-    let mut last = fingerprint(&paths);
+/// Watches `paths` forever, applying every change since `last` (from [`fingerprint`], taken
+/// before the configuration in force was loaded).
+pub async fn watch(
+    gateway: Arc<Gateway>,
+    paths: Vec<PathBuf>,
+    every: Duration,
+    mut last: Fingerprint,
+) {
     let mut ticker = tokio::time::interval(every);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

@@ -24,19 +24,24 @@ static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// The request's host without port, lower-cased (Host header for HTTP/1, `:authority` for h2).
-fn request_host(req: &Request<Incoming>) -> String {
-    let raw = req
-        .headers()
+/// Borrowed when the host is already lower case (nearly always): no allocation per request.
+fn request_host(parts: &http::request::Parts) -> std::borrow::Cow<'_, str> {
+    let raw = parts
+        .headers
         .get(header::HOST)
         .and_then(|h| h.to_str().ok())
-        .or_else(|| req.uri().host())
+        .or_else(|| parts.uri.host())
         .unwrap_or("");
     let without_port = if raw.starts_with('[') {
         raw.split_inclusive(']').next().unwrap_or(raw)
     } else {
         raw.rsplit_once(':').map_or(raw, |(h, _)| h)
     };
-    without_port.to_ascii_lowercase()
+    if without_port.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(without_port.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(without_port)
+    }
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named by `Connection`.
@@ -272,8 +277,8 @@ pub(super) async fn forward(
     info: &ConnInfo,
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let host = request_host(&req);
     let (mut parts, body) = req.into_parts();
+    let host = request_host(&parts).into_owned();
 
     // Everything read from the route table is cloned out (a few Arcs) so no guard is held
     // across the upstream await.
@@ -314,16 +319,16 @@ pub(super) async fn forward(
             parts.headers.insert(header::HOST, v);
         }
     }
-    let peer_ip = info.peer.ip().to_string();
+    // The peer's address is formatted once per connection; appended to a client's own list.
     let xff = match parts
         .headers
         .get(&X_FORWARDED_FOR)
         .and_then(|v| v.to_str().ok())
     {
-        Some(prev) => format!("{prev}, {peer_ip}"),
-        None => peer_ip,
+        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", info.peer.ip())).ok(),
+        None => Some(info.peer_ip.clone()),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Some(v) = xff {
         parts.headers.insert(X_FORWARDED_FOR.clone(), v);
     }
     parts

@@ -67,6 +67,8 @@ struct ConnInfo {
     /// when the socket is bound elsewhere with `--ephemeral-ports`).
     port: u16,
     peer: SocketAddr,
+    /// The peer's IP as a header value, for `x-forwarded-for`.
+    peer_ip: http::HeaderValue,
 }
 
 /// Accepts connections on `listener` until the task is aborted. Connections already accepted
@@ -85,7 +87,13 @@ pub async fn serve(listener: TcpListener, port: u16, shared: Arc<Shared>) {
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
-        let info = Arc::new(ConnInfo { port, peer });
+        let peer_ip = http::HeaderValue::from_str(&peer.ip().to_string())
+            .unwrap_or(http::HeaderValue::from_static("unknown"));
+        let info = Arc::new(ConnInfo {
+            port,
+            peer,
+            peer_ip,
+        });
         let builder = builder.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {

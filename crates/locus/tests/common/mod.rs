@@ -307,3 +307,15 @@ impl HttpClient {
 pub fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
     pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
 }
+
+/// A Gateway on port 8080, an HTTPRoute for every host to Service `apps/svc` port 80.
+pub const GATEWAY_AND_ROUTE: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: apps}\nspec:\n  gatewayClassName: locus\n  listeners: [{name: http, protocol: HTTP, port: 8080}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: apps}\nspec:\n  parentRefs: [{name: gw}]\n  rules: [{backendRefs: [{name: svc, port: 80}]}]\n---\n";
+
+/// A WorkloadEntry of `apps/svc` (label `app: svc`) for a backend at `addr`.
+pub fn entry(name: &str, locality: &str, addr: SocketAddr) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}, namespace: apps, labels: {{app: svc}}}}\nspec: {{address: \"{}\", locality: {locality}, ports: {{http: {}}}}}\n---\n",
+        addr.ip(),
+        addr.port()
+    )
+}

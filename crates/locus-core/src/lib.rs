@@ -9,6 +9,7 @@
 //! endpoint per request without locks.
 
 pub mod balancer;
+pub mod capacity;
 pub mod endpoint;
 pub mod health;
 pub mod locality;

@@ -151,6 +151,9 @@ pub struct BalancerConfig {
     pub algorithm: Algorithm,
     /// `service.kubernetes.io/topology-mode: Auto`.
     pub topology_hints: bool,
+    /// `locus.io/zone-balance: capacity`: the fleet's share per zone (gateway replicas or
+    /// traffic), for capacity-aware zone routing.
+    pub fleet: Option<BTreeMap<String, f64>>,
 }
 
 /// One bucket as ranked.
@@ -168,13 +171,18 @@ pub struct RankedBucket {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum RankingRule {
     Strict,
-    TopologyHints { zone: String },
+    TopologyHints {
+        zone: String,
+    },
     TopologyHintsIgnored(String),
     LocalityLbDisabled,
     Distribute(String),
     FailoverPriority,
     IstioLocality,
     TrafficDistribution,
+    /// Capacity-aware zone routing; buckets are the zones of the gateway's region, then
+    /// everything else.
+    CapacityAware,
 }
 
 impl fmt::Display for RankingRule {
@@ -198,6 +206,9 @@ impl fmt::Display for RankingRule {
                 f.write_str("DestinationRule localityLbSetting (Istio priorities)")
             }
             RankingRule::TrafficDistribution => f.write_str("Service trafficDistribution"),
+            RankingRule::CapacityAware => {
+                f.write_str("capacity-aware zone routing (locus.io/zone-balance: capacity)")
+            }
         }
     }
 }
@@ -312,6 +323,53 @@ pub fn rank_buckets(
             }
             Some(why) => hints_note = Some(RankingRule::TopologyHintsIgnored(why)),
         }
+    }
+    if cfg.fleet.is_some() && cfg.locality.is_none() && !gw.locality.zone.is_empty() {
+        // One bucket per zone of the gateway's region (its own first), then the rest; the
+        // snapshot sets the shares from the fleet and the healthy capacity.
+        let mut zones: Vec<String> = vec![gw.locality.zone.clone()];
+        for ep in endpoints {
+            if ep.locality.region == gw.locality.region
+                && !zones.contains(&ep.locality.zone)
+                && !ep.locality.zone.is_empty()
+            {
+                zones.push(ep.locality.zone.clone());
+            }
+        }
+        let mut buckets: Vec<RankedBucket> = zones
+            .iter()
+            .map(|z| RankedBucket {
+                tier: if *z == gw.locality.zone {
+                    Tier::SameZone
+                } else {
+                    Tier::SameRegion
+                },
+                label: format!("zone {z}"),
+                members: all
+                    .iter()
+                    .copied()
+                    .filter(|&i| {
+                        let l = &endpoints[i as usize].locality;
+                        l.region == gw.locality.region && l.zone == *z
+                    })
+                    .collect(),
+                weight: None,
+            })
+            .collect();
+        buckets.push(RankedBucket {
+            tier: Tier::Elsewhere,
+            label: "elsewhere".into(),
+            members: all
+                .iter()
+                .copied()
+                .filter(|&i| {
+                    let l = &endpoints[i as usize].locality;
+                    l.region != gw.locality.region || l.zone.is_empty()
+                })
+                .collect(),
+            weight: None,
+        });
+        return (buckets, RankingRule::CapacityAware);
     }
     let Some(lb) = &cfg.locality else {
         if let Some(note) = hints_note {

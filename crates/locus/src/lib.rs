@@ -16,6 +16,7 @@ pub mod health;
 pub mod identity;
 pub mod metrics;
 pub mod model;
+pub mod plan;
 pub mod proxy;
 pub mod resources;
 pub mod routing;

@@ -28,6 +28,13 @@ struct Cli {
 }
 
 #[derive(Clone, Copy, ValueEnum)]
+enum PlanFormat {
+    Table,
+    Json,
+    Svg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
 enum LogFormat {
     Text,
     Json,
@@ -128,6 +135,22 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         fail_status: u16,
     },
+    /// What each routing policy would do to a topology: per-endpoint load, max/mean, traffic
+    /// crossing zones and its cost.
+    Plan {
+        /// A zone: NAME:GATEWAYS:ENDPOINTS[:LOST], e.g. zone-a:2:2:1; repeat per zone.
+        #[arg(long = "zone", required = true, value_parser = locus::plan::parse_zone)]
+        zones: Vec<locus_core::capacity::ZoneSpec>,
+        #[arg(long, default_value_t = 1000.0)]
+        requests_per_second: f64,
+        /// Bytes per request that would cross a zone (request plus response).
+        #[arg(long, default_value_t = 10_240.0)]
+        bytes_per_request: f64,
+        #[arg(long, default_value_t = locus::metrics::DEFAULT_COST_CROSS_ZONE)]
+        cost_per_gb: f64,
+        #[arg(long, value_enum, default_value_t = PlanFormat::Table)]
+        format: PlanFormat,
+    },
     /// Reproduce the agentgateway locality walkthrough on 127.0.0.1 and print the outcome.
     Demo {
         /// Keep the gateway and backends running afterwards.
@@ -178,6 +201,29 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Plan {
+            zones,
+            requests_per_second,
+            bytes_per_request,
+            cost_per_gb,
+            format,
+        } => {
+            let input = locus::plan::PlanInput {
+                zones,
+                requests_per_second,
+                bytes_per_request,
+                cost_per_gb,
+            };
+            print!(
+                "{}",
+                match format {
+                    PlanFormat::Table => locus::plan::table(&input),
+                    PlanFormat::Json => locus::plan::json(&input),
+                    PlanFormat::Svg => locus::plan::svg(&input),
+                }
+            );
+            ExitCode::SUCCESS
+        }
         Command::Echo {
             name,
             listen,

@@ -276,7 +276,33 @@ impl ServiceSnapshot {
             (SnapshotMode::Empty, &healthy)
         };
         let routable_health = bucket_health(routable);
-        let loads = if fixed_weights.iter().any(Option::is_some) {
+        let loads = if let (RankingRule::CapacityAware, Some(fleet)) = (&rule, &balancer.fleet) {
+            // Zone buckets share by the fleet and healthy capacity; the last bucket (other
+            // regions) only when the region has nothing healthy.
+            let zones = routable_health.len() - 1;
+            let capacity: std::collections::BTreeMap<String, f64> = (0..zones)
+                .map(|b| (labels[b].clone(), routable_health[b].healthy as f64))
+                .collect();
+            let own = labels[0].clone();
+            let mut fleet: std::collections::BTreeMap<String, f64> = fleet
+                .iter()
+                .map(|(z, n)| (format!("zone {z}"), *n))
+                .collect();
+            fleet.entry(own.clone()).or_insert(1.0);
+            let split = crate::capacity::zone_split(&own, &fleet, &capacity);
+            let mut loads: Vec<f64> = (0..zones)
+                .map(|b| split.get(&labels[b]).copied().unwrap_or(0.0))
+                .collect();
+            let region_total: f64 = loads.iter().sum();
+            loads.push(if region_total > 0.0 {
+                0.0
+            } else if routable_health[zones].healthy > 0 {
+                1.0
+            } else {
+                0.0
+            });
+            loads
+        } else if fixed_weights.iter().any(Option::is_some) {
             // `distribute`: fixed shares, each scaled by its target's health so a target with
             // nothing healthy gives its share to the others (Istio does not; see #33470).
             let eff: Vec<f64> = fixed_weights

@@ -32,8 +32,13 @@ pub struct GatewayModel {
     /// The HTTP listeners Locus serves (others are reported and skipped).
     pub listeners: Vec<ListenerModel>,
     pub annotations: BTreeMap<String, String>,
+    /// `locus.io/fleet: "zone-a=2,zone-b=1"`: gateway replicas (or traffic share) per zone,
+    /// for capacity-aware zone routing.
+    pub fleet: Option<BTreeMap<String, f64>>,
     pub origin: Origin,
 }
+
+pub const ANNOTATION_FLEET: &str = "locus.io/fleet";
 
 pub(super) fn build(
     ctx: &DocCtx<'_>,
@@ -117,6 +122,19 @@ pub(super) fn build(
         key,
         class: gw.spec.gateway_class_name.clone(),
         listeners,
+        fleet: match gw
+            .metadata
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ANNOTATION_FLEET))
+        {
+            None => None,
+            Some(v) => {
+                Some(locus_core::capacity::parse_fleet(v).map_err(|e| {
+                    ctx.error(&format!("metadata.annotations.{ANNOTATION_FLEET}"), e)
+                })?)
+            }
+        },
         annotations: gw.metadata.annotations.clone().unwrap_or_default(),
         origin: ctx.doc.origin.clone(),
     })

@@ -19,6 +19,7 @@ use crate::resources::{ConfigError, Document};
 pub const ANNOTATION_SPILLOVER: &str = "locus.io/spillover";
 pub const ANNOTATION_OVERPROVISIONING: &str = "locus.io/overprovisioning-factor";
 pub const ANNOTATION_FAIL_CLOSED: &str = "locus.io/fail-closed";
+pub const ANNOTATION_ZONE_BALANCE: &str = "locus.io/zone-balance";
 pub const ANNOTATION_TOPOLOGY_MODE: &str = "service.kubernetes.io/topology-mode";
 pub const ANNOTATION_TOPOLOGY_HINTS: &str = "service.kubernetes.io/topology-aware-hints";
 
@@ -197,6 +198,17 @@ impl<'a> Policies<'a> {
         warnings: &mut Vec<String>,
     ) -> Result<BalancerConfig, ConfigError> {
         let mut cfg = BalancerConfig::default();
+        match annotations.get(ANNOTATION_ZONE_BALANCE).map(String::as_str) {
+            None | Some("none") => {}
+            // The fleet comes from the Gateway serving the Service; the route table fills it.
+            Some("capacity") => cfg.fleet = Some(BTreeMap::new()),
+            Some(other) => {
+                return Err(svc_ctx.error(
+                    &format!("metadata.annotations.{ANNOTATION_ZONE_BALANCE}"),
+                    format!("{other:?} is not one of capacity, none"),
+                ))
+            }
+        }
         let mode = annotations
             .get(ANNOTATION_TOPOLOGY_MODE)
             .or_else(|| annotations.get(ANNOTATION_TOPOLOGY_HINTS));

@@ -398,6 +398,7 @@ impl RouteTable {
                             identity: &identity,
                             registry,
                             metrics,
+                            fleet: gateways.iter().find_map(|g| g.fleet.as_ref()),
                             now_ms,
                         };
                         let action = Arc::new(build_action(
@@ -466,7 +467,41 @@ struct BuildCtx<'a> {
     identity: &'a ResolvedIdentity,
     registry: &'a HealthRegistry,
     metrics: &'a Arc<Metrics>,
+    /// The served Gateway's `locus.io/fleet`.
+    fleet: Option<&'a BTreeMap<String, f64>>,
     now_ms: u64,
+}
+
+/// A Service asking for capacity-aware routing gets the served Gateway's fleet; without one
+/// (or without a known zone) it falls back to its other settings, and says so.
+fn balancer_with_fleet(
+    balancer: &Arc<locus_core::BalancerConfig>,
+    ctx: &BuildCtx<'_>,
+    service: &str,
+    warnings: &mut Vec<String>,
+) -> Arc<locus_core::BalancerConfig> {
+    if balancer.fleet.is_none() {
+        return balancer.clone();
+    }
+    let mut b = (**balancer).clone();
+    b.fleet = None;
+    if ctx.identity.identity.locality.zone.is_empty() {
+        warnings.push(format!(
+            "Service {service}: locus.io/zone-balance capacity needs the gateway's zone; falling back to trafficDistribution"
+        ));
+    } else if balancer.locality.is_some() {
+        warnings.push(format!(
+            "Service {service}: a DestinationRule localityLbSetting takes precedence over locus.io/zone-balance capacity"
+        ));
+    } else {
+        match ctx.fleet {
+            Some(f) => b.fleet = Some(f.clone()),
+            None => warnings.push(format!(
+                "Service {service}: locus.io/zone-balance capacity needs the fleet: set locus.io/fleet (e.g. \"zone-a=2,zone-b=1\") on the Gateway; falling back to trafficDistribution"
+            )),
+        }
+    }
+    Arc::new(b)
 }
 
 fn build_action(
@@ -515,7 +550,7 @@ fn build_action(
                                 let snapshot = ServiceSnapshot::build_with_health(
                                     ctx.identity.identity.clone(),
                                     svc.policy,
-                                    sp.balancer.clone(),
+                                    balancer_with_fleet(&sp.balancer, ctx, &name, warnings),
                                     sp.health.options,
                                     sp.endpoints.clone(),
                                     health,

@@ -219,6 +219,7 @@ fn config(gateway: &Gateway) -> Value {
         "generation": table.generation,
         "files": gateway.files(),
         "last_reload_error": gateway.last_error(),
+        "discovery_error": gateway.discovery_status(),
         "gateway": {
             "locality": table.identity.identity.locality.to_string(),
             "locality_source": table.identity.source,

@@ -76,6 +76,7 @@ pub struct Gateway {
     last_warnings: Mutex<Vec<String>>,
     last_error: Mutex<Option<String>>,
     files: Mutex<Vec<String>>,
+    discovery_status: Mutex<Option<String>>,
 }
 
 impl Gateway {
@@ -109,6 +110,7 @@ impl Gateway {
             last_warnings: Mutex::new(Vec::new()),
             last_error: Mutex::new(None),
             files: Mutex::new(Vec::new()),
+            discovery_status: Mutex::new(None),
         })
     }
 
@@ -149,6 +151,29 @@ impl Gateway {
     /// The last configuration error, cleared by the next good configuration.
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().expect("error lock").clone()
+    }
+
+    /// A watch of the cluster failed: counted, and shown in `/debug/config`.
+    pub fn note_discovery_error(&self, kind: &str) {
+        self.shared
+            .metrics
+            .discovery_errors
+            .get_or_create(&crate::metrics::KindLabels {
+                kind: kind.to_owned(),
+            })
+            .inc();
+    }
+
+    /// The cluster watches' state: `None` when all work.
+    pub fn set_discovery_status(&self, status: Option<String>) {
+        *self.discovery_status.lock().expect("discovery lock") = status;
+    }
+
+    pub fn discovery_status(&self) -> Option<String> {
+        self.discovery_status
+            .lock()
+            .expect("discovery lock")
+            .clone()
     }
 
     /// The files of the configuration in force.

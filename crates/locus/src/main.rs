@@ -71,13 +71,28 @@ fn parse_gateway(s: &str) -> Result<ObjKey, String> {
     }
 }
 
+// Parsed once at startup: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
-    /// Serve the Gateways, routes and Services in the given manifests, reloading on change.
+    /// Serve the Gateways, routes and Services in the given manifests (reloading on change),
+    /// or watched live from a cluster with `--kubernetes`.
     Serve {
         /// Manifest files or directories (as `kubectl apply -f`); repeatable.
-        #[arg(short = 'f', long = "filename", required = true)]
+        #[arg(short = 'f', long = "filename", required_unless_present = "kubernetes")]
         files: Vec<PathBuf>,
+        /// Watch the resources from the Kubernetes API server (in-cluster service account, or
+        /// KUBECONFIG / --kubeconfig) instead of files.
+        #[arg(long, conflicts_with = "files")]
+        kubernetes: bool,
+        #[arg(long, requires = "kubernetes")]
+        kubeconfig: Option<PathBuf>,
+        /// Watch one namespace only (default: all).
+        #[arg(long, requires = "kubernetes")]
+        namespace: Option<String>,
+        /// In cluster mode, serve the Gateways of this class (unless --gateway names one).
+        #[arg(long, default_value = "locus")]
+        gateway_class: String,
         #[command(flatten)]
         identity: IdentityArgs,
         /// Serve only this Gateway (`namespace/name`); default: every Gateway in the files.
@@ -259,6 +274,10 @@ fn main() -> ExitCode {
         }
         Command::Serve {
             files,
+            kubernetes,
+            kubeconfig,
+            namespace,
+            gateway_class,
             identity,
             gateway,
             bind,
@@ -280,7 +299,11 @@ fn main() -> ExitCode {
             rt.block_on(async move {
                 let gw = Gateway::new(GatewayOptions {
                     identity: identity.config(),
-                    selector: gateway.map_or(GatewaySelector::All, GatewaySelector::One),
+                    selector: match (gateway, kubernetes) {
+                        (Some(g), _) => GatewaySelector::One(g),
+                        (None, true) => GatewaySelector::Class(gateway_class),
+                        (None, false) => GatewaySelector::All,
+                    },
                     bind,
                     ephemeral_ports,
                     events_to_stdout: true,
@@ -306,6 +329,20 @@ fn main() -> ExitCode {
                             return ExitCode::FAILURE;
                         }
                     }
+                }
+                if kubernetes {
+                    let opts = locus::discovery::cluster::ClusterOptions { kubeconfig, namespace };
+                    tokio::select! {
+                        r = locus::discovery::cluster::run(gw.clone(), opts) => {
+                            if let Err(e) = r {
+                                eprintln!("error: Kubernetes discovery: {e:#}");
+                                return ExitCode::FAILURE;
+                            }
+                        }
+                        _ = shutdown_signal() => {}
+                    }
+                    tracing::info!("shutting down");
+                    return ExitCode::SUCCESS;
                 }
                 let baseline = files::fingerprint(&files);
                 if let Err(e) = files::load_once(&gw, &files).await {

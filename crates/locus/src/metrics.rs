@@ -66,6 +66,11 @@ pub struct EndpointCountLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabels {
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabels {
     pub result: String,
 }
@@ -90,6 +95,7 @@ pub struct Metrics {
     pub spilled: Family<ServiceLabels, Gauge<f64, AtomicU64>>,
     pub endpoints: Family<EndpointCountLabels, Gauge>,
     pub reloads: Family<ResultLabels, Counter>,
+    pub discovery_errors: Family<KindLabels, Counter>,
     pub cost: Family<RelationLabels, Counter<f64, AtomicU64>>,
     pub imbalance: Family<ServiceLabels, Gauge<f64, AtomicU64>>,
     pub cost_cross_zone: f64,
@@ -170,6 +176,7 @@ impl Metrics {
             spilled: Family::default(),
             endpoints: Family::default(),
             reloads: Family::default(),
+            discovery_errors: Family::default(),
             cost: Family::default(),
             imbalance: Family::default(),
             cost_cross_zone,
@@ -231,6 +238,11 @@ impl Metrics {
             "config_reloads",
             "Configuration loads, by result",
             m.reloads.clone(),
+        );
+        registry.register(
+            "discovery_errors",
+            "Failed list or watch calls to the Kubernetes API server, by kind",
+            m.discovery_errors.clone(),
         );
         registry.register(
             "estimated_transfer_cost_dollars",

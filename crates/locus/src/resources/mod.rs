@@ -118,6 +118,16 @@ pub fn parse_text(file: &Path, text: &str, out: &mut ResourceSet) -> Result<(), 
     Ok(())
 }
 
+/// Parses one object (already JSON) into `out`, as a manifest document would be: the cluster
+/// source uses this so both sources share one parser.
+pub fn parse_value_into(
+    origin: Origin,
+    value: Value,
+    out: &mut ResourceSet,
+) -> Result<(), ConfigError> {
+    parse_value(origin, value, out)
+}
+
 fn parse_value(origin: Origin, value: Value, out: &mut ResourceSet) -> Result<(), ConfigError> {
     let doc = DocRef::from_value(origin.index, &value);
     let err = |field: &str, msg: String| ConfigError::new(&origin.file, doc.clone(), field, msg);

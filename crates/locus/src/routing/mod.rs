@@ -290,13 +290,16 @@ pub enum GatewaySelector {
     #[default]
     All,
     One(ObjKey),
+    /// Gateways of this `gatewayClassName` (cluster mode).
+    Class(String),
 }
 
 impl GatewaySelector {
-    fn selects(&self, key: &ObjKey) -> bool {
+    fn selects(&self, gw: &crate::model::GatewayModel) -> bool {
         match self {
             GatewaySelector::All => true,
-            GatewaySelector::One(k) => k == key,
+            GatewaySelector::One(k) => *k == gw.key,
+            GatewaySelector::Class(c) => *c == gw.class,
         }
     }
 }
@@ -339,7 +342,7 @@ impl RouteTable {
         let gateways: Vec<_> = model
             .gateways
             .iter()
-            .filter(|g| selector.selects(&g.key))
+            .filter(|g| selector.selects(g))
             .collect();
         if let GatewaySelector::One(k) = selector {
             if gateways.is_empty() {

@@ -4,6 +4,8 @@
 
 #![allow(dead_code)]
 
+pub mod apiserver;
+
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -123,19 +125,32 @@ pub struct Gw {
 impl Gw {
     /// Starts the gateway and waits for its first configuration.
     pub fn start(dir: &Path, extra: &[&str]) -> Gw {
+        let mut args = vec!["serve", "-f", dir.to_str().unwrap(), "--poll-ms", "50"];
+        args.extend_from_slice(extra);
+        Gw::spawn(dir, &args)
+    }
+
+    /// Starts `locus serve --kubernetes` against a (stand-in) API server.
+    pub fn start_cluster(kubeconfig: &Path, extra: &[&str]) -> Gw {
         let mut args = vec![
             "serve",
-            "-f",
-            dir.to_str().unwrap(),
+            "--kubernetes",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        Gw::spawn(kubeconfig.parent().unwrap(), &args)
+    }
+
+    fn spawn(dir: &Path, args: &[&str]) -> Gw {
+        let mut args = args.to_vec();
+        args.extend_from_slice(&[
             "--bind",
             "127.0.0.1",
             "--ephemeral-ports",
-            "--poll-ms",
-            "50",
             "--admin",
             "127.0.0.1:0",
-        ];
-        args.extend_from_slice(extra);
+        ]);
         let mut proc = Proc::spawn(&args);
         let mut listeners = BTreeMap::new();
         let mut admin = None;

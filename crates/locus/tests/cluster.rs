@@ -1,0 +1,192 @@
+//! Cluster mode against a stand-in API server speaking the real list/watch protocol, with the
+//! same YAML fixtures as file mode and real backends: endpoints that come, go and turn
+//! not-ready move traffic; a Node label change moves the gateway's locality; the API server
+//! going away and coming back (with its history compacted: 410 Gone) loses no traffic.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use common::apiserver::{kubeconfig, ApiServer};
+use common::*;
+
+const GATEWAY: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: apps}\nspec:\n  gatewayClassName: locus\n  listeners: [{name: http, protocol: HTTP, port: 8080}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: apps}\nspec:\n  parentRefs: [{name: gw}]\n  rules: [{backendRefs: [{name: svc, port: 80}]}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: svc, namespace: apps}\nspec:\n  trafficDistribution: PreferClose\n  ports: [{name: http, port: 80}]\n---\n";
+
+fn node(name: &str, zone: &str) -> String {
+    format!("apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{topology.kubernetes.io/region: r, topology.kubernetes.io/zone: {zone}}}\n---\n")
+}
+
+fn slice(name: &str, addr: SocketAddr, node: &str, ready: bool) -> String {
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: apps\n  labels: {{kubernetes.io/service-name: svc}}\naddressType: IPv4\nports: [{{name: http, port: {}}}]\nendpoints:\n- {{addresses: [\"{}\"], nodeName: {node}, conditions: {{ready: {ready}}}}}\n---\n",
+        addr.port(),
+        addr.ip()
+    )
+}
+
+async fn all_to(
+    c: &HttpClient,
+    addr: SocketAddr,
+    n: usize,
+) -> std::collections::BTreeMap<String, usize> {
+    c.count(addr, "svc.test", "/hostname", n).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_and_node_labels_move_traffic_live() {
+    let a = echo("in-za");
+    let b = echo("in-zb");
+    let api = ApiServer::start().await;
+    api.apply_yaml(
+        &[
+            GATEWAY.to_owned(),
+            node("gw-node", "za"),
+            node("n-a", "za"),
+            node("n-b", "zb"),
+        ]
+        .concat(),
+    );
+    api.apply_yaml(&(slice("a", a.addr, "n-a", true) + &slice("b", b.addr, "n-b", true)));
+    let dir = tempdir();
+    let config = kubeconfig(api.addr, dir.path());
+    // The gateway's locality comes from its Node, as with NODE_NAME from the downward API.
+    let mut gw = Gw::start_cluster(&config, &["--node", "gw-node"]);
+    let addr = gw.addr(8080);
+    let c = HttpClient::default();
+    assert_eq!(all_to(&c, addr, 10).await, counts(&[("in-za", 10)]));
+    assert_eq!(c.get(gw.admin, "admin", "/ready").await.status, 200);
+
+    // The local endpoint turns not-ready: failover to zb.
+    api.apply_yaml(&slice("a", a.addr, "n-a", false));
+    gw.wait_applied();
+    assert_eq!(all_to(&c, addr, 10).await, counts(&[("in-zb", 10)]));
+
+    // Ready again, and zb's slice is deleted: everything back to za.
+    api.apply_yaml(&slice("a", a.addr, "n-a", true));
+    gw.wait_applied();
+    api.delete("discovery.k8s.io/v1", "EndpointSlice", "apps", "b");
+    gw.wait_applied();
+    assert_eq!(all_to(&c, addr, 10).await, counts(&[("in-za", 10)]));
+
+    // A new endpoint in zb, and the gateway's Node relabelled to zb: its traffic follows,
+    // without a restart.
+    api.apply_yaml(&slice("b", b.addr, "n-b", true));
+    gw.wait_applied();
+    api.apply_yaml(&node("gw-node", "zb"));
+    gw.wait_applied();
+    assert_eq!(all_to(&c, addr, 10).await, counts(&[("in-zb", 10)]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_server_outage_keeps_routing_and_converges_after() {
+    let a = echo("in-za");
+    let b = echo("in-zb");
+    let api = ApiServer::start().await;
+    api.apply_yaml(
+        &[
+            GATEWAY.to_owned(),
+            node("gw-node", "za"),
+            node("n-a", "za"),
+            node("n-b", "zb"),
+        ]
+        .concat(),
+    );
+    api.apply_yaml(&(slice("a", a.addr, "n-a", true) + &slice("b", b.addr, "n-b", true)));
+    let dir = tempdir();
+    let config = kubeconfig(api.addr, dir.path());
+    let mut gw = Gw::start_cluster(&config, &["--node", "gw-node"]);
+    let addr = gw.addr(8080);
+    let c = HttpClient::default();
+
+    api.stop();
+    // The last good view keeps routing while the API server is away, and the gateway says so.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        assert_eq!(all_to(&c, addr, 5).await, counts(&[("in-za", 5)]));
+        let config = c.get(gw.admin, "admin", "/debug/config").await.json();
+        if !config["discovery_error"].is_null() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the outage was never reported: {config}"
+        );
+    }
+
+    // It comes back with its history compacted (watches get 410 Gone and must re-list), and a
+    // change made meanwhile.
+    api.apply_yaml(&slice("a", a.addr, "n-a", false));
+    api.compact();
+    api.restart().await;
+    // Each kind re-lists on its own backoff schedule: configurations follow until the change
+    // made during the outage is in, and every request in between is still answered.
+    loop {
+        gw.wait_applied();
+        let seen = all_to(&c, addr, 10).await;
+        assert_eq!(
+            seen.keys().filter(|k| k.starts_with("status")).count(),
+            0,
+            "{seen:?}"
+        );
+        if seen == counts(&[("in-zb", 10)]) {
+            break;
+        }
+    }
+    // And it stops reporting the outage once every watch has re-listed.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let config = c.get(gw.admin, "admin", "/debug/config").await.json();
+        if config["discovery_error"].is_null() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still reporting: {config}");
+        // Polling the admin API: the re-lists run on kube-runtime's backoff timers.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn not_ready_until_every_kind_is_listed() {
+    let a = echo("in-za");
+    // An address where no API server listens yet.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = tempdir();
+    let config = kubeconfig(SocketAddr::from(([127, 0, 0, 1], port)), dir.path());
+    let mut proc = Proc::spawn(&[
+        "serve",
+        "--kubernetes",
+        "--kubeconfig",
+        config.to_str().unwrap(),
+        "--node",
+        "gw-node",
+        "--bind",
+        "127.0.0.1",
+        "--ephemeral-ports",
+        "--admin",
+        "127.0.0.1:0",
+    ]);
+    let admin: SocketAddr = proc.wait_line("admin", |l| l.starts_with("admin addr="))
+        ["admin addr=".len()..]
+        .parse()
+        .unwrap();
+    let c = HttpClient::default();
+    assert_eq!(c.get(admin, "admin", "/ready").await.status, 503);
+    // Now the API server appears on that port; the gateway lists everything and gets ready.
+    let listener = loop {
+        match tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            Ok(l) => break l,
+            Err(_) => tokio::task::yield_now().await,
+        }
+    };
+    drop(listener);
+    let api = ApiServer::start_on(port).await;
+    api.apply_yaml(&[GATEWAY.to_owned(), node("gw-node", "za"), node("n-a", "za")].concat());
+    api.apply_yaml(&slice("a", a.addr, "n-a", true));
+    proc.wait_line("applied", |l| l.starts_with("applied generation=1"));
+    assert_eq!(c.get(admin, "admin", "/ready").await.status, 200);
+}

@@ -203,3 +203,25 @@ fn check_explains_buckets_and_fails_on_bad_input() {
         "{stderr}"
     );
 }
+
+#[test]
+fn deploy_manifests_are_valid_and_read_the_node_name() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/locus.yaml");
+    let out = std::process::Command::new(BIN)
+        .args(["check", "-f", path])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(path).unwrap();
+    assert!(text.contains("fieldPath: spec.nodeName"));
+    assert!(text.contains("path: /ready"));
+    assert!(text.contains("topologyKey: topology.kubernetes.io/zone"));
+    // Least privilege: read-only verbs everywhere.
+    for line in text.lines().filter(|l| l.contains("verbs:")) {
+        assert_eq!(line.trim(), "verbs: [get, list, watch]");
+    }
+}

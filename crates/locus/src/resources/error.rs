@@ -31,7 +31,18 @@ impl DocRef {
         let kind = s(value.get("kind"));
         let cluster_scoped = matches!(
             kind.as_deref(),
-            Some("Node" | "Namespace" | "GatewayClass" | "List")
+            Some(
+                "Node"
+                    | "Namespace"
+                    | "GatewayClass"
+                    | "List"
+                    | "ClusterRole"
+                    | "ClusterRoleBinding"
+                    | "CustomResourceDefinition"
+                    | "PersistentVolume"
+                    | "StorageClass"
+                    | "PriorityClass"
+            )
         );
         // Namespaced objects without a namespace land in `default`, as with kubectl.
         let namespace = s(meta.and_then(|m| m.get("namespace")))

@@ -190,3 +190,50 @@ async fn not_ready_until_every_kind_is_listed() {
     proc.wait_line("applied", |l| l.starts_with("applied generation=1"));
     assert_eq!(c.get(admin, "admin", "/ready").await.status, 200);
 }
+
+/// The scale scenario of the benchmark suite (not a pass/fail test; run it with
+/// `cargo test --release -p locus --test cluster -- --ignored --nocapture`): 10,000 endpoints
+/// in 100 EndpointSlices; reports the gateway's memory and the time from a watch event to the
+/// new configuration being in force (debounce included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn scale_10k_endpoints_in_100_slices() {
+    let a = echo("local");
+    let api = ApiServer::start().await;
+    api.apply_yaml(&[GATEWAY.to_owned(), node("gw-node", "z0"), node("n-a", "z0")].concat());
+    api.apply_yaml(&slice("a", a.addr, "n-a", true));
+    let big_slice = |z: usize, ready: bool| {
+        let mut y = format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: big-{z}\n  namespace: apps\n  labels: {{kubernetes.io/service-name: svc}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n"
+        );
+        for e in 0..100 {
+            y += &format!("- {{addresses: [\"10.{z}.{}.{}\"], zone: z{z}, conditions: {{ready: {ready}}}}}\n", e / 250, e % 250 + 1);
+        }
+        y
+    };
+    for z in 0..100 {
+        api.apply_yaml(&big_slice(z, true));
+    }
+    let dir = tempdir();
+    let config = kubeconfig(api.addr, dir.path());
+    let started = Instant::now();
+    let mut gw = Gw::start_cluster(&config, &["--node", "gw-node"]);
+    let ready_after = started.elapsed();
+    let rss = gw.proc.rss_kib();
+    let mut latencies = Vec::new();
+    for round in 0..10 {
+        let t = Instant::now();
+        api.apply_yaml(&big_slice(round, round % 2 == 0));
+        gw.wait_applied();
+        latencies.push(t.elapsed());
+    }
+    latencies.sort();
+    println!(
+        "10,000 endpoints in 100 EndpointSlices: ready after {:?}, RSS {:.1} MiB, watch event to configuration in force: median {:?}, max {:?} (debounce {:?} included)",
+        ready_after,
+        rss as f64 / 1024.0,
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1],
+        locus::discovery::cluster::DEBOUNCE
+    );
+}

@@ -93,6 +93,9 @@ enum Command {
         /// In cluster mode, serve the Gateways of this class (unless --gateway names one).
         #[arg(long, default_value = "locus")]
         gateway_class: String,
+        /// In cluster mode, do not write Gateway/HTTPRoute status (for read-only RBAC).
+        #[arg(long, requires = "kubernetes")]
+        no_status: bool,
         #[command(flatten)]
         identity: IdentityArgs,
         /// Serve only this Gateway (`namespace/name`); default: every Gateway in the files.
@@ -278,6 +281,7 @@ fn main() -> ExitCode {
             kubeconfig,
             namespace,
             gateway_class,
+            no_status,
             identity,
             gateway,
             bind,
@@ -331,7 +335,11 @@ fn main() -> ExitCode {
                     }
                 }
                 if kubernetes {
-                    let opts = locus::discovery::cluster::ClusterOptions { kubeconfig, namespace };
+                    let opts = locus::discovery::cluster::ClusterOptions {
+                        kubeconfig,
+                        namespace,
+                        write_status: !no_status,
+                    };
                     tokio::select! {
                         r = locus::discovery::cluster::run(gw.clone(), opts) => {
                             if let Err(e) = r {

@@ -147,6 +147,120 @@ async fn api_server_outage_keeps_routing_and_converges_after() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_and_route_status_are_written() {
+    let a = echo("in-za");
+    let api = ApiServer::start().await;
+    let broken_route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: broken, namespace: apps}\nspec:\n  parentRefs: [{name: gw}]\n  hostnames: [broken.test]\n  rules: [{backendRefs: [{name: missing, port: 80}]}]\n";
+    api.apply_yaml(
+        &[
+            GATEWAY.to_owned(),
+            node("gw-node", "za"),
+            node("n-a", "za"),
+            broken_route.to_owned(),
+        ]
+        .concat(),
+    );
+    api.apply_yaml(&slice("a", a.addr, "n-a", true));
+    let dir = tempdir();
+    let config = kubeconfig(api.addr, dir.path());
+    let _gw = Gw::start_cluster(&config, &["--node", "gw-node"]);
+    let condition =
+        |obj: &serde_json::Value, path: &[&str], kind: &str| -> Option<(String, String)> {
+            let mut v = obj;
+            for p in path {
+                v = if let Ok(i) = p.parse::<usize>() {
+                    &v[i]
+                } else {
+                    &v[*p]
+                };
+            }
+            v.as_array()?.iter().find(|c| c["type"] == kind).map(|c| {
+                (
+                    c["status"].as_str().unwrap().to_owned(),
+                    c["reason"].as_str().unwrap().to_owned(),
+                )
+            })
+        };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let gw = api
+            .get("gateway.networking.k8s.io/v1", "Gateway", "apps", "gw")
+            .unwrap();
+        let ok = api
+            .get("gateway.networking.k8s.io/v1", "HTTPRoute", "apps", "r")
+            .unwrap();
+        let broken = api
+            .get(
+                "gateway.networking.k8s.io/v1",
+                "HTTPRoute",
+                "apps",
+                "broken",
+            )
+            .unwrap();
+        let done = condition(&gw, &["status", "conditions"], "Programmed").is_some()
+            && condition(
+                &broken,
+                &["status", "parents", "0", "conditions"],
+                "ResolvedRefs",
+            )
+            .is_some()
+            && condition(
+                &ok,
+                &["status", "parents", "0", "conditions"],
+                "ResolvedRefs",
+            )
+            .is_some();
+        if done {
+            assert_eq!(
+                condition(&gw, &["status", "conditions"], "Accepted"),
+                Some(("True".into(), "Accepted".into()))
+            );
+            assert_eq!(
+                condition(&gw, &["status", "conditions"], "Programmed"),
+                Some(("True".into(), "Programmed".into()))
+            );
+            let parents = &ok["status"]["parents"];
+            assert_eq!(parents[0]["controllerName"], "locus.io/gateway");
+            assert_eq!(
+                condition(&ok, &["status", "parents", "0", "conditions"], "Accepted"),
+                Some(("True".into(), "Accepted".into()))
+            );
+            assert_eq!(
+                condition(
+                    &ok,
+                    &["status", "parents", "0", "conditions"],
+                    "ResolvedRefs"
+                ),
+                Some(("True".into(), "ResolvedRefs".into()))
+            );
+            assert_eq!(
+                condition(
+                    &broken,
+                    &["status", "parents", "0", "conditions"],
+                    "ResolvedRefs"
+                ),
+                Some(("False".into(), "BackendNotFound".into()))
+            );
+            let message = broken["status"]["parents"][0]["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == "ResolvedRefs")
+                .unwrap()["message"]
+                .clone();
+            assert_eq!(message, "Service apps/missing not found");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no status written: {gw} {broken}"
+        );
+        // Polling the stand-in server's state; the status writes follow the first apply.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn not_ready_until_every_kind_is_listed() {
     let a = echo("in-za");
     // An address where no API server listens yet.
@@ -207,7 +321,11 @@ async fn scale_10k_endpoints_in_100_slices() {
             "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: big-{z}\n  namespace: apps\n  labels: {{kubernetes.io/service-name: svc}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n"
         );
         for e in 0..100 {
-            y += &format!("- {{addresses: [\"10.{z}.{}.{}\"], zone: z{z}, conditions: {{ready: {ready}}}}}\n", e / 250, e % 250 + 1);
+            y += &format!(
+                "- {{addresses: [\"10.{z}.{}.{}\"], zone: z{z}, conditions: {{ready: {ready}}}}}\n",
+                e / 250,
+                e % 250 + 1
+            );
         }
         y
     };

@@ -220,8 +220,18 @@ fn deploy_manifests_are_valid_and_read_the_node_name() {
     assert!(text.contains("fieldPath: spec.nodeName"));
     assert!(text.contains("path: /ready"));
     assert!(text.contains("topologyKey: topology.kubernetes.io/zone"));
-    // Least privilege: read-only verbs everywhere.
-    for line in text.lines().filter(|l| l.contains("verbs:")) {
-        assert_eq!(line.trim(), "verbs: [get, list, watch]");
-    }
+    // Least privilege: read-only verbs, and patch on the two status subresources only.
+    let verbs: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("verbs:"))
+        .map(str::trim)
+        .collect();
+    assert!(
+        verbs
+            .iter()
+            .all(|v| *v == "verbs: [get, list, watch]" || *v == "verbs: [patch]"),
+        "{verbs:?}"
+    );
+    assert_eq!(verbs.iter().filter(|v| **v == "verbs: [patch]").count(), 1);
+    assert!(text.contains("resources: [gateways/status, httproutes/status]\n  verbs: [patch]"));
 }

@@ -81,7 +81,12 @@ pub struct ClusterOptions {
     pub kubeconfig: Option<PathBuf>,
     /// Watch one namespace (cluster-scoped kinds are always watched whole).
     pub namespace: Option<String>,
+    /// Write Gateway and HTTPRoute status conditions (off for read-only RBAC).
+    pub write_status: bool,
 }
+
+/// The `controllerName` of the GatewayClass Locus implements.
+pub const CONTROLLER_NAME: &str = "locus.io/gateway";
 
 #[derive(Default)]
 struct Store {
@@ -131,6 +136,171 @@ fn is_not_found(e: &watcher::Error) -> bool {
     )
 }
 
+/// `metadata.generation` of Gateways and HTTPRoutes, keyed `Kind/ns/name`.
+fn generations(s: &Store) -> BTreeMap<String, i64> {
+    let mut out = BTreeMap::new();
+    for (k, objects) in s.objects.iter().enumerate() {
+        if !matches!(KINDS[k].2, "Gateway" | "HTTPRoute") {
+            continue;
+        }
+        for (key, v) in objects {
+            out.insert(
+                format!("{}/{key}", KINDS[k].2),
+                v["metadata"]["generation"].as_i64().unwrap_or(0),
+            );
+        }
+    }
+    out
+}
+
+fn condition(
+    kind: &str,
+    outcome: &Result<(), (&'static str, String)>,
+    ok_reason: &str,
+    generation: i64,
+    now: &str,
+) -> Value {
+    let (status, reason, message) = match outcome {
+        Ok(()) => ("True", ok_reason.to_owned(), String::new()),
+        Err((reason, message)) => ("False", (*reason).to_owned(), message.clone()),
+    };
+    serde_json::json!({
+        "type": kind,
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": now,
+    })
+}
+
+/// Writes `Accepted`/`Programmed` on the Gateways served and `Accepted`/`ResolvedRefs` on each
+/// HTTPRoute parentRef, as merge patches of the status subresource, only when they change.
+async fn write_status(
+    client: &Client,
+    table: &crate::routing::RouteTable,
+    generations: &BTreeMap<String, i64>,
+    written: &mut std::collections::HashMap<String, String>,
+) {
+    let now = jiff_now();
+    let gvk = |kind: &str, plural: &str| {
+        ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", kind),
+            plural,
+        )
+    };
+    let mut patches: Vec<(ApiResource, String, String, Value, String)> = Vec::new();
+    for gw in &table.gateways {
+        let generation = generations
+            .get(&format!("Gateway/{gw}"))
+            .copied()
+            .unwrap_or(0);
+        let conditions = vec![
+            condition("Accepted", &Ok(()), "Accepted", generation, &now),
+            condition("Programmed", &Ok(()), "Programmed", generation, &now),
+        ];
+        let fingerprint = format!("{generation}");
+        patches.push((
+            gvk("Gateway", "gateways"),
+            gw.namespace.clone(),
+            gw.name.clone(),
+            serde_json::json!({"status": {"conditions": conditions}}),
+            fingerprint,
+        ));
+    }
+    let mut by_route: BTreeMap<&crate::model::ObjKey, Vec<&crate::routing::RouteParentStatus>> =
+        BTreeMap::new();
+    for s in &table.route_status {
+        by_route.entry(&s.route).or_default().push(s);
+    }
+    for (route, parents) in by_route {
+        let generation = generations
+            .get(&format!("HTTPRoute/{route}"))
+            .copied()
+            .unwrap_or(0);
+        let mut fingerprint = format!("{generation}");
+        let parents: Vec<Value> = parents
+            .iter()
+            .map(|p| {
+                fingerprint.push_str(&format!("|{}:{:?}:{:?}", p.gateway, p.accepted, p.resolved));
+                let mut parent_ref = serde_json::json!({
+                    "group": "gateway.networking.k8s.io",
+                    "kind": "Gateway",
+                    "namespace": p.gateway.namespace,
+                    "name": p.gateway.name,
+                });
+                if let Some(s) = &p.section {
+                    parent_ref["sectionName"] = Value::String(s.clone());
+                }
+                if let Some(port) = p.port {
+                    parent_ref["port"] = Value::from(port);
+                }
+                serde_json::json!({
+                    "parentRef": parent_ref,
+                    "controllerName": CONTROLLER_NAME,
+                    "conditions": [
+                        condition("Accepted", &p.accepted, "Accepted", generation, &now),
+                        condition("ResolvedRefs", &p.resolved, "ResolvedRefs", generation, &now),
+                    ],
+                })
+            })
+            .collect();
+        patches.push((
+            gvk("HTTPRoute", "httproutes"),
+            route.namespace.clone(),
+            route.name.clone(),
+            serde_json::json!({"status": {"parents": parents}}),
+            fingerprint,
+        ));
+    }
+    for (ar, ns, name, body, fingerprint) in patches {
+        let key = format!("{}/{ns}/{name}", ar.kind);
+        if written.get(&key) == Some(&fingerprint) {
+            continue;
+        }
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
+        match api
+            .patch_status(
+                &name,
+                &kube::api::PatchParams::default(),
+                &kube::api::Patch::Merge(&body),
+            )
+            .await
+        {
+            Ok(_) => {
+                written.insert(key, fingerprint);
+            }
+            Err(e) => {
+                tracing::warn!(object = %key, error = %e, "could not write status (use --no-status with read-only RBAC)")
+            }
+        }
+    }
+}
+
+/// Now, RFC 3339 in UTC (condition `lastTransitionTime`).
+fn jiff_now() -> String {
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// Whether two versions of an object differ only in status and bookkeeping.
+fn same_but_status(a: &Value, b: &Value) -> bool {
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Value::Object(m) = &mut v {
+            m.remove("status");
+            if let Some(Value::Object(meta)) = m.get_mut("metadata") {
+                meta.remove("resourceVersion");
+                meta.remove("managedFields");
+            }
+        }
+        v
+    };
+    strip(a) == strip(b)
+}
+
 /// The watches' errors, for `/debug/config`; `None` when every watch works.
 fn status(s: &Store) -> Option<String> {
     (!s.errors.is_empty()).then(|| {
@@ -173,6 +343,7 @@ pub async fn run(gateway: Arc<Gateway>, opts: ClusterOptions) -> anyhow::Result<
         version: 0,
     }));
     let mut applied_version = None;
+    let mut written: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     let changed = Arc::new(Notify::new());
     for (k, &(group, version, kind, plural, optional)) in KINDS.iter().enumerate() {
         let ar =
@@ -205,7 +376,16 @@ pub async fn run(gateway: Arc<Gateway>, opts: ClusterOptions) -> anyhow::Result<
                         }
                     }
                     Ok(Event::Apply(obj)) => {
-                        s.objects[k].insert(key(&obj), to_value(obj, &ar));
+                        let key = key(&obj);
+                        let value = to_value(obj, &ar);
+                        let unchanged = s.objects[k]
+                            .get(&key)
+                            .is_some_and(|old| same_but_status(old, &value));
+                        s.objects[k].insert(key, value);
+                        // Status writes (ours included) change nothing Locus routes by.
+                        if unchanged {
+                            continue;
+                        }
                     }
                     Ok(Event::Delete(obj)) => {
                         s.objects[k].remove(&key(&obj));
@@ -241,14 +421,16 @@ pub async fn run(gateway: Arc<Gateway>, opts: ClusterOptions) -> anyhow::Result<
     loop {
         changed.notified().await;
         tokio::time::sleep(DEBOUNCE).await;
-        let set = {
+        let (set, generations) = {
             let s = store.lock().expect("cluster store lock");
             if !s.synced.iter().all(|x| *x) || applied_version == Some(s.version) {
                 continue;
             }
             applied_version = Some(s.version);
-            resource_set(&s)
+            (resource_set(&s), generations(&s))
         };
-        let _ = gateway.apply(&set).await;
+        if gateway.apply(&set).await.is_ok() && opts.write_status {
+            write_status(&client, &gateway.table(), &generations, &mut written).await;
+        }
     }
 }

@@ -280,7 +280,59 @@ pub struct RouteTable {
     pub services: BTreeMap<(ObjKey, u16), Arc<ServiceTarget>>,
     /// Which Service ports each endpoint address belongs to (health changes rebuild these).
     pub by_endpoint: HashMap<SocketAddr, Vec<Arc<ServiceTarget>>>,
+    /// The Gateways served, and each HTTPRoute parentRef's outcome (Gateway API status).
+    pub gateways: Vec<ObjKey>,
+    pub route_status: Vec<RouteParentStatus>,
     pub warnings: Vec<String>,
+}
+
+/// The Gateway API's view of one parentRef of one HTTPRoute: `Accepted` and `ResolvedRefs`,
+/// each `Ok` or `Err((reason, message))`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteParentStatus {
+    pub route: ObjKey,
+    pub gateway: ObjKey,
+    pub section: Option<String>,
+    pub port: Option<u16>,
+    pub accepted: Result<(), (&'static str, String)>,
+    pub resolved: Result<(), (&'static str, String)>,
+}
+
+/// `ResolvedRefs` of a route: every backendRef must name an existing Service port of a
+/// supported kind in the route's namespace.
+fn resolved_refs(
+    model: &Model,
+    route: &crate::model::RouteModel,
+) -> Result<(), (&'static str, String)> {
+    for b in route.rules.iter().flat_map(|r| &r.backends) {
+        if let Some(why) = &b.invalid {
+            let reason = if why.contains("ReferenceGrant") {
+                "RefNotPermitted"
+            } else if why.contains("kind") {
+                "InvalidKind"
+            } else {
+                "BackendNotFound"
+            };
+            return Err((reason, why.clone()));
+        }
+        let port = b.port.unwrap_or_default();
+        match model.services.get(&b.service) {
+            None => {
+                return Err((
+                    "BackendNotFound",
+                    format!("Service {} not found", b.service),
+                ))
+            }
+            Some(s) if s.port(port).is_none() => {
+                return Err((
+                    "BackendNotFound",
+                    format!("Service {} has no port {port}", b.service),
+                ))
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// Which Gateways this instance serves.
@@ -360,18 +412,33 @@ impl RouteTable {
                     .push(format!("{}/{}", gw.key, l.name));
             }
         }
+        let mut route_status = Vec::new();
         for route in &model.routes {
             let mut attached = false;
+            let resolved = resolved_refs(model, route);
             for parent in &route.parents {
                 let Some(gw) = gateways.iter().find(|g| g.key == parent.gateway) else {
                     continue;
                 };
+                // Why this parent did not take the route, best reason last seen.
+                let mut refusal = (
+                    "NoMatchingParent",
+                    "no listener matches the parentRef's sectionName/port".to_owned(),
+                );
+                let mut parent_attached = false;
                 for l in &gw.listeners {
                     if parent.section.as_ref().is_some_and(|s| *s != l.name)
                         || parent.port.is_some_and(|p| p != l.port)
                     {
                         continue;
                     }
+                    refusal = (
+                        "NotAllowedByListeners",
+                        format!(
+                            "listener {} does not allow routes from namespace {}",
+                            l.name, route.key.namespace
+                        ),
+                    );
                     if !namespace_allowed(
                         model,
                         &l.allowed,
@@ -384,6 +451,10 @@ impl RouteTable {
                         ));
                         continue;
                     }
+                    refusal = (
+                        "NoMatchingListenerHostname",
+                        format!("no hostname of the route matches listener {}", l.name),
+                    );
                     let Some(hosts) = intersect(l.hostname.as_deref(), &route.hostnames) else {
                         warnings.push(format!(
                             "HTTPRoute {}: none of its hostnames matches listener {}/{} hostname {}; not attached there",
@@ -395,6 +466,7 @@ impl RouteTable {
                         continue;
                     };
                     attached = true;
+                    parent_attached = true;
                     for (r, rule) in route.rules.iter().enumerate() {
                         let ctx = BuildCtx {
                             model,
@@ -437,6 +509,18 @@ impl RouteTable {
                         }
                     }
                 }
+                route_status.push(RouteParentStatus {
+                    route: route.key.clone(),
+                    gateway: gw.key.clone(),
+                    section: parent.section.clone(),
+                    port: parent.port,
+                    accepted: if parent_attached {
+                        Ok(())
+                    } else {
+                        Err((refusal.0, refusal.1.clone()))
+                    },
+                    resolved: resolved.clone(),
+                });
             }
             if !attached && !route.parents.is_empty() {
                 warnings.push(format!(
@@ -460,6 +544,8 @@ impl RouteTable {
             ports,
             services,
             by_endpoint,
+            gateways: gateways.iter().map(|g| g.key.clone()).collect(),
+            route_status,
             warnings,
         }
     }

@@ -94,7 +94,14 @@ impl ApiServer {
                     let svc = service_fn(move |req| {
                         let state = state.clone();
                         let events = events.clone();
-                        async move { Ok::<_, Infallible>(handle(req, &state, &events)) }
+                        async move {
+                            if req.method() == hyper::Method::PATCH {
+                                return Ok::<_, Infallible>(
+                                    patch_status(req, &state, &events).await,
+                                );
+                            }
+                            Ok::<_, Infallible>(handle(req, &state, &events))
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -194,6 +201,63 @@ impl ApiServer {
     }
 }
 
+/// `PATCH …/namespaces/NS/PLURAL/NAME/status` with a merge patch of `status`.
+async fn patch_status(
+    req: Request<hyper::body::Incoming>,
+    state: &Arc<Mutex<State>>,
+    events: &broadcast::Sender<(u64, String, Value)>,
+) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    // apis / group / version / namespaces / ns / plural / name / status
+    let (prefix, ns, name) = match parts.as_slice() {
+        ["apis", g, v, "namespaces", ns, plural, name, "status"] => (
+            format!("/apis/{g}/{v}/{plural}"),
+            ns.to_string(),
+            name.to_string(),
+        ),
+        _ => return full(404, json!({"kind": "Status", "code": 404})),
+    };
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let patch: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let mut s = state.lock().unwrap();
+    s.rv += 1;
+    let rv = s.rv;
+    let Some(obj) = s
+        .objects
+        .get_mut(&prefix)
+        .and_then(|m| m.get_mut(&format!("{ns}/{name}")))
+    else {
+        return full(404, json!({"kind": "Status", "code": 404}));
+    };
+    obj["status"] = patch["status"].clone();
+    obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+    let obj = obj.clone();
+    let event = json!({"type": "MODIFIED", "object": obj});
+    s.history.push((rv, prefix.clone(), event.clone()));
+    let _ = events.send((rv, prefix, event));
+    full(200, obj)
+}
+
+impl ApiServer {
+    /// An object as the server holds it now.
+    pub fn get(&self, api_version: &str, kind: &str, namespace: &str, name: &str) -> Option<Value> {
+        let path = path_of(api_version, kind)?;
+        self.state
+            .lock()
+            .unwrap()
+            .objects
+            .get(&path)?
+            .get(&format!("{namespace}/{name}"))
+            .cloned()
+    }
+}
+
 fn full(status: u16, v: Value) -> Response<Body> {
     let mut r = Response::new(Full::new(Bytes::from(v.to_string())).boxed());
     *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
@@ -208,6 +272,7 @@ fn handle(
     events: &broadcast::Sender<(u64, String, Value)>,
 ) -> Response<Body> {
     let path = req.uri().path().to_owned();
+
     let query: BTreeMap<String, String> = req
         .uri()
         .query()

@@ -288,3 +288,39 @@ async fn fail_closed_answers_503_when_nothing_is_healthy() {
     gw.wait_applied();
     assert_eq!(c.get(addr, "svc.test", "/hostname").await.status, 502);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_degraded_spread_reverts_to_locality_blind_routing() {
+    let local: Vec<Echo> = (1..=2).map(|i| echo(&format!("local-{i}"))).collect();
+    let remote: Vec<Echo> = (1..=2).map(|i| echo(&format!("remote-{i}"))).collect();
+    let down: Vec<SocketAddr> = (0..2)
+        .map(|_| {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+        })
+        .collect();
+    let mut m = GATEWAY.to_owned() + &service("locus.io/on-degraded: spread");
+    for (i, e) in local.iter().enumerate() {
+        m += &slice(&format!("l{i}"), "za", e.addr, true);
+    }
+    for (i, a) in down.iter().enumerate() {
+        m += &slice(&format!("d{i}"), "za", *a, false);
+    }
+    for (i, e) in remote.iter().enumerate() {
+        m += &slice(&format!("r{i}"), "zb", e.addr, true);
+    }
+    let dir = tempdir();
+    write(dir.path(), "all.yaml", &m);
+    let gw = Gw::start(dir.path(), &["--locality", "r/za"]);
+    // Half of the local zone is gone (more than the default 25% threshold): every healthy
+    // endpoint gets the same share instead of the two survivors carrying the zone.
+    let seen = HttpClient::default()
+        .count(gw.addr(8080), "svc.test", "/hostname", 400)
+        .await;
+    for name in ["local-1", "local-2", "remote-1", "remote-2"] {
+        let n = seen.get(name).copied().unwrap_or(0);
+        assert!((90..=110).contains(&n), "{name}: {seen:?}");
+    }
+}

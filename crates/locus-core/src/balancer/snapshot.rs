@@ -128,6 +128,8 @@ pub enum SnapshotMode {
     Panic,
     /// Nothing healthy: ejected (but ready) endpoints are tried as a last resort.
     LastResort,
+    /// The closest bucket lost more than its `on-degraded` threshold: locality-blind spread.
+    DegradedSpread,
     /// Nothing routable.
     Empty,
 }
@@ -138,6 +140,7 @@ impl SnapshotMode {
             SnapshotMode::Normal => "normal",
             SnapshotMode::Panic => "panic",
             SnapshotMode::LastResort => "last-resort",
+            SnapshotMode::DegradedSpread => "degraded-spread",
             SnapshotMode::Empty => "empty",
         }
     }
@@ -152,6 +155,10 @@ pub struct HealthOptions {
     pub min_health_percent: u32,
     /// With nothing healthy, answer 503 instead of trying ejected endpoints.
     pub fail_closed: bool,
+    /// `locus.io/on-degraded: spread`: when the closest bucket has lost more than this share
+    /// of its capacity, route over every allowed endpoint (locality-blind) until it recovers —
+    /// the blog's wish, instead of loading the survivors of a degraded zone.
+    pub degraded_spread: Option<f64>,
 }
 
 impl Default for HealthOptions {
@@ -161,6 +168,7 @@ impl Default for HealthOptions {
             overprovisioning: health::DEFAULT_OVERPROVISIONING,
             min_health_percent: 0,
             fail_closed: false,
+            degraded_spread: None,
         }
     }
 }
@@ -266,7 +274,7 @@ impl ServiceSnapshot {
         let panic = options.min_health_percent > 0
             && any_ready_now
             && health::healthy_fraction(&by_health) * 100.0 < f64::from(options.min_health_percent);
-        let (mode, routable): (SnapshotMode, &dyn Fn(u32) -> bool) = if panic {
+        let (mut mode, routable): (SnapshotMode, &dyn Fn(u32) -> bool) = if panic {
             (SnapshotMode::Panic, &ready)
         } else if any_healthy {
             (SnapshotMode::Normal, &healthy)
@@ -328,6 +336,31 @@ impl ServiceSnapshot {
                 options.overprovisioning,
             )
         };
+        // on-degraded spread: only for priority rankings (distribute and capacity-aware already
+        // set shares by health).
+        let mut loads = loads;
+        if let (Some(threshold), SnapshotMode::Normal) = (options.degraded_spread, mode) {
+            let priority = !fixed_weights.iter().any(Option::is_some)
+                && !matches!(rule, RankingRule::CapacityAware);
+            let first = by_health.iter().find(|b| b.total > 0);
+            if let (true, Some(first)) = (priority, first) {
+                let lost = 1.0 - first.healthy as f64 / first.total as f64;
+                if lost > threshold {
+                    let total: u64 = routable_health.iter().map(|b| b.healthy).sum();
+                    loads = routable_health
+                        .iter()
+                        .map(|b| {
+                            if total > 0 {
+                                b.healthy as f64 / total as f64
+                            } else {
+                                0.0
+                            }
+                        })
+                        .collect();
+                    mode = SnapshotMode::DegradedSpread;
+                }
+            }
+        }
         let hash_bucket = loads.iter().position(|l| *l > 0.0);
         let uses_ring = matches!(balancer.algorithm, Algorithm::ConsistentHash(_));
         let buckets: Vec<Bucket> = tiers
@@ -965,6 +998,45 @@ mod tests {
         for k in 0..100u64 {
             let p = s.pick_for(Some(hash_bytes(&k.to_le_bytes()))).unwrap();
             assert_eq!(s.endpoint(p).addr.port(), 1);
+        }
+    }
+
+    #[test]
+    fn degraded_zone_spreads_over_everything_until_it_recovers() {
+        let mut eps: Vec<Endpoint> = (1..=4).map(|p| ep(p, "region/zone")).collect();
+        eps.push(ep(10, "region/other-zone"));
+        eps.push(ep(11, "region/other-zone"));
+        let health: Vec<Arc<EndpointHealth>> = eps
+            .iter()
+            .map(|_| Arc::new(EndpointHealth::new()))
+            .collect();
+        let options = HealthOptions {
+            degraded_spread: Some(0.25),
+            ..HealthOptions::default()
+        };
+        let build = |health: &Vec<Arc<EndpointHealth>>| {
+            ServiceSnapshot::build_with_health(
+                gw(),
+                PREFER_CLOSE,
+                Arc::default(),
+                options,
+                eps.clone(),
+                health.clone(),
+                1,
+            )
+        };
+        // One of four lost (25%): not more than the threshold, all stays local.
+        health[0].eject(&OutlierPolicy::default(), 0).unwrap();
+        let s = build(&health);
+        assert_eq!(s.mode, SnapshotMode::Normal);
+        assert_eq!(s.buckets[0].load, 1.0);
+        // Two of four lost: spread evenly over the four healthy endpoints.
+        health[1].eject(&OutlierPolicy::default(), 0).unwrap();
+        let s = build(&health);
+        assert_eq!(s.mode, SnapshotMode::DegradedSpread);
+        let c = counts(&s, 4_000);
+        for port in [3, 4, 10, 11] {
+            assert!((950..=1_050).contains(&c[&port]), "{c:?}");
         }
     }
 }

@@ -19,6 +19,8 @@ use crate::resources::{ConfigError, Document};
 pub const ANNOTATION_SPILLOVER: &str = "locus.io/spillover";
 pub const ANNOTATION_OVERPROVISIONING: &str = "locus.io/overprovisioning-factor";
 pub const ANNOTATION_FAIL_CLOSED: &str = "locus.io/fail-closed";
+pub const ANNOTATION_ON_DEGRADED: &str = "locus.io/on-degraded";
+pub const ANNOTATION_DEGRADED_THRESHOLD: &str = "locus.io/degraded-threshold";
 pub const ANNOTATION_ZONE_BALANCE: &str = "locus.io/zone-balance";
 pub const ANNOTATION_TOPOLOGY_MODE: &str = "service.kubernetes.io/topology-mode";
 pub const ANNOTATION_TOPOLOGY_HINTS: &str = "service.kubernetes.io/topology-aware-hints";
@@ -711,6 +713,30 @@ fn apply_annotations(
             }
         };
     }
+    let threshold = match annotations.get(ANNOTATION_DEGRADED_THRESHOLD) {
+        None => 0.25,
+        Some(v) => v
+            .parse::<f64>()
+            .ok()
+            .filter(|t| (0.0..1.0).contains(t))
+            .ok_or_else(|| {
+                ctx.error(
+                    &field(ANNOTATION_DEGRADED_THRESHOLD),
+                    format!("{v:?} is not a share of capacity lost, between 0 and 1 (e.g. 0.25)"),
+                )
+            })?,
+    };
+    cfg.options.degraded_spread = match annotations.get(ANNOTATION_ON_DEGRADED).map(String::as_str)
+    {
+        None | Some("keep-local") => None,
+        Some("spread") => Some(threshold),
+        Some(v) => {
+            return Err(ctx.error(
+                &field(ANNOTATION_ON_DEGRADED),
+                format!("{v:?} is not one of spread, keep-local"),
+            ))
+        }
+    };
     cfg.options.min_health_percent = cfg.outlier.min_health_percent;
     Ok(())
 }

@@ -200,6 +200,7 @@ pub async fn run(serve: bool) -> anyhow::Result<()> {
         identity: IdentityConfig {
             locality: Some(Locality::parse(GATEWAY_LOCALITY)?),
             node: Some(GATEWAY_NODE.into()),
+            fleet_service: None,
         },
         bind: [127, 0, 0, 1].into(),
         ephemeral_ports: true,

@@ -16,6 +16,9 @@ pub struct IdentityConfig {
     pub locality: Option<Locality>,
     /// From `--node` or `NODE_NAME`.
     pub node: Option<String>,
+    /// `--fleet-service ns/name`: the Service in front of the gateway replicas; its ready
+    /// endpoints per zone are the fleet for capacity-aware routing.
+    pub fleet_service: Option<crate::model::ObjKey>,
 }
 
 /// The identity in force and how it was found.
@@ -25,6 +28,8 @@ pub struct ResolvedIdentity {
     /// Human-readable: where the locality came from.
     pub source: String,
     pub warnings: Vec<String>,
+    /// Gateway replicas per zone, from `fleet_service`.
+    pub fleet: Option<std::collections::BTreeMap<String, f64>>,
 }
 
 pub fn resolve(cfg: &IdentityConfig, model: &Model) -> ResolvedIdentity {
@@ -79,6 +84,30 @@ pub fn resolve(cfg: &IdentityConfig, model: &Model) -> ResolvedIdentity {
             ));
         }
     }
+    let fleet = cfg.fleet_service.as_ref().and_then(|key| {
+        let Some(svc) = model.services.get(key) else {
+            warnings.push(format!("--fleet-service {key} is not among the resources"));
+            return None;
+        };
+        let mut fleet = std::collections::BTreeMap::new();
+        for ep in svc
+            .ports
+            .first()
+            .map(|p| p.endpoints.as_slice())
+            .unwrap_or_default()
+        {
+            if ep.state == locus_core::EndpointState::Ready && !ep.locality.zone.is_empty() {
+                *fleet.entry(ep.locality.zone.clone()).or_insert(0.0) += 1.0;
+            }
+        }
+        if fleet.is_empty() {
+            warnings.push(format!(
+                "--fleet-service {key} has no ready endpoint with a zone; no fleet known"
+            ));
+            return None;
+        }
+        Some(fleet)
+    });
     ResolvedIdentity {
         identity: GatewayIdentity {
             locality,
@@ -87,5 +116,6 @@ pub fn resolve(cfg: &IdentityConfig, model: &Model) -> ResolvedIdentity {
         },
         source,
         warnings,
+        fleet,
     }
 }

@@ -49,6 +49,11 @@ struct IdentityArgs {
     /// locality when none is given).
     #[arg(long, env = "NODE_NAME")]
     node: Option<String>,
+    /// The Service in front of the gateway replicas (`namespace/name`): its ready endpoints per
+    /// zone are the fleet for `locus.io/zone-balance: capacity` (a Gateway's `locus.io/fleet`
+    /// annotation wins).
+    #[arg(long, value_parser = parse_gateway)]
+    fleet_service: Option<ObjKey>,
 }
 
 impl IdentityArgs {
@@ -56,6 +61,7 @@ impl IdentityArgs {
         IdentityConfig {
             locality: self.locality.clone(),
             node: self.node.clone(),
+            fleet_service: self.fleet_service.clone(),
         }
     }
 }

@@ -15,8 +15,13 @@ fn manifests(fleet: &str, zone_balance: bool, entries: &str) -> String {
     } else {
         "{}"
     };
+    let gateway_annotations = if fleet.is_empty() {
+        "{}".to_owned()
+    } else {
+        format!("{{locus.io/fleet: \"{fleet}\"}}")
+    };
     format!(
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: gw\n  namespace: apps\n  annotations: {{locus.io/fleet: \"{fleet}\"}}\nspec:\n  gatewayClassName: locus\n  listeners: [{{name: http, protocol: HTTP, port: 8080}}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: apps}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules: [{{backendRefs: [{{name: svc, port: 80}}]}}]\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: svc\n  namespace: apps\n  annotations: {annotations}\nspec:\n  selector: {{app: svc}}\n  trafficDistribution: PreferClose\n  ports: [{{name: http, port: 80}}]\n---\n{entries}"
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata:\n  name: gw\n  namespace: apps\n  annotations: {gateway_annotations}\nspec:\n  gatewayClassName: locus\n  listeners: [{{name: http, protocol: HTTP, port: 8080}}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: apps}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules: [{{backendRefs: [{{name: svc, port: 80}}]}}]\n---\napiVersion: v1\nkind: Service\nmetadata:\n  name: svc\n  namespace: apps\n  annotations: {annotations}\nspec:\n  selector: {{app: svc}}\n  trafficDistribution: PreferClose\n  ports: [{{name: http, port: 80}}]\n---\n{entries}"
     )
 }
 
@@ -155,5 +160,26 @@ async fn scenario_b_one_endpoint_of_zone_a_lost() {
             i + 1
         );
     }
+    assert!(max_over_mean(&measured) <= 1.05, "{measured:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_can_come_from_the_gateways_own_service() {
+    let a = echo("zone-a-1");
+    let b = echo("zone-b-1");
+    // No locus.io/fleet: the gateway replicas are the ready endpoints of locus-system/locus,
+    // two in zone-a and one in zone-b, as the EndpointSlice controller would publish them.
+    let gateway_pods = "apiVersion: v1\nkind: Service\nmetadata: {name: locus, namespace: locus-system}\nspec:\n  ports: [{name: http, port: 80}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: locus-1\n  namespace: locus-system\n  labels: {kubernetes.io/service-name: locus}\naddressType: IPv4\nports: [{name: http, port: 80}]\nendpoints:\n- {addresses: [10.0.0.1], zone: zone-a}\n- {addresses: [10.0.0.2], zone: zone-a}\n- {addresses: [10.0.1.1], zone: zone-b}\n- {addresses: [10.0.1.2], zone: zone-b, conditions: {ready: false}}\n---\n";
+    let entries = entry("a", "r/zone-a", a.addr) + &entry("b", "r/zone-b", b.addr) + gateway_pods;
+    let dir = tempdir();
+    write(dir.path(), "all.yaml", &manifests("", true, &entries));
+    let args = |zone: &'static str| ["--locality", zone, "--fleet-service", "locus-system/locus"];
+    let fleet = [
+        Gw::start(dir.path(), &args("r/zone-a")),
+        Gw::start(dir.path(), &args("r/zone-a")),
+        Gw::start(dir.path(), &args("r/zone-b")),
+    ];
+    let measured = shares(&fleet, 600).await;
+    assert!((measured["zone-a-1"] - 0.5).abs() <= 0.05, "{measured:?}");
     assert!(max_over_mean(&measured) <= 1.05, "{measured:?}");
 }

@@ -473,7 +473,10 @@ impl RouteTable {
                             identity: &identity,
                             registry,
                             metrics,
-                            fleet: gateways.iter().find_map(|g| g.fleet.as_ref()),
+                            fleet: gateways
+                                .iter()
+                                .find_map(|g| g.fleet.as_ref())
+                                .or(identity.fleet.as_ref()),
                             now_ms,
                         };
                         let action = Arc::new(build_action(

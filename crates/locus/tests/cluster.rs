@@ -33,8 +33,16 @@ async fn all_to(
     c.count(addr, "svc.test", "/hostname", n).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn endpoints_and_node_labels_move_traffic_live() {
+/// Two backends, one in each of zones za and zb, behind a stand-in API server.
+struct Cluster {
+    a: Echo,
+    b: Echo,
+    api: ApiServer,
+    dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+}
+
+async fn two_zones() -> Cluster {
     let a = echo("in-za");
     let b = echo("in-zb");
     let api = ApiServer::start().await;
@@ -50,6 +58,24 @@ async fn endpoints_and_node_labels_move_traffic_live() {
     api.apply_yaml(&(slice("a", a.addr, "n-a", true) + &slice("b", b.addr, "n-b", true)));
     let dir = tempdir();
     let config = kubeconfig(api.addr, dir.path());
+    Cluster {
+        a,
+        b,
+        api,
+        dir,
+        config,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_and_node_labels_move_traffic_live() {
+    let Cluster {
+        a,
+        b,
+        api,
+        dir: _dir,
+        config,
+    } = two_zones().await;
     // The gateway's locality comes from its Node, as with NODE_NAME from the downward API.
     let mut gw = Gw::start_cluster(&config, &["--node", "gw-node"]);
     let addr = gw.addr(8080);
@@ -80,21 +106,13 @@ async fn endpoints_and_node_labels_move_traffic_live() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_server_outage_keeps_routing_and_converges_after() {
-    let a = echo("in-za");
-    let b = echo("in-zb");
-    let api = ApiServer::start().await;
-    api.apply_yaml(
-        &[
-            GATEWAY.to_owned(),
-            node("gw-node", "za"),
-            node("n-a", "za"),
-            node("n-b", "zb"),
-        ]
-        .concat(),
-    );
-    api.apply_yaml(&(slice("a", a.addr, "n-a", true) + &slice("b", b.addr, "n-b", true)));
-    let dir = tempdir();
-    let config = kubeconfig(api.addr, dir.path());
+    let Cluster {
+        a,
+        b,
+        api,
+        dir: _dir,
+        config,
+    } = two_zones().await;
     let mut gw = Gw::start_cluster(&config, &["--node", "gw-node"]);
     let addr = gw.addr(8080);
     let c = HttpClient::default();

@@ -108,7 +108,8 @@ async fn endpoints_and_node_labels_move_traffic_live() {
 async fn api_server_outage_keeps_routing_and_converges_after() {
     let Cluster {
         a,
-        b,
+        // Kept alive: the zb backend the traffic converges to.
+        b: _b,
         api,
         dir: _dir,
         config,

@@ -93,12 +93,13 @@ if [[ ${PEERS_TOO:-1} == 1 ]]; then
   PEERS_DIR=$P DUR=$DUR RATE=$RATE bash "$PEERS/failover.sh" envoy envoy-nomerge envoy-retry envoy-hc nginx haproxy \
     > "$OUT/peers.txt" 2>&1
 fi
-python3 - "$OUT" <<'PY'
+# Peers' probes are summarised only when they ran in this run (their files are overwritten).
+PEERS_GLOB=""; [[ ${PEERS_TOO:-1} == 1 ]] && PEERS_GLOB="$P/results/failover-*-*.json"
+python3 - "$OUT" "$PEERS_GLOB" <<'PY'
 import glob, json, os, sys
-out = sys.argv[1]
+out, peers = sys.argv[1], sys.argv[2]
 rows = []
-files = sorted(glob.glob(f"{out}/locus-*.json")) + sorted(glob.glob(os.path.expanduser(
-    os.environ.get("PEERS_RESULTS", "/tmp/locus-peers/results") + "/failover-*-*.json")))
+files = sorted(glob.glob(f"{out}/locus-*.json")) + (sorted(glob.glob(peers)) if peers else [])
 for f in files:
     d = json.load(open(f))
     ft, rt = d["fault_t"], d["restore_t"]

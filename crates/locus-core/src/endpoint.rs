@@ -65,9 +65,4 @@ impl Endpoint {
         self.state = state;
         self
     }
-
-    pub fn with_origin(mut self, origin: &str) -> Self {
-        self.origin = Arc::from(origin);
-        self
-    }
 }

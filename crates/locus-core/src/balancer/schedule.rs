@@ -171,17 +171,6 @@ impl WeightedSchedule {
         }
         Some(self.sequence[(r % len as u64) as usize])
     }
-
-    /// The item `offset` steps after the next one, without moving the cursor (for retries that
-    /// must avoid an endpoint already tried).
-    pub fn peek_after(&self, offset: usize) -> Option<u32> {
-        let len = self.sequence.len();
-        if len == 0 {
-            return None;
-        }
-        let n = self.cursor.load(AtomicOrdering::Relaxed);
-        Some(self.sequence[(n + offset) % len])
-    }
 }
 
 #[cfg(test)]

@@ -89,12 +89,6 @@ fn mix(mut z: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-impl Bucket {
-    pub fn is_usable(&self) -> bool {
-        !self.schedule.is_empty()
-    }
-}
-
 /// A successful pick.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Pick {

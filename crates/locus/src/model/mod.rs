@@ -15,7 +15,7 @@ use std::fmt;
 
 use locus_core::Locality;
 
-use crate::resources::{ConfigError, Document, Origin, Resource, ResourceSet};
+use crate::resources::{ConfigError, Document, Resource, ResourceSet};
 
 pub use gateways::{AllowedRoutes, GatewayModel, ListenerModel};
 pub use policies::{ActiveCheck, HealthConfig, RetryPolicy};
@@ -180,11 +180,6 @@ impl Model {
         }
         endpoint_sources.warn_orphans(&model.services, &mut model.warnings);
         Ok(model)
-    }
-
-    /// The origin of each Service (for `check`).
-    pub fn service_origin(&self, key: &ObjKey) -> Option<&Origin> {
-        self.services.get(key).map(|s| &s.origin)
     }
 }
 

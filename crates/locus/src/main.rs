@@ -163,8 +163,23 @@ enum Command {
     /// crossing zones and its cost.
     Plan {
         /// A zone: NAME:GATEWAYS:ENDPOINTS[:LOST], e.g. zone-a:2:2:1; repeat per zone.
-        #[arg(long = "zone", required = true, value_parser = locus::plan::parse_zone)]
+        #[arg(long = "zone", required_unless_present = "files", value_parser = locus::plan::parse_zone)]
         zones: Vec<locus_core::capacity::ZoneSpec>,
+        /// Or take the topology from manifests: the Service's endpoints per zone (not-ready ones
+        /// count as lost) and the fleet from the Gateway's locus.io/fleet or --fleet-service.
+        #[arg(
+            short = 'f',
+            long = "filename",
+            conflicts_with = "zones",
+            requires = "service"
+        )]
+        files: Vec<PathBuf>,
+        /// With -f: the Service to plan (`namespace/name`).
+        #[arg(long, value_parser = parse_gateway)]
+        service: Option<ObjKey>,
+        /// With -f: the Service in front of the gateway replicas, when no Gateway has a fleet.
+        #[arg(long, value_parser = parse_gateway)]
+        fleet_service: Option<ObjKey>,
         #[arg(long, default_value_t = 1000.0)]
         requests_per_second: f64,
         /// Bytes per request that would cross a zone (request plus response).
@@ -227,11 +242,26 @@ fn main() -> ExitCode {
         },
         Command::Plan {
             zones,
+            files,
+            service,
+            fleet_service,
             requests_per_second,
             bytes_per_request,
             cost_per_gb,
             format,
         } => {
+            let zones = match (&service, files.is_empty()) {
+                (Some(svc), false) => {
+                    match locus::plan::zones_from_manifests(&files, svc, fleet_service.as_ref()) {
+                        Ok(z) => z,
+                        Err(e) => {
+                            eprintln!("error: {e}");
+                            return ExitCode::FAILURE;
+                        }
+                    }
+                }
+                _ => zones,
+            };
             let input = locus::plan::PlanInput {
                 zones,
                 requests_per_second,

@@ -52,6 +52,69 @@ pub fn parse_zone(s: &str) -> Result<ZoneSpec, String> {
     })
 }
 
+/// The zones of a Service from manifests: its endpoints per zone (healthy = ready), and the
+/// fleet from the Gateway's `locus.io/fleet`, else from `fleet_service`'s ready endpoints.
+pub fn zones_from_manifests(
+    paths: &[std::path::PathBuf],
+    service: &crate::model::ObjKey,
+    fleet_service: Option<&crate::model::ObjKey>,
+) -> Result<Vec<ZoneSpec>, String> {
+    use std::collections::BTreeMap;
+    let set = crate::resources::load_paths(paths).map_err(|e| e.to_string())?;
+    let model = crate::model::Model::build(&set).map_err(|e| e.to_string())?;
+    let svc = model
+        .services
+        .get(service)
+        .ok_or_else(|| format!("Service {service} is not among the resources"))?;
+    let endpoints = svc
+        .ports
+        .first()
+        .map(|p| p.endpoints.as_slice())
+        .unwrap_or_default();
+    let mut zones: BTreeMap<String, (u32, u32)> = BTreeMap::new();
+    for ep in endpoints {
+        let e = zones.entry(ep.locality.zone.clone()).or_default();
+        e.0 += 1;
+        if ep.state == locus_core::EndpointState::Ready {
+            e.1 += 1;
+        }
+    }
+    let fleet: BTreeMap<String, f64> = match model.gateways.iter().find_map(|g| g.fleet.clone()) {
+        Some(f) => f,
+        None => {
+            let key = fleet_service
+                .ok_or("no Gateway has locus.io/fleet: pass --fleet-service ns/name")?;
+            let fs = model.services.get(key).ok_or_else(|| {
+                format!("Service {key} (--fleet-service) is not among the resources")
+            })?;
+            let mut f = BTreeMap::new();
+            for ep in fs
+                .ports
+                .first()
+                .map(|p| p.endpoints.as_slice())
+                .unwrap_or_default()
+            {
+                if ep.state == locus_core::EndpointState::Ready {
+                    *f.entry(ep.locality.zone.clone()).or_insert(0.0) += 1.0;
+                }
+            }
+            f
+        }
+    };
+    for zone in fleet.keys() {
+        zones.entry(zone.clone()).or_default();
+    }
+    Ok(zones
+        .into_iter()
+        .map(|(name, (endpoints, healthy))| ZoneSpec {
+            gateways: fleet.get(&name).copied().unwrap_or(0.0),
+            name,
+            endpoints,
+            healthy,
+        })
+        .collect())
+}
+
 fn policies() -> [PlanPolicy; 4] {
     [
         PlanPolicy::Blind,

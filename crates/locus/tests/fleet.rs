@@ -183,3 +183,55 @@ async fn the_fleet_can_come_from_the_gateways_own_service() {
     assert!((measured["zone-a-1"] - 0.5).abs() <= 0.05, "{measured:?}");
     assert!(max_over_mean(&measured) <= 1.05, "{measured:?}");
 }
+
+#[test]
+fn plan_reads_the_topology_from_manifests() {
+    // Scenario B as manifests: the fleet on the Gateway, one zone-a endpoint not ready.
+    let slice = |name: &str, zone: &str, ready: bool| {
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: apps\n  labels: {{kubernetes.io/service-name: svc}}\naddressType: IPv4\nports: [{{name: http, port: 8080}}]\nendpoints:\n- {{addresses: [\"10.0.0.{}\"], zone: {zone}, conditions: {{ready: {ready}}}}}\n---\n",
+            name.len()
+        )
+    };
+    let m = manifests("zone-a=2,zone-b=2", true, "")
+        + &slice("a1", "zone-a", true)
+        + &slice("a22", "zone-a", false)
+        + &slice("b333", "zone-b", true)
+        + &slice("b4444", "zone-b", true);
+    let dir = tempdir();
+    write(dir.path(), "all.yaml", &m);
+    let out = std::process::Command::new(BIN)
+        .args([
+            "plan",
+            "-f",
+            dir.path().to_str().unwrap(),
+            "--service",
+            "apps/svc",
+            "--format",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let zones = v["zones"].as_array().unwrap();
+    assert_eq!(zones[0]["zone"], "zone-a");
+    assert_eq!(
+        (zones[0]["endpoints"].as_u64(), zones[0]["healthy"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let capacity = &v["policies"][3];
+    assert!(
+        (capacity["max_over_mean"].as_f64().unwrap() - 1.0).abs() < 1e-9,
+        "{capacity}"
+    );
+    let priority = &v["policies"][1];
+    assert!(
+        (priority["max_over_mean"].as_f64().unwrap() - 1.5).abs() < 1e-9,
+        "{priority}"
+    );
+}

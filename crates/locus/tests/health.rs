@@ -16,6 +16,24 @@ fn service(annotations: &str) -> String {
     )
 }
 
+/// Backends `a` and `b` in the gateway's zone r/za, with `policy` (more manifests) applied.
+async fn two_local_backends(policy: &str) -> (Echo, Echo, tempfile::TempDir, Gw) {
+    let a = echo("a");
+    let b = echo("b");
+    let dir = tempdir();
+    let m = [
+        GATEWAY.to_owned(),
+        service(""),
+        entry("a", "r/za", a.addr),
+        entry("b", "r/za", b.addr),
+        policy.to_owned(),
+    ]
+    .concat();
+    write(dir.path(), "all.yaml", &m);
+    let gw = Gw::start(dir.path(), &["--locality", "r/za"]);
+    (a, b, dir, gw)
+}
+
 async fn set_fail(addr: SocketAddr, status: u16) {
     let r = HttpClient::default()
         .get(addr, "x", &format!("/_echo/fail/{status}"))
@@ -108,20 +126,8 @@ async fn killing_the_local_zone_under_load_loses_no_request() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_answering_500s_is_ejected_and_returns_after_the_ejection_time() {
-    let a = echo("a");
-    let b = echo("b");
-    let dir = tempdir();
     let rule = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: svc, namespace: apps}\nspec:\n  host: svc.apps.svc.cluster.local\n  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 3, interval: 1s, baseEjectionTime: 1s, maxEjectionPercent: 100}\n---\n";
-    let m = [
-        GATEWAY.to_owned(),
-        service(""),
-        entry("a", "r/za", a.addr),
-        entry("b", "r/za", b.addr),
-        rule.to_owned(),
-    ]
-    .concat();
-    write(dir.path(), "all.yaml", &m);
-    let gw = Gw::start(dir.path(), &["--locality", "r/za"]);
+    let (_a, b, _dir, gw) = two_local_backends(rule).await;
     let addr = gw.addr(8080);
     let c = HttpClient::default();
     // The n-th ejection lasts n × the base (1 s): b comes back after at least that long.
@@ -150,20 +156,8 @@ async fn backend_answering_500s_is_ejected_and_returns_after_the_ejection_time()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn active_checks_take_an_endpoint_out_and_bring_it_back() {
-    let a = echo("a");
-    let b = echo("b");
-    let dir = tempdir();
     let policy = "apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: BackendTrafficPolicy\nmetadata: {name: hc, namespace: apps}\nspec:\n  targetRefs: [{group: \"\", kind: Service, name: svc}]\n  healthCheck:\n    active: {type: HTTP, interval: 100ms, timeout: 500ms, unhealthyThreshold: 2, healthyThreshold: 2, http: {path: /healthz, expectedStatuses: [200]}}\n---\n";
-    let m = [
-        GATEWAY.to_owned(),
-        service(""),
-        entry("a", "r/za", a.addr),
-        entry("b", "r/za", b.addr),
-        policy.to_owned(),
-    ]
-    .concat();
-    write(dir.path(), "all.yaml", &m);
-    let gw = Gw::start(dir.path(), &["--locality", "r/za"]);
+    let (_a, b, _dir, gw) = two_local_backends(policy).await;
     let addr = gw.addr(8080);
     let c = HttpClient::default();
     assert_eq!(

@@ -619,6 +619,20 @@ mod tests {
         strict_local: false,
     };
 
+    fn fresh(eps: &[Endpoint]) -> Vec<Arc<EndpointHealth>> {
+        eps.iter()
+            .map(|_| Arc::new(EndpointHealth::new()))
+            .collect()
+    }
+
+    /// `local` endpoints in the gateway's zone (ports 1..), two in the next zone (10, 11).
+    fn local_and_two_remote(local: u16) -> Vec<Endpoint> {
+        let mut eps: Vec<Endpoint> = (1..=local).map(|p| ep(p, "region/zone")).collect();
+        eps.push(ep(10, "region/other-zone"));
+        eps.push(ep(11, "region/other-zone"));
+        eps
+    }
+
     fn counts(s: &ServiceSnapshot, n: usize) -> HashMap<u16, usize> {
         let mut m = HashMap::new();
         for _ in 0..n {
@@ -713,13 +727,8 @@ mod tests {
 
     /// Five local endpoints, two ejected: 1.4 × 3/5 = 84% stays local, 16% spills.
     fn five_local_two_down(options: HealthOptions) -> ServiceSnapshot {
-        let mut eps: Vec<Endpoint> = (1..=5).map(|p| ep(p, "region/zone")).collect();
-        eps.push(ep(10, "region/other-zone"));
-        eps.push(ep(11, "region/other-zone"));
-        let health: Vec<Arc<EndpointHealth>> = eps
-            .iter()
-            .map(|_| Arc::new(EndpointHealth::new()))
-            .collect();
+        let eps = local_and_two_remote(5);
+        let health = fresh(&eps);
         let p = OutlierPolicy::default();
         health[0].eject(&p, 0).unwrap();
         health[1].eject(&p, 0).unwrap();
@@ -775,10 +784,7 @@ mod tests {
             ep(1, "region/zone"),
             ep(2, "other-region/zone").with_state(EndpointState::NotReady),
         ];
-        let health: Vec<Arc<EndpointHealth>> = eps
-            .iter()
-            .map(|_| Arc::new(EndpointHealth::new()))
-            .collect();
+        let health = fresh(&eps);
         health[0].eject(&OutlierPolicy::default(), 0).unwrap();
         let s = ServiceSnapshot::build_with_health(
             gw(),
@@ -825,10 +831,7 @@ mod tests {
     }
 
     fn with_balancer(eps: Vec<Endpoint>, balancer: BalancerConfig) -> ServiceSnapshot {
-        let health = eps
-            .iter()
-            .map(|_| Arc::new(EndpointHealth::new()))
-            .collect();
+        let health = fresh(&eps);
         ServiceSnapshot::build_with_health(
             gw(),
             RoutingPolicy::default(),
@@ -869,10 +872,7 @@ mod tests {
             "spread evenly inside a target: {c:?}"
         );
         // The 20% target has nothing healthy: its share goes to the other target.
-        let health: Vec<Arc<EndpointHealth>> = eps
-            .iter()
-            .map(|_| Arc::new(EndpointHealth::new()))
-            .collect();
+        let health = fresh(&eps);
         health[2].eject(&OutlierPolicy::default(), 0).unwrap();
         let s = ServiceSnapshot::build_with_health(
             gw(),
@@ -984,9 +984,7 @@ mod tests {
             }),
             HealthOptions::default(),
             eps.clone(),
-            eps.iter()
-                .map(|_| Arc::new(EndpointHealth::new()))
-                .collect(),
+            fresh(&eps),
             1,
         );
         for k in 0..100u64 {
@@ -997,13 +995,8 @@ mod tests {
 
     #[test]
     fn degraded_zone_spreads_over_everything_until_it_recovers() {
-        let mut eps: Vec<Endpoint> = (1..=4).map(|p| ep(p, "region/zone")).collect();
-        eps.push(ep(10, "region/other-zone"));
-        eps.push(ep(11, "region/other-zone"));
-        let health: Vec<Arc<EndpointHealth>> = eps
-            .iter()
-            .map(|_| Arc::new(EndpointHealth::new()))
-            .collect();
+        let eps = local_and_two_remote(4);
+        let health = fresh(&eps);
         let options = HealthOptions {
             degraded_spread: Some(0.25),
             ..HealthOptions::default()

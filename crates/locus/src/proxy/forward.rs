@@ -92,9 +92,19 @@ fn pick_endpoint(
     target: &ServiceTarget,
     tried: &[SocketAddr],
     now: u64,
-    key: Option<u64>,
+    first: Option<(&http::request::Parts, &ConnInfo, &mut Option<HeaderValue>)>,
 ) -> Result<(SocketAddr, Arc<EndpointHealth>, Tier, u32), ProxyError> {
     let snap = target.snapshot.load();
+    // The consistent-hash key is read from the request on the first attempt only, against the
+    // snapshot already loaded for the pick (retries avoid tried endpoints instead).
+    let key = match (first, &snap.balancer.algorithm) {
+        (Some((parts, info, cookie)), Algorithm::ConsistentHash(on)) => {
+            let (key, set) = hash_key(on, parts, info);
+            *cookie = set;
+            key
+        }
+        _ => None,
+    };
     let no_endpoint = |reason| ProxyError::NoEndpoint {
         service: target.name.clone(),
         reason,
@@ -370,17 +380,19 @@ pub(super) async fn forward(
         1
     };
     let deadline = action.timeout.map(|t| tokio::time::Instant::now() + t);
-    let (hash_key, set_cookie) = match &target.snapshot.load().balancer.algorithm {
-        Algorithm::ConsistentHash(on) => hash_key(on, &parts, info),
-        _ => (None, None),
-    };
+    let mut set_cookie = None;
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last_error = None;
     // A request handed back by an attempt that could not send it, reused as is.
     let mut pending: Option<Request<ProxyBody>> = None;
 
     for attempt in 1..=max_attempts {
-        let (addr, health, tier, idx) = match pick_endpoint(&target, &tried, now_ms(), hash_key) {
+        let (addr, health, tier, idx) = match pick_endpoint(
+            &target,
+            &tried,
+            now_ms(),
+            tried.is_empty().then_some((&parts, info, &mut set_cookie)),
+        ) {
             Ok(p) => p,
             // Nothing left to retry on: the client gets the error that made us retry.
             Err(e) => return Err(last_error.unwrap_or(e)),
@@ -528,7 +540,7 @@ pub(super) async fn forward(
                 }
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                if let Some(cookie) = set_cookie {
+                if let Some(cookie) = set_cookie.take() {
                     parts.headers.append(header::SET_COOKIE, cookie);
                 }
                 return Ok(Response::from_parts(parts, body));

@@ -156,6 +156,11 @@ pub struct BalancerConfig {
     pub fleet: Option<BTreeMap<String, f64>>,
 }
 
+/// The label of a capacity-aware zone bucket; the snapshot keys the fleet by it.
+pub fn zone_label(zone: &str) -> String {
+    format!("zone {zone}")
+}
+
 /// One bucket as ranked.
 #[derive(Clone, Debug, PartialEq)]
 pub struct RankedBucket {
@@ -344,7 +349,7 @@ pub fn rank_buckets(
                 } else {
                     Tier::SameRegion
                 },
-                label: format!("zone {z}"),
+                label: zone_label(z),
                 members: all
                     .iter()
                     .copied()

@@ -288,7 +288,7 @@ impl ServiceSnapshot {
             let own = labels[0].clone();
             let mut fleet: std::collections::BTreeMap<String, f64> = fleet
                 .iter()
-                .map(|(z, n)| (format!("zone {z}"), *n))
+                .map(|(z, n)| (policy::zone_label(z), *n))
                 .collect();
             fleet.entry(own.clone()).or_insert(1.0);
             let split = crate::capacity::zone_split(&own, &fleet, &capacity);

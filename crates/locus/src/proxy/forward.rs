@@ -120,8 +120,15 @@ fn pick_endpoint(
     if snap.mode == SnapshotMode::Normal && snap.endpoint_health(pick).is_ejected(now) {
         let mut idx = tried_indices(&snap.endpoints, tried);
         idx.push(pick.endpoint);
-        if let Ok(p) = snap.pick_excluding(&idx) {
-            pick = p;
+        match snap.pick_excluding(&idx) {
+            Ok(p) => pick = p,
+            // Nothing else left: a fail-closed Service answers now as its next snapshot will.
+            Err(_) if snap.options.fail_closed => {
+                return Err(no_endpoint(locus_core::balancer::NoEndpoint::NoneHealthy(
+                    snap.endpoints.len(),
+                )))
+            }
+            Err(_) => {}
         }
     }
     Ok((

@@ -123,8 +123,10 @@ pub struct EndpointHealth {
     last_return: AtomicU64,
     /// Failing active health checks.
     active_unhealthy: AtomicBool,
-    /// Requests in flight (least-request balancing, load-aware spill, admin API).
+    /// Requests in flight (least-request balancing, admin API).
     pub in_flight: AtomicU32,
+    /// Latency counters for load-aware spill.
+    pub load: crate::load::LoadMeter,
 }
 
 impl EndpointHealth {

@@ -12,6 +12,7 @@ pub mod balancer;
 pub mod capacity;
 pub mod endpoint;
 pub mod health;
+pub mod load;
 pub mod locality;
 pub mod policy;
 pub mod ranking;

@@ -122,7 +122,15 @@ pub fn endpoints(table: &RouteTable, gateway: &Gateway) -> Value {
                             } else {
                                 0.0
                             };
+                            let latency = h.load.view_ms().map(|(mean, unloaded)| {
+                                json!({
+                                    "mean_ms": mean,
+                                    "unloaded_ms": unloaded,
+                                    "load": (mean / unloaded - 1.0).max(0.0),
+                                })
+                            });
                             json!({
+                                "latency": latency,
                                 "address": ep.addr.to_string(),
                                 "locality": ep.locality.to_string(),
                                 "node": ep.node.as_deref(),
@@ -170,9 +178,23 @@ pub fn endpoints(table: &RouteTable, gateway: &Gateway) -> Value {
             let cross = target.totals.cross_zone_bytes.load(Ordering::Relaxed);
             let blind_cross = bytes as f64 * blind_fraction;
             let saved_bytes = (blind_cross - cross as f64).max(0.0);
+            let load_spill = target.health.load_spill.map(|band| {
+                let view = target.load_view.load();
+                json!({
+                    "fraction": snap.options.load_spill,
+                    "band": {"high": band.high, "low": band.low},
+                    "closest_bucket": view.as_ref().map(|v| v.from.clone()),
+                    "next_buckets": view.as_ref().map(|v| v.to.clone()),
+                    "closest_load": view.as_ref().and_then(|v| v.closest),
+                    "next_load": view.as_ref().and_then(|v| v.next),
+                    "last_decision": view.as_ref().map(|v| v.decision),
+                })
+            });
             json!({
                 "service": &*target.name,
                 "gateway_locality": gw.locality.to_string(),
+                "zone_balance_fallback": target.zone_balance_fallback,
+                "load_spill": load_spill,
                 "ranking": snap.rule.to_string(),
                 "algorithm": snap.balancer.algorithm.as_str(),
                 "mode": snap.mode.as_str(),

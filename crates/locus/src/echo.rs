@@ -10,10 +10,16 @@
 //!   without killing it.
 //!
 //! Every response carries `x-backend: NAME`.
+//!
+//! With `--work-ms W`, each request is answered after W × the number of requests in progress
+//! when it arrived (itself included), as if they shared one CPU: latency grows with load
+//! (W / (1 − ρ) on average at utilisation ρ = rate × W), which is what load-aware tests and
+//! benchmarks need from a backend.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -31,7 +37,21 @@ pub async fn serve(listener: TcpListener, name: Arc<str>) {
 
 /// Like [`serve`], answering every request with `fail_status` when it is not 0.
 pub async fn serve_with_status(listener: TcpListener, name: Arc<str>, fail_status: u16) {
-    let fail = Arc::new(AtomicU16::new(fail_status));
+    serve_with(listener, name, fail_status, None).await
+}
+
+/// Like [`serve_with_status`], with the simulated work per request (`--work-ms`).
+pub async fn serve_with(
+    listener: TcpListener,
+    name: Arc<str>,
+    fail_status: u16,
+    work: Option<Duration>,
+) {
+    let state = Arc::new(State {
+        fail: AtomicU16::new(fail_status),
+        busy: AtomicU32::new(0),
+        work,
+    });
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -39,21 +59,47 @@ pub async fn serve_with_status(listener: TcpListener, name: Arc<str>, fail_statu
         };
         let _ = stream.set_nodelay(true);
         let name = name.clone();
-        let fail = fail.clone();
+        let state = state.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let name = name.clone();
-                let fail = fail.clone();
-                async move { Ok::<_, Infallible>(respond(&name, &fail, req).await) }
+                let state = state.clone();
+                async move { Ok::<_, Infallible>(respond(&name, &state, req).await) }
             });
             let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
         });
     }
 }
 
-async fn respond(name: &str, fail: &AtomicU16, req: Request<Incoming>) -> Response<Full<Bytes>> {
+struct State {
+    fail: AtomicU16,
+    /// Requests in progress (for the simulated work).
+    busy: AtomicU32,
+    work: Option<Duration>,
+}
+
+/// Counts a request in progress for as long as it lives (also when the client goes away).
+struct Busy<'a>(&'a AtomicU32);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn respond(name: &str, state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    let fail = &state.fail;
     let path = req.uri().path().to_owned();
+    let _busy = match state.work {
+        Some(work) if !path.starts_with("/_echo/") => {
+            let n = state.busy.fetch_add(1, Ordering::Relaxed) + 1;
+            let guard = Busy(&state.busy);
+            tokio::time::sleep(work * n).await;
+            Some(guard)
+        }
+        _ => None,
+    };
     let mut status = StatusCode::OK;
     let forced = fail.load(Ordering::Relaxed);
     let body: Bytes = if let Some(code) = path.strip_prefix("/_echo/fail/") {

@@ -43,6 +43,8 @@ pub struct GatewayOptions {
     pub cost_per_gb_cross_region: f64,
     /// `locus_zone_imbalance_ratio` above this logs a warning.
     pub imbalance_warn: f64,
+    /// How often the load-aware spill controller steps.
+    pub load_spill_interval: std::time::Duration,
 }
 
 impl Default for GatewayOptions {
@@ -56,6 +58,7 @@ impl Default for GatewayOptions {
             cost_per_gb_cross_zone: crate::metrics::DEFAULT_COST_CROSS_ZONE,
             cost_per_gb_cross_region: crate::metrics::DEFAULT_COST_CROSS_REGION,
             imbalance_warn: 1.5,
+            load_spill_interval: crate::load_spill::DEFAULT_INTERVAL,
         }
     }
 }
@@ -67,7 +70,7 @@ struct Listener {
 
 pub struct Gateway {
     shared: Arc<Shared>,
-    registry: HealthRegistry,
+    registry: Arc<HealthRegistry>,
     prober: Prober,
     options: GatewayOptions,
     listeners: Mutex<BTreeMap<u16, Listener>>,
@@ -99,9 +102,15 @@ impl Gateway {
             health_tx.clone(),
             health_rx,
         ));
+        let registry = Arc::new(HealthRegistry::default());
+        tokio::spawn(crate::load_spill::run(
+            shared.clone(),
+            registry.clone(),
+            options.load_spill_interval,
+        ));
         Arc::new(Gateway {
             shared,
-            registry: HealthRegistry::default(),
+            registry,
             prober: Prober::new(health_tx),
             options,
             listeners: Mutex::new(BTreeMap::new()),

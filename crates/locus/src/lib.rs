@@ -14,6 +14,7 @@ pub mod echo;
 pub mod gateway;
 pub mod health;
 pub mod identity;
+pub mod load_spill;
 pub mod metrics;
 pub mod model;
 pub mod plan;

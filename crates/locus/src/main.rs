@@ -135,6 +135,10 @@ enum Command {
         /// endpoints are spread unevenly over zones.
         #[arg(long, default_value_t = 1.5)]
         imbalance_warn_factor: f64,
+        /// How often the load-aware spill controller (`locus.io/load-spill`) measures and
+        /// steps, in milliseconds.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(10..))]
+        load_spill_interval_ms: u64,
         /// Log one line per request (Common Log Format, target `locus::access`).
         #[arg(long)]
         access_log: bool,
@@ -158,6 +162,10 @@ enum Command {
         /// Answer every request with this status (0: normal); `/_echo/fail/NNN` changes it.
         #[arg(long, default_value_t = 0)]
         fail_status: u16,
+        /// Simulated work per request, in milliseconds: each request takes this times the
+        /// requests in progress when it arrives, so latency grows with load.
+        #[arg(long)]
+        work_ms: Option<f64>,
     },
     /// What each routing policy would do to a topology: per-endpoint load, max/mean, traffic
     /// crossing zones and its cost.
@@ -282,6 +290,7 @@ fn main() -> ExitCode {
             name,
             listen,
             fail_status,
+            work_ms,
         } => {
             init_logging(cli.log_format, "info");
             let rt = runtime(Some(1)).expect("tokio runtime");
@@ -295,7 +304,9 @@ fn main() -> ExitCode {
                 };
                 let addr = listener.local_addr().expect("bound socket has an address");
                 println!("listening addr={addr}");
-                locus::echo::serve_with_status(listener, Arc::from(name), fail_status).await;
+                let work =
+                    work_ms.map(|ms| std::time::Duration::from_secs_f64(ms.max(0.0) / 1000.0));
+                locus::echo::serve_with(listener, Arc::from(name), fail_status, work).await;
                 ExitCode::SUCCESS
             })
         }
@@ -328,6 +339,7 @@ fn main() -> ExitCode {
             cost_per_gb_cross_zone,
             cost_per_gb_cross_region,
             imbalance_warn_factor,
+            load_spill_interval_ms,
             access_log,
             metrics,
         } => {
@@ -350,6 +362,7 @@ fn main() -> ExitCode {
                     cost_per_gb_cross_zone,
                     cost_per_gb_cross_region,
                     imbalance_warn: imbalance_warn_factor,
+                    load_spill_interval: std::time::Duration::from_millis(load_spill_interval_ms),
                 });
                 if !matches!(admin.as_str(), "off" | "none") {
                     let addr: SocketAddr = match admin.parse() {

@@ -66,6 +66,13 @@ pub struct EndpointCountLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SideLabels {
+    pub service: String,
+    /// `closest` (the bucket spill takes from) or `next` (the buckets receiving it).
+    pub side: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: String,
 }
@@ -98,6 +105,9 @@ pub struct Metrics {
     pub discovery_errors: Family<KindLabels, Counter>,
     pub cost: Family<RelationLabels, Counter<f64, AtomicU64>>,
     pub imbalance: Family<ServiceLabels, Gauge<f64, AtomicU64>>,
+    pub load_spill: Family<ServiceLabels, Gauge<f64, AtomicU64>>,
+    pub bucket_load: Family<SideLabels, Gauge<f64, AtomicU64>>,
+    pub zone_balance_fallback: Family<ReasonLabels, Gauge>,
     pub cost_cross_zone: f64,
     pub cost_cross_region: f64,
     /// `zone_imbalance_ratio` above this logs a warning.
@@ -179,6 +189,9 @@ impl Metrics {
             discovery_errors: Family::default(),
             cost: Family::default(),
             imbalance: Family::default(),
+            load_spill: Family::default(),
+            bucket_load: Family::default(),
+            zone_balance_fallback: Family::default(),
             cost_cross_zone,
             cost_cross_region,
             imbalance_warn,
@@ -253,6 +266,21 @@ impl Metrics {
             "zone_imbalance_ratio",
             "Max over mean of the load an endpoint is expected to get, given how endpoints are spread over zones",
             m.imbalance.clone(),
+        );
+        registry.register(
+            "load_spill_fraction",
+            "Share of the closest bucket's traffic the load-aware controller sends to the next bucket (locus.io/load-spill)",
+            m.load_spill.clone(),
+        );
+        registry.register(
+            "bucket_load",
+            "Measured load of the closest and next buckets (mean latency over unloaded latency, minus one), smoothed",
+            m.bucket_load.clone(),
+        );
+        registry.register(
+            "zone_balance_fallback",
+            "1 while a Service asking for locus.io/zone-balance: capacity routes by its other settings, by reason",
+            m.zone_balance_fallback.clone(),
         );
         Metrics { registry, ..m }
     }

@@ -5,5 +5,5 @@ mod snapshot;
 
 pub use schedule::WeightedSchedule;
 pub use snapshot::{
-    hash_bytes, Bucket, HealthOptions, NoEndpoint, Pick, ServiceSnapshot, SnapshotMode,
+    hash_bytes, Bucket, HealthOptions, NoEndpoint, Pick, ServiceSnapshot, SnapshotMode, SpillRoute,
 };

@@ -153,6 +153,10 @@ pub struct HealthOptions {
     /// of its capacity, route over every allowed endpoint (locality-blind) until it recovers —
     /// the blog's wish, instead of loading the survivors of a degraded zone.
     pub degraded_spread: Option<f64>,
+    /// Share of the closest bucket's traffic the load-aware controller moves to the next
+    /// bucket(s) now (0 without `locus.io/load-spill`). State, not a setting: it is carried
+    /// here so every rebuild of the snapshot keeps it.
+    pub load_spill: f64,
 }
 
 impl Default for HealthOptions {
@@ -163,6 +167,44 @@ impl Default for HealthOptions {
             min_health_percent: 0,
             fail_closed: false,
             degraded_spread: None,
+            load_spill: 0.0,
+        }
+    }
+}
+
+/// Where load-aware spill takes traffic from and where it sends it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpillRoute {
+    /// The closest bucket with traffic.
+    pub from: usize,
+    /// The buckets receiving it, with their share of what is moved: those already getting
+    /// traffic (by their share), else the next bucket with a healthy endpoint.
+    pub to: Vec<(usize, f64)>,
+}
+
+impl SpillRoute {
+    /// The route for bucket loads `loads` over buckets whose healthy capacity is `healthy`.
+    fn new(loads: &[f64], healthy: &[u64]) -> Option<SpillRoute> {
+        let from = loads.iter().position(|l| *l > 0.0)?;
+        let after: f64 = loads[from + 1..].iter().sum();
+        let to: Vec<(usize, f64)> = if after > 0.0 {
+            (from + 1..loads.len())
+                .filter(|&b| loads[b] > 0.0)
+                .map(|b| (b, loads[b] / after))
+                .collect()
+        } else {
+            let next = (from + 1..loads.len()).find(|&b| healthy[b] > 0)?;
+            vec![(next, 1.0)]
+        };
+        Some(SpillRoute { from, to })
+    }
+
+    /// Moves `spill` of the closest bucket's load to the receivers.
+    fn apply(&self, loads: &mut [f64], spill: f64) {
+        let moved = loads[self.from] * spill.clamp(0.0, 1.0);
+        loads[self.from] -= moved;
+        for &(b, share) in &self.to {
+            loads[b] += moved * share;
         }
     }
 }
@@ -190,10 +232,16 @@ pub struct ServiceSnapshot {
     pub mode: SnapshotMode,
     /// True when no endpoint was ready and terminating-but-serving ones are used instead.
     pub using_terminating: bool,
+    /// Where load-aware spill moves traffic from and to (`None` when there is nowhere to go,
+    /// or the mode is not normal).
+    pub spill_route: Option<SpillRoute>,
     /// Cumulative bucket loads in [`ONE`] units; empty when one bucket takes everything.
     thresholds: Vec<u64>,
     /// The bucket taking all traffic, when there is one.
     single: Option<u32>,
+    /// Draw buckets at random instead of from the low-discrepancy sequence (see
+    /// [`ServiceSnapshot::draw_bucket`]).
+    random_draw: bool,
     draws: AtomicU64,
 }
 
@@ -355,6 +403,19 @@ impl ServiceSnapshot {
                 }
             }
         }
+        // Load-aware spill, on top of whatever the health and policy decided; not in panic or
+        // degraded modes, which already spread.
+        let spill_route = (mode == SnapshotMode::Normal)
+            .then(|| {
+                let healthy: Vec<u64> = routable_health.iter().map(|b| b.healthy).collect();
+                SpillRoute::new(&loads, &healthy)
+            })
+            .flatten();
+        if let Some(route) = &spill_route {
+            if options.load_spill > 0.0 {
+                route.apply(&mut loads, options.load_spill);
+            }
+        }
         let hash_bucket = loads.iter().position(|l| *l > 0.0);
         let uses_ring = matches!(balancer.algorithm, Algorithm::ConsistentHash(_));
         let buckets: Vec<Bucket> = tiers
@@ -417,8 +478,10 @@ impl ServiceSnapshot {
             buckets,
             mode,
             using_terminating: !any_ready,
+            spill_route,
             thresholds,
             single,
+            random_draw: options.load_spill > 0.0,
             draws: AtomicU64::new(0),
         }
     }
@@ -444,6 +507,12 @@ impl ServiceSnapshot {
     /// The bucket for the next request: by load, drawn from a low-discrepancy sequence (a
     /// Weyl sequence on the golden ratio) rather than a random number, so shares hold exactly
     /// over short runs and no RNG state is shared between threads.
+    ///
+    /// Under load-aware spill the draw is random instead (the same counter, hashed): the
+    /// controller compares the latency of the requests each bucket gets, and a low-discrepancy
+    /// draw makes a small share evenly spaced — requests that never queue behind each other
+    /// and so read as a less busy bucket than the one getting the bursty rest. Random thinning
+    /// keeps both shares as bursty as the traffic itself.
     #[inline]
     fn draw_bucket(&self) -> Option<usize> {
         if let Some(b) = self.single {
@@ -453,7 +522,11 @@ impl ServiceSnapshot {
             return None;
         }
         let n = self.draws.fetch_add(1, Ordering::Relaxed);
-        let u = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11;
+        let u = if self.random_draw {
+            mix(n) >> 11
+        } else {
+            n.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 11
+        };
         let b = self.thresholds.iter().position(|&t| u < t);
         // Rounding can leave the top of the range unassigned: it belongs to the last bucket
         // with load.
@@ -723,6 +796,47 @@ mod tests {
         };
         let s = ServiceSnapshot::build(GatewayIdentity::default(), strict, vec![ep(1, "r/z")]);
         assert_eq!(s.pick(), Err(NoEndpoint::StrictNodeUnknown));
+    }
+
+    #[test]
+    fn load_spill_moves_a_share_of_the_closest_bucket_to_the_next() {
+        let eps = local_and_two_remote(2);
+        let build = |spill: f64, eps: Vec<Endpoint>, health| {
+            ServiceSnapshot::build_with_health(
+                gw(),
+                PREFER_CLOSE,
+                Arc::default(),
+                HealthOptions {
+                    load_spill: spill,
+                    ..Default::default()
+                },
+                eps,
+                health,
+                0,
+            )
+        };
+        let s = build(0.0, eps.clone(), fresh(&eps));
+        let route = s.spill_route.clone().expect("a next bucket exists");
+        assert_eq!(route.from, 0);
+        assert_eq!(route.to.len(), 1);
+        assert_eq!(s.spilled_fraction(), 0.0);
+        let s = build(0.25, eps.clone(), fresh(&eps));
+        assert!((s.spilled_fraction() - 0.25).abs() < 1e-9);
+        let c = counts(&s, 4_000);
+        // Under load spill buckets are drawn at random: 1,000 ± 27 (one sd).
+        assert!((c[&10] + c[&11]).abs_diff(1_000) <= 100, "{c:?}");
+        // On top of health-based spill: the moved share follows the existing receivers.
+        let health = fresh(&eps);
+        health[0].eject(&OutlierPolicy::default(), 0).unwrap();
+        let base = build(0.0, eps.clone(), health.clone());
+        let kept = 1.0 - base.spilled_fraction();
+        let s = build(0.5, eps.clone(), health);
+        assert!((1.0 - s.spilled_fraction() - kept * 0.5).abs() < 1e-9);
+        // Nowhere to go: no route, nothing moves.
+        let local_only: Vec<Endpoint> = eps[..2].to_vec();
+        let s = build(0.5, local_only.clone(), fresh(&local_only));
+        assert!(s.spill_route.is_none());
+        assert_eq!(s.spilled_fraction(), 0.0);
     }
 
     /// Five local endpoints, two ejected: 1.4 × 3/5 = 84% stays local, 16% spills.

@@ -26,6 +26,9 @@ pub fn now_ms() -> u64 {
 #[derive(Default)]
 pub struct HealthRegistry {
     records: Mutex<HashMap<SocketAddr, Arc<EndpointHealth>>>,
+    /// Load-aware spill per Service (`namespace/name:port`), written by the load task, read
+    /// when a reload rebuilds the Service.
+    load_spill: Mutex<HashMap<String, f64>>,
 }
 
 impl HealthRegistry {
@@ -45,6 +48,21 @@ impl HealthRegistry {
             .lock()
             .expect("health registry lock")
             .retain(|addr, _| present.contains(addr));
+    }
+
+    /// The load-aware spill in force for a Service (0 when none).
+    pub fn load_spill(&self, service: &str) -> f64 {
+        self.load_spill
+            .lock()
+            .expect("spill lock")
+            .get(service)
+            .copied()
+            .unwrap_or(0.0)
+    }
+
+    /// Replaces the load-aware spill of every Service that has it on.
+    pub fn set_load_spill(&self, spill: HashMap<String, f64>) {
+        *self.load_spill.lock().expect("spill lock") = spill;
     }
 }
 

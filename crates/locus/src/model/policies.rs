@@ -22,6 +22,9 @@ pub const ANNOTATION_FAIL_CLOSED: &str = "locus.io/fail-closed";
 pub const ANNOTATION_ON_DEGRADED: &str = "locus.io/on-degraded";
 pub const ANNOTATION_DEGRADED_THRESHOLD: &str = "locus.io/degraded-threshold";
 pub const ANNOTATION_ZONE_BALANCE: &str = "locus.io/zone-balance";
+pub const ANNOTATION_LOAD_SPILL: &str = "locus.io/load-spill";
+pub const ANNOTATION_LOAD_SPILL_HIGH: &str = "locus.io/load-spill-high";
+pub const ANNOTATION_LOAD_SPILL_LOW: &str = "locus.io/load-spill-low";
 pub const ANNOTATION_TOPOLOGY_MODE: &str = "service.kubernetes.io/topology-mode";
 pub const ANNOTATION_TOPOLOGY_HINTS: &str = "service.kubernetes.io/topology-aware-hints";
 
@@ -66,6 +69,8 @@ pub struct HealthConfig {
     pub options: HealthOptions,
     pub active: Option<ActiveCheck>,
     pub retry: RetryPolicy,
+    /// `locus.io/load-spill: "on"`: the band of the load-aware spill controller.
+    pub load_spill: Option<locus_core::load::Band>,
 }
 
 impl Default for HealthConfig {
@@ -77,6 +82,7 @@ impl Default for HealthConfig {
             options: HealthOptions::default(),
             active: None,
             retry: RetryPolicy::default(),
+            load_spill: None,
         }
     }
 }
@@ -311,7 +317,7 @@ impl<'a> Policies<'a> {
                 cfg.retry = retry_from_envoy_gateway(&ctx, r, warnings)?;
             }
         }
-        apply_annotations(&mut cfg, annotations, svc_ctx)?;
+        apply_annotations(&mut cfg, annotations, svc_ctx, warnings)?;
         Ok(cfg)
     }
 }
@@ -675,6 +681,7 @@ fn apply_annotations(
     cfg: &mut HealthConfig,
     annotations: &BTreeMap<String, String>,
     ctx: &DocCtx<'_>,
+    warnings: &mut Vec<String>,
 ) -> Result<(), ConfigError> {
     let field = |k: &str| format!("metadata.annotations.{k}");
     if let Some(v) = annotations.get(ANNOTATION_SPILLOVER) {
@@ -737,6 +744,54 @@ fn apply_annotations(
             ))
         }
     };
+    cfg.load_spill = match annotations.get(ANNOTATION_LOAD_SPILL).map(String::as_str) {
+        None | Some("off" | "false") => None,
+        Some("on" | "true") => {
+            let mut band = locus_core::load::Band::default();
+            let factor = |key: &str, default: f64| -> Result<f64, ConfigError> {
+                match annotations.get(key) {
+                    None => Ok(default),
+                    Some(v) => v
+                        .parse::<f64>()
+                        .ok()
+                        .filter(|f| f.is_finite() && *f > 0.0)
+                        .ok_or_else(|| {
+                            ctx.error(
+                                &field(key),
+                                format!("{v:?} is not a positive factor (e.g. 1.25)"),
+                            )
+                        }),
+                }
+            };
+            band.high = factor(ANNOTATION_LOAD_SPILL_HIGH, band.high)?;
+            band.low = factor(ANNOTATION_LOAD_SPILL_LOW, band.low)?;
+            if band.low > band.high {
+                return Err(ctx.error(
+                    &field(ANNOTATION_LOAD_SPILL_LOW),
+                    format!(
+                        "{} is above {ANNOTATION_LOAD_SPILL_HIGH} ({}): the band would have no hysteresis",
+                        band.low, band.high
+                    ),
+                ));
+            }
+            Some(band)
+        }
+        Some(v) => {
+            return Err(ctx.error(
+                &field(ANNOTATION_LOAD_SPILL),
+                format!("{v:?} is not on or off"),
+            ))
+        }
+    };
+    for key in [ANNOTATION_LOAD_SPILL_HIGH, ANNOTATION_LOAD_SPILL_LOW] {
+        if cfg.load_spill.is_none() && annotations.contains_key(key) {
+            warnings.push(format!(
+                "{}: {} has no effect without {ANNOTATION_LOAD_SPILL}: \"on\"; ignored",
+                ctx.place(),
+                field(key)
+            ));
+        }
+    }
     cfg.options.min_health_percent = cfg.outlier.min_health_percent;
     Ok(())
 }

@@ -526,7 +526,11 @@ pub(super) async fn forward(
             Ok(resp) => {
                 let status = resp.status().as_u16();
                 note_outcome(shared, &target, addr, &health, Outcome::Status(status));
-                em.response(status, started.elapsed().as_secs_f64());
+                let elapsed = started.elapsed();
+                em.response(status, elapsed.as_secs_f64());
+                if target.health.load_spill.is_some() {
+                    health.load.record(elapsed.as_micros() as u64);
+                }
                 if target.h2c {
                     em.bytes(
                         request_bytes,

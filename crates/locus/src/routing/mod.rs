@@ -38,18 +38,35 @@ pub struct ServiceTarget {
     /// Metric handles, parallel to the snapshot's endpoints (which refreshes keep in order).
     pub endpoint_metrics: Vec<Arc<EndpointMetrics>>,
     pub totals: Arc<ServiceTotals>,
+    /// Why `locus.io/zone-balance: capacity` is not in force, when it was asked for.
+    pub zone_balance_fallback: Option<&'static str>,
+    /// The load-aware spill controller's last view (written by the load task).
+    pub load_view: arc_swap::ArcSwapOption<crate::load_spill::LoadView>,
     metrics: Arc<Metrics>,
 }
 
 impl ServiceTarget {
     /// Rebuilds the snapshot from the same endpoints with their current health.
     pub fn refresh(&self, now_ms: u64) {
+        self.rebuild(now_ms, None);
+    }
+
+    /// Rebuilds the snapshot with a new load-aware spill.
+    pub fn set_load_spill(&self, spill: f64, now_ms: u64) {
+        self.rebuild(now_ms, Some(spill));
+    }
+
+    fn rebuild(&self, now_ms: u64, load_spill: Option<f64>) {
         let old = self.snapshot.load();
+        let mut options = old.options;
+        if let Some(s) = load_spill {
+            options.load_spill = s;
+        }
         let new = ServiceSnapshot::build_with_health(
             old.gateway.clone(),
             old.policy,
             old.balancer.clone(),
-            old.options,
+            options,
             old.endpoints.clone(),
             old.health.clone(),
             now_ms,
@@ -60,6 +77,7 @@ impl ServiceTarget {
                 service = %self.name,
                 spilled = format!("{:.1}%", after * 100.0),
                 mode = new.mode.as_str(),
+                cause = if load_spill.is_some() { "load" } else { "health" },
                 "{}",
                 if after > 0.0 { "spilling over to farther buckets" } else { "all traffic back in the best bucket" }
             );
@@ -82,6 +100,21 @@ impl ServiceTarget {
             .spilled
             .get_or_create(&service)
             .set(snap.spilled_fraction());
+        if self.health.load_spill.is_some() {
+            self.metrics
+                .load_spill
+                .get_or_create(&service)
+                .set(snap.options.load_spill);
+        }
+        if let Some(reason) = self.zone_balance_fallback {
+            self.metrics
+                .zone_balance_fallback
+                .get_or_create(&crate::metrics::ReasonLabels {
+                    service: self.name.to_string(),
+                    reason: reason.to_owned(),
+                })
+                .set(1);
+        }
         let mut per_zone: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
         for (i, ep) in snap.endpoints.iter().enumerate() {
             let e = per_zone.entry(ep.locality.zone.as_str()).or_default();
@@ -565,35 +598,44 @@ struct BuildCtx<'a> {
 }
 
 /// A Service asking for capacity-aware routing gets the served Gateway's fleet; without one
-/// (or without a known zone) it falls back to its other settings, and says so.
+/// (or without a known zone) it falls back to its other settings, says so, and returns why
+/// (the reason label of `locus_zone_balance_fallback`).
 fn balancer_with_fleet(
     balancer: &Arc<locus_core::BalancerConfig>,
     ctx: &BuildCtx<'_>,
     service: &str,
     warnings: &mut Vec<String>,
-) -> Arc<locus_core::BalancerConfig> {
+) -> (Arc<locus_core::BalancerConfig>, Option<&'static str>) {
     if balancer.fleet.is_none() {
-        return balancer.clone();
+        return (balancer.clone(), None);
     }
     let mut b = (**balancer).clone();
     b.fleet = None;
-    if ctx.identity.identity.locality.zone.is_empty() {
+    let fallback = if ctx.identity.identity.locality.zone.is_empty() {
         warnings.push(format!(
             "Service {service}: locus.io/zone-balance capacity needs the gateway's zone; falling back to trafficDistribution"
         ));
+        Some("gateway-zone-unknown")
     } else if balancer.locality.is_some() {
         warnings.push(format!(
             "Service {service}: a DestinationRule localityLbSetting takes precedence over locus.io/zone-balance capacity"
         ));
+        Some("destination-rule")
     } else {
         match ctx.fleet {
-            Some(f) => b.fleet = Some(f.clone()),
-            None => warnings.push(format!(
-                "Service {service}: locus.io/zone-balance capacity needs the fleet: set locus.io/fleet (e.g. \"zone-a=2,zone-b=1\") on the Gateway; falling back to trafficDistribution"
-            )),
+            Some(f) => {
+                b.fleet = Some(f.clone());
+                None
+            }
+            None => {
+                warnings.push(format!(
+                    "Service {service}: locus.io/zone-balance capacity needs the fleet: set locus.io/fleet (e.g. \"zone-a=2,zone-b=1\") on the Gateway; falling back to trafficDistribution"
+                ));
+                Some("no-fleet")
+            }
         }
-    }
-    Arc::new(b)
+    };
+    (Arc::new(b), fallback)
 }
 
 fn build_action(
@@ -639,15 +681,29 @@ fn build_action(
                                     .map(|e| ctx.registry.get(e.addr))
                                     .collect();
                                 let name = format!("{}:{port}", svc.key);
+                                let (balancer, zone_balance_fallback) =
+                                    balancer_with_fleet(&sp.balancer, ctx, &name, warnings);
+                                let mut options = sp.health.options;
+                                if sp.health.load_spill.is_some() {
+                                    // Carried across reloads: a reload must not undo spill
+                                    // that the load still calls for.
+                                    options.load_spill = ctx.registry.load_spill(&name);
+                                }
                                 let snapshot = ServiceSnapshot::build_with_health(
                                     ctx.identity.identity.clone(),
                                     svc.policy,
-                                    balancer_with_fleet(&sp.balancer, ctx, &name, warnings),
-                                    sp.health.options,
+                                    balancer,
+                                    options,
                                     sp.endpoints.clone(),
                                     health,
                                     ctx.now_ms,
                                 );
+                                if sp.health.load_spill.is_some() && snapshot.buckets.len() < 2 {
+                                    warnings.push(format!(
+                                        "Service {name}: locus.io/load-spill has no effect: the Service routes over one bucket ({}), so there is no closer and farther bucket to balance",
+                                        snapshot.rule
+                                    ));
+                                }
                                 let endpoint_metrics = snapshot
                                     .endpoints
                                     .iter()
@@ -662,6 +718,8 @@ fn build_action(
                                     snapshot: ArcSwap::from_pointee(snapshot),
                                     endpoint_metrics,
                                     totals: Arc::default(),
+                                    zone_balance_fallback,
+                                    load_view: Default::default(),
                                     metrics: ctx.metrics.clone(),
                                 };
                                 target.publish_gauges(&target.snapshot.load());

@@ -313,6 +313,24 @@ impl HttpClient {
         }
     }
 
+    /// Like [`HttpClient::get`], `None` when the request fails (a gateway killed mid-test).
+    pub async fn try_get(&self, addr: SocketAddr, host: &str, path: &str) -> Option<Resp> {
+        let req = http::Request::builder()
+            .uri(format!("http://{addr}{path}"))
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let resp = self.client.request(req).await.ok()?;
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        let body = resp.into_body().collect().await.ok()?.to_bytes();
+        Some(Resp {
+            status,
+            headers,
+            body: String::from_utf8_lossy(&body).into_owned(),
+        })
+    }
+
     pub async fn get(&self, addr: SocketAddr, host: &str, path: &str) -> Resp {
         self.request("GET", addr, host, path, &[], Bytes::new())
             .await

@@ -1,0 +1,169 @@
+//! Load-aware spill in the running gateway: once per interval, close each endpoint's latency
+//! interval, measure the load of every Service's closest bucket and of the buckets it would
+//! spill to, step each Service's [`SpillController`], and republish the snapshots whose spill
+//! changed. The request path only adds to the endpoints' [`locus_core::load::LoadMeter`].
+//!
+//! The maths and the controller are in `locus_core::load`; this task owns their state, so none
+//! of it needs a lock. What a reload must keep (the spill in force) goes to the registry.
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use locus_core::load::{group_load, unloaded_latency, Decision, IntervalLoad, SpillController};
+
+use crate::health::{now_ms, HealthRegistry};
+use crate::metrics::SideLabels;
+use crate::proxy::Shared;
+use crate::routing::ServiceTarget;
+
+/// Default interval between two controller steps.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// What the controller saw and did in its last step, for `/debug/endpoints`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoadView {
+    pub spill: f64,
+    /// Smoothed loads of the closest bucket and of the receiving buckets.
+    pub closest: Option<f64>,
+    pub next: Option<f64>,
+    pub decision: &'static str,
+    /// Labels of the buckets spill goes from and to.
+    pub from: String,
+    pub to: Vec<String>,
+}
+
+/// Runs the controller every `interval` until the runtime stops.
+pub async fn run(shared: Arc<Shared>, registry: Arc<HealthRegistry>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut state = State::default();
+    loop {
+        ticker.tick().await;
+        state.step(&shared, &registry);
+    }
+}
+
+#[derive(Default)]
+struct State {
+    /// Each endpoint's meter totals at the end of the last interval.
+    totals: HashMap<SocketAddr, (u64, u64)>,
+    controllers: HashMap<Arc<str>, SpillController>,
+}
+
+impl State {
+    fn step(&mut self, shared: &Shared, registry: &HealthRegistry) {
+        let table = shared.table.load_full();
+        let targets: Vec<&Arc<ServiceTarget>> = table
+            .services
+            .values()
+            .filter(|t| t.health.load_spill.is_some())
+            .collect();
+        // Close every measured endpoint's interval once, even when it serves several Services
+        // (they share its meter).
+        let mut intervals: HashMap<SocketAddr, IntervalLoad> = HashMap::new();
+        for target in &targets {
+            let snap = target.snapshot.load();
+            for (ep, health) in snap.endpoints.iter().zip(&snap.health) {
+                if intervals.contains_key(&ep.addr) {
+                    continue;
+                }
+                let previous = self.totals.get(&ep.addr).copied().unwrap_or_default();
+                let (interval, now) = health.load.close_interval(previous);
+                self.totals.insert(ep.addr, now);
+                intervals.insert(ep.addr, interval);
+            }
+        }
+        self.totals.retain(|addr, _| intervals.contains_key(addr));
+        let present: HashSet<Arc<str>> = targets.iter().map(|t| t.name.clone()).collect();
+        self.controllers.retain(|name, _| present.contains(name));
+
+        let now = now_ms();
+        let mut in_force = HashMap::new();
+        for target in targets {
+            let band = target.health.load_spill.expect("filtered on load_spill");
+            let snap = target.snapshot.load();
+            let controller = self.controllers.entry(target.name.clone()).or_default();
+            let Some(route) = snap.spill_route.clone() else {
+                // Nowhere to spill (one bucket, or panic/degraded modes that already spread):
+                // keep the controller as it is until there is.
+                target.load_view.store(Some(Arc::new(LoadView {
+                    spill: snap.options.load_spill,
+                    closest: controller.local,
+                    next: controller.remote,
+                    decision: "inactive: no bucket to spill to",
+                    from: String::new(),
+                    to: Vec::new(),
+                })));
+                in_force.insert(target.name.to_string(), snap.options.load_spill);
+                continue;
+            };
+            let interval_of = |i: usize| {
+                let addr = snap.endpoints[i].addr;
+                intervals.get(&addr).copied().unwrap_or_default()
+            };
+            let unloaded = unloaded_latency((0..snap.endpoints.len()).map(interval_of));
+            let measured = |buckets: &mut dyn Iterator<Item = usize>| {
+                let members = buckets.flat_map(|b| snap.buckets[b].eligible.iter());
+                group_load(
+                    members.map(|&i| interval_of(i as usize)),
+                    unloaded.unwrap_or_default(),
+                )
+            };
+            let closest = measured(&mut std::iter::once(route.from));
+            let next = measured(&mut route.to.iter().map(|(b, _)| *b));
+            let before = controller.spill;
+            let spill = controller.tick(band, closest, next);
+            tracing::debug!(
+                service = %target.name,
+                closest = ?closest,
+                next = ?next,
+                unloaded_us = unloaded.unwrap_or_default(),
+                smoothed_closest = controller.local.unwrap_or_default(),
+                smoothed_next = controller.remote.unwrap_or_default(),
+                decision = controller.last.map_or("hold", Decision::as_str),
+                spill,
+                "load-aware spill step"
+            );
+            if spill > 0.0 && before == 0.0 {
+                tracing::info!(
+                    service = %target.name,
+                    closest = format!("{:.2}", controller.local.unwrap_or_default()),
+                    next = format!("{:.2}", controller.remote.unwrap_or_default()),
+                    "load-aware spill: the closest bucket is busier than the next; moving part of its traffic"
+                );
+            } else if spill == 0.0 && before > 0.0 {
+                tracing::info!(service = %target.name, "load-aware spill: all traffic back in the closest bucket");
+            }
+            // Also when a health rebuild raced with the last step and published a stale spill.
+            if (snap.options.load_spill - spill).abs() > 1e-9 {
+                target.set_load_spill(spill, now);
+            }
+            in_force.insert(target.name.to_string(), spill);
+            for (side, load) in [("closest", controller.local), ("next", controller.remote)] {
+                shared
+                    .metrics
+                    .bucket_load
+                    .get_or_create(&SideLabels {
+                        service: target.name.to_string(),
+                        side: side.to_owned(),
+                    })
+                    .set(load.unwrap_or_default());
+            }
+            target.load_view.store(Some(Arc::new(LoadView {
+                spill,
+                closest: controller.local,
+                next: controller.remote,
+                decision: controller.last.map_or("hold", Decision::as_str),
+                from: snap.buckets[route.from].label.clone(),
+                to: route
+                    .to
+                    .iter()
+                    .map(|(b, _)| snap.buckets[*b].label.clone())
+                    .collect(),
+            })));
+        }
+        registry.set_load_spill(in_force);
+    }
+}

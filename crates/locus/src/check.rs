@@ -147,6 +147,15 @@ pub fn report(model: &Model, table: &RouteTable) -> String {
                     ""
                 }
             );
+            if let Some(band) = h.load_spill {
+                let _ = writeln!(
+                    out,
+                    "  load-aware spill: on; moves traffic from the closest bucket to the next in {:.0}% steps while the closest is {}x busier (latency over unloaded latency), brings it back below {}x or as load falls",
+                    locus_core::load::STEP * 100.0,
+                    band.high,
+                    band.low
+                );
+            }
             // The live snapshot when the Service is routed (its health is the gateway's now);
             // otherwise one built the same way.
             let snap = table

@@ -235,3 +235,36 @@ fn plan_reads_the_topology_from_manifests() {
         "{priority}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fallback_is_in_the_log_the_admin_api_and_a_metric() {
+    let a = echo("zone-a-1");
+    let entries = entry("a", "r/zone-a", a.addr);
+    let dir = tempdir();
+    // Capacity-aware routing asked for, but no fleet anywhere.
+    write(dir.path(), "all.yaml", &manifests("", true, &entries));
+    let gw = Gw::start(dir.path(), &["--locality", "r/zone-a"]);
+    let c = HttpClient::default();
+    assert_eq!(
+        c.get(gw.addr(8080), "svc.test", "/hostname").await.status,
+        200
+    );
+    let metrics = c.get(gw.admin, "admin", "/metrics").await.body;
+    assert!(
+        metrics
+            .contains("locus_zone_balance_fallback{service=\"apps/svc:80\",reason=\"no-fleet\"} 1"),
+        "{metrics}"
+    );
+    let doc = c.get(gw.admin, "admin", "/debug/endpoints").await.json();
+    assert_eq!(doc["services"][0]["zone_balance_fallback"], "no-fleet");
+    assert_eq!(doc["services"][0]["ranking"], "Service trafficDistribution");
+    let config = c.get(gw.admin, "admin", "/debug/config").await.json();
+    assert!(
+        config["warnings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w.as_str().unwrap().contains("needs the fleet")),
+        "{config}"
+    );
+}

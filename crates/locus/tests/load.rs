@@ -208,3 +208,84 @@ async fn one_zone_with_twice_the_traffic_overloads_no_endpoint() {
     }
     light.abort();
 }
+
+fn check(dir: &std::path::Path) -> std::process::Output {
+    std::process::Command::new(BIN)
+        .args([
+            "check",
+            "-f",
+            dir.to_str().unwrap(),
+            "--locality",
+            "r/zone-a",
+        ])
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn load_spill_settings_are_checked_and_explained() {
+    let dir = tempdir();
+    let entries = entry("a", "r/zone-a", "127.0.0.1:9".parse().unwrap());
+    let with = |annotations: &str| {
+        manifests(&entries).replace(
+            "{locus.io/load-spill: \"on\"}",
+            &format!("{{{annotations}}}"),
+        )
+    };
+    write(
+        dir.path(),
+        "all.yaml",
+        &with("locus.io/load-spill: \"on\", locus.io/load-spill-high: \"1.5\""),
+    );
+    let out = check(dir.path());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.contains("load-aware spill: on; moves traffic from the closest bucket to the next in 5% steps while the closest is 1.5x busier"),
+        "{text}"
+    );
+
+    for (annotations, field, why) in [
+        ("locus.io/load-spill: \"maybe\"", "locus.io/load-spill", "is not on or off"),
+        ("locus.io/load-spill: \"on\", locus.io/load-spill-high: \"-1\"", "locus.io/load-spill-high", "is not a positive factor"),
+        ("locus.io/load-spill: \"on\", locus.io/load-spill-high: \"1.1\", locus.io/load-spill-low: \"1.2\"", "locus.io/load-spill-low", "no hysteresis"),
+    ] {
+        write(dir.path(), "all.yaml", &with(annotations));
+        let out = check(dir.path());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{annotations}");
+        assert!(
+            stderr.contains(&format!("(Service apps/svc): field metadata.annotations.{field}")) && stderr.contains(why),
+            "{stderr}"
+        );
+    }
+
+    // On a locality-blind Service there is nothing to balance between: said, not ignored.
+    write(
+        dir.path(),
+        "all.yaml",
+        &with("locus.io/load-spill: \"on\"").replace("  trafficDistribution: PreferClose\n", ""),
+    );
+    let out = check(dir.path());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("locus.io/load-spill has no effect: the Service routes over one bucket"),
+        "{text}"
+    );
+
+    // A tuning knob without the switch is not silently ignored.
+    write(
+        dir.path(),
+        "all.yaml",
+        &with("locus.io/load-spill-high: \"1.5\""),
+    );
+    let out = check(dir.path());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    assert!(
+        text.contains(
+            "locus.io/load-spill-high has no effect without locus.io/load-spill: \"on\"; ignored"
+        ),
+        "{text}"
+    );
+}

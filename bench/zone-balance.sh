@@ -7,6 +7,10 @@
 #
 # A: 2 gateways in zone-a, 1 in zone-b, one endpoint per zone (9101, 9103).
 # B: 2 + 2 gateways, 2 endpoints per zone with one zone-a endpoint lost (9101, 9103, 9104).
+# C: 1 + 1 gateways, the zone-a one receiving twice the traffic (open-loop Poisson arrivals,
+#    bench/openloop.py), one endpoint per zone whose latency grows with load (`locus echo
+#    --work-ms 2.5`: half busy when balanced); Envoy zone-aware (local cluster: one proxy per
+#    zone) beside Locus load-aware spill (`locus.io/load-spill: "on"`, 1 s steps).
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
@@ -71,8 +75,8 @@ YAML
   done
 }
 
-locus_config() {  # locus_config PORT ENDPOINTS FLEET_ANNOTATION
-  local port=$1 eps=$2 fleet=$3 e i=0
+locus_config() {  # locus_config PORT ENDPOINTS FLEET_ANNOTATION [SERVICE_ANNOTATIONS]
+  local port=$1 eps=$2 fleet=$3 svc=${4:-"locus.io/zone-balance: capacity"} e i=0
   cat <<YAML
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
@@ -86,7 +90,7 @@ spec: {parentRefs: [{name: gw}], rules: [{backendRefs: [{name: backend, port: 80
 ---
 apiVersion: v1
 kind: Service
-metadata: {name: backend, namespace: bench, annotations: {locus.io/zone-balance: capacity}}
+metadata: {name: backend, namespace: bench, annotations: {$svc}}
 spec: {selector: {app: backend}, trafficDistribution: PreferClose, ports: [{name: http, port: 80}]}
 YAML
   for e in $eps; do
@@ -138,6 +142,35 @@ run_scenario() {  # run_scenario NAME ENDPOINTS FLEET(zone per gateway) FLEET_AN
 
 run_scenario A "9101:zone-a 9103:zone-b" "zone-a zone-a zone-b" "zone-a=2,zone-b=1"
 run_scenario B "9101:zone-a 9103:zone-b 9104:zone-b" "zone-a zone-a zone-b zone-b" "zone-a=2,zone-b=2"
+
+# C: unequal traffic per gateway, backends that slow down under load.
+C_SECONDS=${C_SECONDS:-30}
+start_bg echo-c-a 0 "$LOCUS" echo --name zone-a-1 --listen 127.0.0.1:9201 --work-ms 2.5
+start_bg echo-c-b 0 "$LOCUS" echo --name zone-b-1 --listen 127.0.0.1:9203 --work-ms 2.5
+for port in 9201 9203; do wait_http "http://127.0.0.1:$port/hostname" || exit 1; done
+openloop() {  # openloop PORT_A PORT_B: 267 and 133 req/s, the second half measured
+  python3 "$HERE/openloop.py" --duration "$C_SECONDS" --measure $((C_SECONDS / 2)) "$1:267" "$2:133"
+}
+eps="9201:zone-a 9203:zone-b"
+for i in 1 2; do
+  z=$([[ $i == 1 ]] && echo zone-a || echo zone-b)
+  envoy_config "$i" "$z" "$eps" "zone-a zone-b" > "$OUT/envoy-C-$i.yaml"
+  start_bg "envoy-$i" 0 "$ENVOY_BIN" -c "$OUT/envoy-C-$i.yaml" --concurrency 1 --disable-hot-restart -l warn --base-id $((100 + i))
+done
+for p in 11001 11002; do wait_http "http://127.0.0.1:$p/hostname" 200 || exit 1; done
+echo "C envoy-zone-aware zone-a,zone-b $(openloop 11001 11002)" | tee -a "$OUT/results.txt"
+stop_one envoy-1; stop_one envoy-2
+for spill in off on; do
+  for i in 1 2; do
+    z=$([[ $i == 1 ]] && echo zone-a || echo zone-b)
+    locus_config $((12000 + i)) "$eps" "zone-a=1,zone-b=1" "locus.io/load-spill: \"$spill\"" > "$OUT/locus-C-$spill-$i.yaml"
+    start_bg "locus-$i" 0 "$LOCUS" serve -f "$OUT/locus-C-$spill-$i.yaml" --workers 1 --bind 127.0.0.1 --admin off --locality "r/$z"
+  done
+  for p in 12001 12002; do wait_http "http://127.0.0.1:$p/hostname" 200 || exit 1; done
+  who=$([[ $spill == on ]] && echo locus-load-aware || echo locus-priority)
+  echo "C $who zone-a,zone-b $(openloop 12001 12002)" | tee -a "$OUT/results.txt"
+  stop_one locus-1; stop_one locus-2
+done
 python3 - "$OUT/results.txt" "$N" <<'PY' | tee "$OUT/summary.md"
 import json, sys
 rows = [l.split(" ", 3) for l in open(sys.argv[1]).read().splitlines()]

@@ -199,6 +199,9 @@ pub const STEP: f64 = 0.05;
 /// without this, the gateways of the less busy zone would now and then spill into the busier
 /// one, and traffic would cross zones both ways for nothing.
 pub const CONFIRM_INTERVALS: u32 = 3;
+/// At most this share of the closest bucket's traffic is moved: the rest keeps measuring it,
+/// so the controller can see it recover. (Health, not load, empties a bucket.)
+pub const MAX_SPILL: f64 = 0.9;
 /// A figure for the next bucket older than this many intervals is not acted on.
 pub const FRESH_INTERVALS: u32 = 2;
 /// After this many intervals without a response from the next bucket (nothing is sent there,
@@ -272,7 +275,10 @@ impl SpillController {
         };
         let fresh = self.remote_age <= FRESH_INTERVALS;
         let probing = self.last == Some(Decision::Probe);
-        let decision = match (self.local, self.remote.filter(|_| fresh)) {
+        // No response from the closest bucket this interval (no traffic at all, or too little):
+        // nothing new to act on. MAX_SPILL keeps some traffic there so it can be measured.
+        let local_now = self.local.filter(|_| local.is_some());
+        let decision = match (local_now, self.remote.filter(|_| fresh)) {
             (None, _) => Decision::Hold,
             (Some(l), _) if l < RETURN_FLOOR => Decision::Return,
             (Some(l), None) => {
@@ -306,7 +312,7 @@ impl SpillController {
             decision
         };
         self.spill = match decision {
-            Decision::Spill | Decision::Probe => (self.spill + STEP).min(1.0),
+            Decision::Spill | Decision::Probe => (self.spill + STEP).min(MAX_SPILL),
             Decision::Return => (self.spill - STEP).max(0.0),
             Decision::Hold => self.spill,
         };
@@ -431,6 +437,24 @@ mod tests {
             c.tick(Band::default(), m(3.0), m(4.0));
         }
         assert_eq!(c.spill, 0.0);
+    }
+
+    #[test]
+    fn no_traffic_changes_nothing_and_some_always_stays() {
+        let mut c = SpillController {
+            spill: 0.3,
+            local: Some(3.0),
+            remote: Some(0.5),
+            ..Default::default()
+        };
+        for _ in 0..5 {
+            c.tick(Band::default(), None, None);
+        }
+        assert!((c.spill - 0.3).abs() < 1e-9, "{c:?}");
+        for _ in 0..40 {
+            c.tick(Band::default(), m(5.0), m(0.1));
+        }
+        assert!((c.spill - MAX_SPILL).abs() < 1e-9, "{c:?}");
     }
 
     #[test]

@@ -122,13 +122,10 @@ async fn one_zone_with_twice_the_traffic_overloads_no_endpoint() {
     let a = busy_echo("zone-a-1", "2.5");
     let b = busy_echo("zone-b-1", "2.5");
     let dir = tempdir();
-    write(
-        dir.path(),
-        "all.yaml",
-        &manifests(&(entry("a", "r/zone-a", a.addr) + &entry("b", "r/zone-b", b.addr))),
-    );
+    let text = manifests(&(entry("a", "r/zone-a", a.addr) + &entry("b", "r/zone-b", b.addr)));
+    write(dir.path(), "all.yaml", &text);
     let interval = ["--load-spill-interval-ms", "500"];
-    let gw_a = Gw::start(
+    let mut gw_a = Gw::start(
         dir.path(),
         &[&["--locality", "r/zone-a"][..], &interval].concat(),
     );
@@ -182,6 +179,12 @@ async fn one_zone_with_twice_the_traffic_overloads_no_endpoint() {
         metrics.contains("locus_load_spill_fraction{service=\"apps/svc:80\"}"),
         "{metrics}"
     );
+
+    // A reload keeps the spill in force (with no traffic, the controller holds).
+    let before = spill_a["fraction"].as_f64().unwrap();
+    gw_a.apply("all.yaml", &format!("{text}# edited\n"));
+    let after = load_spill(&client, &gw_a).await;
+    assert_eq!(after["fraction"].as_f64().unwrap(), before, "{after}");
 
     // Light load: queueing disappears and the spill comes back step by step.
     let light = tokio::spawn({

@@ -113,6 +113,9 @@ pub struct ZoneSpec {
     /// Endpoints in the zone, and how many of them are healthy.
     pub endpoints: u32,
     pub healthy: u32,
+    /// The zone's share of the incoming traffic, in any unit, when it is not in proportion to
+    /// its gateway replicas (`None`: it is).
+    pub traffic: Option<f64>,
 }
 
 /// The routing policies `locus plan` compares.
@@ -126,6 +129,9 @@ pub enum PlanPolicy {
     Proportional(f64),
     /// Locus's capacity-aware zone routing.
     CapacityAware,
+    /// Locus's load-aware spill where it settles: the capacity-aware split for the traffic each
+    /// zone really receives (within the controller's band).
+    LoadAware,
 }
 
 impl PlanPolicy {
@@ -135,6 +141,7 @@ impl PlanPolicy {
             PlanPolicy::Priority => "priority, all-or-nothing (Istio / agentgateway)".into(),
             PlanPolicy::Proportional(f) => format!("priority, proportional spill (factor {f})"),
             PlanPolicy::CapacityAware => "capacity-aware (Locus)".into(),
+            PlanPolicy::LoadAware => "load-aware spill (Locus, within its band)".into(),
         }
     }
 }
@@ -155,7 +162,11 @@ pub struct PlanOutcome {
 /// split of their traffic. All zones are taken to be in one region.
 pub fn plan(zones: &[ZoneSpec], policy: PlanPolicy) -> PlanOutcome {
     let fleet: BTreeMap<String, f64> = zones.iter().map(|z| (z.name.clone(), z.gateways)).collect();
-    let total_f: f64 = fleet.values().sum();
+    let incoming: BTreeMap<String, f64> = zones
+        .iter()
+        .map(|z| (z.name.clone(), z.traffic.unwrap_or(z.gateways)))
+        .collect();
+    let total_f: f64 = incoming.values().sum();
     let capacity: BTreeMap<String, f64> = zones
         .iter()
         .map(|z| (z.name.clone(), f64::from(z.healthy)))
@@ -165,7 +176,7 @@ pub fn plan(zones: &[ZoneSpec], policy: PlanPolicy) -> PlanOutcome {
     let mut cross = 0.0;
     for z in zones {
         let traffic = if total_f > 0.0 {
-            z.gateways / total_f
+            incoming[&z.name] / total_f
         } else {
             0.0
         };
@@ -211,6 +222,7 @@ pub fn plan(zones: &[ZoneSpec], policy: PlanPolicy) -> PlanOutcome {
                 m
             }
             PlanPolicy::CapacityAware => zone_split(&z.name, &fleet, &capacity),
+            PlanPolicy::LoadAware => zone_split(&z.name, &incoming, &capacity),
         };
         for (k, share) in split {
             if k != z.name {
@@ -246,6 +258,7 @@ mod tests {
             gateways,
             endpoints,
             healthy,
+            traffic: None,
         }
     }
 

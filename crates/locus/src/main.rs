@@ -188,6 +188,10 @@ enum Command {
         /// With -f: the Service in front of the gateway replicas, when no Gateway has a fleet.
         #[arg(long, value_parser = parse_gateway)]
         fleet_service: Option<ObjKey>,
+        /// Each zone's share of the incoming traffic when it is not in proportion to its
+        /// gateways (`zone-a=2,zone-b=1`); adds the load-aware spill row.
+        #[arg(long)]
+        traffic: Option<String>,
         #[arg(long, default_value_t = 1000.0)]
         requests_per_second: f64,
         /// Bytes per request that would cross a zone (request plus response).
@@ -253,6 +257,7 @@ fn main() -> ExitCode {
             files,
             service,
             fleet_service,
+            traffic,
             requests_per_second,
             bytes_per_request,
             cost_per_gb,
@@ -270,6 +275,13 @@ fn main() -> ExitCode {
                 }
                 _ => zones,
             };
+            let mut zones = zones;
+            if let Some(t) = &traffic {
+                if let Err(e) = locus::plan::set_traffic(&mut zones, t) {
+                    eprintln!("error: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
             let input = locus::plan::PlanInput {
                 zones,
                 requests_per_second,

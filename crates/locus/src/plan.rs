@@ -49,6 +49,7 @@ pub fn parse_zone(s: &str) -> Result<ZoneSpec, String> {
         gateways,
         endpoints,
         healthy: endpoints - lost,
+        traffic: None,
     })
 }
 
@@ -111,21 +112,46 @@ pub fn zones_from_manifests(
             name,
             endpoints,
             healthy,
+            traffic: None,
         })
         .collect())
 }
 
-fn policies() -> [PlanPolicy; 4] {
-    [
+/// The policies compared; load-aware spill only when the traffic per zone is given apart from
+/// the gateways (otherwise it settles where capacity-aware routing already is).
+fn policies(input: &PlanInput) -> Vec<PlanPolicy> {
+    let mut out = vec![
         PlanPolicy::Blind,
         PlanPolicy::Priority,
         PlanPolicy::Proportional(locus_core::health::DEFAULT_OVERPROVISIONING),
         PlanPolicy::CapacityAware,
-    ]
+    ];
+    if input.zones.iter().any(|z| z.traffic.is_some()) {
+        out.push(PlanPolicy::LoadAware);
+    }
+    out
 }
 
 pub fn outcomes(input: &PlanInput) -> Vec<PlanOutcome> {
-    policies().iter().map(|p| plan(&input.zones, *p)).collect()
+    policies(input)
+        .iter()
+        .map(|p| plan(&input.zones, *p))
+        .collect()
+}
+
+/// `--traffic zone-a=2,zone-b=1`: each zone's share of the incoming traffic (zones left out get
+/// none). Every zone named must be in the topology.
+pub fn set_traffic(zones: &mut [ZoneSpec], spec: &str) -> Result<(), String> {
+    let traffic = locus_core::capacity::parse_fleet(spec).map_err(|e| format!("--traffic: {e}"))?;
+    for name in traffic.keys() {
+        if !zones.iter().any(|z| &z.name == name) {
+            return Err(format!("--traffic: zone {name:?} is not in the topology"));
+        }
+    }
+    for z in zones {
+        z.traffic = Some(traffic.get(&z.name).copied().unwrap_or(0.0));
+    }
+    Ok(())
 }
 
 fn monthly_cost(input: &PlanInput, o: &PlanOutcome) -> f64 {
@@ -339,5 +365,26 @@ mod tests {
         let s = svg(&input());
         assert!(s.starts_with("<svg") && s.trim_end().ends_with("</svg>"));
         assert_eq!(s.matches("<rect x=").count(), 4 * 3 + 2);
+    }
+
+    #[test]
+    fn unequal_traffic_adds_the_load_aware_row() {
+        // Scenario C: one gateway per zone, zone-a's receiving twice the traffic.
+        let mut zones = vec![
+            parse_zone("zone-a:1:1").unwrap(),
+            parse_zone("zone-b:1:1").unwrap(),
+        ];
+        assert!(set_traffic(&mut zones, "zone-c=1").is_err());
+        set_traffic(&mut zones, "zone-a=2,zone-b=1").unwrap();
+        let input = PlanInput { zones, ..input() };
+        let o = outcomes(&input);
+        assert_eq!(o.len(), 5);
+        // Capacity-aware routing sees one replica per zone: all local, 2/3 on zone-a.
+        assert!((o[3].max_over_mean - 4.0 / 3.0).abs() < 1e-9, "{:?}", o[3]);
+        // Load-aware spill settles at balance, a quarter of zone-a's traffic across.
+        assert_eq!(o[4].policy, PlanPolicy::LoadAware);
+        assert!((o[4].max_over_mean - 1.0).abs() < 1e-9, "{:?}", o[4]);
+        assert!((o[4].cross_zone - 1.0 / 6.0).abs() < 1e-9, "{:?}", o[4]);
+        assert!(table(&input).contains("load-aware spill (Locus, within its band)"));
     }
 }

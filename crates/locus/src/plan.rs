@@ -166,8 +166,14 @@ pub fn table(input: &PlanInput) -> String {
         .iter()
         .map(|z| {
             format!(
-                "{}: {} gateway(s), {}/{} endpoint(s) healthy",
-                z.name, z.gateways, z.healthy, z.endpoints
+                "{}: {} gateway(s){}, {}/{} endpoint(s) healthy",
+                z.name,
+                z.gateways,
+                z.traffic
+                    .map(|t| format!(" receiving traffic {t}"))
+                    .unwrap_or_default(),
+                z.healthy,
+                z.endpoints
             )
         })
         .collect();
@@ -215,7 +221,7 @@ pub fn json(input: &PlanInput) -> String {
         })
         .collect();
     serde_json::to_string_pretty(&serde_json::json!({
-        "zones": input.zones.iter().map(|z| serde_json::json!({"zone": z.name, "gateways": z.gateways, "endpoints": z.endpoints, "healthy": z.healthy})).collect::<Vec<_>>(),
+        "zones": input.zones.iter().map(|z| serde_json::json!({"zone": z.name, "gateways": z.gateways, "traffic": z.traffic, "endpoints": z.endpoints, "healthy": z.healthy})).collect::<Vec<_>>(),
         "requests_per_second": input.requests_per_second,
         "bytes_per_request": input.bytes_per_request,
         "cost_per_gb": input.cost_per_gb,

@@ -141,7 +141,7 @@ impl PlanPolicy {
             PlanPolicy::Priority => "priority, all-or-nothing (Istio / agentgateway)".into(),
             PlanPolicy::Proportional(f) => format!("priority, proportional spill (factor {f})"),
             PlanPolicy::CapacityAware => "capacity-aware (Locus)".into(),
-            PlanPolicy::LoadAware => "load-aware spill (Locus, within its band)".into(),
+            PlanPolicy::LoadAware => "load-aware spill (Locus, where it converges)".into(),
         }
     }
 }

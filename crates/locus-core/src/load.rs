@@ -80,11 +80,12 @@ impl LoadMeter {
             .fetch_max(u64::MAX - latency_us, Ordering::Relaxed);
     }
 
-    /// Closes an interval: the counts since `previous` (the totals the last call returned)
-    /// and the updated unloaded latency. Returns the interval and the new totals.
-    pub fn close_interval(&self, previous: (u64, u64)) -> (IntervalLoad, (u64, u64)) {
-        let completed = self.completed.load(Ordering::Relaxed);
-        let latency = self.latency_us.load(Ordering::Relaxed);
+    /// Closes an interval: what was recorded since the last call, with the updated unloaded
+    /// latency. The counters are taken (swapped to zero), so a meter created afresh for an
+    /// address that left and came back starts clean.
+    pub fn close_interval(&self) -> IntervalLoad {
+        let completed = self.completed.swap(0, Ordering::Relaxed);
+        let latency = self.latency_us.swap(0, Ordering::Relaxed);
         let fastest_inv = self.fastest_inv.swap(0, Ordering::Relaxed);
         let unloaded = f64::from_bits(self.unloaded_us.load(Ordering::Relaxed));
         let unloaded = if fastest_inv == 0 {
@@ -101,8 +102,8 @@ impl LoadMeter {
         self.unloaded_us
             .store(unloaded.to_bits(), Ordering::Relaxed);
         let interval = IntervalLoad {
-            completed: completed.wrapping_sub(previous.0),
-            latency_us: latency.wrapping_sub(previous.1) as f64,
+            completed,
+            latency_us: latency as f64,
             unloaded_us: unloaded,
         };
         if interval.completed > 0 {
@@ -116,7 +117,7 @@ impl LoadMeter {
             self.smoothed_latency_us
                 .store(new.to_bits(), Ordering::Relaxed);
         }
-        (interval, (completed, latency))
+        interval
     }
 
     /// Smoothed mean latency and unloaded latency in ms, for the admin API (`None` before any
@@ -204,6 +205,8 @@ pub const CONFIRM_INTERVALS: u32 = 3;
 pub const MAX_SPILL: f64 = 0.9;
 /// A figure for the next bucket older than this many intervals is not acted on.
 pub const FRESH_INTERVALS: u32 = 2;
+/// Responses that replace a stale figure for the next bucket (and judge a probe).
+pub const FRESH_SAMPLES: u64 = 10;
 /// After this many intervals without a response from the next bucket (nothing is sent there,
 /// so nothing is learnt), its load is forgotten: a busy closest bucket probes it again with
 /// one step, kept only if the measurement confirms the next bucket is less busy by the band.
@@ -242,8 +245,13 @@ pub struct SpillController {
     pub local: Option<f64>,
     pub remote: Option<f64>,
     pub last: Option<Decision>,
-    /// Intervals since the next bucket last answered.
+    /// Intervals since the figure for the next bucket was last updated.
     pub remote_age: u32,
+    /// Responses gathered from the next bucket while its figure is stale: (Σ load × n, n).
+    /// A stale figure is replaced only once enough have come in.
+    gathered: (f64, u64),
+    /// Intervals since a probe was sent, until the next bucket's fresh figure judges it.
+    pub probe: Option<u32>,
     /// Consecutive intervals the closest bucket has been busier than the band while nothing
     /// spills.
     pub confirming: u32,
@@ -262,30 +270,54 @@ impl SpillController {
             (o, None) => o,
         };
         self.local = smooth(self.local, local);
-        // A measurement after a silence replaces the old figure rather than nudging it: the
-        // next bucket may have changed completely since.
-        self.remote = match remote {
-            Some(n) if self.remote_age > FRESH_INTERVALS => Some(n.load),
-            _ => smooth(self.remote, remote),
-        };
-        self.remote_age = if remote.is_some() {
-            0
-        } else {
-            self.remote_age.saturating_add(1)
-        };
+        match remote {
+            Some(_) if self.remote.is_some() && self.remote_age <= FRESH_INTERVALS => {
+                self.remote = smooth(self.remote, remote);
+                self.remote_age = 0;
+            }
+            Some(n) => {
+                // After a silence the old figure is replaced rather than nudged (the next
+                // bucket may have changed completely), once enough responses say what it is.
+                self.gathered.0 += n.load * n.samples as f64;
+                self.gathered.1 += n.samples;
+                if self.gathered.1 >= FRESH_SAMPLES {
+                    self.remote = Some(self.gathered.0 / self.gathered.1 as f64);
+                    self.remote_age = 0;
+                    self.gathered = (0.0, 0);
+                } else {
+                    self.remote_age = self.remote_age.saturating_add(1);
+                }
+            }
+            None => self.remote_age = self.remote_age.saturating_add(1),
+        }
         let fresh = self.remote_age <= FRESH_INTERVALS;
-        let probing = self.last == Some(Decision::Probe);
+        if fresh {
+            self.gathered = (0.0, 0);
+        }
+        // A probe is judged by the first fresh figure of the next bucket, however many
+        // intervals that takes (little traffic, or none from the closest bucket); if none comes
+        // within STALE_INTERVALS, it is taken back.
+        let probing = match self.probe {
+            Some(age) if !fresh && age < STALE_INTERVALS => {
+                self.probe = Some(age + 1);
+                false
+            }
+            Some(_) => true,
+            None => false,
+        };
         // No response from the closest bucket this interval (no traffic at all, or too little):
         // nothing new to act on. MAX_SPILL keeps some traffic there so it can be measured.
         let local_now = self.local.filter(|_| local.is_some());
         let decision = match (local_now, self.remote.filter(|_| fresh)) {
+            // A probe nothing came back from within STALE_INTERVALS.
+            _ if probing && !fresh => Decision::Return,
             (None, _) => Decision::Hold,
             (Some(l), _) if l < RETURN_FLOOR => Decision::Return,
             (Some(l), None) => {
                 // Nothing recent is known of the next bucket (nothing is sent there): an old
                 // figure is no reason to spill, only to probe once it is old enough.
                 let known = self.remote.is_some() && self.remote_age < STALE_INTERVALS;
-                if self.spill == 0.0 && l >= SPILL_FLOOR && !known {
+                if self.spill == 0.0 && l >= SPILL_FLOOR && !known && self.probe.is_none() {
                     Decision::Probe
                 } else {
                     Decision::Hold
@@ -311,6 +343,11 @@ impl SpillController {
         } else {
             decision
         };
+        if decision == Decision::Probe {
+            self.probe = Some(0);
+        } else if probing && matches!(decision, Decision::Spill | Decision::Return) {
+            self.probe = None;
+        }
         self.spill = match decision {
             Decision::Spill | Decision::Probe => (self.spill + STEP).min(MAX_SPILL),
             Decision::Return => (self.spill - STEP).max(0.0),
@@ -350,19 +387,19 @@ mod tests {
         for l in [1_000, 3_000, 2_000] {
             m.record(l);
         }
-        let (i, totals) = m.close_interval((0, 0));
+        let i = m.close_interval();
         assert_eq!(i.completed, 3);
         assert_eq!(i.latency_us, 6_000.0);
         assert_eq!(i.unloaded_us, 1_000.0);
         assert!((i.load() - 1.0).abs() < 1e-9);
         // Slower responses only: the unloaded latency rises by at most 1% an interval.
         m.record(5_000);
-        let (i, _) = m.close_interval(totals);
+        let i = m.close_interval();
         assert_eq!(i.completed, 1);
         assert!((i.unloaded_us - 1_010.0).abs() < 1e-6);
         assert!(m.view_ms().is_some());
         // An empty interval keeps the unloaded latency.
-        let (i, _) = m.close_interval((4, 11_000));
+        let i = m.close_interval();
         assert_eq!(i.completed, 0);
         assert_eq!(i.load(), 0.0);
     }
@@ -498,6 +535,47 @@ mod tests {
         c.tick(Band::default(), m(1.0), m(0.1));
         assert_eq!(c.last, Some(Decision::Spill));
         assert!((c.spill - 2.0 * STEP).abs() < 1e-9);
+    }
+
+    #[test]
+    fn a_probe_waits_for_enough_answers_then_is_judged() {
+        let mut c = SpillController::default();
+        for _ in 0..CONFIRM_INTERVALS {
+            c.tick(Band::default(), m(1.0), None);
+        }
+        assert_eq!(c.last, Some(Decision::Probe));
+        let few = |load| {
+            Some(Measured {
+                load,
+                samples: FRESH_SAMPLES / 2 - 1,
+            })
+        };
+        // Nothing back, no local traffic, then too few answers: the probe stays, unjudged.
+        c.tick(Band::default(), m(1.0), None);
+        c.tick(Band::default(), None, None);
+        c.tick(Band::default(), m(1.0), few(0.9));
+        assert!((c.spill - STEP).abs() < 1e-9, "{c:?}");
+        assert!(c.probe.is_some());
+        // Enough answers (three intervals' worth), within the band: taken back.
+        c.tick(Band::default(), m(1.0), few(0.9));
+        assert!(c.probe.is_some());
+        c.tick(Band::default(), m(1.0), few(0.9));
+        assert_eq!(c.last, Some(Decision::Return), "{c:?}");
+        assert_eq!((c.spill, c.probe), (0.0, None));
+    }
+
+    #[test]
+    fn a_probe_nothing_answers_is_taken_back() {
+        let mut c = SpillController::default();
+        for _ in 0..CONFIRM_INTERVALS {
+            c.tick(Band::default(), m(1.0), None);
+        }
+        for _ in 0..STALE_INTERVALS {
+            assert!(c.spill > 0.0);
+            c.tick(Band::default(), m(1.0), None);
+        }
+        c.tick(Band::default(), m(1.0), None);
+        assert_eq!((c.spill, c.probe), (0.0, None), "{c:?}");
     }
 
     #[test]

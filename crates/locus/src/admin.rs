@@ -122,13 +122,9 @@ pub fn endpoints(table: &RouteTable, gateway: &Gateway) -> Value {
                             } else {
                                 0.0
                             };
-                            let latency = h.load.view_ms().map(|(mean, unloaded)| {
-                                json!({
-                                    "mean_ms": mean,
-                                    "unloaded_ms": unloaded,
-                                    "load": (mean / unloaded - 1.0).max(0.0),
-                                })
-                            });
+                            let latency = h.load.view_ms().map(
+                                |(mean, unloaded)| json!({"mean_ms": mean, "fastest_ms": unloaded}),
+                            );
                             json!({
                                 "latency": latency,
                                 "address": ep.addr.to_string(),
@@ -181,7 +177,7 @@ pub fn endpoints(table: &RouteTable, gateway: &Gateway) -> Value {
             let load_spill = target.health.load_spill.map(|band| {
                 let view = target.load_view.load();
                 json!({
-                    "fraction": snap.options.load_spill,
+                    "fraction": crate::routing::effective_load_spill(&snap),
                     "band": {"high": band.high, "low": band.low},
                     "closest_bucket": view.as_ref().map(|v| v.from.clone()),
                     "next_buckets": view.as_ref().map(|v| v.to.clone()),

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use locus_core::load::{group_load, unloaded_latency, Decision, IntervalLoad, SpillController};
 
-use crate::health::{now_ms, HealthRegistry};
+use crate::health::HealthRegistry;
 use crate::metrics::SideLabels;
 use crate::proxy::Shared;
 use crate::routing::ServiceTarget;
@@ -30,7 +30,7 @@ pub struct LoadView {
     pub next: Option<f64>,
     pub decision: &'static str,
     /// Labels of the buckets spill goes from and to.
-    pub from: String,
+    pub from: Option<String>,
     pub to: Vec<String>,
 }
 
@@ -47,8 +47,6 @@ pub async fn run(shared: Arc<Shared>, registry: Arc<HealthRegistry>, interval: D
 
 #[derive(Default)]
 struct State {
-    /// Each endpoint's meter totals at the end of the last interval.
-    totals: HashMap<SocketAddr, (u64, u64)>,
     controllers: HashMap<Arc<str>, SpillController>,
 }
 
@@ -69,31 +67,26 @@ impl State {
                 if intervals.contains_key(&ep.addr) {
                     continue;
                 }
-                let previous = self.totals.get(&ep.addr).copied().unwrap_or_default();
-                let (interval, now) = health.load.close_interval(previous);
-                self.totals.insert(ep.addr, now);
-                intervals.insert(ep.addr, interval);
+                intervals.insert(ep.addr, health.load.close_interval());
             }
         }
-        self.totals.retain(|addr, _| intervals.contains_key(addr));
         let present: HashSet<Arc<str>> = targets.iter().map(|t| t.name.clone()).collect();
         self.controllers.retain(|name, _| present.contains(name));
 
-        let now = now_ms();
         let mut in_force = HashMap::new();
         for target in targets {
             let band = target.health.load_spill.expect("filtered on load_spill");
             let snap = target.snapshot.load();
             let controller = self.controllers.entry(target.name.clone()).or_default();
             let Some(route) = snap.spill_route.clone() else {
-                // Nowhere to spill (one bucket, or panic/degraded modes that already spread):
-                // keep the controller as it is until there is.
+                // Nowhere to spill (one bucket, consistent hashing, or panic/degraded modes
+                // that already spread): keep the controller as it is until there is.
                 target.load_view.store(Some(Arc::new(LoadView {
-                    spill: snap.options.load_spill,
+                    spill: 0.0,
                     closest: controller.local,
                     next: controller.remote,
                     decision: "inactive: no bucket to spill to",
-                    from: String::new(),
+                    from: None,
                     to: Vec::new(),
                 })));
                 in_force.insert(target.name.to_string(), snap.options.load_spill);
@@ -138,25 +131,30 @@ impl State {
             }
             // Also when a health rebuild raced with the last step and published a stale spill.
             if (snap.options.load_spill - spill).abs() > 1e-9 {
-                target.set_load_spill(spill, now);
+                target.set_load_spill(spill);
             }
             in_force.insert(target.name.to_string(), spill);
             for (side, load) in [("closest", controller.local), ("next", controller.remote)] {
-                shared
-                    .metrics
-                    .bucket_load
-                    .get_or_create(&SideLabels {
-                        service: target.name.to_string(),
-                        side: side.to_owned(),
-                    })
-                    .set(load.unwrap_or_default());
+                let labels = SideLabels {
+                    service: target.name.to_string(),
+                    side: side.to_owned(),
+                };
+                // Unknown is no series rather than 0, which would read as idle.
+                match load {
+                    Some(l) => {
+                        shared.metrics.bucket_load.get_or_create(&labels).set(l);
+                    }
+                    None => {
+                        shared.metrics.bucket_load.remove(&labels);
+                    }
+                }
             }
             target.load_view.store(Some(Arc::new(LoadView {
                 spill,
                 closest: controller.local,
                 next: controller.remote,
                 decision: controller.last.map_or("hold", Decision::as_str),
-                from: snap.buckets[route.from].label.clone(),
+                from: Some(snap.buckets[route.from].label.clone()),
                 to: route
                     .to
                     .iter()
@@ -165,5 +163,50 @@ impl State {
             })));
         }
         registry.set_load_spill(in_force);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::{IdentityConfig, ResolvedIdentity};
+    use crate::resources::{parse_text, ResourceSet};
+    use crate::routing::{GatewaySelector, RouteTable};
+
+    const MANIFESTS: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: apps}\nspec:\n  gatewayClassName: locus\n  listeners: [{name: http, protocol: HTTP, port: 8080}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: apps}\nspec:\n  parentRefs: [{name: gw}]\n  rules: [{backendRefs: [{name: svc, port: 80}]}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: svc, namespace: apps, annotations: {locus.io/load-spill: \"on\"}}\nspec: {selector: {app: svc}, trafficDistribution: PreferClose, ports: [{name: http, port: 80}]}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: a, namespace: apps, labels: {app: svc}}\nspec: {address: 127.0.0.1, locality: r/zone-a, ports: {http: 9101}}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: b, namespace: apps, labels: {app: svc}}\nspec: {address: 127.0.0.2, locality: r/zone-b, ports: {http: 9101}}\n";
+
+    fn table(registry: &HealthRegistry) -> RouteTable {
+        let mut set = ResourceSet::default();
+        parse_text(std::path::Path::new("test.yaml"), MANIFESTS, &mut set).unwrap();
+        let model = crate::model::Model::build(&set).unwrap();
+        let identity: ResolvedIdentity = crate::identity::resolve(
+            &IdentityConfig {
+                locality: Some(locus_core::Locality::parse("r/zone-a").unwrap()),
+                ..Default::default()
+            },
+            &model,
+        );
+        RouteTable::build(
+            &model,
+            identity,
+            &GatewaySelector::All,
+            1,
+            registry,
+            &Arc::new(crate::metrics::Metrics::new(0.0, 0.0, f64::INFINITY)),
+            crate::health::now_ms(),
+        )
+    }
+
+    #[test]
+    fn a_reload_keeps_the_spill_in_force() {
+        let registry = HealthRegistry::default();
+        let fresh = table(&registry);
+        let svc = fresh.services.values().next().unwrap();
+        assert_eq!(svc.snapshot.load().options.load_spill, 0.0);
+        registry.set_load_spill(HashMap::from([(svc.name.to_string(), 0.3)]));
+        let reloaded = table(&registry);
+        let snap = reloaded.services.values().next().unwrap().snapshot.load();
+        assert_eq!(snap.options.load_spill, 0.3);
+        assert!((snap.spilled_fraction() - 0.3).abs() < 1e-9);
     }
 }

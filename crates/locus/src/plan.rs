@@ -391,6 +391,6 @@ mod tests {
         assert_eq!(o[4].policy, PlanPolicy::LoadAware);
         assert!((o[4].max_over_mean - 1.0).abs() < 1e-9, "{:?}", o[4]);
         assert!((o[4].cross_zone - 1.0 / 6.0).abs() < 1e-9, "{:?}", o[4]);
-        assert!(table(&input).contains("load-aware spill (Locus, within its band)"));
+        assert!(table(&input).contains("load-aware spill (Locus, where it converges)"));
     }
 }

@@ -180,7 +180,8 @@ async fn one_zone_with_twice_the_traffic_overloads_no_endpoint() {
         "{metrics}"
     );
 
-    // A reload keeps the spill in force (with no traffic, the controller holds).
+    // A reload keeps the spill in force (with no traffic, the controller holds; the carry-over
+    // itself is unit-tested in load_spill.rs).
     let before = spill_a["fraction"].as_f64().unwrap();
     gw_a.apply("all.yaml", &format!("{text}# edited\n"));
     let after = load_spill(&client, &gw_a).await;
@@ -252,6 +253,8 @@ fn load_spill_settings_are_checked_and_explained() {
         ("locus.io/load-spill: \"maybe\"", "locus.io/load-spill", "is not on or off"),
         ("locus.io/load-spill: \"on\", locus.io/load-spill-high: \"-1\"", "locus.io/load-spill-high", "is not a positive factor"),
         ("locus.io/load-spill: \"on\", locus.io/load-spill-high: \"1.1\", locus.io/load-spill-low: \"1.2\"", "locus.io/load-spill-low", "no hysteresis"),
+        ("locus.io/load-spill: \"on\", locus.io/load-spill-high: \"0.9\"", "locus.io/load-spill-high", "traffic would spill into a busier bucket"),
+        ("locus.io/load-spill: \"on\", locus.io/load-spill-high: \"1.2\", locus.io/load-spill-low: \"1.2\"", "locus.io/load-spill-low", "no hysteresis"),
     ] {
         write(dir.path(), "all.yaml", &with(annotations));
         let out = check(dir.path());

@@ -404,8 +404,10 @@ impl ServiceSnapshot {
             }
         }
         // Load-aware spill, on top of whatever the health and policy decided; not in panic or
-        // degraded modes, which already spread.
-        let spill_route = (mode == SnapshotMode::Normal)
+        // degraded modes, which already spread, nor with consistent hashing, which keeps every
+        // keyed request in the best bucket.
+        let uses_ring = matches!(balancer.algorithm, Algorithm::ConsistentHash(_));
+        let spill_route = (mode == SnapshotMode::Normal && !uses_ring)
             .then(|| {
                 let healthy: Vec<u64> = routable_health.iter().map(|b| b.healthy).collect();
                 SpillRoute::new(&loads, &healthy)
@@ -417,7 +419,6 @@ impl ServiceSnapshot {
             }
         }
         let hash_bucket = loads.iter().position(|l| *l > 0.0);
-        let uses_ring = matches!(balancer.algorithm, Algorithm::ConsistentHash(_));
         let buckets: Vec<Bucket> = tiers
             .into_iter()
             .zip(labels)

@@ -106,10 +106,9 @@ pub async fn monitor(
             });
         }
         let current = table.table.load();
-        let now = now_ms();
         if let Some(targets) = current.by_endpoint.get(&event.addr()) {
             for target in targets {
-                target.refresh(now);
+                target.refresh();
             }
         }
     }

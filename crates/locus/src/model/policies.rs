@@ -765,7 +765,16 @@ fn apply_annotations(
             };
             band.high = factor(ANNOTATION_LOAD_SPILL_HIGH, band.high)?;
             band.low = factor(ANNOTATION_LOAD_SPILL_LOW, band.low)?;
-            if band.low > band.high {
+            if band.high < 1.0 {
+                return Err(ctx.error(
+                    &field(ANNOTATION_LOAD_SPILL_HIGH),
+                    format!(
+                        "{} is below 1: traffic would spill into a busier bucket",
+                        band.high
+                    ),
+                ));
+            }
+            if band.low >= band.high {
                 return Err(ctx.error(
                     &field(ANNOTATION_LOAD_SPILL_LOW),
                     format!(

@@ -483,6 +483,10 @@ pub(super) async fn forward(
                 Ok(r) => r,
                 Err(_) => {
                     note_outcome(shared, &target, addr, &health, Outcome::LocalOriginFailure);
+                    if target.health.load_spill.is_some() {
+                        // A timeout is the slowest answer there is: it counts as load.
+                        health.load.record(started.elapsed().as_micros() as u64);
+                    }
                     return Err(ProxyError::Timeout {
                         service: target.name.clone(),
                         addr,
@@ -528,7 +532,9 @@ pub(super) async fn forward(
                 note_outcome(shared, &target, addr, &health, Outcome::Status(status));
                 let elapsed = started.elapsed();
                 em.response(status, elapsed.as_secs_f64());
-                if target.health.load_spill.is_some() {
+                // A fast 5xx (an endpoint shedding load) must not read as an idle endpoint;
+                // refused connections are outlier detection's business, not load.
+                if target.health.load_spill.is_some() && status < 500 {
                     health.load.record(elapsed.as_micros() as u64);
                 }
                 if target.h2c {

@@ -42,21 +42,28 @@ pub struct ServiceTarget {
     pub zone_balance_fallback: Option<&'static str>,
     /// The load-aware spill controller's last view (written by the load task).
     pub load_view: arc_swap::ArcSwapOption<crate::load_spill::LoadView>,
+    /// Serialises snapshot rebuilds: the health monitor and the load task both rebuild, and
+    /// each must start from the other's result (never taken on the request path).
+    rebuilding: std::sync::Mutex<()>,
     metrics: Arc<Metrics>,
 }
 
 impl ServiceTarget {
     /// Rebuilds the snapshot from the same endpoints with their current health.
-    pub fn refresh(&self, now_ms: u64) {
-        self.rebuild(now_ms, None);
+    pub fn refresh(&self) {
+        self.rebuild(None);
     }
 
     /// Rebuilds the snapshot with a new load-aware spill.
-    pub fn set_load_spill(&self, spill: f64, now_ms: u64) {
-        self.rebuild(now_ms, Some(spill));
+    pub fn set_load_spill(&self, spill: f64) {
+        self.rebuild(Some(spill));
     }
 
-    fn rebuild(&self, now_ms: u64, load_spill: Option<f64>) {
+    fn rebuild(&self, load_spill: Option<f64>) {
+        let _one_writer = self.rebuilding.lock().unwrap_or_else(|e| e.into_inner());
+        // Health is read now, under the lock, so a rebuild never publishes an older view of it
+        // than the one before.
+        let now_ms = crate::health::now_ms();
         let old = self.snapshot.load();
         let mut options = old.options;
         if let Some(s) = load_spill {
@@ -104,16 +111,24 @@ impl ServiceTarget {
             self.metrics
                 .load_spill
                 .get_or_create(&service)
-                .set(snap.options.load_spill);
+                .set(effective_load_spill(snap));
+        } else {
+            self.metrics.load_spill.remove(&service);
         }
-        if let Some(reason) = self.zone_balance_fallback {
-            self.metrics
-                .zone_balance_fallback
-                .get_or_create(&crate::metrics::ReasonLabels {
-                    service: self.name.to_string(),
-                    reason: reason.to_owned(),
-                })
-                .set(1);
+        // Every reason is set or cleared, so a fixed configuration clears its fallback.
+        for reason in ZONE_BALANCE_FALLBACKS {
+            let labels = crate::metrics::ReasonLabels {
+                service: self.name.to_string(),
+                reason: reason.to_owned(),
+            };
+            if self.zone_balance_fallback == Some(reason) {
+                self.metrics
+                    .zone_balance_fallback
+                    .get_or_create(&labels)
+                    .set(1);
+            } else {
+                self.metrics.zone_balance_fallback.remove(&labels);
+            }
         }
         let mut per_zone: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
         for (i, ep) in snap.endpoints.iter().enumerate() {
@@ -158,6 +173,18 @@ impl ServiceTarget {
                 "zone imbalance: with traffic kept in its zone, some endpoints expect more than {limit}x the mean load (endpoints are spread unevenly over zones)"
             );
         }
+    }
+}
+
+/// The reasons capacity-aware routing can fall back (`locus_zone_balance_fallback`).
+const ZONE_BALANCE_FALLBACKS: [&str; 3] = ["gateway-zone-unknown", "destination-rule", "no-fleet"];
+
+/// The load-aware spill actually moving traffic (0 when the snapshot has nowhere to spill).
+pub fn effective_load_spill(snap: &ServiceSnapshot) -> f64 {
+    if snap.spill_route.is_some() {
+        snap.options.load_spill
+    } else {
+        0.0
     }
 }
 
@@ -703,6 +730,15 @@ fn build_action(
                                         "Service {name}: locus.io/load-spill has no effect: the Service routes over one bucket ({}), so there is no closer and farther bucket to balance",
                                         snapshot.rule
                                     ));
+                                } else if sp.health.load_spill.is_some()
+                                    && matches!(
+                                        snapshot.balancer.algorithm,
+                                        locus_core::Algorithm::ConsistentHash(_)
+                                    )
+                                {
+                                    warnings.push(format!(
+                                        "Service {name}: locus.io/load-spill has no effect with consistentHash: hashed requests stay in the best healthy bucket"
+                                    ));
                                 }
                                 let endpoint_metrics = snapshot
                                     .endpoints
@@ -720,6 +756,7 @@ fn build_action(
                                     totals: Arc::default(),
                                     zone_balance_fallback,
                                     load_view: Default::default(),
+                                    rebuilding: Default::default(),
                                     metrics: ctx.metrics.clone(),
                                 };
                                 target.publish_gauges(&target.snapshot.load());

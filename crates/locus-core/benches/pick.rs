@@ -72,6 +72,25 @@ fn pick(c: &mut Criterion) {
     group.bench_function("prefer-close/10000ep-100loc-local-down", |b| {
         b.iter(|| black_box(snap.pick().unwrap()))
     });
+    // Load-aware spill moving a quarter of the closest bucket's traffic: the bucket is drawn
+    // at random (a hashed counter) instead of from the low-discrepancy sequence.
+    let eps = endpoints(10_000, 100);
+    let health = eps.iter().map(|_| Default::default()).collect();
+    let snap = ServiceSnapshot::build_with_health(
+        gateway(),
+        POLICIES[1].1,
+        Default::default(),
+        locus_core::balancer::HealthOptions {
+            load_spill: 0.25,
+            ..Default::default()
+        },
+        eps,
+        health,
+        0,
+    );
+    group.bench_function("prefer-close/10000ep-100loc-load-spill-25pct", |b| {
+        b.iter(|| black_box(snap.pick().unwrap()))
+    });
     group.finish();
 }
 

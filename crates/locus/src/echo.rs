@@ -127,16 +127,20 @@ async fn respond(name: &str, state: &State, req: Request<Incoming>) -> Response<
             .await
             .map(|b| b.to_bytes().len())
             .unwrap_or(0);
-        let headers: serde_json::Map<String, serde_json::Value> = parts
-            .headers
-            .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_owned(),
-                    serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into_owned()),
-                )
-            })
-            .collect();
+        // A header sent several times is shown once, its values joined by ", " (RFC 9110 §5.3).
+        let mut headers = serde_json::Map::new();
+        for name in parts.headers.keys() {
+            let values: Vec<String> = parts
+                .headers
+                .get_all(name)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect();
+            headers.insert(
+                name.as_str().to_owned(),
+                serde_json::Value::String(values.join(", ")),
+            );
+        }
         let doc = serde_json::json!({
             "name": name,
             "method": parts.method.as_str(),

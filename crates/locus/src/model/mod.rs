@@ -5,6 +5,7 @@
 //! they attach to — into plain domain types the routing layer consumes. Anything Locus cannot
 //! honour becomes a warning here, so `check`, the log and the admin API all say the same.
 
+pub mod filters;
 mod gateways;
 pub mod policies;
 pub mod routes;
@@ -17,6 +18,7 @@ use locus_core::Locality;
 
 use crate::resources::{ConfigError, Document, Resource, ResourceSet};
 
+pub use filters::{Filters, HeaderEdits, PathEdit, Redirect, Rewrite};
 pub use gateways::{AllowedRoutes, GatewayModel, ListenerModel};
 pub use policies::{ActiveCheck, HealthConfig, RetryPolicy};
 pub use routes::{

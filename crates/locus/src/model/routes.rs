@@ -73,6 +73,8 @@ pub struct RuleModel {
     /// Filters Locus cannot apply. Per the Gateway API, requests that would have been
     /// processed by a filter that cannot be honoured get an error, never a silent skip.
     pub unsupported_filters: Vec<String>,
+    /// The filters it applies.
+    pub filters: super::Filters,
     /// `timeouts.request`.
     pub request_timeout: Option<Duration>,
 }
@@ -334,14 +336,14 @@ pub(super) fn build(
             });
         }
         let mut unsupported_filters = Vec::new();
-        for (i, f) in rule.filters.iter().flatten().enumerate() {
-            let name = format!("{:?}", f.r#type);
-            warnings.push(format!(
-                "{}: {field}.filters[{i}]: filter {name} is not supported yet; requests matching this rule get 500",
-                ctx.place()
-            ));
-            unsupported_filters.push(name);
-        }
+        let filters = super::filters::parse(
+            ctx,
+            &field,
+            rule.filters.as_deref().unwrap_or_default(),
+            &matches,
+            warnings,
+            &mut unsupported_filters,
+        )?;
         let request_timeout = match rule.timeouts.as_ref().and_then(|t| t.request.as_deref()) {
             None => None,
             Some(s) => Some(parse_duration(s).ok_or_else(|| {
@@ -367,6 +369,7 @@ pub(super) fn build(
             matches,
             backends,
             unsupported_filters,
+            filters,
             request_timeout,
         });
     }

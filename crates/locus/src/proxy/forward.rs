@@ -299,37 +299,76 @@ pub(super) async fn forward(
 
     // Everything read from the route table is cloned out (a few Arcs) so no guard is held
     // across the upstream await.
-    let (action, target) = {
+    let (action, target, prefix) = {
         let table = shared.table.load();
-        let action = table
+        let (action, prefix) = table
             .ports
             .get(&info.port)
             .and_then(|t| t.route(&host, &parts))
             .ok_or_else(|| ProxyError::NoRoute {
                 host: host.clone(),
                 path: parts.uri.path().to_owned(),
-            })?
-            .clone();
+            })?;
+        let action = action.clone();
+        // Copied only for the rules whose filters replace it.
+        let prefix = if action.needs_prefix {
+            prefix.map(str::to_owned)
+        } else {
+            None
+        };
         if let Some(why) = &action.unsupported {
             return Err(ProxyError::UnsupportedFilter {
                 route: action.route.clone(),
                 why: why.clone(),
             });
         }
+        if let Some(redirect) = &action.filters.redirect {
+            let location = redirect.location(
+                &host,
+                info.port,
+                parts.uri.path(),
+                parts.uri.query(),
+                prefix.as_deref(),
+            );
+            let mut resp = Response::new(ProxyBody::empty());
+            *resp.status_mut() = redirect.status;
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            if let Some(edits) = &action.filters.response_headers {
+                edits.apply(resp.headers_mut());
+            }
+            return Ok(resp);
+        }
         let target = match action.pick_backend() {
             None => return Err(ProxyError::NoBackendWeight(action.route.clone())),
             Some(Backend::Invalid(why)) => return Err(ProxyError::InvalidBackend(why.clone())),
             Some(Backend::Service(t)) => t.clone(),
         };
-        (action, target)
+        (action, target, prefix)
     };
 
     // The request as it goes upstream, minus URI and body (set per attempt).
-    let path_and_query = parts
+    let mut path_and_query = parts
         .uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    if let Some(rewrite) = &action.filters.rewrite {
+        if let Some(edit) = &rewrite.path {
+            let path = edit.apply(path_and_query.path(), prefix.as_deref());
+            let full = match path_and_query.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            path_and_query = PathAndQuery::try_from(full).map_err(|e| {
+                ProxyError::BadRequest(format!("the rewritten path is not valid: {e}"))
+            })?;
+        }
+        if let Some(h) = &rewrite.hostname {
+            parts.headers.insert(header::HOST, h.clone());
+        }
+    }
     strip_hop_by_hop(&mut parts.headers);
     if !parts.headers.contains_key(header::HOST) && !host.is_empty() {
         if let Ok(v) = HeaderValue::from_str(&host) {
@@ -351,6 +390,10 @@ pub(super) async fn forward(
     parts
         .headers
         .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    // The route's edits come last, so they can override what the gateway adds.
+    if let Some(edits) = &action.filters.request_headers {
+        edits.apply(&mut parts.headers);
+    }
     let version = if target.h2c {
         Version::HTTP_2
     } else {
@@ -557,6 +600,9 @@ pub(super) async fn forward(
                 }
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
+                if let Some(edits) = &action.filters.response_headers {
+                    edits.apply(&mut parts.headers);
+                }
                 if let Some(cookie) = set_cookie.take() {
                     parts.headers.append(header::SET_COOKIE, cookie);
                 }

@@ -234,6 +234,10 @@ pub struct RuleAction {
     pub timeout: Option<Duration>,
     /// Set when the rule uses filters Locus cannot apply (requests get a 500).
     pub unsupported: Option<Arc<str>>,
+    /// Header edits, redirect, rewrite.
+    pub filters: crate::model::Filters,
+    /// A filter replaces the matched path prefix, so requests need to know it.
+    pub needs_prefix: bool,
 }
 
 impl RuleAction {
@@ -263,17 +267,26 @@ pub struct PortTable {
     any: Vec<Entry>,
 }
 
-fn first<'a>(entries: &'a [Entry], req: &Parts) -> Option<&'a Arc<RuleAction>> {
+/// A matched rule, and the `PathPrefix` of the match that took the request (when it was one).
+pub type Routed<'a> = (&'a Arc<RuleAction>, Option<&'a str>);
+
+fn first<'a>(entries: &'a [Entry], req: &Parts) -> Option<Routed<'a>> {
     entries
         .iter()
         .find(|e| matching::matches(&e.matcher, req))
-        .map(|e| &e.action)
+        .map(|e| {
+            let prefix = match &e.matcher.path {
+                crate::model::PathMatch::Prefix(p) => Some(p.as_str()),
+                _ => None,
+            };
+            (&e.action, prefix)
+        })
 }
 
 impl PortTable {
     /// The rule for a request, by host (exact, then wildcard, then catch-all) and then by
     /// match precedence.
-    pub fn route(&self, host: &str, req: &Parts) -> Option<&Arc<RuleAction>> {
+    pub fn route(&self, host: &str, req: &Parts) -> Option<Routed<'_>> {
         if let Some(found) = self.exact.get(host).and_then(|e| first(e, req)) {
             return Some(found);
         }
@@ -773,11 +786,24 @@ fn build_action(
         }
         backends.push(backend);
     }
+    let prefix_edit =
+        |p: &Option<crate::model::PathEdit>| matches!(p, Some(crate::model::PathEdit::Prefix(_)));
     RuleAction {
         route: Arc::from(format!("{} rule {r}", route.key)),
         backends,
         schedule: WeightedSchedule::new(weights),
         timeout: rule.request_timeout,
+        needs_prefix: rule
+            .filters
+            .redirect
+            .as_ref()
+            .is_some_and(|x| prefix_edit(&x.path))
+            || rule
+                .filters
+                .rewrite
+                .as_ref()
+                .is_some_and(|x| prefix_edit(&x.path)),
+        filters: rule.filters.clone(),
         unsupported: (!rule.unsupported_filters.is_empty()).then(|| {
             Arc::from(format!(
                 "filters not supported by Locus yet: {}",

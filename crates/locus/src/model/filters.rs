@@ -1,0 +1,454 @@
+//! HTTPRoute rule filters Locus applies: request and response header edits
+//! (`RequestHeaderModifier`, `ResponseHeaderModifier`), `RequestRedirect` and `URLRewrite`.
+//! `RequestMirror`, `ExtensionRef` and `CORS` are not applied: a rule using them answers 500
+//! (the Gateway API forbids skipping a filter silently) and the configuration says why.
+
+use gateway_api::apis::standard::httproutes::{
+    HttpRouteRulesFilters, HttpRouteRulesFiltersRequestRedirectPathType as RedirectPathType,
+    HttpRouteRulesFiltersRequestRedirectScheme as Scheme, HttpRouteRulesFiltersType as FilterType,
+    HttpRouteRulesFiltersUrlRewritePathType as RewritePathType,
+};
+use http::{HeaderName, HeaderValue, StatusCode};
+
+use super::routes::{MatchModel, PathMatch};
+use super::DocCtx;
+use crate::resources::ConfigError;
+
+/// `set`, `add` and `remove` of a header modifier, validated.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct HeaderEdits {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+impl HeaderEdits {
+    /// Applies the edits in the Gateway API's order: set replaces, add appends, remove drops.
+    pub fn apply(&self, headers: &mut http::HeaderMap) {
+        for (name, value) in &self.set {
+            headers.insert(name.clone(), value.clone());
+        }
+        for (name, value) in &self.add {
+            headers.append(name.clone(), value.clone());
+        }
+        for name in &self.remove {
+            headers.remove(name);
+        }
+    }
+}
+
+/// How a redirect or rewrite changes the path.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PathEdit {
+    Full(String),
+    /// Replaces the part of the path the rule's `PathPrefix` match matched.
+    Prefix(String),
+}
+
+impl PathEdit {
+    /// The new path for `path`, which matched `prefix` (a `PathPrefix` match, segment-wise).
+    pub fn apply(&self, path: &str, prefix: Option<&str>) -> String {
+        match self {
+            PathEdit::Full(p) => p.clone(),
+            PathEdit::Prefix(with) => {
+                let prefix = prefix.unwrap_or("/").trim_end_matches('/');
+                let rest = path.get(prefix.len()..).unwrap_or("");
+                let joined = format!("{}{rest}", with.trim_end_matches('/'));
+                if joined.is_empty() {
+                    "/".to_owned()
+                } else if joined.starts_with('/') {
+                    joined
+                } else {
+                    format!("/{joined}")
+                }
+            }
+        }
+    }
+}
+
+/// `RequestRedirect`: answered by the gateway, no backend involved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Redirect {
+    pub scheme: Option<&'static str>,
+    pub hostname: Option<String>,
+    pub path: Option<PathEdit>,
+    pub port: Option<u16>,
+    pub status: StatusCode,
+}
+
+impl Redirect {
+    /// The `Location` for a request to `host` (without port) on a listener on `listener_port`,
+    /// with path and query `path` / `query`, that matched `prefix`. Ports follow the Gateway
+    /// API: the given one, else the scheme's well-known port when the scheme changes, else the
+    /// listener's; the well-known port of the scheme is left out.
+    pub fn location(
+        &self,
+        host: &str,
+        listener_port: u16,
+        path: &str,
+        query: Option<&str>,
+        prefix: Option<&str>,
+    ) -> String {
+        let scheme = self.scheme.unwrap_or("http");
+        let well_known = if scheme == "https" { 443 } else { 80 };
+        let port = match (self.port, self.scheme) {
+            (Some(p), _) => p,
+            (None, Some(_)) => well_known,
+            (None, None) => listener_port,
+        };
+        let host = self.hostname.as_deref().unwrap_or(host);
+        let path = match &self.path {
+            Some(edit) => edit.apply(path, prefix),
+            None => path.to_owned(),
+        };
+        let mut out = format!("{scheme}://{host}");
+        if port != well_known {
+            out.push_str(&format!(":{port}"));
+        }
+        out.push_str(&path);
+        if let Some(q) = query {
+            out.push('?');
+            out.push_str(q);
+        }
+        out
+    }
+}
+
+/// `URLRewrite`: the request goes upstream with another host and/or path.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rewrite {
+    pub hostname: Option<HeaderValue>,
+    pub path: Option<PathEdit>,
+}
+
+/// The filters of one rule.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Filters {
+    pub request_headers: Option<HeaderEdits>,
+    pub response_headers: Option<HeaderEdits>,
+    pub redirect: Option<Redirect>,
+    pub rewrite: Option<Rewrite>,
+}
+
+impl Filters {
+    pub fn is_empty(&self) -> bool {
+        *self == Filters::default()
+    }
+}
+
+fn header_edits(
+    ctx: &DocCtx<'_>,
+    field: &str,
+    set: impl Iterator<Item = (String, String)>,
+    add: impl Iterator<Item = (String, String)>,
+    remove: &[String],
+) -> Result<HeaderEdits, ConfigError> {
+    let name = |n: &str, f: &str| {
+        HeaderName::from_bytes(n.as_bytes())
+            .map_err(|_| ctx.error(f, format!("{n:?} is not a valid header name")))
+    };
+    let pair = |(n, v): (String, String), f: String| -> Result<_, ConfigError> {
+        let value = HeaderValue::from_str(&v)
+            .map_err(|_| ctx.error(&f, format!("{v:?} is not a valid header value")))?;
+        Ok((name(&n, &f)?, value))
+    };
+    Ok(HeaderEdits {
+        set: set
+            .enumerate()
+            .map(|(i, p)| pair(p, format!("{field}.set[{i}]")))
+            .collect::<Result<_, _>>()?,
+        add: add
+            .enumerate()
+            .map(|(i, p)| pair(p, format!("{field}.add[{i}]")))
+            .collect::<Result<_, _>>()?,
+        remove: remove
+            .iter()
+            .enumerate()
+            .map(|(i, n)| name(n, &format!("{field}.remove[{i}]")))
+            .collect::<Result<_, _>>()?,
+    })
+}
+
+/// A redirect's or rewrite's `path`: (type is ReplacePrefixMatch, replaceFullPath,
+/// replacePrefixMatch).
+type PathSpec<'a> = (bool, Option<&'a String>, Option<&'a String>);
+
+fn path_edit(
+    ctx: &DocCtx<'_>,
+    field: &str,
+    spec: Option<PathSpec<'_>>,
+    matches: &[MatchModel],
+) -> Result<Option<PathEdit>, ConfigError> {
+    let Some((prefix_type, full, prefix)) = spec else {
+        return Ok(None);
+    };
+    if prefix_type {
+        let with = prefix.ok_or_else(|| {
+            ctx.error(
+                &format!("{field}.replacePrefixMatch"),
+                "is required with type ReplacePrefixMatch".to_owned(),
+            )
+        })?;
+        // Only a PathPrefix match says which part of the path to replace.
+        if matches
+            .iter()
+            .any(|m| !matches!(m.path, PathMatch::Prefix(_)))
+        {
+            return Err(ctx.error(
+                &format!("{field}.type"),
+                "ReplacePrefixMatch needs every match of the rule to be a PathPrefix match"
+                    .to_owned(),
+            ));
+        }
+        Ok(Some(PathEdit::Prefix(with.clone())))
+    } else {
+        let full = full.ok_or_else(|| {
+            ctx.error(
+                &format!("{field}.replaceFullPath"),
+                "is required with type ReplaceFullPath".to_owned(),
+            )
+        })?;
+        Ok(Some(PathEdit::Full(full.clone())))
+    }
+}
+
+/// The filters of rule `field` (`spec.rules[i]`). Filters Locus cannot apply are named in
+/// `unsupported` (with a warning); invalid ones are errors.
+pub(super) fn parse(
+    ctx: &DocCtx<'_>,
+    field: &str,
+    filters: &[HttpRouteRulesFilters],
+    matches: &[MatchModel],
+    warnings: &mut Vec<String>,
+    unsupported: &mut Vec<String>,
+) -> Result<Filters, ConfigError> {
+    let mut out = Filters::default();
+    for (i, f) in filters.iter().enumerate() {
+        let here = format!("{field}.filters[{i}]");
+        let missing = |what: &str| {
+            ctx.error(
+                &format!("{here}.{what}"),
+                format!("is required with type {:?}", f.r#type),
+            )
+        };
+        let twice = || {
+            ctx.error(
+                &format!("{here}.type"),
+                format!("{:?} appears more than once in the rule", f.r#type),
+            )
+        };
+        match f.r#type {
+            FilterType::RequestHeaderModifier | FilterType::ResponseHeaderModifier => {
+                let request = f.r#type == FilterType::RequestHeaderModifier;
+                let edits = if request {
+                    let m = f
+                        .request_header_modifier
+                        .as_ref()
+                        .ok_or_else(|| missing("requestHeaderModifier"))?;
+                    header_edits(
+                        ctx,
+                        &format!("{here}.requestHeaderModifier"),
+                        m.set
+                            .iter()
+                            .flatten()
+                            .map(|h| (h.name.clone(), h.value.clone())),
+                        m.add
+                            .iter()
+                            .flatten()
+                            .map(|h| (h.name.clone(), h.value.clone())),
+                        m.remove.as_deref().unwrap_or_default(),
+                    )?
+                } else {
+                    let m = f
+                        .response_header_modifier
+                        .as_ref()
+                        .ok_or_else(|| missing("responseHeaderModifier"))?;
+                    header_edits(
+                        ctx,
+                        &format!("{here}.responseHeaderModifier"),
+                        m.set
+                            .iter()
+                            .flatten()
+                            .map(|h| (h.name.clone(), h.value.clone())),
+                        m.add
+                            .iter()
+                            .flatten()
+                            .map(|h| (h.name.clone(), h.value.clone())),
+                        m.remove.as_deref().unwrap_or_default(),
+                    )?
+                };
+                let slot = if request {
+                    &mut out.request_headers
+                } else {
+                    &mut out.response_headers
+                };
+                if slot.replace(edits).is_some() {
+                    return Err(twice());
+                }
+            }
+            FilterType::RequestRedirect => {
+                let r = f
+                    .request_redirect
+                    .as_ref()
+                    .ok_or_else(|| missing("requestRedirect"))?;
+                let status = match r.status_code.unwrap_or(302) {
+                    301 => StatusCode::MOVED_PERMANENTLY,
+                    302 => StatusCode::FOUND,
+                    other => {
+                        return Err(ctx.error(
+                            &format!("{here}.requestRedirect.statusCode"),
+                            format!("{other} is not 301 or 302"),
+                        ))
+                    }
+                };
+                let port = match r.port {
+                    None => None,
+                    Some(p) => Some(u16::try_from(p).ok().filter(|p| *p > 0).ok_or_else(|| {
+                        ctx.error(
+                            &format!("{here}.requestRedirect.port"),
+                            format!("{p} is not a port"),
+                        )
+                    })?),
+                };
+                let path = path_edit(
+                    ctx,
+                    &format!("{here}.requestRedirect.path"),
+                    r.path.as_ref().map(|p| {
+                        (
+                            p.r#type == RedirectPathType::ReplacePrefixMatch,
+                            p.replace_full_path.as_ref(),
+                            p.replace_prefix_match.as_ref(),
+                        )
+                    }),
+                    matches,
+                )?;
+                let redirect = Redirect {
+                    scheme: r.scheme.as_ref().map(|s| match s {
+                        Scheme::Http => "http",
+                        Scheme::Https => "https",
+                    }),
+                    hostname: r.hostname.clone(),
+                    path,
+                    port,
+                    status,
+                };
+                if out.redirect.replace(redirect).is_some() {
+                    return Err(twice());
+                }
+            }
+            FilterType::UrlRewrite => {
+                let r = f
+                    .url_rewrite
+                    .as_ref()
+                    .ok_or_else(|| missing("urlRewrite"))?;
+                let hostname = match &r.hostname {
+                    None => None,
+                    Some(h) => Some(HeaderValue::from_str(h).map_err(|_| {
+                        ctx.error(
+                            &format!("{here}.urlRewrite.hostname"),
+                            format!("{h:?} is not a valid host"),
+                        )
+                    })?),
+                };
+                let path = path_edit(
+                    ctx,
+                    &format!("{here}.urlRewrite.path"),
+                    r.path.as_ref().map(|p| {
+                        (
+                            p.r#type == RewritePathType::ReplacePrefixMatch,
+                            p.replace_full_path.as_ref(),
+                            p.replace_prefix_match.as_ref(),
+                        )
+                    }),
+                    matches,
+                )?;
+                if out.rewrite.replace(Rewrite { hostname, path }).is_some() {
+                    return Err(twice());
+                }
+            }
+            FilterType::RequestMirror | FilterType::ExtensionRef | FilterType::Cors => {
+                let name = format!("{:?}", f.r#type);
+                warnings.push(format!(
+                    "{}: {here}: filter {name} is not supported yet; requests matching this rule get 500",
+                    ctx.place()
+                ));
+                unsupported.push(name);
+            }
+        }
+    }
+    if out.redirect.is_some() && out.rewrite.is_some() {
+        return Err(ctx.error(
+            &format!("{field}.filters"),
+            "RequestRedirect and URLRewrite cannot be used on the same rule".to_owned(),
+        ));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_replacement_works_on_whole_segments() {
+        let edit = PathEdit::Prefix("/v2".into());
+        assert_eq!(edit.apply("/v1/users", Some("/v1")), "/v2/users");
+        assert_eq!(edit.apply("/v1", Some("/v1")), "/v2");
+        assert_eq!(edit.apply("/v1/", Some("/v1/")), "/v2/");
+        let root = PathEdit::Prefix("/".into());
+        assert_eq!(root.apply("/api/users", Some("/api")), "/users");
+        assert_eq!(root.apply("/api", Some("/api")), "/");
+        let deeper = PathEdit::Prefix("/new/".into());
+        assert_eq!(deeper.apply("/anything", Some("/")), "/new/anything");
+        assert_eq!(PathEdit::Full("/x".into()).apply("/a/b", None), "/x");
+    }
+
+    #[test]
+    fn redirect_ports_follow_the_gateway_api() {
+        let r = |scheme: Option<&'static str>, port: Option<u16>| Redirect {
+            scheme,
+            hostname: None,
+            path: None,
+            port,
+            status: StatusCode::FOUND,
+        };
+        assert_eq!(
+            r(Some("https"), None).location("a.test", 8080, "/p", Some("q=1"), None),
+            "https://a.test/p?q=1"
+        );
+        assert_eq!(
+            r(None, None).location("a.test", 8080, "/p", None, None),
+            "http://a.test:8080/p"
+        );
+        assert_eq!(
+            r(None, None).location("a.test", 80, "/p", None, None),
+            "http://a.test/p"
+        );
+        assert_eq!(
+            r(Some("https"), Some(8443)).location("a.test", 80, "/", None, None),
+            "https://a.test:8443/"
+        );
+    }
+
+    #[test]
+    fn header_edits_set_add_remove() {
+        let mut h = http::HeaderMap::new();
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert("x-gone", HeaderValue::from_static("1"));
+        let edits = HeaderEdits {
+            set: vec![(
+                HeaderName::from_static("x-a"),
+                HeaderValue::from_static("2"),
+            )],
+            add: vec![(
+                HeaderName::from_static("x-a"),
+                HeaderValue::from_static("3"),
+            )],
+            remove: vec![HeaderName::from_static("x-gone")],
+        };
+        edits.apply(&mut h);
+        let a: Vec<_> = h.get_all("x-a").iter().collect();
+        assert_eq!(a, ["2", "3"]);
+        assert!(!h.contains_key("x-gone"));
+    }
+}

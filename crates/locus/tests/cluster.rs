@@ -170,9 +170,14 @@ async fn gateway_and_route_status_are_written() {
     let a = echo("in-za");
     let api = ApiServer::start().await;
     let broken_route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: broken, namespace: apps}\nspec:\n  parentRefs: [{name: gw}]\n  hostnames: [broken.test]\n  rules: [{backendRefs: [{name: missing, port: 80}]}]\n";
+    // A listener Locus does not serve is reported as such in status, not dropped silently.
+    let gateway = GATEWAY.replace(
+        "listeners: [{name: http, protocol: HTTP, port: 8080}]",
+        "listeners: [{name: http, protocol: HTTP, port: 8080}, {name: tls, protocol: TLS, port: 8443}]",
+    );
     api.apply_yaml(
         &[
-            GATEWAY.to_owned(),
+            gateway,
             node("gw-node", "za"),
             node("n-a", "za"),
             broken_route.to_owned(),
@@ -237,6 +242,27 @@ async fn gateway_and_route_status_are_written() {
             assert_eq!(
                 condition(&gw, &["status", "conditions"], "Programmed"),
                 Some(("True".into(), "Programmed".into()))
+            );
+            // Both routes attach to the HTTP listener (one has a missing backend, which is a
+            // ResolvedRefs matter, not an attachment one).
+            let listeners = gw["status"]["listeners"].as_array().unwrap();
+            assert_eq!(listeners.len(), 2, "{gw}");
+            assert_eq!(listeners[0]["name"], "http");
+            assert_eq!(listeners[0]["attachedRoutes"], 2);
+            assert_eq!(listeners[0]["supportedKinds"][0]["kind"], "HTTPRoute");
+            assert_eq!(
+                condition(
+                    &gw,
+                    &["status", "listeners", "0", "conditions"],
+                    "Programmed"
+                ),
+                Some(("True".into(), "Programmed".into()))
+            );
+            assert_eq!(listeners[1]["name"], "tls");
+            assert_eq!(listeners[1]["attachedRoutes"], 0);
+            assert_eq!(
+                condition(&gw, &["status", "listeners", "1", "conditions"], "Accepted"),
+                Some(("False".into(), "UnsupportedProtocol".into()))
             );
             let parents = &ok["status"]["parents"];
             assert_eq!(parents[0]["controllerName"], "locus.io/gateway");

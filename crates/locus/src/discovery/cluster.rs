@@ -199,12 +199,48 @@ async fn write_status(
             condition("Accepted", &Ok(()), "Accepted", generation, &now),
             condition("Programmed", &Ok(()), "Programmed", generation, &now),
         ];
-        let fingerprint = format!("{generation}");
+        let mut fingerprint = format!("{generation}");
+        let listeners: Vec<Value> = table
+            .listener_status
+            .iter()
+            .filter(|l| l.gateway == *gw)
+            .map(|l| {
+                fingerprint.push_str(&format!(
+                    "|{}:{}:{:?}",
+                    l.name, l.attached_routes, l.unsupported_protocol
+                ));
+                let (kinds, accepted, programmed) = match &l.unsupported_protocol {
+                    None => (
+                        serde_json::json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}]),
+                        Ok(()),
+                        Ok(()),
+                    ),
+                    Some(protocol) => {
+                        let why = format!("protocol {protocol} is not served by Locus yet (HTTP only)");
+                        (
+                            serde_json::json!([]),
+                            Err(("UnsupportedProtocol", why.clone())),
+                            Err(("Invalid", why)),
+                        )
+                    }
+                };
+                serde_json::json!({
+                    "name": l.name,
+                    "supportedKinds": kinds,
+                    "attachedRoutes": l.attached_routes,
+                    "conditions": [
+                        condition("Accepted", &accepted, "Accepted", generation, &now),
+                        condition("Programmed", &programmed, "Programmed", generation, &now),
+                        condition("ResolvedRefs", &Ok(()), "ResolvedRefs", generation, &now),
+                    ],
+                })
+            })
+            .collect();
         patches.push((
             gvk("Gateway", "gateways"),
             gw.namespace.clone(),
             gw.name.clone(),
-            serde_json::json!({"status": {"conditions": conditions}}),
+            serde_json::json!({"status": {"conditions": conditions, "listeners": listeners}}),
             fingerprint,
         ));
     }

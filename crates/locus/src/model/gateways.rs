@@ -31,6 +31,8 @@ pub struct GatewayModel {
     pub class: String,
     /// The HTTP listeners Locus serves (others are reported and skipped).
     pub listeners: Vec<ListenerModel>,
+    /// Listeners not served, as (name, protocol): reported in status, never silently dropped.
+    pub unsupported_listeners: Vec<(String, String)>,
     pub annotations: BTreeMap<String, String>,
     /// `locus.io/fleet: "zone-a=2,zone-b=1"`: gateway replicas (or traffic share) per zone,
     /// for capacity-aware zone routing.
@@ -50,6 +52,7 @@ pub(super) fn build(
         name: name_of(ctx, &gw.metadata)?,
     };
     let mut listeners = Vec::new();
+    let mut unsupported_listeners = Vec::new();
     for (i, l) in gw.spec.listeners.iter().enumerate() {
         let field = |f: &str| format!("spec.listeners[{i}].{f}");
         let port = u16::try_from(l.port)
@@ -68,6 +71,7 @@ pub(super) fn build(
                 l.name,
                 l.protocol
             ));
+            unsupported_listeners.push((l.name.clone(), l.protocol.clone()));
             continue;
         }
         if listeners.iter().any(|x: &ListenerModel| x.name == l.name) {
@@ -122,6 +126,7 @@ pub(super) fn build(
         key,
         class: gw.spec.gateway_class_name.clone(),
         listeners,
+        unsupported_listeners,
         fleet: match gw
             .metadata
             .annotations

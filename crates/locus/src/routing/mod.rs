@@ -356,7 +356,19 @@ pub struct RouteTable {
     /// The Gateways served, and each HTTPRoute parentRef's outcome (Gateway API status).
     pub gateways: Vec<ObjKey>,
     pub route_status: Vec<RouteParentStatus>,
+    /// Each listener of the served Gateways, for `status.listeners`.
+    pub listener_status: Vec<ListenerStatus>,
     pub warnings: Vec<String>,
+}
+
+/// One listener of a served Gateway: how many HTTPRoutes attach to it, or why it is not served.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListenerStatus {
+    pub gateway: ObjKey,
+    pub name: String,
+    pub attached_routes: usize,
+    /// The protocol, when Locus does not serve it.
+    pub unsupported_protocol: Option<String>,
 }
 
 /// The Gateway API's view of one parentRef of one HTTPRoute: `Accepted` and `ResolvedRefs`,
@@ -463,6 +475,8 @@ impl RouteTable {
         let mut services: BTreeMap<(ObjKey, u16), Arc<ServiceTarget>> = BTreeMap::new();
         let mut ports: BTreeMap<u16, PortTable> = BTreeMap::new();
         let mut seen: HashSet<(u16, HostKey, String, usize, usize)> = HashSet::new();
+        // (Gateway, listener, HTTPRoute) attachments, counted once each for status.
+        let mut attachments: HashSet<(ObjKey, String, ObjKey)> = HashSet::new();
 
         let gateways: Vec<_> = model
             .gateways
@@ -540,6 +554,7 @@ impl RouteTable {
                     };
                     attached = true;
                     parent_attached = true;
+                    attachments.insert((gw.key.clone(), l.name.clone(), route.key.clone()));
                     for (r, rule) in route.rules.iter().enumerate() {
                         let ctx = BuildCtx {
                             model,
@@ -614,6 +629,30 @@ impl RouteTable {
                 by_endpoint.entry(ep.addr).or_default().push(target.clone());
             }
         }
+        let listener_status = gateways
+            .iter()
+            .flat_map(|g| {
+                let served = g.listeners.iter().map(|l| ListenerStatus {
+                    gateway: g.key.clone(),
+                    name: l.name.clone(),
+                    attached_routes: attachments
+                        .iter()
+                        .filter(|(gw, name, _)| *gw == g.key && *name == l.name)
+                        .count(),
+                    unsupported_protocol: None,
+                });
+                let skipped =
+                    g.unsupported_listeners
+                        .iter()
+                        .map(|(name, protocol)| ListenerStatus {
+                            gateway: g.key.clone(),
+                            name: name.clone(),
+                            attached_routes: 0,
+                            unsupported_protocol: Some(protocol.clone()),
+                        });
+                served.chain(skipped).collect::<Vec<_>>()
+            })
+            .collect();
         RouteTable {
             generation,
             identity,
@@ -621,6 +660,7 @@ impl RouteTable {
             services,
             by_endpoint,
             gateways: gateways.iter().map(|g| g.key.clone()).collect(),
+            listener_status,
             route_status,
             warnings,
         }

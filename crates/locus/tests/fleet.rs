@@ -261,6 +261,8 @@ async fn a_fallback_is_in_the_log_the_admin_api_and_a_metric() {
     );
     let doc = c.get(gw.admin, "admin", "/debug/endpoints").await.json();
     assert_eq!(doc["services"][0]["zone_balance_fallback"], "no-fleet");
+    // Without a fleet, the measured load balances zones instead.
+    assert_eq!(doc["services"][0]["load_spill"]["band"]["high"], 1.25);
     assert_eq!(doc["services"][0]["ranking"], "Service trafficDistribution");
     let config = c.get(gw.admin, "admin", "/debug/config").await.json();
     assert!(

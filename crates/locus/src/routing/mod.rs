@@ -709,7 +709,7 @@ fn balancer_with_fleet(
             }
             None => {
                 warnings.push(format!(
-                    "Service {service}: locus.io/zone-balance capacity needs the fleet: set locus.io/fleet (e.g. \"zone-a=2,zone-b=1\") on the Gateway; falling back to trafficDistribution"
+                    "Service {service}: locus.io/zone-balance capacity needs the fleet: set locus.io/fleet (e.g. \"zone-a=2,zone-b=1\") on the Gateway (or --fleet-service); meanwhile zones are balanced by measured load (load-aware spill, default band)"
                 ));
                 Some("no-fleet")
             }
@@ -763,8 +763,18 @@ fn build_action(
                                 let name = format!("{}:{port}", svc.key);
                                 let (balancer, zone_balance_fallback) =
                                     balancer_with_fleet(&sp.balancer, ctx, &name, warnings);
+                                let mut health_config = sp.health.clone();
+                                if zone_balance_fallback == Some("no-fleet")
+                                    && health_config.load_spill.is_none()
+                                {
+                                    // Without a fleet, the measured load stands in for it:
+                                    // unequal traffic per gateway is what capacity maths would
+                                    // have corrected, and load-aware spill corrects it too.
+                                    health_config.load_spill = Some(Default::default());
+                                }
+                                let sp_health = &health_config;
                                 let mut options = sp.health.options;
-                                if sp.health.load_spill.is_some() {
+                                if sp_health.load_spill.is_some() {
                                     // Carried across reloads: a reload must not undo spill
                                     // that the load still calls for.
                                     options.load_spill = ctx.registry.load_spill(&name);
@@ -778,12 +788,12 @@ fn build_action(
                                     health,
                                     ctx.now_ms,
                                 );
-                                if sp.health.load_spill.is_some() && snapshot.buckets.len() < 2 {
+                                if sp_health.load_spill.is_some() && snapshot.buckets.len() < 2 {
                                     warnings.push(format!(
                                         "Service {name}: locus.io/load-spill has no effect: the Service routes over one bucket ({}), so there is no closer and farther bucket to balance",
                                         snapshot.rule
                                     ));
-                                } else if sp.health.load_spill.is_some()
+                                } else if sp_health.load_spill.is_some()
                                     && matches!(
                                         snapshot.balancer.algorithm,
                                         locus_core::Algorithm::ConsistentHash(_)
@@ -803,7 +813,7 @@ fn build_action(
                                     port,
                                     name: Arc::from(name),
                                     h2c: sp.app_protocol.as_deref() == Some("kubernetes.io/h2c"),
-                                    health: sp.health.clone(),
+                                    health: health_config.clone(),
                                     snapshot: ArcSwap::from_pointee(snapshot),
                                     endpoint_metrics,
                                     totals: Arc::default(),

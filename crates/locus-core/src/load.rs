@@ -203,6 +203,8 @@ pub const CONFIRM_INTERVALS: u32 = 3;
 /// At most this share of the closest bucket's traffic is moved: the rest keeps measuring it,
 /// so the controller can see it recover. (Health, not load, empties a bucket.)
 pub const MAX_SPILL: f64 = 0.9;
+/// Responses this interval's figure for the closest bucket needs to overrule the smoothed one.
+pub const LATEST_SAMPLES: u64 = 5;
 /// A figure for the next bucket older than this many intervals is not acted on.
 pub const FRESH_INTERVALS: u32 = 2;
 /// Responses that replace a stale figure for the next bucket (and judge a probe).
@@ -308,23 +310,34 @@ impl SpillController {
         // No response from the closest bucket this interval (no traffic at all, or too little):
         // nothing new to act on. MAX_SPILL keeps some traffic there so it can be measured.
         let local_now = self.local.filter(|_| local.is_some());
+        // This interval's own figure for the closest bucket, when it rests on enough responses.
+        // The smoothed figure lags: when load falls it stays high for a while, and must not
+        // push more traffic away while the latest interval says the bucket is idle.
+        let latest = local
+            .filter(|m| m.samples >= LATEST_SAMPLES)
+            .map(|m| m.load);
         let decision = match (local_now, self.remote.filter(|_| fresh)) {
             // A probe nothing came back from within STALE_INTERVALS.
             _ if probing && !fresh => Decision::Return,
             (None, _) => Decision::Hold,
-            (Some(l), _) if l < RETURN_FLOOR => Decision::Return,
+            (Some(l), _) if l < RETURN_FLOOR || latest.is_some_and(|x| x < RETURN_FLOOR) => {
+                Decision::Return
+            }
             (Some(l), None) => {
                 // Nothing recent is known of the next bucket (nothing is sent there): an old
                 // figure is no reason to spill, only to probe once it is old enough.
                 let known = self.remote.is_some() && self.remote_age < STALE_INTERVALS;
-                if self.spill == 0.0 && l >= SPILL_FLOOR && !known && self.probe.is_none() {
+                let busy = l >= SPILL_FLOOR && latest.is_some_and(|x| x >= SPILL_FLOOR);
+                if self.spill == 0.0 && busy && !known && self.probe.is_none() {
                     Decision::Probe
                 } else {
                     Decision::Hold
                 }
             }
             (Some(l), Some(r)) => {
-                if l > r * band.high && l >= SPILL_FLOOR {
+                // The latest interval only has to agree on the direction: asking it to clear
+                // the band too would hold spill back on every noisy interval.
+                if l > r * band.high && l >= SPILL_FLOOR && latest.is_some_and(|x| x > r) {
                     Decision::Spill
                 } else if l < r * band.low || probing {
                     // A probe that does not find the next bucket less busy by the whole band
@@ -492,6 +505,33 @@ mod tests {
             c.tick(Band::default(), m(5.0), m(0.1));
         }
         assert!((c.spill - MAX_SPILL).abs() < 1e-9, "{c:?}");
+    }
+
+    #[test]
+    fn a_lagging_figure_never_pushes_more_away_once_load_has_fallen() {
+        // Smoothed figures from a busy period; now the closest bucket answers at once.
+        let mut c = SpillController {
+            spill: 0.2,
+            local: Some(1.3),
+            remote: Some(1.2),
+            ..Default::default()
+        };
+        let light = |load| {
+            Some(Measured {
+                load,
+                samples: LATEST_SAMPLES,
+            })
+        };
+        // The next bucket's figure drops faster (it was just re-measured) — still no spill.
+        c.tick(Band::default(), light(0.05), m(0.05));
+        assert_eq!(c.last, Some(Decision::Return), "{c:?}");
+        let mut ticks = 1;
+        while c.spill > 0.0 {
+            c.tick(Band::default(), light(0.05), m(0.05));
+            assert_ne!(c.last, Some(Decision::Spill), "{c:?}");
+            ticks += 1;
+        }
+        assert_eq!(ticks, 4);
     }
 
     #[test]

@@ -323,6 +323,11 @@ impl Gateway {
         Ok(())
     }
 
+    /// Stops accepting on every listener (the demo's in-process replicas, when done).
+    pub fn shutdown(&self) {
+        self.close_unwanted(&[]);
+    }
+
     fn close_unwanted(&self, wanted: &[u16]) {
         let mut l = self.listeners.lock().expect("listeners lock");
         let gone: Vec<u16> = l.keys().copied().filter(|p| !wanted.contains(p)).collect();

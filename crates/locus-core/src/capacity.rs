@@ -118,6 +118,19 @@ pub struct ZoneSpec {
     pub traffic: Option<f64>,
 }
 
+impl ZoneSpec {
+    /// A zone whose traffic is in proportion to its gateways.
+    pub fn new(name: &str, gateways: f64, endpoints: u32, healthy: u32) -> Self {
+        ZoneSpec {
+            name: name.to_owned(),
+            gateways,
+            endpoints,
+            healthy,
+            traffic: None,
+        }
+    }
+}
+
 /// The routing policies `locus plan` compares.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum PlanPolicy {
@@ -253,13 +266,7 @@ mod tests {
     use super::*;
 
     fn z(name: &str, gateways: f64, endpoints: u32, healthy: u32) -> ZoneSpec {
-        ZoneSpec {
-            name: name.into(),
-            gateways,
-            endpoints,
-            healthy,
-            traffic: None,
-        }
+        ZoneSpec::new(name, gateways, endpoints, healthy)
     }
 
     fn close(a: f64, b: f64) -> bool {

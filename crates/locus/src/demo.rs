@@ -389,20 +389,8 @@ async fn scenario_a(
         "  namespace: locus-demo\n  annotations: {locus.io/fleet: \"zone-a=2,zone-b=1\"}\nspec:\n  gatewayClassName",
     );
     let zones = [
-        ZoneSpec {
-            name: "zone-a".into(),
-            gateways: 2.0,
-            endpoints: 1,
-            healthy: 1,
-            traffic: None,
-        },
-        ZoneSpec {
-            name: "zone-b".into(),
-            gateways: 1.0,
-            endpoints: 1,
-            healthy: 1,
-            traffic: None,
-        },
+        ZoneSpec::new("zone-a", 2.0, 1, 1),
+        ZoneSpec::new("zone-b", 1.0, 1, 1),
     ];
     println!(
         "\nLocality without overload, the blog's scenario A: gateways zone-a x2 and zone-b x1, one endpoint per zone,\n{PER_GATEWAY} requests through each gateway:"

@@ -44,13 +44,12 @@ pub fn parse_zone(s: &str) -> Result<ZoneSpec, String> {
     if lost > endpoints {
         return Err(format!("{s:?}: cannot lose more endpoints than there are"));
     }
-    Ok(ZoneSpec {
-        name: parts[0].to_owned(),
+    Ok(ZoneSpec::new(
+        parts[0],
         gateways,
         endpoints,
-        healthy: endpoints - lost,
-        traffic: None,
-    })
+        endpoints - lost,
+    ))
 }
 
 /// The zones of a Service from manifests: its endpoints per zone (healthy = ready), and the

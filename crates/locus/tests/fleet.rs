@@ -69,20 +69,8 @@ async fn scenario_a_two_gateways_in_one_zone_one_in_the_other() {
     let measured = shares(&fleet, 1_200).await;
     let predicted = plan(
         &[
-            ZoneSpec {
-                name: "zone-a".into(),
-                gateways: 2.0,
-                endpoints: 1,
-                healthy: 1,
-                traffic: None,
-            },
-            ZoneSpec {
-                name: "zone-b".into(),
-                gateways: 1.0,
-                endpoints: 1,
-                healthy: 1,
-                traffic: None,
-            },
+            ZoneSpec::new("zone-a", 2.0, 1, 1),
+            ZoneSpec::new("zone-b", 1.0, 1, 1),
         ],
         PlanPolicy::CapacityAware,
     );
@@ -139,20 +127,8 @@ async fn scenario_b_one_endpoint_of_zone_a_lost() {
     let measured = shares(&fleet, 900).await;
     let predicted = plan(
         &[
-            ZoneSpec {
-                name: "zone-a".into(),
-                gateways: 2.0,
-                endpoints: 2,
-                healthy: 1,
-                traffic: None,
-            },
-            ZoneSpec {
-                name: "zone-b".into(),
-                gateways: 2.0,
-                endpoints: 2,
-                healthy: 2,
-                traffic: None,
-            },
+            ZoneSpec::new("zone-a", 2.0, 2, 1),
+            ZoneSpec::new("zone-b", 2.0, 2, 2),
         ],
         PlanPolicy::CapacityAware,
     );

@@ -15,26 +15,6 @@ use std::time::Duration;
 use common::*;
 use tokio::time::Instant;
 
-/// An echo backend that works `work_ms` per request in progress.
-fn busy_echo(name: &str, work_ms: &str) -> Echo {
-    let mut proc = Proc::spawn(&[
-        "echo",
-        "--name",
-        name,
-        "--listen",
-        "127.0.0.1:0",
-        "--work-ms",
-        work_ms,
-    ]);
-    let line = proc.wait_line("echo listening", |l| l.starts_with("listening addr="));
-    let addr = line["listening addr=".len()..].parse().expect("address");
-    Echo {
-        proc,
-        addr,
-        name: name.to_owned(),
-    }
-}
-
 fn manifests(entries: &str) -> String {
     format!(
         "{GATEWAY_AND_ROUTE}apiVersion: v1\nkind: Service\nmetadata:\n  name: svc\n  namespace: apps\n  annotations: {{locus.io/load-spill: \"on\"}}\nspec:\n  selector: {{app: svc}}\n  trafficDistribution: PreferClose\n  ports: [{{name: http, port: 80}}]\n---\n{entries}"
@@ -119,8 +99,8 @@ async fn load_spill(client: &HttpClient, gw: &Gw) -> serde_json::Value {
 async fn one_zone_with_twice_the_traffic_overloads_no_endpoint() {
     // 2.5 ms of work per request in progress: at the balanced 200 req/s each endpoint is half
     // busy; priority locality would put 267 req/s (two thirds busy) on zone-a's.
-    let a = busy_echo("zone-a-1", "2.5");
-    let b = busy_echo("zone-b-1", "2.5");
+    let a = echo_with("zone-a-1", &["--work-ms", "2.5"]);
+    let b = echo_with("zone-b-1", &["--work-ms", "2.5"]);
     let dir = tempdir();
     let text = manifests(&(entry("a", "r/zone-a", a.addr) + &entry("b", "r/zone-b", b.addr)));
     write(dir.path(), "all.yaml", &text);

@@ -117,7 +117,14 @@ pub struct Echo {
 }
 
 pub fn echo(name: &str) -> Echo {
-    let mut proc = Proc::spawn(&["echo", "--name", name, "--listen", "127.0.0.1:0"]);
+    echo_with(name, &[])
+}
+
+/// An echo backend with extra flags (`--work-ms 2.5`, …).
+pub fn echo_with(name: &str, extra: &[&str]) -> Echo {
+    let mut args = vec!["echo", "--name", name, "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let mut proc = Proc::spawn(&args);
     let line = proc.wait_line("echo listening", |l| l.starts_with("listening addr="));
     let addr = line["listening addr=".len()..].parse().expect("address");
     Echo {

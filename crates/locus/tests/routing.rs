@@ -303,3 +303,41 @@ async fn backend_ref_weights_split_traffic() {
     let c2 = c.count(addr, "any", "/", 80).await;
     assert_eq!(c2, counts(&[("v1", 30), ("v2", 10), ("status 500", 40)]));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_namespace_backend_refs_need_a_reference_grant() {
+    let b = echo("in-backend-ns");
+    let dir = tempdir();
+    let manifests = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: apps}}\nspec:\n  gatewayClassName: locus\n  listeners: [{{name: http, protocol: HTTP, port: 8080}}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: apps}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules: [{{backendRefs: [{{name: svc, namespace: backend, port: 80}}]}}]\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: svc, namespace: backend}}\nspec:\n  selector: {{app: svc}}\n  ports: [{{name: http, port: 80}}]\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: e, namespace: backend, labels: {{app: svc}}}}\nspec: {{address: \"{}\", ports: {{http: {}}}}}\n",
+        b.addr.ip(),
+        b.addr.port()
+    );
+    write(dir.path(), "all.yaml", &manifests);
+    let mut gw = Gw::start(dir.path(), &[]);
+    let c = HttpClient::default();
+    let r = c.get(gw.addr(8080), "svc.test", "/hostname").await;
+    assert_eq!(r.status, 500);
+    assert_eq!(r.headers["x-locus-error"], "invalid-backend");
+    assert!(
+        r.body.contains(
+            "needs a ReferenceGrant in namespace backend allowing HTTPRoutes from namespace apps"
+        ),
+        "{}",
+        r.body
+    );
+
+    // A grant for another kind or namespace does not help; the right one does (v1beta1, as
+    // most clusters serve it).
+    let grant = |from_ns: &str| {
+        format!("apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {{name: allow, namespace: backend}}\nspec:\n  from: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: {from_ns}}}]\n  to: [{{group: \"\", kind: Service}}]\n")
+    };
+    gw.apply("grant.yaml", &grant("elsewhere"));
+    assert_eq!(
+        c.get(gw.addr(8080), "svc.test", "/hostname").await.status,
+        500
+    );
+    gw.apply("grant.yaml", &grant("apps"));
+    let r = c.get(gw.addr(8080), "svc.test", "/hostname").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "in-backend-ns"));
+}

@@ -50,6 +50,14 @@ const KINDS: &[(&str, &str, &str, &str, bool)] = &[
         "httproutes",
         true,
     ),
+    // v1beta1: the version every Gateway API release since 0.6 serves.
+    (
+        "gateway.networking.k8s.io",
+        "v1beta1",
+        "ReferenceGrant",
+        "referencegrants",
+        true,
+    ),
     (
         "networking.istio.io",
         "v1",

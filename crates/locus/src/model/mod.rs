@@ -68,8 +68,30 @@ pub struct Model {
     pub services: BTreeMap<ObjKey, ServiceModel>,
     pub nodes: BTreeMap<String, NodeModel>,
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    /// ReferenceGrants, which let HTTPRoutes reference Services in other namespaces.
+    pub grants: Vec<GrantModel>,
     /// Settings Locus read but cannot honour, skipped kinds, unresolved references.
     pub warnings: Vec<String>,
+}
+
+/// One ReferenceGrant: in `namespace`, objects of `to` (group, kind, optional name) may be
+/// referenced from objects of `from` (group, kind, namespace).
+#[derive(Clone, Debug, PartialEq)]
+pub struct GrantModel {
+    pub namespace: String,
+    pub from: Vec<(String, String, String)>,
+    pub to: Vec<(String, String, Option<String>)>,
+}
+
+impl GrantModel {
+    /// Whether an HTTPRoute in `route_ns` may reference Service `name` in this namespace.
+    pub fn allows_route_to_service(&self, route_ns: &str, name: &str) -> bool {
+        self.from.iter().any(|(g, k, ns)| {
+            g == "gateway.networking.k8s.io" && k == "HTTPRoute" && ns == route_ns
+        }) && self.to.iter().any(|(g, k, n)| {
+            (g.is_empty() || g == "core") && k == "Service" && n.as_ref().is_none_or(|n| n == name)
+        })
+    }
 }
 
 /// Context for errors about one document.
@@ -145,6 +167,24 @@ impl Model {
                     labels.insert("kubernetes.io/metadata.name".into(), name.clone());
                     model.namespaces.insert(name, labels);
                 }
+                Resource::ReferenceGrant(g) => {
+                    name_of(&ctx, &g.metadata)?;
+                    model.grants.push(GrantModel {
+                        namespace: namespace_of(&g.metadata),
+                        from: g
+                            .spec
+                            .from
+                            .iter()
+                            .map(|f| (f.group.clone(), f.kind.clone(), f.namespace.clone()))
+                            .collect(),
+                        to: g
+                            .spec
+                            .to
+                            .iter()
+                            .map(|t| (t.group.clone(), t.kind.clone(), t.name.clone()))
+                            .collect(),
+                    });
+                }
                 _ => {}
             }
         }
@@ -161,7 +201,7 @@ impl Model {
                     model.gateways.push(g);
                 }
                 Resource::HttpRoute(route) => {
-                    let r = routes::build(&ctx, route, &mut model.warnings)?;
+                    let r = routes::build(&ctx, route, &model.grants, &mut model.warnings)?;
                     model.routes.push(r);
                 }
                 Resource::Service(svc) => services.push((doc, &**svc)),
@@ -169,7 +209,7 @@ impl Model {
                 Resource::WorkloadEntry(we) => entries.push((doc, &**we)),
                 Resource::DestinationRule(dr) => rules.push((doc, &**dr)),
                 Resource::BackendTrafficPolicy(btp) => traffic.push((doc, &**btp)),
-                Resource::Node(_) | Resource::Namespace(_) => {}
+                Resource::Node(_) | Resource::Namespace(_) | Resource::ReferenceGrant(_) => {}
             }
         }
         let endpoint_sources =

@@ -221,6 +221,7 @@ fn build_match(
 pub(super) fn build(
     ctx: &DocCtx<'_>,
     route: &HttpRoute,
+    grants: &[super::GrantModel],
     warnings: &mut Vec<String>,
 ) -> Result<RouteModel, ConfigError> {
     let key = ObjKey {
@@ -293,9 +294,14 @@ pub(super) fn build(
                 Some(format!(
                     "backendRef kind {group}/{kind} is not supported (Service only)"
                 ))
-            } else if namespace != key.namespace {
+            } else if namespace != key.namespace
+                && !grants.iter().any(|g| {
+                    g.namespace == namespace && g.allows_route_to_service(&key.namespace, &br.name)
+                })
+            {
                 Some(format!(
-                    "backendRef to namespace {namespace} needs a ReferenceGrant, which Locus does not read yet"
+                    "backendRef to Service {namespace}/{} needs a ReferenceGrant in namespace {namespace} allowing HTTPRoutes from namespace {}",
+                    br.name, key.namespace
                 ))
             } else if br.port.is_none() {
                 Some("backendRef to a Service needs a port".to_owned())

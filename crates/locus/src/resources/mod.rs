@@ -15,6 +15,7 @@ use std::sync::Arc;
 
 use gateway_api::apis::standard::gateways::Gateway;
 use gateway_api::apis::standard::httproutes::HttpRoute;
+use gateway_api::apis::standard::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Namespace, Node, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::de::DeserializeOwned;
@@ -45,6 +46,7 @@ pub enum Resource {
     WorkloadEntry(Box<WorkloadEntry>),
     DestinationRule(Box<DestinationRule>),
     BackendTrafficPolicy(Box<BackendTrafficPolicy>),
+    ReferenceGrant(Box<ReferenceGrant>),
 }
 
 impl Resource {
@@ -59,6 +61,7 @@ impl Resource {
             Resource::WorkloadEntry(_) => "WorkloadEntry",
             Resource::DestinationRule(_) => "DestinationRule",
             Resource::BackendTrafficPolicy(_) => "BackendTrafficPolicy",
+            Resource::ReferenceGrant(_) => "ReferenceGrant",
         }
     }
 }
@@ -168,6 +171,9 @@ fn parse_value(origin: Origin, value: Value, out: &mut ResourceSet) -> Result<()
         }
         ("gateway.networking.k8s.io", "HTTPRoute") if matches!(version, "v1" | "v1beta1") => {
             Resource::HttpRoute(typed(&origin, &doc, with_version(value, "v1"))?)
+        }
+        ("gateway.networking.k8s.io", "ReferenceGrant") if matches!(version, "v1" | "v1beta1") => {
+            Resource::ReferenceGrant(typed(&origin, &doc, with_version(value, "v1"))?)
         }
         ("", "Service") if version == "v1" => Resource::Service(typed(&origin, &doc, value)?),
         ("", "Node") if version == "v1" => Resource::Node(typed(&origin, &doc, value)?),

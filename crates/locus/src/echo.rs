@@ -7,7 +7,8 @@
 //!
 //! - `/_echo/fail/NNN` → from now on every other request is answered with status NNN
 //!   (`/_echo/fail/0` restores normal answers): how tests and benchmarks make a backend fail
-//!   without killing it.
+//!   without killing it;
+//! - `/_echo/requests` → how many requests (other than `/_echo/…`) it has answered.
 //!
 //! Every response carries `x-backend: NAME`.
 //!
@@ -17,7 +18,7 @@
 //! benchmarks need from a backend.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -50,6 +51,7 @@ pub async fn serve_with(
     let state = Arc::new(State {
         fail: AtomicU16::new(fail_status),
         busy: AtomicU32::new(0),
+        answered: AtomicU64::new(0),
         work,
     });
     let builder = auto::Builder::new(TokioExecutor::new());
@@ -76,6 +78,8 @@ struct State {
     fail: AtomicU16,
     /// Requests in progress (for the simulated work).
     busy: AtomicU32,
+    /// Requests answered, `/_echo/…` ones aside.
+    answered: AtomicU64,
     work: Option<Duration>,
 }
 
@@ -102,7 +106,12 @@ async fn respond(name: &str, state: &State, req: Request<Incoming>) -> Response<
     };
     let mut status = StatusCode::OK;
     let forced = fail.load(Ordering::Relaxed);
-    let body: Bytes = if let Some(code) = path.strip_prefix("/_echo/fail/") {
+    if !path.starts_with("/_echo/") {
+        state.answered.fetch_add(1, Ordering::Relaxed);
+    }
+    let body: Bytes = if path == "/_echo/requests" {
+        Bytes::from(state.answered.load(Ordering::Relaxed).to_string())
+    } else if let Some(code) = path.strip_prefix("/_echo/fail/") {
         fail.store(code.parse().unwrap_or(0), Ordering::Relaxed);
         Bytes::from(format!("{name} fail status set to {code}"))
     } else if forced != 0 {

@@ -5,7 +5,16 @@ mod common;
 
 use common::*;
 
-const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: svc, namespace: apps}\nspec:\n  selector: {app: svc}\n  ports: [{name: http, port: 80}]\n---\n";
+const SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: svc, namespace: apps}\nspec:\n  selector: {app: svc}\n  ports: [{name: http, port: 80}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: shadow, namespace: apps}\nspec:\n  selector: {app: shadow}\n  ports: [{name: http, port: 80}]\n---\n";
+
+/// The shadow Service's one endpoint.
+fn shadow_entry(addr: std::net::SocketAddr) -> String {
+    format!(
+        "apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: shadow, namespace: apps, labels: {{app: shadow}}}}\nspec: {{address: \"{}\", ports: {{http: {}}}}}\n---\n",
+        addr.ip(),
+        addr.port()
+    )
+}
 
 fn route(rules: &str) -> String {
     format!(
@@ -43,19 +52,24 @@ const RULES: &str = r#"  - matches: [{path: {type: PathPrefix, value: /headers}}
   - matches: [{path: {type: PathPrefix, value: /mirror}}]
     filters:
     - type: RequestMirror
-      requestMirror: {backendRef: {name: svc, port: 80}}
+      requestMirror: {backendRef: {name: shadow, port: 80}}
+    backendRefs: [{name: svc, port: 80}]
+  - matches: [{path: {type: PathPrefix, value: /extension}}]
+    filters:
+    - type: ExtensionRef
+      extensionRef: {group: example.io, kind: Thing, name: x}
     backendRefs: [{name: svc, port: 80}]
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn header_edits_redirects_and_rewrites() {
     let backend = echo("backend");
+    let shadow = echo("shadow");
+    let all = |rules: &str| {
+        route(rules) + SERVICE + &entry("e", "r/z", backend.addr) + &shadow_entry(shadow.addr)
+    };
     let dir = tempdir();
-    write(
-        dir.path(),
-        "all.yaml",
-        &(route(RULES) + SERVICE + &entry("e", "r/z", backend.addr)),
-    );
+    write(dir.path(), "all.yaml", &all(RULES));
     let mut gw = Gw::start(dir.path(), &[]);
     let addr = gw.addr(8080);
     let c = HttpClient::default();
@@ -97,8 +111,26 @@ async fn header_edits_redirects_and_rewrites() {
     assert_eq!(seen["query"], "id=7");
     assert_eq!(seen["headers"]["host"], "internal.svc");
 
+    // Mirrored: the client gets the backend's answer; the shadow gets a copy of each request.
+    for _ in 0..20 {
+        assert_eq!(c.get(addr, "svc.test", "/mirror").await.who(), "backend");
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let copies = c.get(shadow.addr, "shadow", "/_echo/requests").await.body;
+        if copies == "20" {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "shadow saw {copies} of 20"
+        );
+        // Copies are sent in the background; poll the shadow's own count.
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+
     // Not applied yet: 500, never a silent skip.
-    let r = c.get(addr, "svc.test", "/mirror").await;
+    let r = c.get(addr, "svc.test", "/extension").await;
     assert_eq!(r.status, 500);
     assert_eq!(r.headers["x-locus-error"], "unsupported-filter");
 
@@ -107,11 +139,7 @@ async fn header_edits_redirects_and_rewrites() {
         "{path: {type: PathPrefix, value: /api}}",
         "{path: {type: Exact, value: /api}}",
     );
-    write(
-        dir.path(),
-        "all.yaml",
-        &(route(&bad) + SERVICE + &entry("e", "r/z", backend.addr)),
-    );
+    write(dir.path(), "all.yaml", &all(&bad));
     let err = gw.wait_rejected();
     assert!(
         err.contains("spec.rules[2].filters[0].urlRewrite.path.type")

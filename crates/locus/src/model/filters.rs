@@ -1,6 +1,6 @@
 //! HTTPRoute rule filters Locus applies: request and response header edits
-//! (`RequestHeaderModifier`, `ResponseHeaderModifier`), `RequestRedirect` and `URLRewrite`.
-//! `RequestMirror`, `ExtensionRef` and `CORS` are not applied: a rule using them answers 500
+//! (`RequestHeaderModifier`, `ResponseHeaderModifier`), `RequestRedirect`, `URLRewrite` and
+//! `RequestMirror`. `ExtensionRef` and `CORS` are not applied: a rule using them answers 500
 //! (the Gateway API forbids skipping a filter silently) and the configuration says why.
 
 use gateway_api::apis::standard::httproutes::{
@@ -11,7 +11,7 @@ use gateway_api::apis::standard::httproutes::{
 use http::{HeaderName, HeaderValue, StatusCode};
 
 use super::routes::{MatchModel, PathMatch};
-use super::DocCtx;
+use super::{DocCtx, GrantModel, ObjKey};
 use crate::resources::ConfigError;
 
 /// `set`, `add` and `remove` of a header modifier, validated.
@@ -121,6 +121,15 @@ pub struct Rewrite {
     pub path: Option<PathEdit>,
 }
 
+/// `RequestMirror`: a copy of each request (or of `fraction` of them) to one endpoint of
+/// another Service, its response discarded.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Mirror {
+    pub service: ObjKey,
+    pub port: u16,
+    pub fraction: f64,
+}
+
 /// The filters of one rule.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Filters {
@@ -128,6 +137,7 @@ pub struct Filters {
     pub response_headers: Option<HeaderEdits>,
     pub redirect: Option<Redirect>,
     pub rewrite: Option<Rewrite>,
+    pub mirrors: Vec<Mirror>,
 }
 
 impl Filters {
@@ -212,16 +222,25 @@ fn path_edit(
     }
 }
 
-/// The filters of rule `field` (`spec.rules[i]`). Filters Locus cannot apply are named in
-/// `unsupported` (with a warning); invalid ones are errors.
+/// Where a rule's filters live: its field, its matches, its route's namespace and the
+/// ReferenceGrants a cross-namespace mirror needs.
+pub(super) struct RuleCtx<'a> {
+    pub field: &'a str,
+    pub matches: &'a [MatchModel],
+    pub route_ns: &'a str,
+    pub grants: &'a [GrantModel],
+}
+
+/// The filters of a rule. Filters Locus cannot apply are named in `unsupported` (with a
+/// warning); invalid ones are errors.
 pub(super) fn parse(
     ctx: &DocCtx<'_>,
-    field: &str,
+    rule: &RuleCtx<'_>,
     filters: &[HttpRouteRulesFilters],
-    matches: &[MatchModel],
     warnings: &mut Vec<String>,
     unsupported: &mut Vec<String>,
 ) -> Result<Filters, ConfigError> {
+    let (field, matches) = (rule.field, rule.matches);
     let mut out = Filters::default();
     for (i, f) in filters.iter().enumerate() {
         let here = format!("{field}.filters[{i}]");
@@ -366,7 +385,78 @@ pub(super) fn parse(
                     return Err(twice());
                 }
             }
-            FilterType::RequestMirror | FilterType::ExtensionRef | FilterType::Cors => {
+            FilterType::RequestMirror => {
+                let m = f
+                    .request_mirror
+                    .as_ref()
+                    .ok_or_else(|| missing("requestMirror"))?;
+                let br = &m.backend_ref;
+                let here = format!("{here}.requestMirror");
+                let group = br.group.as_deref().unwrap_or("");
+                let kind = br.kind.as_deref().unwrap_or("Service");
+                if !(group.is_empty() || group == "core") || kind != "Service" {
+                    return Err(ctx.error(
+                        &format!("{here}.backendRef.kind"),
+                        format!("{group}/{kind} is not supported (Service only)"),
+                    ));
+                }
+                let port = br
+                    .port
+                    .and_then(|p| u16::try_from(p).ok())
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| {
+                        ctx.error(
+                            &format!("{here}.backendRef.port"),
+                            "a port of the Service is required".to_owned(),
+                        )
+                    })?;
+                let fraction = match (&m.percent, &m.fraction) {
+                    (Some(p), _) if (0..=100).contains(p) => f64::from(*p) / 100.0,
+                    (Some(p), _) => {
+                        return Err(ctx.error(
+                            &format!("{here}.percent"),
+                            format!("{p} is not between 0 and 100"),
+                        ))
+                    }
+                    (None, Some(fr)) => {
+                        let den = fr.denominator.unwrap_or(100);
+                        if den <= 0 || fr.numerator < 0 || fr.numerator > den {
+                            return Err(ctx.error(
+                                &format!("{here}.fraction"),
+                                format!("{}/{den} is not a fraction in 0..=1", fr.numerator),
+                            ));
+                        }
+                        f64::from(fr.numerator) / f64::from(den)
+                    }
+                    (None, None) => 1.0,
+                };
+                let ns = br
+                    .namespace
+                    .clone()
+                    .unwrap_or_else(|| rule.route_ns.to_owned());
+                let granted = ns == rule.route_ns
+                    || rule.grants.iter().any(|g| {
+                        g.namespace == ns && g.allows_route_to_service(rule.route_ns, &br.name)
+                    });
+                if !granted {
+                    let why = format!(
+                        "RequestMirror to Service {ns}/{} needs a ReferenceGrant in namespace {ns}",
+                        br.name
+                    );
+                    warnings.push(format!(
+                        "{}: {here}: {why}; requests matching this rule get 500",
+                        ctx.place()
+                    ));
+                    unsupported.push(why);
+                    continue;
+                }
+                out.mirrors.push(Mirror {
+                    service: ObjKey::new(&ns, &br.name),
+                    port,
+                    fraction,
+                });
+            }
+            FilterType::ExtensionRef | FilterType::Cors => {
                 let name = format!("{:?}", f.r#type);
                 warnings.push(format!(
                     "{}: {here}: filter {name} is not supported yet; requests matching this rule get 500",

@@ -18,7 +18,7 @@ use locus_core::Locality;
 
 use crate::resources::{ConfigError, Document, Resource, ResourceSet};
 
-pub use filters::{Filters, HeaderEdits, PathEdit, Redirect, Rewrite};
+pub use filters::{Filters, HeaderEdits, Mirror, PathEdit, Redirect, Rewrite};
 pub use gateways::{AllowedRoutes, GatewayModel, ListenerModel};
 pub use policies::{ActiveCheck, HealthConfig, RetryPolicy};
 pub use routes::{

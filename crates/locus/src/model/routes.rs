@@ -344,9 +344,13 @@ pub(super) fn build(
         let mut unsupported_filters = Vec::new();
         let filters = super::filters::parse(
             ctx,
-            &field,
+            &super::filters::RuleCtx {
+                field: &field,
+                matches: &matches,
+                route_ns: &key.namespace,
+                grants,
+            },
             rule.filters.as_deref().unwrap_or_default(),
-            &matches,
             warnings,
             &mut unsupported_filters,
         )?;

@@ -194,6 +194,74 @@ fn note_outcome(
     }
 }
 
+/// The request URI for an endpoint: absolute for HTTP/2 (hyper needs the authority there),
+/// origin-form for HTTP/1.1, as it is sent to an origin server.
+fn upstream_uri(h2c: bool, addr: SocketAddr, path_and_query: &PathAndQuery) -> Uri {
+    if h2c {
+        let authority =
+            Authority::try_from(addr.to_string()).expect("a socket address is an authority");
+        Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority)
+            .path_and_query(path_and_query.clone())
+            .build()
+            .expect("valid parts make a valid URI")
+    } else {
+        Uri::from(path_and_query.clone())
+    }
+}
+
+/// Sends a copy of the request to one endpoint of `mirror`, in the background; its response
+/// is read and dropped. A body that is streamed rather than buffered (larger than the replay
+/// limit) is not mirrored: that would mean holding the client's upload for the mirror.
+fn send_mirror(
+    shared: &Shared,
+    mirror: &Arc<ServiceTarget>,
+    parts: &http::request::Parts,
+    path_and_query: &PathAndQuery,
+    body: Option<&Bytes>,
+) {
+    let Some(body) = body else {
+        tracing::debug!(service = %mirror.name, "request body streamed; not mirrored");
+        return;
+    };
+    let Ok(pick) = mirror.snapshot.load().pick() else {
+        tracing::debug!(service = %mirror.name, "no endpoint to mirror to");
+        return;
+    };
+    let addr = mirror.snapshot.load().endpoint(pick).addr;
+    let mut req = Request::new(ProxyBody::text(body.clone()));
+    *req.method_mut() = parts.method.clone();
+    *req.headers_mut() = parts.headers.clone();
+    let h2c = mirror.h2c.then(|| shared.h2c_client.clone());
+    if h2c.is_some() {
+        *req.version_mut() = Version::HTTP_2;
+    }
+    *req.uri_mut() = upstream_uri(h2c.is_some(), addr, path_and_query);
+    let name = mirror.name.clone();
+    tokio::spawn(async move {
+        let status = match h2c {
+            Some(client) => match client.request(req).await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let _ = resp.into_body().collect().await;
+                    Ok(status)
+                }
+                Err(e) => Err(e.to_string()),
+            },
+            None => match pool::send(addr, req, CONNECT_TIMEOUT).await {
+                Ok(resp) => {
+                    let status = resp.status();
+                    let _ = resp.into_body().collect().await;
+                    Ok(status)
+                }
+                Err(_) => Err("connection failed".to_owned()),
+            },
+        };
+        tracing::debug!(service = %name, endpoint = %addr, ?status, "mirrored");
+    });
+}
+
 /// Counts a request in flight on an endpoint for as long as it lives.
 struct InFlight(Arc<EndpointHealth>);
 
@@ -407,7 +475,7 @@ pub(super) async fn forward(
         Some(Bytes::new())
     } else {
         let small = body.size_hint().upper().is_some_and(|n| n <= REPLAY_LIMIT);
-        if retry.attempts > 0 && small {
+        if (retry.attempts > 0 || !action.mirrors.is_empty()) && small {
             Some(
                 body.collect()
                     .await
@@ -429,6 +497,11 @@ pub(super) async fn forward(
     } else {
         1
     };
+    for (mirror, fraction) in &action.mirrors {
+        if action.mirror_this(*fraction) {
+            send_mirror(shared, mirror, &parts, &path_and_query, replay.as_ref());
+        }
+    }
     let deadline = action.timeout.map(|t| tokio::time::Instant::now() + t);
     let mut set_cookie = None;
     let mut tried: Vec<SocketAddr> = Vec::new();
@@ -468,19 +541,7 @@ pub(super) async fn forward(
                 r
             }
         };
-        *upstream.uri_mut() = if target.h2c {
-            let authority =
-                Authority::try_from(addr.to_string()).expect("a socket address is an authority");
-            Uri::builder()
-                .scheme(Scheme::HTTP)
-                .authority(authority)
-                .path_and_query(path_and_query.clone())
-                .build()
-                .expect("valid parts make a valid URI")
-        } else {
-            // Origin-form, as HTTP/1.1 sends it to an origin server.
-            Uri::from(path_and_query.clone())
-        };
+        *upstream.uri_mut() = upstream_uri(target.h2c, addr, &path_and_query);
 
         let _in_flight = InFlight::new(health.clone());
         let em = &target.endpoint_metrics[idx as usize];

@@ -238,9 +238,26 @@ pub struct RuleAction {
     pub filters: crate::model::Filters,
     /// A filter replaces the matched path prefix, so requests need to know it.
     pub needs_prefix: bool,
+    /// `RequestMirror` targets and the share of requests each gets.
+    pub mirrors: Vec<(Arc<ServiceTarget>, f64)>,
+    mirror_draws: std::sync::atomic::AtomicU64,
 }
 
 impl RuleAction {
+    /// Whether this request is mirrored to a target that gets `fraction` of them (a hashed
+    /// counter: no RNG state shared between threads).
+    pub fn mirror_this(&self, fraction: f64) -> bool {
+        if fraction >= 1.0 {
+            return true;
+        }
+        let n = self
+            .mirror_draws
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let u =
+            (locus_core::balancer::hash_bytes(&n.to_le_bytes()) >> 11) as f64 / (1u64 << 53) as f64;
+        u < fraction
+    }
+
     /// The backend for this request, split by backendRef weights; `None` when every weight
     /// is 0 (the Gateway API asks for a 500 then).
     #[inline]
@@ -718,6 +735,91 @@ fn balancer_with_fleet(
     (Arc::new(b), fallback)
 }
 
+/// The target of one Service port, created once per table (routes and mirrors share it).
+fn service_target(
+    ctx: &BuildCtx<'_>,
+    svc: &crate::model::ServiceModel,
+    sp: &crate::model::ServicePortModel,
+    port: u16,
+    services: &mut BTreeMap<(ObjKey, u16), Arc<ServiceTarget>>,
+    warnings: &mut Vec<String>,
+) -> Arc<ServiceTarget> {
+    services
+            .entry((svc.key.clone(), port))
+            .or_insert_with(|| {
+                let health = sp
+                    .endpoints
+                    .iter()
+                    .map(|e| ctx.registry.get(e.addr))
+                    .collect();
+                let name = format!("{}:{port}", svc.key);
+                let (balancer, zone_balance_fallback) =
+                    balancer_with_fleet(&sp.balancer, ctx, &name, warnings);
+                let mut health_config = sp.health.clone();
+                if zone_balance_fallback == Some("no-fleet")
+                    && health_config.load_spill.is_none()
+                {
+                    // Without a fleet, the measured load stands in for it:
+                    // unequal traffic per gateway is what capacity maths would
+                    // have corrected, and load-aware spill corrects it too.
+                    health_config.load_spill = Some(Default::default());
+                }
+                let sp_health = &health_config;
+                let mut options = sp.health.options;
+                if sp_health.load_spill.is_some() {
+                    // Carried across reloads: a reload must not undo spill
+                    // that the load still calls for.
+                    options.load_spill = ctx.registry.load_spill(&name);
+                }
+                let snapshot = ServiceSnapshot::build_with_health(
+                    ctx.identity.identity.clone(),
+                    svc.policy,
+                    balancer,
+                    options,
+                    sp.endpoints.clone(),
+                    health,
+                    ctx.now_ms,
+                );
+                if sp_health.load_spill.is_some() && snapshot.buckets.len() < 2 {
+                    warnings.push(format!(
+                        "Service {name}: locus.io/load-spill has no effect: the Service routes over one bucket ({}), so there is no closer and farther bucket to balance",
+                        snapshot.rule
+                    ));
+                } else if sp_health.load_spill.is_some()
+                    && matches!(
+                        snapshot.balancer.algorithm,
+                        locus_core::Algorithm::ConsistentHash(_)
+                    )
+                {
+                    warnings.push(format!(
+                        "Service {name}: locus.io/load-spill has no effect with consistentHash: hashed requests stay in the best healthy bucket"
+                    ));
+                }
+                let endpoint_metrics = snapshot
+                    .endpoints
+                    .iter()
+                    .map(|e| ctx.metrics.endpoint(&name, &ctx.identity.identity, e))
+                    .collect();
+                let target = ServiceTarget {
+                    key: svc.key.clone(),
+                    port,
+                    name: Arc::from(name),
+                    h2c: sp.app_protocol.as_deref() == Some("kubernetes.io/h2c"),
+                    health: health_config.clone(),
+                    snapshot: ArcSwap::from_pointee(snapshot),
+                    endpoint_metrics,
+                    totals: Arc::default(),
+                    zone_balance_fallback,
+                    load_view: Default::default(),
+                    rebuilding: Default::default(),
+                    metrics: ctx.metrics.clone(),
+                };
+                target.publish_gauges(&target.snapshot.load());
+                Arc::new(target)
+            })
+            .clone()
+}
+
 fn build_action(
     ctx: &BuildCtx<'_>,
     route: &crate::model::RouteModel,
@@ -752,80 +854,7 @@ fn build_action(
                         Backend::Invalid(Arc::from(why))
                     }
                     Some(sp) => {
-                        let target = services
-                            .entry((svc.key.clone(), port))
-                            .or_insert_with(|| {
-                                let health = sp
-                                    .endpoints
-                                    .iter()
-                                    .map(|e| ctx.registry.get(e.addr))
-                                    .collect();
-                                let name = format!("{}:{port}", svc.key);
-                                let (balancer, zone_balance_fallback) =
-                                    balancer_with_fleet(&sp.balancer, ctx, &name, warnings);
-                                let mut health_config = sp.health.clone();
-                                if zone_balance_fallback == Some("no-fleet")
-                                    && health_config.load_spill.is_none()
-                                {
-                                    // Without a fleet, the measured load stands in for it:
-                                    // unequal traffic per gateway is what capacity maths would
-                                    // have corrected, and load-aware spill corrects it too.
-                                    health_config.load_spill = Some(Default::default());
-                                }
-                                let sp_health = &health_config;
-                                let mut options = sp.health.options;
-                                if sp_health.load_spill.is_some() {
-                                    // Carried across reloads: a reload must not undo spill
-                                    // that the load still calls for.
-                                    options.load_spill = ctx.registry.load_spill(&name);
-                                }
-                                let snapshot = ServiceSnapshot::build_with_health(
-                                    ctx.identity.identity.clone(),
-                                    svc.policy,
-                                    balancer,
-                                    options,
-                                    sp.endpoints.clone(),
-                                    health,
-                                    ctx.now_ms,
-                                );
-                                if sp_health.load_spill.is_some() && snapshot.buckets.len() < 2 {
-                                    warnings.push(format!(
-                                        "Service {name}: locus.io/load-spill has no effect: the Service routes over one bucket ({}), so there is no closer and farther bucket to balance",
-                                        snapshot.rule
-                                    ));
-                                } else if sp_health.load_spill.is_some()
-                                    && matches!(
-                                        snapshot.balancer.algorithm,
-                                        locus_core::Algorithm::ConsistentHash(_)
-                                    )
-                                {
-                                    warnings.push(format!(
-                                        "Service {name}: locus.io/load-spill has no effect with consistentHash: hashed requests stay in the best healthy bucket"
-                                    ));
-                                }
-                                let endpoint_metrics = snapshot
-                                    .endpoints
-                                    .iter()
-                                    .map(|e| ctx.metrics.endpoint(&name, &ctx.identity.identity, e))
-                                    .collect();
-                                let target = ServiceTarget {
-                                    key: svc.key.clone(),
-                                    port,
-                                    name: Arc::from(name),
-                                    h2c: sp.app_protocol.as_deref() == Some("kubernetes.io/h2c"),
-                                    health: health_config.clone(),
-                                    snapshot: ArcSwap::from_pointee(snapshot),
-                                    endpoint_metrics,
-                                    totals: Arc::default(),
-                                    zone_balance_fallback,
-                                    load_view: Default::default(),
-                                    rebuilding: Default::default(),
-                                    metrics: ctx.metrics.clone(),
-                                };
-                                target.publish_gauges(&target.snapshot.load());
-                                Arc::new(target)
-                            })
-                            .clone();
+                        let target = service_target(ctx, svc, sp, port, services, warnings);
                         Backend::Service(target)
                     }
                 },
@@ -835,6 +864,24 @@ fn build_action(
             weights.push((backends.len() as u32, b.weight));
         }
         backends.push(backend);
+    }
+    let mut mirrors = Vec::new();
+    for m in &rule.filters.mirrors {
+        let found = ctx
+            .model
+            .services
+            .get(&m.service)
+            .and_then(|svc| svc.port(m.port).map(|sp| (svc, sp)));
+        match found {
+            Some((svc, sp)) => mirrors.push((
+                service_target(ctx, svc, sp, m.port, services, warnings),
+                m.fraction,
+            )),
+            None => warnings.push(format!(
+                "HTTPRoute {} rule {r}: RequestMirror to Service {} port {}: no such Service port; requests are not mirrored",
+                route.key, m.service, m.port
+            )),
+        }
     }
     let prefix_edit =
         |p: &Option<crate::model::PathEdit>| matches!(p, Some(crate::model::PathEdit::Prefix(_)));
@@ -854,6 +901,8 @@ fn build_action(
                 .as_ref()
                 .is_some_and(|x| prefix_edit(&x.path)),
         filters: rule.filters.clone(),
+        mirrors,
+        mirror_draws: Default::default(),
         unsupported: (!rule.unsupported_filters.is_empty()).then(|| {
             Arc::from(format!(
                 "filters not supported by Locus yet: {}",

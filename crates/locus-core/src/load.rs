@@ -327,7 +327,8 @@ impl SpillController {
                 // Nothing recent is known of the next bucket (nothing is sent there): an old
                 // figure is no reason to spill, only to probe once it is old enough.
                 let known = self.remote.is_some() && self.remote_age < STALE_INTERVALS;
-                let busy = l >= SPILL_FLOOR && latest.is_some_and(|x| x >= SPILL_FLOOR);
+                // An interval too quiet for a figure of its own does not hold a probe back.
+                let busy = l >= SPILL_FLOOR && latest.is_none_or(|x| x >= SPILL_FLOOR);
                 if self.spill == 0.0 && busy && !known && self.probe.is_none() {
                     Decision::Probe
                 } else {
@@ -337,7 +338,7 @@ impl SpillController {
             (Some(l), Some(r)) => {
                 // The latest interval only has to agree on the direction: asking it to clear
                 // the band too would hold spill back on every noisy interval.
-                if l > r * band.high && l >= SPILL_FLOOR && latest.is_some_and(|x| x > r) {
+                if l > r * band.high && l >= SPILL_FLOOR && latest.is_none_or(|x| x > r) {
                     Decision::Spill
                 } else if l < r * band.low || probing {
                     // A probe that does not find the next bucket less busy by the whole band

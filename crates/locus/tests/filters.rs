@@ -152,4 +152,26 @@ async fn header_edits_redirects_and_rewrites() {
         c.get(addr, "svc.test", "/api/x").await.json()["path"],
         "/v2/x"
     );
+
+    // A route may not change how the message is framed.
+    let framing = RULES.replace(
+        "{name: x-set, value: from-route}",
+        "{name: content-length, value: \"0\"}",
+    );
+    write(dir.path(), "all.yaml", &all(&framing));
+    let err = gw.wait_rejected();
+    assert!(
+        err.contains("spec.rules[0].filters[0].requestHeaderModifier.set[0]")
+            && err.contains("content-length frames the message"),
+        "{err}"
+    );
+    // Nor rewrite to something that is not a path.
+    let relative = RULES.replace("replacePrefixMatch: /v2}", "replacePrefixMatch: v2}");
+    write(dir.path(), "all.yaml", &all(&relative));
+    let err = gw.wait_rejected();
+    assert!(
+        err.contains("urlRewrite.path.replacePrefixMatch")
+            && err.contains("is not an absolute path"),
+        "{err}"
+    );
 }

@@ -327,8 +327,8 @@ async fn cross_namespace_backend_refs_need_a_reference_grant() {
         r.body
     );
 
-    // A grant for another kind or namespace does not help; the right one does (v1beta1, as
-    // most clusters serve it).
+    // A grant from another namespace does not help; the right one does (v1beta1, as most
+    // clusters serve it).
     let grant = |from_ns: &str| {
         format!("apiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\nmetadata: {{name: allow, namespace: backend}}\nspec:\n  from: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: {from_ns}}}]\n  to: [{{group: \"\", kind: Service}}]\n")
     };

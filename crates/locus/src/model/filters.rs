@@ -138,6 +138,8 @@ pub struct Filters {
     pub redirect: Option<Redirect>,
     pub rewrite: Option<Rewrite>,
     pub mirrors: Vec<Mirror>,
+    /// Mirrors not allowed (no ReferenceGrant): skipped, and reported as `RefNotPermitted`.
+    pub refused_mirrors: Vec<String>,
 }
 
 impl Filters {
@@ -145,6 +147,18 @@ impl Filters {
         *self == Filters::default()
     }
 }
+
+/// Headers a route may not set or add.
+const FRAMING: [&str; 8] = [
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "upgrade",
+    "te",
+    "trailer",
+    "proxy-connection",
+];
 
 fn header_edits(
     ctx: &DocCtx<'_>,
@@ -158,15 +172,29 @@ fn header_edits(
             .map_err(|_| ctx.error(f, format!("{n:?} is not a valid header name")))
     };
     let pair = |(n, v): (String, String), f: String| -> Result<_, ConfigError> {
-        let value = HeaderValue::from_str(&v)
+        // Any byte but control characters: the CRD allows more than visible ASCII.
+        let value = HeaderValue::from_bytes(v.as_bytes())
             .map_err(|_| ctx.error(&f, format!("{v:?} is not a valid header value")))?;
-        Ok((name(&n, &f)?, value))
+        let name = name(&n, &f)?;
+        // These frame the message or belong to the connection: a route must not change them.
+        if FRAMING.contains(&name.as_str()) {
+            return Err(ctx.error(
+                &f,
+                format!("{name} frames the message or the connection and cannot be set by a route"),
+            ));
+        }
+        Ok((name, value))
     };
+    let mut set_edits: Vec<(HeaderName, HeaderValue)> = Vec::new();
+    for (i, p) in set.enumerate() {
+        let (name, value) = pair(p, format!("{field}.set[{i}]"))?;
+        // The Gateway API: the first entry for a name counts, later ones are ignored.
+        if !set_edits.iter().any(|(n, _)| *n == name) {
+            set_edits.push((name, value));
+        }
+    }
     Ok(HeaderEdits {
-        set: set
-            .enumerate()
-            .map(|(i, p)| pair(p, format!("{field}.set[{i}]")))
-            .collect::<Result<_, _>>()?,
+        set: set_edits,
         add: add
             .enumerate()
             .map(|(i, p)| pair(p, format!("{field}.add[{i}]")))
@@ -192,6 +220,25 @@ fn path_edit(
     let Some((prefix_type, full, prefix)) = spec else {
         return Ok(None);
     };
+    let valid = |p: &String, what: &str| -> Result<(), ConfigError> {
+        if p.starts_with('/')
+            && http::uri::PathAndQuery::try_from(p.as_str()).is_ok()
+            && !p.contains('?')
+        {
+            Ok(())
+        } else {
+            Err(ctx.error(
+                &format!("{field}.{what}"),
+                format!("{p:?} is not an absolute path"),
+            ))
+        }
+    };
+    if let Some(p) = full {
+        valid(p, "replaceFullPath")?;
+    }
+    if let Some(p) = prefix {
+        valid(p, "replacePrefixMatch")?;
+    }
     if prefix_type {
         let with = prefix.ok_or_else(|| {
             ctx.error(
@@ -346,7 +393,15 @@ pub(super) fn parse(
                         Scheme::Http => "http",
                         Scheme::Https => "https",
                     }),
-                    hostname: r.hostname.clone(),
+                    hostname: match &r.hostname {
+                        Some(h) if http::uri::Authority::try_from(h.as_str()).is_err() => {
+                            return Err(ctx.error(
+                                &format!("{here}.requestRedirect.hostname"),
+                                format!("{h:?} is not a host name"),
+                            ))
+                        }
+                        h => h.clone(),
+                    },
                     path,
                     port,
                     status,
@@ -444,10 +499,10 @@ pub(super) fn parse(
                         br.name
                     );
                     warnings.push(format!(
-                        "{}: {here}: {why}; requests matching this rule get 500",
+                        "{}: {here}: {why}; requests are not mirrored",
                         ctx.place()
                     ));
-                    unsupported.push(why);
+                    out.refused_mirrors.push(why);
                     continue;
                 }
                 out.mirrors.push(Mirror {

@@ -225,11 +225,19 @@ fn send_mirror(
         tracing::debug!(service = %mirror.name, "request body streamed; not mirrored");
         return;
     };
-    let Ok(pick) = mirror.snapshot.load().pick() else {
+    let snap = mirror.snapshot.load();
+    let Ok(pick) = snap.pick() else {
         tracing::debug!(service = %mirror.name, "no endpoint to mirror to");
         return;
     };
-    let addr = mirror.snapshot.load().endpoint(pick).addr;
+    let addr = snap.endpoint(pick).addr;
+    // A slow or stuck mirror must not pile up copies: beyond the cap, copies are dropped.
+    if MIRRORS_IN_FLIGHT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= MAX_MIRRORS_IN_FLIGHT
+    {
+        MIRRORS_IN_FLIGHT.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+        tracing::debug!(service = %mirror.name, "too many mirrored requests in flight; copy dropped");
+        return;
+    }
     let mut req = Request::new(ProxyBody::text(body.clone()));
     *req.method_mut() = parts.method.clone();
     *req.headers_mut() = parts.headers.clone();
@@ -240,27 +248,37 @@ fn send_mirror(
     *req.uri_mut() = upstream_uri(h2c.is_some(), addr, path_and_query);
     let name = mirror.name.clone();
     tokio::spawn(async move {
-        let status = match h2c {
-            Some(client) => match client.request(req).await {
-                Ok(resp) => {
-                    let status = resp.status();
-                    let _ = resp.into_body().collect().await;
-                    Ok(status)
-                }
-                Err(e) => Err(e.to_string()),
-            },
-            None => match pool::send(addr, req, CONNECT_TIMEOUT).await {
-                Ok(resp) => {
-                    let status = resp.status();
-                    let _ = resp.into_body().collect().await;
-                    Ok(status)
-                }
-                Err(_) => Err("connection failed".to_owned()),
-            },
+        let copy = async move {
+            match h2c {
+                Some(client) => match client.request(req).await {
+                    Ok(resp) => {
+                        let status = resp.status();
+                        let _ = resp.into_body().collect().await;
+                        Ok(status)
+                    }
+                    Err(e) => Err(e.to_string()),
+                },
+                None => match pool::send(addr, req, CONNECT_TIMEOUT).await {
+                    Ok(resp) => {
+                        let status = resp.status();
+                        let _ = resp.into_body().collect().await;
+                        Ok(status)
+                    }
+                    Err(_) => Err("connection failed".to_owned()),
+                },
+            }
         };
+        let status = tokio::time::timeout(MIRROR_TIMEOUT, copy).await;
+        MIRRORS_IN_FLIGHT.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         tracing::debug!(service = %name, endpoint = %addr, ?status, "mirrored");
     });
 }
+
+/// Mirrored requests in flight, process-wide, and the cap beyond which copies are dropped.
+static MIRRORS_IN_FLIGHT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+const MAX_MIRRORS_IN_FLIGHT: usize = 1024;
+/// How long a mirrored request may take before it is abandoned.
+const MIRROR_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Counts a request in flight on an endpoint for as long as it lives.
 struct InFlight(Arc<EndpointHealth>);

@@ -406,6 +406,27 @@ fn resolved_refs(
     model: &Model,
     route: &crate::model::RouteModel,
 ) -> Result<(), (&'static str, String)> {
+    for rule in &route.rules {
+        if let Some(why) = rule.filters.refused_mirrors.first() {
+            return Err(("RefNotPermitted", why.clone()));
+        }
+        for m in &rule.filters.mirrors {
+            if model
+                .services
+                .get(&m.service)
+                .and_then(|s| s.port(m.port))
+                .is_none()
+            {
+                return Err((
+                    "BackendNotFound",
+                    format!(
+                        "RequestMirror: Service {} port {} not found",
+                        m.service, m.port
+                    ),
+                ));
+            }
+        }
+    }
     for b in route.rules.iter().flat_map(|r| &r.backends) {
         if let Some(why) = &b.invalid {
             let reason = if why.contains("ReferenceGrant") {
@@ -555,6 +576,9 @@ impl RouteTable {
                         ));
                         continue;
                     }
+                    // attachedRoutes counts what parentRefs and allowedRoutes select, whatever
+                    // the hostnames (the Gateway API's definition).
+                    attachments.insert((gw.key.clone(), l.name.clone(), route.key.clone()));
                     refusal = (
                         "NoMatchingListenerHostname",
                         format!("no hostname of the route matches listener {}", l.name),
@@ -571,7 +595,6 @@ impl RouteTable {
                     };
                     attached = true;
                     parent_attached = true;
-                    attachments.insert((gw.key.clone(), l.name.clone(), route.key.clone()));
                     for (r, rule) in route.rules.iter().enumerate() {
                         let ctx = BuildCtx {
                             model,

@@ -176,11 +176,13 @@ pub fn endpoints(table: &RouteTable, gateway: &Gateway) -> Value {
             let saved_bytes = (blind_cross - cross as f64).max(0.0);
             let load_spill = target.health.load_spill.map(|band| {
                 let view = target.load_view.load();
+                let label = |b: usize| snap.buckets[b].label.clone();
+                let route = snap.spill_route.as_ref();
                 json!({
-                    "fraction": crate::routing::effective_load_spill(&snap),
+                    "fraction": snap.load_spill_in_force(),
                     "band": {"high": band.high, "low": band.low},
-                    "closest_bucket": view.as_ref().map(|v| v.from.clone()),
-                    "next_buckets": view.as_ref().map(|v| v.to.clone()),
+                    "closest_bucket": route.map(|r| label(r.from)),
+                    "next_buckets": route.map(|r| r.to.iter().map(|(b, _)| label(*b)).collect::<Vec<_>>()),
                     "closest_load": view.as_ref().and_then(|v| v.closest),
                     "next_load": view.as_ref().and_then(|v| v.next),
                     "last_decision": view.as_ref().map(|v| v.decision),

@@ -21,17 +21,14 @@ use crate::routing::ServiceTarget;
 /// Default interval between two controller steps.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
 
-/// What the controller saw and did in its last step, for `/debug/endpoints`.
+/// What the controller saw and did in its last step, for `/debug/endpoints` (the spill in
+/// force and its buckets are the snapshot's).
 #[derive(Clone, Debug, PartialEq)]
 pub struct LoadView {
-    pub spill: f64,
     /// Smoothed loads of the closest bucket and of the receiving buckets.
     pub closest: Option<f64>,
     pub next: Option<f64>,
     pub decision: &'static str,
-    /// Labels of the buckets spill goes from and to.
-    pub from: Option<String>,
-    pub to: Vec<String>,
 }
 
 /// Runs the controller every `interval` until the runtime stops.
@@ -82,12 +79,9 @@ impl State {
                 // Nowhere to spill (one bucket, consistent hashing, or panic/degraded modes
                 // that already spread): keep the controller as it is until there is.
                 target.load_view.store(Some(Arc::new(LoadView {
-                    spill: 0.0,
                     closest: controller.local,
                     next: controller.remote,
                     decision: "inactive: no bucket to spill to",
-                    from: None,
-                    to: Vec::new(),
                 })));
                 in_force.insert(target.name.to_string(), snap.options.load_spill);
                 continue;
@@ -150,16 +144,9 @@ impl State {
                 }
             }
             target.load_view.store(Some(Arc::new(LoadView {
-                spill,
                 closest: controller.local,
                 next: controller.remote,
                 decision: controller.last.map_or("hold", Decision::as_str),
-                from: Some(snap.buckets[route.from].label.clone()),
-                to: route
-                    .to
-                    .iter()
-                    .map(|(b, _)| snap.buckets[*b].label.clone())
-                    .collect(),
             })));
         }
         registry.set_load_spill(in_force);

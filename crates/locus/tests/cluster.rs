@@ -309,13 +309,10 @@ async fn gateway_and_route_status_are_written() {
 async fn not_ready_until_every_kind_is_listed() {
     let a = echo("in-za");
     // An address where no API server listens yet.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let unused = dead_addr();
+    let port = unused.port();
     let dir = tempdir();
-    let config = kubeconfig(SocketAddr::from(([127, 0, 0, 1], port)), dir.path());
+    let config = kubeconfig(unused, dir.path());
     let mut proc = Proc::spawn(&[
         "serve",
         "--kubernetes",
@@ -329,10 +326,7 @@ async fn not_ready_until_every_kind_is_listed() {
         "--admin",
         "127.0.0.1:0",
     ]);
-    let admin: SocketAddr = proc.wait_line("admin", |l| l.starts_with("admin addr="))
-        ["admin addr=".len()..]
-        .parse()
-        .unwrap();
+    let admin = proc.admin_addr();
     let c = HttpClient::default();
     assert_eq!(c.get(admin, "admin", "/ready").await.status, 503);
     // Now the API server appears on that port; the gateway lists everything and gets ready.

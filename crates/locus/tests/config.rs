@@ -207,15 +207,7 @@ fn check_explains_buckets_and_fails_on_bad_input() {
 #[test]
 fn deploy_manifests_are_valid_and_read_the_node_name() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/locus.yaml");
-    let out = std::process::Command::new(BIN)
-        .args(["check", "-f", path])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    run_ok(&["check", "-f", path]);
     let text = std::fs::read_to_string(path).unwrap();
     assert!(text.contains("fieldPath: spec.nodeName"));
     assert!(text.contains("path: /ready"));

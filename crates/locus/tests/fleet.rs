@@ -180,23 +180,15 @@ fn plan_reads_the_topology_from_manifests() {
         + &slice("b4444", "zone-b", true);
     let dir = tempdir();
     write(dir.path(), "all.yaml", &m);
-    let out = std::process::Command::new(BIN)
-        .args([
-            "plan",
-            "-f",
-            dir.path().to_str().unwrap(),
-            "--service",
-            "apps/svc",
-            "--format",
-            "json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = run_ok(&[
+        "plan",
+        "-f",
+        dir.path().to_str().unwrap(),
+        "--service",
+        "apps/svc",
+        "--format",
+        "json",
+    ]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let zones = v["zones"].as_array().unwrap();
     assert_eq!(zones[0]["zone"], "zone-a");

@@ -188,14 +188,7 @@ fn slice(name: &str, zone: &str, addr: SocketAddr, ready: bool) -> String {
 async fn five_local_endpoints_with_two_down_keep_84_percent_local() {
     let local: Vec<Echo> = (1..=3).map(|i| echo(&format!("local-{i}"))).collect();
     let remote = echo("remote");
-    let down: Vec<SocketAddr> = (0..2)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-        })
-        .collect();
+    let down: Vec<SocketAddr> = (0..2).map(|_| dead_addr()).collect();
     let mut m = GATEWAY.to_owned() + &service("");
     for (i, e) in local.iter().enumerate() {
         m += &slice(&format!("l{i}"), "za", e.addr, true);
@@ -278,14 +271,7 @@ async fn fail_closed_answers_503_when_nothing_is_healthy() {
 async fn on_degraded_spread_reverts_to_locality_blind_routing() {
     let local: Vec<Echo> = (1..=2).map(|i| echo(&format!("local-{i}"))).collect();
     let remote: Vec<Echo> = (1..=2).map(|i| echo(&format!("remote-{i}"))).collect();
-    let down: Vec<SocketAddr> = (0..2)
-        .map(|_| {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-        })
-        .collect();
+    let down: Vec<SocketAddr> = (0..2).map(|_| dead_addr()).collect();
     let mut m = GATEWAY.to_owned() + &service("locus.io/on-degraded: spread");
     for (i, e) in local.iter().enumerate() {
         m += &slice(&format!("l{i}"), "za", e.addr, true);

@@ -194,16 +194,13 @@ async fn one_zone_with_twice_the_traffic_overloads_no_endpoint() {
 }
 
 fn check(dir: &std::path::Path) -> std::process::Output {
-    std::process::Command::new(BIN)
-        .args([
-            "check",
-            "-f",
-            dir.to_str().unwrap(),
-            "--locality",
-            "r/zone-a",
-        ])
-        .output()
-        .unwrap()
+    run(&[
+        "check",
+        "-f",
+        dir.to_str().unwrap(),
+        "--locality",
+        "r/zone-a",
+    ])
 }
 
 #[test]

@@ -224,10 +224,7 @@ async fn admin_listens_on_loopback_only_by_default() {
         "--admin",
         "127.0.0.1:0",
     ]);
-    let admin: SocketAddr = proc.wait_line("admin", |l| l.starts_with("admin addr="))
-        ["admin addr=".len()..]
-        .parse()
-        .unwrap();
+    let admin = proc.admin_addr();
     let proxy: SocketAddr = proc
         .wait_line("listener", |l| l.starts_with("listening port="))
         .split(" addr=")

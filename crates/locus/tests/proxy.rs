@@ -65,11 +65,7 @@ async fn forwards_headers_and_streams_bodies_over_http1_and_h2c() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upstream_connect_failure_is_a_clear_502() {
     // A port nothing listens on: bind, note the port, close.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = dead_addr().port();
     let dir = tempdir();
     write(dir.path(), "all.yaml", &manifests(port, ""));
     let gw = Gw::start(dir.path(), &[]);

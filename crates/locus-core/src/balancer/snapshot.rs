@@ -497,6 +497,15 @@ impl ServiceSnapshot {
             .map(|(i, _)| i)
     }
 
+    /// The load-aware spill actually moving traffic (0 when there is nowhere to spill).
+    pub fn load_spill_in_force(&self) -> f64 {
+        if self.spill_route.is_some() {
+            self.options.load_spill
+        } else {
+            0.0
+        }
+    }
+
     /// Share of traffic leaving the best bucket that has any endpoint (0 when all stays there).
     pub fn spilled_fraction(&self) -> f64 {
         match self.buckets.iter().position(|b| !b.members.is_empty()) {

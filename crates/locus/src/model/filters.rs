@@ -305,43 +305,31 @@ pub(super) fn parse(
         };
         match f.r#type {
             FilterType::RequestHeaderModifier | FilterType::ResponseHeaderModifier => {
+                // The request and response modifiers are twin generated types with the same
+                // fields; one body serves both.
+                macro_rules! edits_of {
+                    ($modifier:ident, $field:literal) => {{
+                        let m = f.$modifier.as_ref().ok_or_else(|| missing($field))?;
+                        header_edits(
+                            ctx,
+                            &format!("{here}.{}", $field),
+                            m.set
+                                .iter()
+                                .flatten()
+                                .map(|h| (h.name.clone(), h.value.clone())),
+                            m.add
+                                .iter()
+                                .flatten()
+                                .map(|h| (h.name.clone(), h.value.clone())),
+                            m.remove.as_deref().unwrap_or_default(),
+                        )?
+                    }};
+                }
                 let request = f.r#type == FilterType::RequestHeaderModifier;
                 let edits = if request {
-                    let m = f
-                        .request_header_modifier
-                        .as_ref()
-                        .ok_or_else(|| missing("requestHeaderModifier"))?;
-                    header_edits(
-                        ctx,
-                        &format!("{here}.requestHeaderModifier"),
-                        m.set
-                            .iter()
-                            .flatten()
-                            .map(|h| (h.name.clone(), h.value.clone())),
-                        m.add
-                            .iter()
-                            .flatten()
-                            .map(|h| (h.name.clone(), h.value.clone())),
-                        m.remove.as_deref().unwrap_or_default(),
-                    )?
+                    edits_of!(request_header_modifier, "requestHeaderModifier")
                 } else {
-                    let m = f
-                        .response_header_modifier
-                        .as_ref()
-                        .ok_or_else(|| missing("responseHeaderModifier"))?;
-                    header_edits(
-                        ctx,
-                        &format!("{here}.responseHeaderModifier"),
-                        m.set
-                            .iter()
-                            .flatten()
-                            .map(|h| (h.name.clone(), h.value.clone())),
-                        m.add
-                            .iter()
-                            .flatten()
-                            .map(|h| (h.name.clone(), h.value.clone())),
-                        m.remove.as_deref().unwrap_or_default(),
-                    )?
+                    edits_of!(response_header_modifier, "responseHeaderModifier")
                 };
                 let slot = if request {
                     &mut out.request_headers
@@ -367,15 +355,7 @@ pub(super) fn parse(
                         ))
                     }
                 };
-                let port = match r.port {
-                    None => None,
-                    Some(p) => Some(u16::try_from(p).ok().filter(|p| *p > 0).ok_or_else(|| {
-                        ctx.error(
-                            &format!("{here}.requestRedirect.port"),
-                            format!("{p} is not a port"),
-                        )
-                    })?),
-                };
+                let port = ctx.port(&format!("{here}.requestRedirect.port"), r.port)?;
                 let path = path_edit(
                     ctx,
                     &format!("{here}.requestRedirect.path"),
@@ -455,16 +435,10 @@ pub(super) fn parse(
                         format!("{group}/{kind} is not supported (Service only)"),
                     ));
                 }
-                let port = br
-                    .port
-                    .and_then(|p| u16::try_from(p).ok())
-                    .filter(|p| *p > 0)
-                    .ok_or_else(|| {
-                        ctx.error(
-                            &format!("{here}.backendRef.port"),
-                            "a port of the Service is required".to_owned(),
-                        )
-                    })?;
+                let field = format!("{here}.backendRef.port");
+                let port = ctx.port(&field, br.port)?.ok_or_else(|| {
+                    ctx.error(&field, "a port of the Service is required".to_owned())
+                })?;
                 let fraction = match (&m.percent, &m.fraction) {
                     (Some(p), _) if (0..=100).contains(p) => f64::from(*p) / 100.0,
                     (Some(p), _) => {

@@ -104,6 +104,17 @@ impl DocCtx<'_> {
         ConfigError::new(&self.doc.origin.file, self.doc.doc.clone(), field, message)
     }
 
+    /// An optional port field (`i32` in the API types): 1–65535, or an error naming `field`.
+    pub fn port(&self, field: &str, n: Option<i32>) -> Result<Option<u16>, ConfigError> {
+        n.map(|n| {
+            u16::try_from(n)
+                .ok()
+                .filter(|p| *p != 0)
+                .ok_or_else(|| self.error(field, format!("{n} is not a port")))
+        })
+        .transpose()
+    }
+
     /// `file: document N (Kind ns/name)`, to prefix warnings.
     pub fn place(&self) -> String {
         format!("{}: {}", self.doc.origin.file.display(), self.doc.doc)

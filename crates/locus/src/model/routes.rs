@@ -239,15 +239,7 @@ pub(super) fn build(
             ));
             continue;
         }
-        let port = match p.port {
-            None => None,
-            Some(n) => Some(u16::try_from(n).ok().filter(|p| *p != 0).ok_or_else(|| {
-                ctx.error(
-                    &format!("spec.parentRefs[{i}].port"),
-                    format!("{n} is not a port"),
-                )
-            })?),
-        };
+        let port = ctx.port(&format!("spec.parentRefs[{i}].port"), p.port)?;
         parents.push(ParentRefModel {
             gateway: ObjKey {
                 namespace: p.namespace.clone().unwrap_or_else(|| key.namespace.clone()),
@@ -314,12 +306,7 @@ pub(super) fn build(
                     ctx.place()
                 ));
             }
-            let port = match br.port {
-                None => None,
-                Some(n) => Some(u16::try_from(n).ok().filter(|p| *p != 0).ok_or_else(|| {
-                    ctx.error(&format!("{f}.port"), format!("{n} is not a port"))
-                })?),
-            };
+            let port = ctx.port(&format!("{f}.port"), br.port)?;
             if br.filters.as_ref().is_some_and(|f| !f.is_empty()) {
                 warnings.push(format!(
                     "{}: {f}.filters: backendRef filters are not supported yet; requests to this backend get 500",

@@ -111,7 +111,7 @@ impl ServiceTarget {
             self.metrics
                 .load_spill
                 .get_or_create(&service)
-                .set(effective_load_spill(snap));
+                .set(snap.load_spill_in_force());
         } else {
             self.metrics.load_spill.remove(&service);
         }
@@ -178,15 +178,6 @@ impl ServiceTarget {
 
 /// The reasons capacity-aware routing can fall back (`locus_zone_balance_fallback`).
 const ZONE_BALANCE_FALLBACKS: [&str; 3] = ["gateway-zone-unknown", "destination-rule", "no-fleet"];
-
-/// The load-aware spill actually moving traffic (0 when the snapshot has nowhere to spill).
-pub fn effective_load_spill(snap: &ServiceSnapshot) -> f64 {
-    if snap.spill_route.is_some() {
-        snap.options.load_spill
-    } else {
-        0.0
-    }
-}
 
 /// Max over mean of the load each endpoint can expect if every zone holding endpoints sends
 /// the same traffic and keeps it in-zone: the blog's "66%/33%" check, computed from where the

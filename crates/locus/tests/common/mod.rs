@@ -76,6 +76,13 @@ impl Proc {
         }
     }
 
+    /// Waits for the admin API's address (`admin addr=…` on stdout).
+    pub fn admin_addr(&mut self) -> SocketAddr {
+        self.wait_line("admin", |l| l.starts_with("admin addr="))["admin addr=".len()..]
+            .parse()
+            .expect("admin address")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -235,6 +242,30 @@ impl Gw {
         std::fs::remove_file(self.dir.join(name)).unwrap();
         self.wait_applied();
     }
+}
+
+/// Runs a `locus` command to completion (check, plan, …).
+pub fn run(args: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(args).output().expect("run locus")
+}
+
+/// Like [`run`], failing the test with the command's stderr when it does not succeed.
+pub fn run_ok(args: &[&str]) -> std::process::Output {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "locus {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// An address nothing listens on: bound, noted, closed.
+pub fn dead_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
 }
 
 pub fn write(dir: &Path, name: &str, text: &str) {

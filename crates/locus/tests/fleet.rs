@@ -45,6 +45,28 @@ async fn shares(gateways: &[Gw], per_gateway: usize) -> BTreeMap<String, f64> {
         .collect()
 }
 
+/// One gateway process per entry, in that zone.
+fn start_fleet(dir: &std::path::Path, zones: &[&str]) -> Vec<Gw> {
+    zones
+        .iter()
+        .map(|z| Gw::start(dir, &["--locality", &format!("r/{z}")]))
+        .collect()
+}
+
+/// Each endpoint's measured share within 5 points of `locus plan`'s capacity-aware
+/// prediction, and max/mean at most 1.05.
+fn assert_as_planned(measured: &BTreeMap<String, f64>, zones: &[ZoneSpec]) {
+    for (zone, i, share) in &plan(zones, PlanPolicy::CapacityAware).shares {
+        let name = format!("{zone}-{}", i + 1);
+        let got = measured[&name];
+        assert!(
+            (got - share).abs() <= 0.05,
+            "{name}: measured {got}, predicted {share}; {measured:?}"
+        );
+    }
+    assert!(max_over_mean(measured) <= 1.05, "{measured:?}");
+}
+
 fn max_over_mean(s: &BTreeMap<String, f64>) -> f64 {
     let max = s.values().cloned().fold(0.0, f64::max);
     max * s.len() as f64
@@ -61,27 +83,15 @@ async fn scenario_a_two_gateways_in_one_zone_one_in_the_other() {
         "all.yaml",
         &manifests("zone-a=2,zone-b=1", true, &entries),
     );
-    let fleet = [
-        Gw::start(dir.path(), &["--locality", "r/zone-a"]),
-        Gw::start(dir.path(), &["--locality", "r/zone-a"]),
-        Gw::start(dir.path(), &["--locality", "r/zone-b"]),
-    ];
+    let fleet = start_fleet(dir.path(), &["zone-a", "zone-a", "zone-b"]);
     let measured = shares(&fleet, 1_200).await;
-    let predicted = plan(
+    assert_as_planned(
+        &measured,
         &[
             ZoneSpec::new("zone-a", 2.0, 1, 1),
             ZoneSpec::new("zone-b", 1.0, 1, 1),
         ],
-        PlanPolicy::CapacityAware,
     );
-    for (zone, _, share) in &predicted.shares {
-        let got = measured[&format!("{zone}-1")];
-        assert!(
-            (got - share).abs() <= 0.05,
-            "{zone}: measured {got}, predicted {share}; {measured:?}"
-        );
-    }
-    assert!(max_over_mean(&measured) <= 1.05, "{measured:?}");
 
     // Without capacity-aware routing, priority locality skews to 2/3 : 1/3 (the blog's
     // complaint), which `locus plan` predicts too.
@@ -91,11 +101,7 @@ async fn scenario_a_two_gateways_in_one_zone_one_in_the_other() {
         "all.yaml",
         &manifests("zone-a=2,zone-b=1", false, &entries),
     );
-    let fleet = [
-        Gw::start(dir.path(), &["--locality", "r/zone-a"]),
-        Gw::start(dir.path(), &["--locality", "r/zone-a"]),
-        Gw::start(dir.path(), &["--locality", "r/zone-b"]),
-    ];
+    let fleet = start_fleet(dir.path(), &["zone-a", "zone-a", "zone-b"]);
     let measured = shares(&fleet, 600).await;
     assert!(
         (measured["zone-a-1"] - 2.0 / 3.0).abs() <= 0.05,
@@ -118,29 +124,15 @@ async fn scenario_b_one_endpoint_of_zone_a_lost() {
         "all.yaml",
         &manifests("zone-a=2,zone-b=2", true, &entries),
     );
-    let fleet = [
-        Gw::start(dir.path(), &["--locality", "r/zone-a"]),
-        Gw::start(dir.path(), &["--locality", "r/zone-a"]),
-        Gw::start(dir.path(), &["--locality", "r/zone-b"]),
-        Gw::start(dir.path(), &["--locality", "r/zone-b"]),
-    ];
+    let fleet = start_fleet(dir.path(), &["zone-a", "zone-a", "zone-b", "zone-b"]);
     let measured = shares(&fleet, 900).await;
-    let predicted = plan(
+    assert_as_planned(
+        &measured,
         &[
             ZoneSpec::new("zone-a", 2.0, 2, 1),
             ZoneSpec::new("zone-b", 2.0, 2, 2),
         ],
-        PlanPolicy::CapacityAware,
     );
-    for (zone, i, share) in &predicted.shares {
-        let got = measured[&format!("{zone}-{}", i + 1)];
-        assert!(
-            (got - share).abs() <= 0.05,
-            "{zone}-{}: measured {got}, predicted {share}; {measured:?}",
-            i + 1
-        );
-    }
-    assert!(max_over_mean(&measured) <= 1.05, "{measured:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -91,6 +91,77 @@ pub enum Outcome {
     LocalOriginFailure,
 }
 
+/// Why an attempt failed, and on which side.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// No connection could be made to the endpoint.
+    Connect,
+    /// The endpoint closed or reset the connection after the request was sent.
+    Reset,
+    /// The endpoint did not answer in time.
+    Timeout,
+    /// The endpoint's response could not be parsed.
+    Protocol,
+    /// The client closed its connection or stopped mid-body.
+    ClientAborted,
+    /// The client's body was malformed (a bad chunk, a length mismatch).
+    ClientBody,
+    /// The timeout fired while the client was still sending its body (Envoy starts its route
+    /// timeout only once the request is fully received; the endpoint cannot answer earlier).
+    ClientTimeout,
+    /// The request was dropped before any outcome: the client went away while waiting.
+    Cancelled,
+}
+
+impl Fault {
+    pub const ALL: [Fault; 8] = [
+        Fault::Connect,
+        Fault::Reset,
+        Fault::Timeout,
+        Fault::Protocol,
+        Fault::ClientAborted,
+        Fault::ClientBody,
+        Fault::ClientTimeout,
+        Fault::Cancelled,
+    ];
+
+    /// Whether the failure counts against the endpoint.
+    pub fn is_upstream(self) -> bool {
+        matches!(
+            self,
+            Fault::Connect | Fault::Reset | Fault::Timeout | Fault::Protocol
+        )
+    }
+
+    /// `upstream` or `client`: the `side` label of `locus_request_errors_total`.
+    pub fn side(self) -> &'static str {
+        if self.is_upstream() {
+            "upstream"
+        } else {
+            "client"
+        }
+    }
+
+    /// The `kind` label of `locus_request_errors_total`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Fault::Connect => "connect",
+            Fault::Reset => "reset",
+            Fault::Timeout => "timeout",
+            Fault::Protocol => "protocol",
+            Fault::ClientAborted => "aborted",
+            Fault::ClientBody => "bad-body",
+            Fault::ClientTimeout => "timeout",
+            Fault::Cancelled => "cancelled",
+        }
+    }
+
+    /// Position in [`Fault::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// Why an endpoint is being ejected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum EjectReason {

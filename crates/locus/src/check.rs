@@ -21,9 +21,12 @@ pub fn run(paths: &[PathBuf], cfg: &IdentityConfig) -> Result<String, String> {
         resolved,
         &GatewaySelector::All,
         0,
-        &registry,
-        &std::sync::Arc::new(crate::metrics::Metrics::new(0.0, 0.0, f64::INFINITY)),
-        crate::health::now_ms(),
+        &crate::routing::Live {
+            registry: &registry,
+            events: &tokio::sync::mpsc::unbounded_channel().0,
+            metrics: &std::sync::Arc::new(crate::metrics::Metrics::new(0.0, 0.0, f64::INFINITY)),
+            now_ms: crate::health::now_ms(),
+        },
     );
     Ok(report(&model, &table))
 }

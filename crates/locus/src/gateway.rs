@@ -216,9 +216,12 @@ impl Gateway {
             resolved,
             &self.options.selector,
             generation,
-            &self.registry,
-            &self.shared.metrics,
-            health::now_ms(),
+            &crate::routing::Live {
+                registry: &self.registry,
+                events: &self.shared.health_tx,
+                metrics: &self.shared.metrics,
+                now_ms: health::now_ms(),
+            },
         );
         // Bind new ports before publishing so a table never names a port that is not served.
         let wanted: Vec<u16> = table.ports.keys().copied().collect();

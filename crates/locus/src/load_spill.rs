@@ -178,9 +178,12 @@ mod tests {
             identity,
             &GatewaySelector::All,
             1,
-            registry,
-            &Arc::new(crate::metrics::Metrics::new(0.0, 0.0, f64::INFINITY)),
-            crate::health::now_ms(),
+            &crate::routing::Live {
+                registry,
+                events: &tokio::sync::mpsc::unbounded_channel().0,
+                metrics: &Arc::new(crate::metrics::Metrics::new(0.0, 0.0, f64::INFINITY)),
+                now_ms: crate::health::now_ms(),
+            },
         )
     }
 

@@ -73,6 +73,14 @@ pub struct SideLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ErrorLabels {
+    pub service: String,
+    /// `upstream` (counted against the endpoint) or `client`.
+    pub side: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: String,
 }
@@ -96,6 +104,7 @@ pub struct Metrics {
     pub response_bytes: Family<TrafficLabels, Counter>,
     pub duration: Family<RelationLabels, Histogram>,
     pub connect_failures: Family<ServiceLabels, Counter>,
+    pub request_errors: Family<ErrorLabels, Counter>,
     pub ejections: Family<ReasonLabels, Counter>,
     pub active_transitions: Family<ReasonLabels, Counter>,
     pub bucket_in_use: Family<ServiceLabels, Gauge>,
@@ -180,6 +189,7 @@ impl Metrics {
             response_bytes: Family::default(),
             duration: Family::default(),
             connect_failures: Family::default(),
+            request_errors: Family::default(),
             ejections: Family::default(),
             active_transitions: Family::default(),
             bucket_in_use: Family::default(),
@@ -221,6 +231,11 @@ impl Metrics {
             "upstream_connect_failures",
             "Upstream connections that could not be established",
             m.connect_failures.clone(),
+        );
+        registry.register(
+            "request_errors",
+            "Attempts that got no response, by side (upstream: counted against the endpoint; client: the client's fault, never counted against it) and kind",
+            m.request_errors.clone(),
         );
         registry.register(
             "outlier_ejections",
@@ -411,4 +426,27 @@ impl EndpointMetrics {
 pub struct ServiceTotals {
     pub bytes: AtomicU64,
     pub cross_zone_bytes: AtomicU64,
+}
+
+/// `locus_request_errors_total` handles of one Service port, one per [`locus_core::health::Fault`].
+#[derive(Debug)]
+pub struct ErrorCounters([prometheus_client::metrics::counter::Counter; 8]);
+
+impl ErrorCounters {
+    pub fn new(metrics: &Metrics, service: &str) -> Self {
+        ErrorCounters(locus_core::health::Fault::ALL.map(|f| {
+            metrics
+                .request_errors
+                .get_or_create(&ErrorLabels {
+                    service: service.to_owned(),
+                    side: f.side().to_owned(),
+                    kind: f.kind().to_owned(),
+                })
+                .clone()
+        }))
+    }
+
+    pub fn count(&self, fault: locus_core::health::Fault) {
+        self.0[fault.index()].inc();
+    }
 }

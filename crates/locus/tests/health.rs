@@ -295,3 +295,107 @@ async fn on_degraded_spread_reverts_to_locality_blind_routing() {
         assert!((90..=110).contains(&n), "{name}: {seen:?}");
     }
 }
+
+/// Requests `a` has answered so far (echo's own counter, read straight from it).
+async fn answered(c: &HttpClient, backend: SocketAddr) -> u64 {
+    c.get(backend, "x", "/_echo/requests")
+        .await
+        .body
+        .parse()
+        .unwrap()
+}
+
+/// Waits until `backend` has seen more than `before` requests: the gateway forwarded the head.
+async fn until_answered(c: &HttpClient, backend: SocketAddr, before: u64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while answered(c, backend).await <= before {
+        assert!(
+            Instant::now() < deadline,
+            "the gateway never forwarded the upload to the local endpoint (ejected?)"
+        );
+        tokio::task::yield_now().await;
+    }
+}
+
+/// Sum of `locus_request_errors_total` samples whose labels contain `side`.
+fn errors_on(metrics: &str, side: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("locus_request_errors_total{") && l.contains(side))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A client that aborts its upload or sends a malformed chunk is the client's fault, never the
+/// endpoint's: ten of each in a row, under an outlier policy that ejects on the first failure,
+/// leave the local endpoint healthy and local traffic local.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clients_breaking_their_uploads_never_eject_the_endpoint() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let a = echo("a");
+    let b = echo("b");
+    let dir = tempdir();
+    let rule = "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: svc, namespace: apps}\nspec:\n  host: svc.apps.svc.cluster.local\n  trafficPolicy:\n    outlierDetection: {consecutive5xxErrors: 1, interval: 1s, baseEjectionTime: 60s, maxEjectionPercent: 100}\n---\n";
+    let m = [
+        GATEWAY.to_owned(),
+        service(""),
+        entry("a", "r/za", a.addr),
+        entry("b", "r/zb", b.addr),
+        rule.to_owned(),
+    ]
+    .concat();
+    write(dir.path(), "all.yaml", &m);
+    let gw = Gw::start(dir.path(), &["--locality", "r/za"]);
+    let addr = gw.addr(8080);
+    let c = HttpClient::default();
+    for _ in 0..10 {
+        // An upload of a declared megabyte, abandoned once the endpoint has its head.
+        let before = answered(&c, a.addr).await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(
+            b"POST /upload HTTP/1.1\r\nhost: svc.test\r\ncontent-length: 1000000\r\n\r\n0123456789",
+        )
+        .await
+        .unwrap();
+        until_answered(&c, a.addr, before).await;
+        drop(s);
+
+        // A chunked upload whose second chunk size is not hex.
+        let before = answered(&c, a.addr).await;
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(b"POST /upload HTTP/1.1\r\nhost: svc.test\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n")
+            .await
+            .unwrap();
+        until_answered(&c, a.addr, before).await;
+        s.write_all(b"zz\r\nnot a chunk\r\n0\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        // The client hears it was its own fault (or the connection just closes), never a 502.
+        assert!(
+            answer.is_empty() || answer.starts_with("HTTP/1.1 400"),
+            "answer to a malformed chunk: {answer:?}"
+        );
+    }
+    // Every failure was counted, and on the client's side.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let metrics = loop {
+        let text = c.get(gw.admin, "admin", "/metrics").await.body;
+        if errors_on(&text, "side=\"client\"") >= 20.0 || Instant::now() > deadline {
+            break text;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(errors_on(&metrics, "side=\"client\""), 20.0, "{metrics}");
+    assert_eq!(errors_on(&metrics, "side=\"upstream\""), 0.0, "{metrics}");
+    assert!(
+        !metrics.contains("locus_outlier_ejections_total{"),
+        "an endpoint was ejected:\n{metrics}"
+    );
+    // And the local endpoint still takes all the traffic.
+    let seen = c.count(addr, "svc.test", "/hostname", 100).await;
+    assert_eq!(seen, counts(&[("a", 100)]));
+    drop(b);
+}

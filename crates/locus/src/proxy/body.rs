@@ -1,4 +1,5 @@
-//! The one body type of the proxy: a streamed body from a peer, or a small local one.
+//! The one body type of the proxy: a client's body going upstream, an endpoint's response
+//! coming back (carrying its [`Attempt`] guard), or a small local one.
 //!
 //! An enum rather than a boxed trait object so the request path allocates nothing for bodies.
 
@@ -8,10 +9,15 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use super::outcome::{Attempt, ClientBody};
+use super::pool::PooledBody;
+
 #[derive(Debug)]
 pub enum ProxyBody {
-    Incoming(Incoming),
-    Pooled(super::pool::PooledBody),
+    /// A client's body, streamed upstream.
+    Client(ClientBody),
+    /// An endpoint's response body.
+    Upstream(UpstreamBody),
     Full(Option<Bytes>),
 }
 
@@ -30,6 +36,74 @@ impl ProxyBody {
     }
 }
 
+/// A response body from an endpoint, with the attempt it answers: the attempt stays in flight
+/// until the body is done and records the bytes it carried when dropped.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    inner: Inner,
+    attempt: Attempt,
+}
+
+#[derive(Debug)]
+enum Inner {
+    /// HTTP/1.1 over a pooled connection (returned to the pool at the end).
+    H1(PooledBody),
+    /// Cleartext HTTP/2 (multiplexed by hyper-util's client).
+    H2(Incoming),
+}
+
+impl UpstreamBody {
+    pub fn h1(body: PooledBody, attempt: Attempt) -> Self {
+        UpstreamBody {
+            inner: Inner::H1(body),
+            attempt,
+        }
+    }
+
+    pub fn h2(body: Incoming, attempt: Attempt) -> Self {
+        UpstreamBody {
+            inner: Inner::H2(body),
+            attempt,
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.inner {
+            Inner::H1(b) => Pin::new(b).poll_frame(cx),
+            Inner::H2(b) => Pin::new(b).poll_frame(cx),
+        };
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                this.attempt.add_response_bytes(data.len() as u64);
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::H1(b) => b.is_end_stream(),
+            Inner::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::H1(b) => b.size_hint(),
+            Inner::H2(b) => b.size_hint(),
+        }
+    }
+}
+
 impl Body for ProxyBody {
     type Data = Bytes;
     type Error = hyper::Error;
@@ -39,24 +113,24 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         match self.get_mut() {
-            ProxyBody::Incoming(b) => Pin::new(b).poll_frame(cx),
-            ProxyBody::Pooled(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Client(b) => Pin::new(b).poll_frame(cx),
+            ProxyBody::Upstream(b) => Pin::new(b).poll_frame(cx),
             ProxyBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match self {
-            ProxyBody::Incoming(b) => b.is_end_stream(),
-            ProxyBody::Pooled(b) => b.is_end_stream(),
+            ProxyBody::Client(b) => b.is_end_stream(),
+            ProxyBody::Upstream(b) => b.is_end_stream(),
             ProxyBody::Full(b) => b.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match self {
-            ProxyBody::Incoming(b) => b.size_hint(),
-            ProxyBody::Pooled(b) => b.size_hint(),
+            ProxyBody::Client(b) => b.size_hint(),
+            ProxyBody::Upstream(b) => b.size_hint(),
             ProxyBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
             ProxyBody::Full(None) => SizeHint::with_exact(0),
         }

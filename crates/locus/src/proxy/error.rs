@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use http::{header, HeaderValue, Response, StatusCode};
 use locus_core::balancer::NoEndpoint;
+use locus_core::health::Fault;
 
 use super::body::ProxyBody;
 
@@ -38,6 +39,9 @@ pub enum ProxyError {
         addr: SocketAddr,
         detail: String,
     },
+    /// The client broke its own request (never counted against the endpoint).
+    #[error("{}", client_fault(*.0))]
+    Client(Fault),
     #[error("upstream {addr} (service {service}) did not respond within {timeout:?}")]
     Timeout {
         service: Arc<str>,
@@ -59,6 +63,8 @@ impl ProxyError {
                 StatusCode::BAD_GATEWAY
             }
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Client(Fault::ClientTimeout) => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::Client(_) => StatusCode::BAD_REQUEST,
         }
     }
 
@@ -75,6 +81,8 @@ impl ProxyError {
             ProxyError::UpstreamConnect { .. } => "upstream-connect",
             ProxyError::Upstream { .. } => "upstream-reset",
             ProxyError::Timeout { .. } => "upstream-timeout",
+            ProxyError::Client(Fault::ClientTimeout) => "client-timeout",
+            ProxyError::Client(_) => "client-body",
         }
     }
 
@@ -88,5 +96,13 @@ impl ProxyError {
         );
         h.insert("x-locus-error", HeaderValue::from_static(self.code()));
         resp
+    }
+}
+
+fn client_fault(fault: Fault) -> &'static str {
+    match fault {
+        Fault::ClientTimeout => "the request body did not arrive in time",
+        Fault::ClientBody => "the request body is malformed",
+        _ => "the request body ended early",
     }
 }

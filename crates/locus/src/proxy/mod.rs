@@ -4,7 +4,10 @@
 mod body;
 mod error;
 mod forward;
+mod mirror;
+mod outcome;
 mod pool;
+mod request;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

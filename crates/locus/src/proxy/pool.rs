@@ -20,10 +20,7 @@ use hyper::{Request, Response};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
-use std::sync::Arc;
-
 use super::body::ProxyBody;
-use crate::metrics::{EndpointMetrics, ServiceTotals};
 
 /// Idle connections kept per endpoint and worker; more are closed when returned.
 const MAX_IDLE_PER_ENDPOINT: usize = 512;
@@ -144,7 +141,6 @@ fn wrap(
         let mut pooled = PooledBody {
             body,
             ret: Some((addr, sender)),
-            meter: None,
         };
         if done {
             pooled.release();
@@ -158,32 +154,9 @@ fn wrap(
 pub struct PooledBody {
     body: Incoming,
     ret: Option<(SocketAddr, http1::SendRequest<ProxyBody>)>,
-    meter: Option<Meter>,
-}
-
-/// Byte counting of one exchange, reported when the body is done or dropped.
-#[derive(Debug)]
-pub struct Meter {
-    pub metrics: Arc<EndpointMetrics>,
-    pub totals: Arc<ServiceTotals>,
-    pub request_bytes: u64,
-    pub response_bytes: u64,
-}
-
-impl Drop for PooledBody {
-    fn drop(&mut self) {
-        if let Some(m) = self.meter.take() {
-            m.metrics
-                .bytes(m.request_bytes, m.response_bytes, &m.totals);
-        }
-    }
 }
 
 impl PooledBody {
-    pub fn set_meter(&mut self, meter: Meter) {
-        self.meter = Some(meter);
-    }
-
     fn release(&mut self) {
         if let Some((addr, sender)) = self.ret.take() {
             put_idle(addr, sender);
@@ -201,11 +174,6 @@ impl Body for PooledBody {
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = &mut *self;
         let polled = Pin::new(&mut this.body).poll_frame(cx);
-        if let (Poll::Ready(Some(Ok(frame))), Some(m)) = (&polled, this.meter.as_mut()) {
-            if let Some(data) = frame.data_ref() {
-                m.response_bytes += data.len() as u64;
-            }
-        }
         match &polled {
             Poll::Ready(None) => this.release(),
             Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(),

@@ -42,6 +42,10 @@ pub struct ServiceTarget {
     pub zone_balance_fallback: Option<&'static str>,
     /// The load-aware spill controller's last view (written by the load task).
     pub load_view: arc_swap::ArcSwapOption<crate::load_spill::LoadView>,
+    /// `locus_request_errors_total`, by fault.
+    pub errors: crate::metrics::ErrorCounters,
+    /// Where the request path reports ejections.
+    events: crate::health::HealthTx,
     /// Serialises snapshot rebuilds: the health monitor and the load task both rebuild, and
     /// each must start from the other's result (never taken on the request path).
     rebuilding: std::sync::Mutex<()>,
@@ -49,6 +53,22 @@ pub struct ServiceTarget {
 }
 
 impl ServiceTarget {
+    /// Reports a health change found on the request path (an ejection).
+    pub fn report(&self, event: crate::health::HealthEvent) {
+        let _ = self.events.send(event);
+    }
+
+    /// Counts an ejection in `locus_outlier_ejections` (rare: the label lookup is fine).
+    pub fn count_ejection(&self, reason: &str) {
+        self.metrics
+            .ejections
+            .get_or_create(&crate::metrics::ReasonLabels {
+                service: self.name.to_string(),
+                reason: reason.to_owned(),
+            })
+            .inc();
+    }
+
     /// Rebuilds the snapshot from the same endpoints with their current health.
     pub fn refresh(&self) {
         self.rebuild(None);
@@ -495,10 +515,14 @@ impl RouteTable {
         identity: ResolvedIdentity,
         selector: &GatewaySelector,
         generation: u64,
-        registry: &HealthRegistry,
-        metrics: &Arc<Metrics>,
-        now_ms: u64,
+        live: &Live<'_>,
     ) -> RouteTable {
+        let Live {
+            registry,
+            events,
+            metrics,
+            now_ms,
+        } = *live;
         let mut warnings = model.warnings.clone();
         warnings.extend(identity.warnings.iter().cloned());
         let mut services: BTreeMap<(ObjKey, u16), Arc<ServiceTarget>> = BTreeMap::new();
@@ -591,6 +615,7 @@ impl RouteTable {
                             model,
                             identity: &identity,
                             registry,
+                            events,
                             metrics,
                             fleet: gateways
                                 .iter()
@@ -698,10 +723,21 @@ impl RouteTable {
     }
 }
 
+/// What a table build reads from the running gateway: health records kept across reloads,
+/// where ejections are reported, the metric families, and the clock.
+#[derive(Clone, Copy)]
+pub struct Live<'a> {
+    pub registry: &'a HealthRegistry,
+    pub events: &'a crate::health::HealthTx,
+    pub metrics: &'a Arc<Metrics>,
+    pub now_ms: u64,
+}
+
 struct BuildCtx<'a> {
     model: &'a Model,
     identity: &'a ResolvedIdentity,
     registry: &'a HealthRegistry,
+    events: &'a crate::health::HealthTx,
     metrics: &'a Arc<Metrics>,
     /// The served Gateway's `locus.io/fleet`.
     fleet: Option<&'a BTreeMap<String, f64>>,
@@ -814,6 +850,7 @@ fn service_target(
                     .iter()
                     .map(|e| ctx.metrics.endpoint(&name, &ctx.identity.identity, e))
                     .collect();
+                let errors = crate::metrics::ErrorCounters::new(ctx.metrics, &name);
                 let target = ServiceTarget {
                     key: svc.key.clone(),
                     port,
@@ -825,6 +862,8 @@ fn service_target(
                     totals: Arc::default(),
                     zone_balance_fallback,
                     load_view: Default::default(),
+                    errors,
+                    events: ctx.events.clone(),
                     rebuilding: Default::default(),
                     metrics: ctx.metrics.clone(),
                 };

@@ -1,0 +1,238 @@
+//! The outcome guard: every attempt to send a request to an endpoint is one [`Attempt`], which
+//! counts the request in flight on the endpoint and, when the attempt ends (answered, failed or
+//! dropped because the client went away), records outcome, latency and bytes, feeds outlier
+//! detection and load-aware spill, and reports ejections — once, here, and nowhere else.
+//!
+//! It also decides whose fault a failure is. Connect failures, upstream resets, upstream
+//! timeouts and malformed upstream responses count against the endpoint; a client that aborts
+//! its upload, sends a malformed or truncated body, is too slow to send it, or goes away never
+//! does (one such client must not eject a healthy endpoint and send every other client
+//! cross-region). The client body is read through [`ClientBody`], which notes how it ended, so
+//! an upstream error caused by it is told apart from one the endpoint caused.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use locus_core::health::Fault;
+use locus_core::{EndpointHealth, Outcome};
+
+use crate::health::{now_ms, HealthEvent};
+use crate::routing::ServiceTarget;
+
+/// How a streamed client body has gone so far (shared with the upstream connection that reads
+/// it, which may live on another task).
+const STREAMING: u8 = 0;
+const DONE: u8 = 1;
+const ABORTED: u8 = 2;
+const MALFORMED: u8 = 3;
+
+/// A client's request body on its way upstream, noting how it ended.
+#[derive(Debug)]
+pub struct ClientBody {
+    inner: Incoming,
+    state: Arc<AtomicU8>,
+}
+
+/// The sending side's view of a [`ClientBody`]: whose fault a failed send was.
+#[derive(Clone, Debug)]
+pub struct ClientBodyState(Arc<AtomicU8>);
+
+impl ClientBody {
+    pub fn new(inner: Incoming) -> (Self, ClientBodyState) {
+        let state = Arc::new(AtomicU8::new(STREAMING));
+        (
+            ClientBody {
+                inner,
+                state: state.clone(),
+            },
+            ClientBodyState(state),
+        )
+    }
+}
+
+impl ClientBodyState {
+    /// The client-side fault behind a failed send, if the client body caused it.
+    pub fn fault(&self) -> Option<Fault> {
+        match self.0.load(Ordering::Acquire) {
+            ABORTED => Some(Fault::ClientAborted),
+            MALFORMED => Some(Fault::ClientBody),
+            _ => None,
+        }
+    }
+
+    /// Whether the client is still sending its body.
+    pub fn streaming(&self) -> bool {
+        self.0.load(Ordering::Acquire) == STREAMING
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => self.state.store(DONE, Ordering::Release),
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => {
+                self.state.store(DONE, Ordering::Release)
+            }
+            Poll::Ready(Some(Err(e))) => {
+                // A parse error is a malformed body; anything else (closed, incomplete, I/O)
+                // is a client that went away mid-body.
+                let s = if e.is_parse() { MALFORMED } else { ABORTED };
+                self.state.store(s, Ordering::Release);
+            }
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Open,
+    Answered,
+    Failed,
+}
+
+/// One attempt at one endpoint: counted in flight from the pick to the end of the response
+/// body, and recorded exactly once.
+#[derive(Debug)]
+pub struct Attempt {
+    target: Arc<ServiceTarget>,
+    /// The endpoint's index in the snapshot it was picked from (metric handles are parallel).
+    idx: u32,
+    health: Arc<EndpointHealth>,
+    started: Instant,
+    state: State,
+    request_bytes: u64,
+    response_bytes: u64,
+}
+
+impl Attempt {
+    pub fn start(target: Arc<ServiceTarget>, idx: u32, health: Arc<EndpointHealth>) -> Self {
+        health.in_flight.fetch_add(1, Ordering::Relaxed);
+        Attempt {
+            target,
+            idx,
+            health,
+            started: Instant::now(),
+            state: State::Open,
+            request_bytes: 0,
+            response_bytes: 0,
+        }
+    }
+
+    pub fn set_request_bytes(&mut self, n: u64) {
+        self.request_bytes = n;
+    }
+
+    pub fn add_response_bytes(&mut self, n: u64) {
+        self.response_bytes += n;
+    }
+
+    /// The endpoint answered with `status` (its response head).
+    pub fn answered(&mut self, status: u16) {
+        if self.state != State::Open {
+            return;
+        }
+        self.state = State::Answered;
+        let elapsed = self.started.elapsed();
+        self.outlier(Outcome::Status(status));
+        self.metrics().response(status, elapsed.as_secs_f64());
+        // A fast 5xx (an endpoint shedding load) must not read as an idle endpoint.
+        if self.target.health.load_spill.is_some() && status < 500 {
+            self.health.load.record(elapsed.as_micros() as u64);
+        }
+    }
+
+    /// The attempt failed for `fault`.
+    pub fn failed(&mut self, fault: Fault) {
+        if self.state != State::Open {
+            return;
+        }
+        self.state = State::Failed;
+        self.target.errors.count(fault);
+        if !fault.is_upstream() {
+            return;
+        }
+        if fault == Fault::Connect {
+            self.metrics().connect_failures.inc();
+        }
+        self.outlier(Outcome::LocalOriginFailure);
+        if fault == Fault::Timeout && self.target.health.load_spill.is_some() {
+            // A timeout is the slowest answer there is: it counts as load.
+            self.health
+                .load
+                .record(self.started.elapsed().as_micros() as u64);
+        }
+    }
+
+    fn metrics(&self) -> &crate::metrics::EndpointMetrics {
+        &self.target.endpoint_metrics[self.idx as usize]
+    }
+
+    /// Feeds outlier detection and ejects the endpoint when a threshold is crossed and
+    /// `maxEjectionPercent` allows it (at least one endpoint always may be, as in Envoy).
+    fn outlier(&self, outcome: Outcome) {
+        let target = &self.target;
+        let policy = &target.health.outlier;
+        let now = now_ms();
+        let Some(reason) = self.health.record(outcome, policy, now) else {
+            return;
+        };
+        let snap = target.snapshot.load();
+        let addr = snap.endpoints[self.idx as usize].addr;
+        let ejected = snap.health.iter().filter(|h| h.is_ejected(now)).count();
+        let allowed = (snap.health.len() * policy.max_ejection_percent as usize / 100).max(1);
+        if ejected >= allowed {
+            tracing::info!(service = %target.name, endpoint = %addr, reason = reason.as_str(), ejected, allowed,
+                "not ejecting: maxEjectionPercent reached");
+            return;
+        }
+        if let Some(until) = self.health.eject(policy, now) {
+            target.count_ejection(reason.as_str());
+            tracing::warn!(
+                service = %target.name,
+                endpoint = %addr,
+                reason = reason.as_str(),
+                times = self.health.ejection_count(),
+                for_ms = until - now,
+                "endpoint ejected"
+            );
+            target.report(HealthEvent::Ejected {
+                addr,
+                until_ms: until,
+            });
+        }
+    }
+}
+
+impl Drop for Attempt {
+    fn drop(&mut self) {
+        if self.state == State::Open {
+            // Dropped with no outcome: the client went away while the endpoint worked.
+            self.target.errors.count(Fault::Cancelled);
+        }
+        self.health.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.metrics()
+            .bytes(self.request_bytes, self.response_bytes, &self.target.totals);
+    }
+}

@@ -1,0 +1,182 @@
+//! What the gateway reads from a request and changes in its head before sending it on: the
+//! host, hop-by-hop headers, the consistent-hash key, the upstream URI.
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::Uri;
+use std::net::SocketAddr;
+
+use locus_core::balancer::hash_bytes;
+use locus_core::HashOn;
+
+use super::ConnInfo;
+use crate::health::now_ms;
+
+/// The request's host without port, lower-cased (Host header for HTTP/1, `:authority` for h2).
+/// Borrowed when the host is already lower case (nearly always): no allocation per request.
+pub(super) fn request_host(parts: &http::request::Parts) -> std::borrow::Cow<'_, str> {
+    let raw = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| parts.uri.host())
+        .unwrap_or("");
+    let without_port = if raw.starts_with('[') {
+        raw.split_inclusive(']').next().unwrap_or(raw)
+    } else {
+        raw.rsplit_once(':').map_or(raw, |(h, _)| h)
+    };
+    if without_port.bytes().any(|b| b.is_ascii_uppercase()) {
+        std::borrow::Cow::Owned(without_port.to_ascii_lowercase())
+    } else {
+        std::borrow::Cow::Borrowed(without_port)
+    }
+}
+
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named by `Connection`.
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    let keep_te_trailers = headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
+    for name in [
+        header::CONNECTION,
+        header::TRANSFER_ENCODING,
+        header::UPGRADE,
+        header::PROXY_AUTHENTICATE,
+        header::PROXY_AUTHORIZATION,
+        header::TRAILER,
+        header::TE,
+    ] {
+        headers.remove(name);
+    }
+    headers.remove("keep-alive");
+    headers.remove("proxy-connection");
+    if keep_te_trailers {
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+}
+
+/// The request URI for an endpoint: absolute for HTTP/2 (hyper needs the authority there),
+/// origin-form for HTTP/1.1, as it is sent to an origin server.
+pub(super) fn upstream_uri(h2c: bool, addr: SocketAddr, path_and_query: &PathAndQuery) -> Uri {
+    if h2c {
+        let authority =
+            Authority::try_from(addr.to_string()).expect("a socket address is an authority");
+        Uri::builder()
+            .scheme(Scheme::HTTP)
+            .authority(authority)
+            .path_and_query(path_and_query.clone())
+            .build()
+            .expect("valid parts make a valid URI")
+    } else {
+        Uri::from(path_and_query.clone())
+    }
+}
+
+/// The consistent-hash key of a request, and the cookie to set when the policy hashes on a
+/// cookie with a TTL and the client has none yet (Envoy's and Istio's behaviour).
+pub(super) fn hash_key(
+    on: &HashOn,
+    parts: &http::request::Parts,
+    info: &ConnInfo,
+) -> (Option<u64>, Option<HeaderValue>) {
+    match on {
+        HashOn::Header(name) => (
+            parts
+                .headers
+                .get(name.as_str())
+                .map(|v| hash_bytes(v.as_bytes())),
+            None,
+        ),
+        HashOn::SourceIp => (
+            Some(hash_bytes(info.peer.ip().to_string().as_bytes())),
+            None,
+        ),
+        HashOn::QueryParameter(name) => {
+            let v = parts.uri.query().and_then(|q| {
+                q.split('&')
+                    .map(|kv| kv.split_once('=').unwrap_or((kv, "")))
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.to_owned())
+            });
+            (v.map(|v| hash_bytes(v.as_bytes())), None)
+        }
+        HashOn::Cookie { name, ttl_secs } => {
+            let found = parts
+                .headers
+                .get_all(header::COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|c| c.trim().split_once('='))
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.to_owned());
+            match (found, ttl_secs) {
+                (Some(v), _) => (Some(hash_bytes(v.as_bytes())), None),
+                (None, Some(ttl)) => {
+                    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                    let seed = format!(
+                        "{}-{}-{}",
+                        info.peer,
+                        now_ms(),
+                        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                    );
+                    let value = format!("{:016x}", hash_bytes(seed.as_bytes()));
+                    let cookie = HeaderValue::from_str(&format!(
+                        "{name}={value}; Max-Age={ttl}; Path=/; HttpOnly"
+                    ))
+                    .ok();
+                    (Some(hash_bytes(value.as_bytes())), cookie)
+                }
+                (None, None) => (None, None),
+            }
+        }
+    }
+}
+
+/// Methods whose requests may be sent again after a broken connection (RFC 9110 §9.2.2).
+pub(super) fn idempotent(m: &http::Method) -> bool {
+    matches!(
+        *m,
+        http::Method::GET
+            | http::Method::HEAD
+            | http::Method::OPTIONS
+            | http::Method::TRACE
+            | http::Method::PUT
+            | http::Method::DELETE
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert!(h.get("x-secret").is_none());
+        assert!(h.get(header::CONNECTION).is_none());
+        assert!(h.get("keep-alive").is_none());
+        assert_eq!(h.get(header::TE).unwrap(), "trailers");
+        assert!(h.get("x-kept").is_some());
+    }
+}

@@ -23,6 +23,7 @@ pub fn run(paths: &[PathBuf], cfg: &IdentityConfig) -> Result<String, String> {
         0,
         &crate::routing::Live {
             registry: &registry,
+            spill: &Default::default(),
             events: &tokio::sync::mpsc::unbounded_channel().0,
             metrics: &std::sync::Arc::new(crate::metrics::Metrics::new(0.0, 0.0, f64::INFINITY)),
             now_ms: crate::health::now_ms(),

@@ -10,12 +10,15 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::health::{self, active::Prober, HealthRegistry};
+use arc_swap::ArcSwap;
+
+use crate::health::active::Prober;
 use crate::identity::{self, IdentityConfig};
 use crate::model::Model;
 use crate::proxy::{self, Shared};
 use crate::resources::{ConfigError, ResourceSet};
 use crate::routing::{GatewaySelector, RouteTable};
+use crate::writer::WriterHandle;
 
 /// Lifecycle events, for whoever started the gateway (tests, the demo, scripts reading stdout).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,7 +61,7 @@ impl Default for GatewayOptions {
             cost_per_gb_cross_zone: crate::metrics::DEFAULT_COST_CROSS_ZONE,
             cost_per_gb_cross_region: crate::metrics::DEFAULT_COST_CROSS_REGION,
             imbalance_warn: 1.5,
-            load_spill_interval: crate::load_spill::DEFAULT_INTERVAL,
+            load_spill_interval: crate::writer::DEFAULT_LOAD_INTERVAL,
         }
     }
 }
@@ -70,7 +73,7 @@ struct Listener {
 
 pub struct Gateway {
     shared: Arc<Shared>,
-    registry: Arc<HealthRegistry>,
+    writer: WriterHandle,
     prober: Prober,
     options: GatewayOptions,
     listeners: Mutex<BTreeMap<u16, Listener>>,
@@ -84,34 +87,21 @@ pub struct Gateway {
 
 impl Gateway {
     /// A gateway with no configuration yet. Must be called within a Tokio runtime: it starts
-    /// the health monitor.
+    /// the snapshot writer there (the control runtime; listeners go to the data plane).
     pub fn new(options: GatewayOptions) -> Arc<Self> {
-        let (health_tx, health_rx) = mpsc::unbounded_channel();
         let metrics = Arc::new(crate::metrics::Metrics::new(
             options.cost_per_gb_cross_zone,
             options.cost_per_gb_cross_region,
             options.imbalance_warn,
         ));
-        let shared = Arc::new(Shared::new(
-            RouteTable::default(),
-            health_tx.clone(),
-            metrics,
-        ));
-        tokio::spawn(health::monitor(
-            shared.clone(),
-            health_tx.clone(),
-            health_rx,
-        ));
-        let registry = Arc::new(HealthRegistry::default());
-        tokio::spawn(crate::load_spill::run(
-            shared.clone(),
-            registry.clone(),
-            options.load_spill_interval,
-        ));
+        let table = Arc::new(ArcSwap::from_pointee(RouteTable::default()));
+        let writer =
+            WriterHandle::spawn(table.clone(), metrics.clone(), options.load_spill_interval);
+        let shared = Arc::new(Shared::new(table, metrics));
         Arc::new(Gateway {
             shared,
-            registry,
-            prober: Prober::new(health_tx),
+            prober: Prober::new(writer.events()),
+            writer,
             options,
             listeners: Mutex::new(BTreeMap::new()),
             generation: AtomicU64::new(0),
@@ -206,29 +196,33 @@ impl Gateway {
     }
 
     /// Validates and applies a resource set. On error nothing changes: the last good
-    /// configuration keeps serving.
-    pub async fn apply(&self, set: &ResourceSet) -> Result<u64, String> {
-        let model = Model::build(set).map_err(|e| self.reject(e.to_string()))?;
+    /// configuration keeps serving. The model and the table are built on blocking threads,
+    /// never on a thread that serves requests.
+    pub async fn apply(&self, set: ResourceSet) -> Result<u64, String> {
+        let files: Vec<String> = set.files.iter().map(|f| f.display().to_string()).collect();
+        let model = match tokio::task::spawn_blocking(move || Model::build(&set)).await {
+            Ok(built) => built.map_err(|e| self.reject(e.to_string()))?,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        };
         let resolved = identity::resolve(&self.options.identity, &model);
         let generation = self.generation.load(Ordering::SeqCst) + 1;
-        let table = RouteTable::build(
-            &model,
-            resolved,
-            &self.options.selector,
-            generation,
-            &crate::routing::Live {
-                registry: &self.registry,
-                events: &self.shared.health_tx,
-                metrics: &self.shared.metrics,
-                now_ms: health::now_ms(),
-            },
-        );
         // Bind new ports before publishing so a table never names a port that is not served.
-        let wanted: Vec<u16> = table.ports.keys().copied().collect();
-        let bound = self.bind_missing(&wanted).await;
-        if let Err(e) = bound {
+        let wanted = self.options.selector.listener_ports(&model);
+        if let Err(e) = self.bind_missing(&wanted).await {
             return Err(self.reject(e));
         }
+        let Some(table) = self
+            .writer
+            .apply(
+                Arc::new(model),
+                resolved,
+                self.options.selector.clone(),
+                generation,
+            )
+            .await
+        else {
+            return Err(self.reject("the snapshot writer has stopped".to_owned()));
+        };
         self.log_warnings(&table.warnings);
         tracing::info!(
             generation,
@@ -239,16 +233,11 @@ impl Gateway {
             listeners = table.ports.len(),
             "configuration applied"
         );
-        let table = Arc::new(table);
-        self.shared.table.store(table.clone());
         self.generation.store(generation, Ordering::SeqCst);
-        self.prober.reconcile(&table);
-        self.registry
-            .retain(&table.by_endpoint.keys().copied().collect());
+        self.prober.reconcile(active_checks(&table));
         self.close_unwanted(&wanted);
         *self.last_error.lock().expect("error lock") = None;
-        *self.files.lock().expect("files lock") =
-            set.files.iter().map(|f| f.display().to_string()).collect();
+        *self.files.lock().expect("files lock") = files;
         self.shared
             .metrics
             .reloads
@@ -342,4 +331,21 @@ impl Gateway {
             }
         }
     }
+}
+
+/// Every endpoint that an active health check watches, with its check and health record.
+fn active_checks(
+    table: &RouteTable,
+) -> std::collections::HashMap<crate::health::active::Key, Arc<locus_core::EndpointHealth>> {
+    let mut wanted = std::collections::HashMap::new();
+    for target in table.services.values() {
+        let Some(check) = &target.health.active else {
+            continue;
+        };
+        let snap = target.snapshot.load();
+        for (ep, health) in snap.endpoints.iter().zip(&snap.health) {
+            wanted.insert((ep.addr, check.clone()), health.clone());
+        }
+    }
+    wanted
 }

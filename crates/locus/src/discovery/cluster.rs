@@ -473,7 +473,7 @@ pub async fn run(gateway: Arc<Gateway>, opts: ClusterOptions) -> anyhow::Result<
             applied_version = Some(s.version);
             (resource_set(&s), generations(&s))
         };
-        if gateway.apply(&set).await.is_ok() && opts.write_status {
+        if gateway.apply(set).await.is_ok() && opts.write_status {
             write_status(&client, &gateway.table(), &generations, &mut written).await;
         }
     }

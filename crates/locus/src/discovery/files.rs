@@ -57,7 +57,7 @@ pub fn fingerprint(paths: &[PathBuf]) -> Fingerprint {
 /// Loads `paths` once and applies them. Returns the error text when they are invalid.
 pub async fn load_once(gateway: &Gateway, paths: &[PathBuf]) -> Result<u64, String> {
     match load_paths(paths) {
-        Ok(set) => gateway.apply(&set).await,
+        Ok(set) => gateway.apply(set).await,
         Err(e) => Err(gateway.reject_config_error(&e)),
     }
 }

@@ -15,9 +15,9 @@ use tokio::task::JoinHandle;
 
 use super::{HealthEvent, HealthTx};
 use crate::model::ActiveCheck;
-use crate::routing::RouteTable;
 
-type Key = (SocketAddr, ActiveCheck);
+/// An endpoint and the check it gets.
+pub type Key = (SocketAddr, ActiveCheck);
 type Probe = (JoinHandle<()>, Arc<EndpointHealth>);
 
 /// The running probes.
@@ -38,18 +38,8 @@ impl Prober {
         }
     }
 
-    /// Starts probes for endpoints that need one and stops those that no longer do.
-    pub fn reconcile(&self, table: &RouteTable) {
-        let mut wanted: HashMap<Key, Arc<EndpointHealth>> = HashMap::new();
-        for target in table.services.values() {
-            let Some(check) = &target.health.active else {
-                continue;
-            };
-            let snap = target.snapshot.load();
-            for (ep, health) in snap.endpoints.iter().zip(&snap.health) {
-                wanted.insert((ep.addr, check.clone()), health.clone());
-            }
-        }
+    /// Starts probes for the endpoints and checks in `wanted` and stops the others.
+    pub fn reconcile(&self, wanted: HashMap<Key, Arc<EndpointHealth>>) {
         let mut tasks = self.tasks.lock().expect("prober lock");
         tasks.retain(|key, (task, health)| {
             let keep = wanted.contains_key(key);

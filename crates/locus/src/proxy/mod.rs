@@ -27,7 +27,6 @@ use tokio::net::TcpListener;
 pub use body::ProxyBody;
 pub use error::ProxyError;
 
-use crate::health::HealthTx;
 use crate::routing::RouteTable;
 
 /// How long an upstream connection attempt may take (Envoy's default `connect_timeout`).
@@ -35,20 +34,15 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// State shared by every connection of every listener.
 pub struct Shared {
-    pub table: ArcSwap<RouteTable>,
-    /// To the health monitor: ejections found on the request path.
-    pub health_tx: HealthTx,
+    /// The route table in force, published by the snapshot writer.
+    pub table: Arc<ArcSwap<RouteTable>>,
     pub metrics: Arc<crate::metrics::Metrics>,
     /// Cleartext HTTP/2 upstreams (multiplexed; HTTP/1.1 goes through the per-thread pool).
     h2c_client: Client<HttpConnector, ProxyBody>,
 }
 
 impl Shared {
-    pub fn new(
-        table: RouteTable,
-        health_tx: HealthTx,
-        metrics: Arc<crate::metrics::Metrics>,
-    ) -> Self {
+    pub fn new(table: Arc<ArcSwap<RouteTable>>, metrics: Arc<crate::metrics::Metrics>) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
@@ -56,8 +50,7 @@ impl Shared {
             .http2_only(true)
             .build(connector);
         Shared {
-            table: ArcSwap::from_pointee(table),
-            health_tx,
+            table,
             metrics,
             h2c_client,
         }

@@ -1,0 +1,247 @@
+//! Building the route table from a model: Gateways' listeners, HTTPRoutes attached to them
+//! (parentRefs, allowedRoutes, hostnames), one target per Service port.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::health::HealthRegistry;
+use crate::identity::ResolvedIdentity;
+use crate::metrics::Metrics;
+use crate::model::{GatewayModel, ListenerModel, Model, ObjKey, RouteModel};
+
+use super::action::build_action;
+use super::matching::{intersect, HostKey, Precedence};
+use super::status::{listener_status, resolved_refs, RouteParentStatus};
+use super::table::{namespace_allowed, Entry, GatewaySelector, PortTable, RouteTable};
+use super::target::ServiceTarget;
+
+impl RouteTable {
+    /// The table for `model` as this gateway (`identity`, `selector`) serves it.
+    pub fn build(
+        model: &Model,
+        identity: ResolvedIdentity,
+        selector: &GatewaySelector,
+        generation: u64,
+        live: &Live<'_>,
+    ) -> RouteTable {
+        let mut warnings = model.warnings.clone();
+        warnings.extend(identity.warnings.iter().cloned());
+        let gateways: Vec<&GatewayModel> = model
+            .gateways
+            .iter()
+            .filter(|g| selector.selects(g))
+            .collect();
+        if let GatewaySelector::One(k) = selector {
+            if gateways.is_empty() {
+                warnings.push(format!(
+                    "Gateway {k} (from --gateway) is not among the resources"
+                ));
+            }
+        }
+        let ctx = BuildCtx {
+            model,
+            identity: &identity,
+            live,
+            fleet: gateways
+                .iter()
+                .find_map(|g| g.fleet.as_ref())
+                .or(identity.fleet.as_ref()),
+        };
+        let mut b = Builder {
+            ctx: &ctx,
+            gateways: &gateways,
+            warnings,
+            services: BTreeMap::new(),
+            ports: BTreeMap::new(),
+            seen: HashSet::new(),
+            attachments: HashSet::new(),
+            route_status: Vec::new(),
+        };
+        for gw in &gateways {
+            for l in &gw.listeners {
+                b.ports
+                    .entry(l.port)
+                    .or_default()
+                    .listeners
+                    .push(format!("{}/{}", gw.key, l.name));
+            }
+        }
+        for route in &model.routes {
+            b.attach(route);
+        }
+        for table in b.ports.values_mut() {
+            table.finish();
+        }
+        let listener_status = listener_status(&gateways, &b.attachments);
+        RouteTable {
+            generation,
+            ports: b.ports,
+            services: b.services,
+            gateways: gateways.iter().map(|g| g.key.clone()).collect(),
+            listener_status,
+            route_status: b.route_status,
+            warnings: b.warnings,
+            identity,
+        }
+    }
+}
+
+/// The table under construction.
+struct Builder<'a> {
+    ctx: &'a BuildCtx<'a>,
+    gateways: &'a [&'a GatewayModel],
+    warnings: Vec<String>,
+    services: BTreeMap<(ObjKey, u16), Arc<ServiceTarget>>,
+    ports: BTreeMap<u16, PortTable>,
+    /// (port, host, route, rule, match) already inserted: a route attached to two listeners
+    /// of one port is matched once.
+    seen: HashSet<(u16, HostKey, String, usize, usize)>,
+    /// (Gateway, listener, HTTPRoute) attachments, counted once each for status.
+    attachments: HashSet<(ObjKey, String, ObjKey)>,
+    route_status: Vec<RouteParentStatus>,
+}
+
+impl Builder<'_> {
+    /// Attaches a route to every listener its parentRefs select, and records each parent's
+    /// status.
+    fn attach(&mut self, route: &RouteModel) {
+        let mut attached = false;
+        let resolved = resolved_refs(self.ctx.model, route);
+        for parent in &route.parents {
+            let Some(gw) = self.gateways.iter().find(|g| g.key == parent.gateway) else {
+                continue;
+            };
+            // Why this parent did not take the route, best reason last seen.
+            let mut refusal = (
+                "NoMatchingParent",
+                "no listener matches the parentRef's sectionName/port".to_owned(),
+            );
+            let mut parent_attached = false;
+            for l in &gw.listeners {
+                if parent.section.as_ref().is_some_and(|s| *s != l.name)
+                    || parent.port.is_some_and(|p| p != l.port)
+                {
+                    continue;
+                }
+                match self.attach_to_listener(route, gw, l) {
+                    Ok(()) => parent_attached = true,
+                    Err(why) => refusal = why,
+                }
+            }
+            attached |= parent_attached;
+            self.route_status.push(RouteParentStatus {
+                route: route.key.clone(),
+                gateway: gw.key.clone(),
+                section: parent.section.clone(),
+                port: parent.port,
+                accepted: if parent_attached {
+                    Ok(())
+                } else {
+                    Err(refusal)
+                },
+                resolved: resolved.clone(),
+            });
+        }
+        if !attached && !route.parents.is_empty() {
+            self.warnings.push(format!(
+                "HTTPRoute {} is not attached to any Gateway Locus serves",
+                route.key
+            ));
+        }
+    }
+
+    /// Attaches a route to one listener (allowedRoutes, then hostnames), or says why not.
+    fn attach_to_listener(
+        &mut self,
+        route: &RouteModel,
+        gw: &GatewayModel,
+        l: &ListenerModel,
+    ) -> Result<(), (&'static str, String)> {
+        if !namespace_allowed(
+            self.ctx.model,
+            &l.allowed,
+            &gw.key.namespace,
+            &route.key.namespace,
+        ) {
+            self.warnings.push(format!(
+                "HTTPRoute {} is not allowed on listener {}/{} (allowedRoutes); not attached there",
+                route.key, gw.key, l.name
+            ));
+            return Err((
+                "NotAllowedByListeners",
+                format!(
+                    "listener {} does not allow routes from namespace {}",
+                    l.name, route.key.namespace
+                ),
+            ));
+        }
+        // attachedRoutes counts what parentRefs and allowedRoutes select, whatever the
+        // hostnames (the Gateway API's definition).
+        self.attachments
+            .insert((gw.key.clone(), l.name.clone(), route.key.clone()));
+        let Some(hosts) = intersect(l.hostname.as_deref(), &route.hostnames) else {
+            self.warnings.push(format!(
+                "HTTPRoute {}: none of its hostnames matches listener {}/{} hostname {}; not attached there",
+                route.key,
+                gw.key,
+                l.name,
+                l.hostname.as_deref().unwrap_or("*")
+            ));
+            return Err((
+                "NoMatchingListenerHostname",
+                format!("no hostname of the route matches listener {}", l.name),
+            ));
+        };
+        for (r, rule) in route.rules.iter().enumerate() {
+            let action = Arc::new(build_action(
+                self.ctx,
+                route,
+                r,
+                rule,
+                &mut self.services,
+                &mut self.warnings,
+            ));
+            for host in &hosts {
+                for (i, m) in rule.matches.iter().enumerate() {
+                    if !self
+                        .seen
+                        .insert((l.port, host.clone(), route.key.to_string(), r, i))
+                    {
+                        continue;
+                    }
+                    let precedence =
+                        Precedence::new(m, route.created.clone(), route.key.to_string(), r, i);
+                    self.ports.entry(l.port).or_default().insert(
+                        host.clone(),
+                        Entry {
+                            matcher: m.clone(),
+                            precedence,
+                            action: action.clone(),
+                        },
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a table build reads from the running gateway: health records kept across reloads,
+/// the load-aware spill in force per Service, where ejections are reported, the metric
+/// families, and the clock.
+#[derive(Clone, Copy)]
+pub struct Live<'a> {
+    pub registry: &'a HealthRegistry,
+    pub spill: &'a HashMap<Arc<str>, f64>,
+    pub events: &'a crate::health::HealthTx,
+    pub metrics: &'a Arc<Metrics>,
+    pub now_ms: u64,
+}
+
+pub(super) struct BuildCtx<'a> {
+    pub model: &'a Model,
+    pub identity: &'a ResolvedIdentity,
+    pub live: &'a Live<'a>,
+    /// The served Gateway's `locus.io/fleet`.
+    pub fleet: Option<&'a BTreeMap<String, f64>>,
+}

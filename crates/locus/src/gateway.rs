@@ -6,7 +6,6 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -48,6 +47,9 @@ pub struct GatewayOptions {
     pub imbalance_warn: f64,
     /// How often the load-aware spill controller steps.
     pub load_spill_interval: std::time::Duration,
+    /// The runtimes that serve requests (one listener each per port); `None`: the runtime
+    /// the gateway was created on (tests, the demo).
+    pub data_plane: Option<Vec<tokio::runtime::Handle>>,
 }
 
 impl Default for GatewayOptions {
@@ -62,13 +64,15 @@ impl Default for GatewayOptions {
             cost_per_gb_cross_region: crate::metrics::DEFAULT_COST_CROSS_REGION,
             imbalance_warn: 1.5,
             load_spill_interval: crate::writer::DEFAULT_LOAD_INTERVAL,
+            data_plane: None,
         }
     }
 }
 
 struct Listener {
     addr: SocketAddr,
-    task: JoinHandle<()>,
+    /// One accept loop per data-plane runtime.
+    tasks: Vec<JoinHandle<()>>,
 }
 
 pub struct Gateway {
@@ -199,6 +203,7 @@ impl Gateway {
     /// configuration keeps serving. The model and the table are built on blocking threads,
     /// never on a thread that serves requests.
     pub async fn apply(&self, set: ResourceSet) -> Result<u64, String> {
+        let started = std::time::Instant::now();
         let files: Vec<String> = set.files.iter().map(|f| f.display().to_string()).collect();
         let model = match tokio::task::spawn_blocking(move || Model::build(&set)).await {
             Ok(built) => built.map_err(|e| self.reject(e.to_string()))?,
@@ -231,6 +236,7 @@ impl Gateway {
             node = table.identity.identity.node.as_deref().unwrap_or("<unknown>"),
             services = table.services.len(),
             listeners = table.ports.len(),
+            took_ms = started.elapsed().as_millis() as u64,
             "configuration applied"
         );
         self.generation.store(generation, Ordering::SeqCst);
@@ -300,16 +306,24 @@ impl Gateway {
                 port
             };
             let socket = SocketAddr::new(self.options.bind, bind_port);
-            let listener = TcpListener::bind(socket)
-                .await
+            let handles = match &self.options.data_plane {
+                Some(h) => h.clone(),
+                None => vec![tokio::runtime::Handle::current()],
+            };
+            let bound = crate::data_plane::bind(socket, &handles)
                 .map_err(|e| format!("cannot listen on {socket} for listener port {port}: {e}"))?;
-            let addr = listener.local_addr().map_err(|e| e.to_string())?;
-            let task = tokio::spawn(proxy::serve(listener, port, self.shared.clone()));
-            tracing::info!(port, %addr, "listening");
+            let addr = bound[0].1.local_addr().map_err(|e| e.to_string())?;
+            let tasks = bound
+                .into_iter()
+                .map(|(runtime, listener)| {
+                    runtime.spawn(proxy::serve(listener, port, self.shared.clone()))
+                })
+                .collect();
+            tracing::info!(port, %addr, workers = handles.len(), "listening");
             self.listeners
                 .lock()
                 .expect("listeners lock")
-                .insert(port, Listener { addr, task });
+                .insert(port, Listener { addr, tasks });
             self.emit(Event::Listening { port, addr });
         }
         Ok(())
@@ -326,7 +340,9 @@ impl Gateway {
         for port in gone {
             if let Some(listener) = l.remove(&port) {
                 // Stops accepting; connections already accepted finish on their own tasks.
-                listener.task.abort();
+                for task in listener.tasks {
+                    task.abort();
+                }
                 tracing::info!(port, addr = %listener.addr, "listener closed");
             }
         }

@@ -114,9 +114,14 @@ enum Command {
         /// addresses are printed on stdout (`listening port=80 addr=127.0.0.1:41234`).
         #[arg(long)]
         ephemeral_ports: bool,
-        /// Runtime worker threads (default: the number of cores).
+        /// Threads serving requests (default: the number of cores). The control plane
+        /// (reloads, health, admin API) runs on a thread of its own.
         #[arg(long)]
         workers: Option<usize>,
+        /// How the workers share connections: `per-core` (one single-threaded runtime and one
+        /// SO_REUSEPORT listener per worker, as nginx) or `shared` (one work-stealing runtime).
+        #[arg(long, value_enum, default_value = "per-core")]
+        threading: locus::data_plane::Threading,
         /// How often the files are checked for changes, in milliseconds.
         #[arg(long, default_value_t = 250)]
         poll_ms: u64,
@@ -346,6 +351,7 @@ fn main() -> ExitCode {
             bind,
             ephemeral_ports,
             workers,
+            threading,
             poll_ms,
             admin,
             cost_per_gb_cross_zone,
@@ -359,9 +365,21 @@ fn main() -> ExitCode {
                 .store(metrics == "on", std::sync::atomic::Ordering::Relaxed);
             locus::proxy::ACCESS_LOG.store(access_log, std::sync::atomic::Ordering::Relaxed);
             init_logging(cli.log_format, "info");
-            let rt = runtime(workers).expect("tokio runtime");
+            let workers = workers.unwrap_or_else(|| {
+                std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+            });
+            let data_plane = match locus::data_plane::DataPlane::start(workers, threading) {
+                Ok(d) => d,
+                Err(e) => {
+                    eprintln!("error: cannot start {workers} worker threads: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            // The control plane: the snapshot writer, discovery, health checks, admin API.
+            let rt = runtime(Some(1)).expect("tokio runtime");
             rt.block_on(async move {
                 let gw = Gateway::new(GatewayOptions {
+                    data_plane: Some(data_plane.handles()),
                     identity: identity.config(),
                     selector: match (gateway, kubernetes) {
                         (Some(g), _) => GatewaySelector::One(g),

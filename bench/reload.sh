@@ -67,7 +67,7 @@ PY
 }
 big 0 > "$D/big.yaml"
 "$LOCUS" serve -f "$D/small.yaml" -f "$D/big.yaml" --workers 1 --bind 127.0.0.1 --ephemeral-ports \
-  --admin off --locality r/za --poll-ms 100 > "$D/locus.out" 2> "$D/locus.err" &
+  --admin off --locality r/za --poll-ms 100 --log-format json > "$D/locus.out" 2> "$D/locus.err" &
 until grep -q "applied generation=1" "$D/locus.out"; do sleep 0.1; done
 PORT=$(sed -n 's/listening port=8080 addr=127.0.0.1://p' "$D/locus.out")
 
@@ -85,4 +85,4 @@ printf "%-18s %s\n" "with reloads" "$(python3 "$HERE/latency.py" --port "$PORT" 
 wait %3 2>/dev/null || true
 sleep 2
 echo "reloads applied: $(grep -c 'applied generation' "$D/locus.out") (first load included)"
-echo "time to apply each (model, table, publish; ms): $(grep -o 'took_ms=[0-9]*' "$D/locus.err" | cut -d= -f2 | tr '\n' ' ')"
+echo "time to apply each (model, table, publish; ms): $(grep -o '"took_ms":[0-9]*' "$D/locus.err" | cut -d: -f2 | tr '\n' ' ')"

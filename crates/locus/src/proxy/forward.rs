@@ -199,8 +199,8 @@ impl RequestBody {
         let small = body.size_hint().upper().is_some_and(|n| n <= REPLAY_LIMIT);
         if (target.health.retry.attempts > 0 || !action.mirrors.is_empty()) && small {
             // A client whose body breaks here never reached an endpoint: a plain 400.
-            let bytes = body
-                .collect()
+            // Boxed: most requests have no body, and need not carry the collecting state.
+            let bytes = Box::pin(body.collect())
                 .await
                 .map_err(|e| ProxyError::BadRequest(format!("reading the request body: {e}")))?
                 .to_bytes();
@@ -409,10 +409,8 @@ impl Exchange<'_> {
         req: Request<ProxyBody>,
     ) -> Result<Upstream, SendFailure> {
         if self.target.h2c {
-            return self
-                .shared
-                .h2c_client
-                .request(req)
+            // Boxed: the HTTP/1.1 path, by far the common one, need not carry its state.
+            return Box::pin(self.shared.h2c_client.request(req))
                 .await
                 .map(Upstream::H2)
                 .map_err(|e| SendFailure {

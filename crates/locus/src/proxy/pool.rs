@@ -118,7 +118,9 @@ pub async fn send(
             },
         }
     }
-    let mut sender = match connect(addr, connect_timeout).await {
+    // Connecting is per connection, not per request: boxed, so the request's future does not
+    // carry (and move) the connect and handshake state every time.
+    let mut sender = match Box::pin(connect(addr, connect_timeout)).await {
         Ok(s) => s,
         Err(e) => return Err(SendError::Connect(e, req)),
     };

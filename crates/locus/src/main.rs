@@ -6,11 +6,6 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
-
-/// mimalloc instead of glibc's malloc: per-thread free lists suit a proxy that allocates and
-/// frees small buffers on every request (measured: see docs/performance.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use locus::discovery::files;
 use locus::gateway::{Gateway, GatewayOptions};
 use locus::identity::IdentityConfig;

@@ -267,118 +267,32 @@ fn gateway_value<'a>(
 }
 
 /// Ranks endpoints into buckets under every policy in force, and says which rule decided.
-/// `gateway_labels` are the gateway's own labels for `failoverPriority` keys other than the
-/// topology ones.
+/// The rules, in the order they take precedence: `internalTrafficPolicy: Local` (strict),
+/// Kubernetes topology hints, capacity-aware zones, then an Istio `localityLbSetting`
+/// (disabled, `distribute`, `failoverPriority`, or Istio's default priorities), and otherwise
+/// `trafficDistribution` tiers.
 pub fn rank_buckets(
     gw: &GatewayIdentity,
     policy: RoutingPolicy,
     cfg: &BalancerConfig,
     endpoints: &[Endpoint],
 ) -> (Vec<RankedBucket>, RankingRule) {
-    let gateway_labels = &gw.labels;
     if policy.strict_local {
         return (from_tiers(gw, policy, endpoints, None), RankingRule::Strict);
     }
-    let all: Vec<u32> = (0..endpoints.len() as u32).collect();
-    let one = |label: &str, members: Vec<u32>| RankedBucket {
-        tier: Tier::All,
-        label: label.to_owned(),
-        members,
-        weight: None,
-    };
-    // Kubernetes Topology Aware Routing, with kube-proxy's rules.
     let mut hints_note = None;
     if cfg.topology_hints {
-        let zone = &gw.locality.zone;
-        let ready: Vec<&Endpoint> = endpoints
-            .iter()
-            .filter(|e| e.state == crate::endpoint::EndpointState::Ready)
-            .collect();
-        let why = if zone.is_empty() {
-            Some("the gateway's zone is unknown".to_owned())
-        } else if ready.is_empty() {
-            Some("no ready endpoint".to_owned())
-        } else if ready.iter().any(|e| e.zone_hints.is_none()) {
-            Some("not every ready endpoint has a zone hint".to_owned())
-        } else if !ready.iter().any(|e| {
-            e.zone_hints
-                .as_ref()
-                .is_some_and(|z| z.iter().any(|h| h == zone))
-        }) {
-            Some(format!("no endpoint is hinted for zone {zone}"))
-        } else {
-            None
-        };
-        match why {
-            None => {
-                let members = all
-                    .iter()
-                    .copied()
-                    .filter(|&i| {
-                        endpoints[i as usize]
-                            .zone_hints
-                            .as_ref()
-                            .is_some_and(|z| z.iter().any(|h| h == zone))
-                    })
-                    .collect();
-                return (
-                    vec![one(&format!("hinted for {zone}"), members)],
-                    RankingRule::TopologyHints { zone: zone.clone() },
-                );
-            }
-            Some(why) => hints_note = Some(RankingRule::TopologyHintsIgnored(why)),
+        match topology_hints(gw, endpoints) {
+            Ok(ranked) => return ranked,
+            Err(why) => hints_note = Some(RankingRule::TopologyHintsIgnored(why)),
         }
     }
     if cfg.fleet.is_some() && cfg.locality.is_none() && !gw.locality.zone.is_empty() {
-        // One bucket per zone of the gateway's region (its own first), then the rest; the
-        // snapshot sets the shares from the fleet and the healthy capacity.
-        let mut zones: Vec<String> = vec![gw.locality.zone.clone()];
-        for ep in endpoints {
-            if ep.locality.region == gw.locality.region
-                && !zones.contains(&ep.locality.zone)
-                && !ep.locality.zone.is_empty()
-            {
-                zones.push(ep.locality.zone.clone());
-            }
-        }
-        let mut buckets: Vec<RankedBucket> = zones
-            .iter()
-            .map(|z| RankedBucket {
-                tier: if *z == gw.locality.zone {
-                    Tier::SameZone
-                } else {
-                    Tier::SameRegion
-                },
-                label: zone_label(z),
-                members: all
-                    .iter()
-                    .copied()
-                    .filter(|&i| {
-                        let l = &endpoints[i as usize].locality;
-                        l.region == gw.locality.region && l.zone == *z
-                    })
-                    .collect(),
-                weight: None,
-            })
-            .collect();
-        buckets.push(RankedBucket {
-            tier: Tier::Elsewhere,
-            label: "elsewhere".into(),
-            members: all
-                .iter()
-                .copied()
-                .filter(|&i| {
-                    let l = &endpoints[i as usize].locality;
-                    l.region != gw.locality.region || l.zone.is_empty()
-                })
-                .collect(),
-            weight: None,
-        });
-        return (buckets, RankingRule::CapacityAware);
+        return (capacity_zones(gw, endpoints), RankingRule::CapacityAware);
     }
     let Some(lb) = &cfg.locality else {
         if let Some(note) = hints_note {
-            return (vec![one("all", all)], note);
+            return (vec![one_bucket("all", all(endpoints))], note);
         }
         return (
             from_tiers(gw, policy, endpoints, None),
@@ -386,146 +300,276 @@ pub fn rank_buckets(
         );
     };
     if !lb.enabled {
-        return (vec![one("all", all)], RankingRule::LocalityLbDisabled);
+        return (
+            vec![one_bucket("all", all(endpoints))],
+            RankingRule::LocalityLbDisabled,
+        );
     }
     if let Some(rule) = lb.distribute.iter().find(|d| d.from.matches(&gw.locality)) {
-        let mut taken = vec![false; endpoints.len()];
-        let buckets = rule
-            .to
-            .iter()
-            .map(|(pattern, weight)| {
-                let members: Vec<u32> = all
-                    .iter()
-                    .copied()
-                    .filter(|&i| {
-                        !taken[i as usize] && pattern.matches(&endpoints[i as usize].locality)
-                    })
-                    .collect();
-                for &m in &members {
-                    taken[m as usize] = true;
-                }
-                RankedBucket {
-                    tier: Tier::All,
-                    label: format!("distribute {pattern} {weight}%"),
-                    members,
-                    weight: Some(*weight),
-                }
-            })
-            .collect();
-        return (buckets, RankingRule::Distribute(rule.from.to_string()));
+        return (
+            distribute(rule, endpoints),
+            RankingRule::Distribute(rule.from.to_string()),
+        );
     }
     let failover_to = lb
         .failover
         .iter()
         .find(|(from, _)| *from == gw.locality.region)
         .map(|(_, to)| to.as_str());
-    // Splits the farthest group into the failover region first, the rest after.
-    let split_failover = |members: Vec<u32>, tier: Tier, label: String| -> Vec<RankedBucket> {
-        match failover_to {
-            None => vec![RankedBucket {
-                tier,
+    if !lb.failover_priority.is_empty() {
+        return (
+            failover_priority(gw, &lb.failover_priority, failover_to, endpoints),
+            RankingRule::FailoverPriority,
+        );
+    }
+    (
+        istio_priorities(gw, failover_to, endpoints),
+        RankingRule::IstioLocality,
+    )
+}
+
+fn all(endpoints: &[Endpoint]) -> Vec<u32> {
+    (0..endpoints.len() as u32).collect()
+}
+
+fn one_bucket(label: &str, members: Vec<u32>) -> RankedBucket {
+    RankedBucket {
+        tier: Tier::All,
+        label: label.to_owned(),
+        members,
+        weight: None,
+    }
+}
+
+/// Kubernetes Topology Aware Routing, with kube-proxy's rules: the endpoints hinted for the
+/// gateway's zone, or why the hints cannot be used (then they are ignored, as kube-proxy does).
+fn topology_hints(
+    gw: &GatewayIdentity,
+    endpoints: &[Endpoint],
+) -> Result<(Vec<RankedBucket>, RankingRule), String> {
+    let zone = &gw.locality.zone;
+    let hinted = |e: &Endpoint| {
+        e.zone_hints
+            .as_ref()
+            .is_some_and(|z| z.iter().any(|h| h == zone))
+    };
+    let ready: Vec<&Endpoint> = endpoints
+        .iter()
+        .filter(|e| e.state == crate::endpoint::EndpointState::Ready)
+        .collect();
+    if zone.is_empty() {
+        return Err("the gateway's zone is unknown".to_owned());
+    } else if ready.is_empty() {
+        return Err("no ready endpoint".to_owned());
+    } else if ready.iter().any(|e| e.zone_hints.is_none()) {
+        return Err("not every ready endpoint has a zone hint".to_owned());
+    } else if !ready.iter().any(|e| hinted(e)) {
+        return Err(format!("no endpoint is hinted for zone {zone}"));
+    }
+    let members = all(endpoints)
+        .into_iter()
+        .filter(|&i| hinted(&endpoints[i as usize]))
+        .collect();
+    Ok((
+        vec![one_bucket(&format!("hinted for {zone}"), members)],
+        RankingRule::TopologyHints { zone: zone.clone() },
+    ))
+}
+
+/// Capacity-aware routing: one bucket per zone of the gateway's region (its own first), then
+/// the rest; the snapshot sets the shares from the fleet and the healthy capacity.
+fn capacity_zones(gw: &GatewayIdentity, endpoints: &[Endpoint]) -> Vec<RankedBucket> {
+    let mut zones: Vec<String> = vec![gw.locality.zone.clone()];
+    for ep in endpoints {
+        if ep.locality.region == gw.locality.region
+            && !zones.contains(&ep.locality.zone)
+            && !ep.locality.zone.is_empty()
+        {
+            zones.push(ep.locality.zone.clone());
+        }
+    }
+    let members = |keep: &dyn Fn(&crate::locality::Locality) -> bool| -> Vec<u32> {
+        all(endpoints)
+            .into_iter()
+            .filter(|&i| keep(&endpoints[i as usize].locality))
+            .collect()
+    };
+    let mut buckets: Vec<RankedBucket> = zones
+        .iter()
+        .map(|z| RankedBucket {
+            tier: if *z == gw.locality.zone {
+                Tier::SameZone
+            } else {
+                Tier::SameRegion
+            },
+            label: zone_label(z),
+            members: members(&|l| l.region == gw.locality.region && l.zone == *z),
+            weight: None,
+        })
+        .collect();
+    buckets.push(RankedBucket {
+        tier: Tier::Elsewhere,
+        label: "elsewhere".into(),
+        members: members(&|l| l.region != gw.locality.region || l.zone.is_empty()),
+        weight: None,
+    });
+    buckets
+}
+
+/// Istio `distribute`: one weighted bucket per `to` pattern; an endpoint belongs to the first
+/// pattern it matches.
+fn distribute(rule: &DistributeRule, endpoints: &[Endpoint]) -> Vec<RankedBucket> {
+    let mut taken = vec![false; endpoints.len()];
+    rule.to
+        .iter()
+        .map(|(pattern, weight)| {
+            let members: Vec<u32> = all(endpoints)
+                .into_iter()
+                .filter(|&i| !taken[i as usize] && pattern.matches(&endpoints[i as usize].locality))
+                .collect();
+            for &m in &members {
+                taken[m as usize] = true;
+            }
+            RankedBucket {
+                tier: Tier::All,
+                label: format!("distribute {pattern} {weight}%"),
+                members,
+                weight: Some(*weight),
+            }
+        })
+        .collect()
+}
+
+/// The farthest group, split into the `failover` region first (when one is set for the
+/// gateway's region) and the rest after.
+fn split_failover(
+    endpoints: &[Endpoint],
+    failover_to: Option<&str>,
+    members: Vec<u32>,
+    tier: Tier,
+    label: String,
+) -> Vec<RankedBucket> {
+    let Some(to) = failover_to else {
+        return vec![RankedBucket {
+            tier,
+            label,
+            members,
+            weight: None,
+        }];
+    };
+    let (first, rest): (Vec<u32>, Vec<u32>) = members
+        .into_iter()
+        .partition(|&i| endpoints[i as usize].locality.region == to);
+    vec![
+        RankedBucket {
+            tier: Tier::FailoverRegion,
+            label: format!("failover region {to}"),
+            members: first,
+            weight: None,
+        },
+        RankedBucket {
+            tier,
+            label,
+            members: rest,
+            weight: None,
+        },
+    ]
+}
+
+/// Istio `failoverPriority`: endpoints ranked by how many of the labels, in order, match the
+/// gateway's; those matching none go last (split by `failover`).
+fn failover_priority(
+    gw: &GatewayIdentity,
+    priority: &[PriorityLabel],
+    failover_to: Option<&str>,
+    endpoints: &[Endpoint],
+) -> Vec<RankedBucket> {
+    let n = priority.len();
+    let matched = |ep: &Endpoint| -> usize {
+        priority
+            .iter()
+            .take_while(|p| match p {
+                PriorityLabel::KeyValue(k, v) => label_value(ep, k) == Some(v.as_str()),
+                PriorityLabel::Key(k) => {
+                    match (label_value(ep, k), gateway_value(gw, &gw.labels, k)) {
+                        (Some(a), Some(b)) => a == b,
+                        _ => false,
+                    }
+                }
+            })
+            .count()
+    };
+    let mut levels: Vec<Vec<u32>> = vec![Vec::new(); n + 1];
+    for i in all(endpoints) {
+        levels[n - matched(&endpoints[i as usize])].push(i);
+    }
+    let mut buckets = Vec::new();
+    for (rank, members) in levels.into_iter().enumerate() {
+        let label = format!("{} of {n} priority labels match", n - rank);
+        if rank == n {
+            buckets.extend(split_failover(
+                endpoints,
+                failover_to,
+                members,
+                Tier::Elsewhere,
+                label,
+            ));
+        } else {
+            buckets.push(RankedBucket {
+                tier: Tier::Priority((n - rank) as u8),
                 label,
                 members,
                 weight: None,
-            }],
-            Some(to) => {
-                let (first, rest): (Vec<u32>, Vec<u32>) = members
-                    .into_iter()
-                    .partition(|&i| endpoints[i as usize].locality.region == to);
-                vec![
-                    RankedBucket {
-                        tier: Tier::FailoverRegion,
-                        label: format!("failover region {to}"),
-                        members: first,
-                        weight: None,
-                    },
-                    RankedBucket {
-                        tier,
-                        label,
-                        members: rest,
-                        weight: None,
-                    },
-                ]
-            }
+            });
         }
-    };
-    if !lb.failover_priority.is_empty() {
-        let n = lb.failover_priority.len();
-        let matched = |ep: &Endpoint| -> usize {
-            lb.failover_priority
-                .iter()
-                .take_while(|p| match p {
-                    PriorityLabel::KeyValue(k, v) => label_value(ep, k) == Some(v.as_str()),
-                    PriorityLabel::Key(k) => {
-                        match (label_value(ep, k), gateway_value(gw, gateway_labels, k)) {
-                            (Some(a), Some(b)) => a == b,
-                            _ => false,
-                        }
-                    }
-                })
-                .count()
-        };
-        let mut levels: Vec<Vec<u32>> = vec![Vec::new(); n + 1];
-        for &i in &all {
-            levels[n - matched(&endpoints[i as usize])].push(i);
-        }
-        let mut buckets = Vec::new();
-        for (rank, members) in levels.into_iter().enumerate() {
-            let label = format!("{} of {n} priority labels match", n - rank);
-            if rank == n {
-                buckets.extend(split_failover(members, Tier::Elsewhere, label));
-            } else {
-                buckets.push(RankedBucket {
-                    tier: Tier::Priority((n - rank) as u8),
-                    label,
-                    members,
-                    weight: None,
-                });
-            }
-        }
-        return (buckets, RankingRule::FailoverPriority);
     }
-    // Istio's default priorities: same locality, same zone, same region, failover region,
-    // elsewhere.
+    buckets
+}
+
+/// Istio's default priorities: same locality, same zone, same region, failover region,
+/// elsewhere.
+fn istio_priorities(
+    gw: &GatewayIdentity,
+    failover_to: Option<&str>,
+    endpoints: &[Endpoint],
+) -> Vec<RankedBucket> {
+    use crate::locality::Relation;
     let mut groups: [Vec<u32>; 4] = Default::default();
-    for &i in &all {
+    for i in all(endpoints) {
         let ep = &endpoints[i as usize];
         let slot = match gw.locality.relation(&ep.locality) {
-            crate::locality::Relation::SameNode | crate::locality::Relation::SameSubzone => 0,
-            crate::locality::Relation::SameZone
+            Relation::SameNode | Relation::SameSubzone => 0,
+            Relation::SameZone
                 if gw.locality.subzone.is_empty() && ep.locality.subzone.is_empty() =>
             {
                 0
             }
-            crate::locality::Relation::SameZone => 1,
-            crate::locality::Relation::SameRegion => 2,
-            crate::locality::Relation::CrossRegion => 3,
+            Relation::SameZone => 1,
+            Relation::SameRegion => 2,
+            Relation::CrossRegion => 3,
         };
         groups[slot].push(i);
     }
     let [exact, zone, region, rest] = groups;
+    let bucket = |tier, label: &str, members| RankedBucket {
+        tier,
+        label: label.to_owned(),
+        members,
+        weight: None,
+    };
     let mut buckets = vec![
-        RankedBucket {
-            tier: Tier::SameSubzone,
-            label: "same locality".into(),
-            members: exact,
-            weight: None,
-        },
-        RankedBucket {
-            tier: Tier::SameZone,
-            label: "same-zone".into(),
-            members: zone,
-            weight: None,
-        },
-        RankedBucket {
-            tier: Tier::SameRegion,
-            label: "same-region".into(),
-            members: region,
-            weight: None,
-        },
+        bucket(Tier::SameSubzone, "same locality", exact),
+        bucket(Tier::SameZone, "same-zone", zone),
+        bucket(Tier::SameRegion, "same-region", region),
     ];
-    buckets.extend(split_failover(rest, Tier::Elsewhere, "elsewhere".into()));
-    (buckets, RankingRule::IstioLocality)
+    buckets.extend(split_failover(
+        endpoints,
+        failover_to,
+        rest,
+        Tier::Elsewhere,
+        "elsewhere".into(),
+    ));
+    buckets
 }
 
 #[cfg(test)]

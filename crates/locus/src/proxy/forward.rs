@@ -35,8 +35,7 @@ pub(super) async fn forward(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
-    let host = request_host(&parts).into_owned();
-    let (action, target, prefix) = match route(shared, info, &host, &parts)? {
+    let (action, target, prefix) = match route(shared, info, &request_host(&parts), &parts)? {
         Routed::Answer(resp) => return Ok(*resp),
         Routed::Forward {
             action,
@@ -44,7 +43,7 @@ pub(super) async fn forward(
             prefix,
         } => (action, target, prefix),
     };
-    let path_and_query = upstream_head(&mut parts, info, &host, &action, prefix.as_deref())?;
+    let path_and_query = upstream_head(&mut parts, info, &action, prefix.as_deref())?;
     let body = RequestBody::read(body, &target, &action).await?;
     for (mirror, fraction) in &action.mirrors {
         if action.mirror_this(*fraction) {
@@ -132,10 +131,18 @@ fn route(
 fn upstream_head(
     parts: &mut http::request::Parts,
     info: &ConnInfo,
-    host: &str,
     action: &RuleAction,
     prefix: Option<&str>,
 ) -> Result<PathAndQuery, ProxyError> {
+    // HTTP/2 clients send `:authority` instead of `Host`: HTTP/1.1 upstreams need the header.
+    if !parts.headers.contains_key(header::HOST) {
+        let host = request_host(parts).into_owned();
+        if let Ok(v) = HeaderValue::from_str(&host) {
+            if !host.is_empty() {
+                parts.headers.insert(header::HOST, v);
+            }
+        }
+    }
     let mut path_and_query = parts
         .uri
         .path_and_query()
@@ -158,11 +165,6 @@ fn upstream_head(
     }
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
-    if !headers.contains_key(header::HOST) && !host.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(host) {
-            headers.insert(header::HOST, v);
-        }
-    }
     // The peer's address is formatted once per connection; appended to a client's own list.
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", info.peer.ip())).ok(),

@@ -34,17 +34,30 @@ pub(super) fn request_host(parts: &http::request::Parts) -> std::borrow::Cow<'_,
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named by `Connection`.
+/// One pass over the names finds which are there (usually none, or only `connection`), so the
+/// common message costs no removal at all, or one.
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Most messages carry none: one pass over the names instead of nine removals.
-    if !headers.keys().any(is_hop_by_hop) {
+    let mut present: [Option<HeaderName>; 9] = Default::default();
+    let mut n = 0;
+    for name in headers.keys() {
+        if is_hop_by_hop(name) && n < present.len() {
+            present[n] = Some(name.clone());
+            n += 1;
+        }
+    }
+    if n == 0 {
         return;
     }
+    // Other headers `Connection` names; `keep-alive` and `close`, the usual tokens, are not
+    // worth an allocation (a `keep-alive` header is removed anyway).
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .map(str::trim)
+        .filter(|t| !t.eq_ignore_ascii_case("keep-alive") && !t.eq_ignore_ascii_case("close"))
+        .filter_map(|t| HeaderName::from_bytes(t.as_bytes()).ok())
         .collect();
     for name in named {
         headers.remove(name);
@@ -52,19 +65,9 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let keep_te_trailers = headers
         .get(header::TE)
         .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
-    for name in [
-        header::CONNECTION,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TRAILER,
-        header::TE,
-    ] {
+    for name in present.into_iter().flatten() {
         headers.remove(name);
     }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
     if keep_te_trailers {
         headers.insert(header::TE, HeaderValue::from_static("trailers"));
     }

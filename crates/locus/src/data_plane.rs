@@ -68,6 +68,11 @@ impl DataPlane {
 /// Binds `addr` once per runtime in `handles` (with `SO_REUSEPORT` when more than one, all on
 /// the port the first one got), each listener registered with its own runtime.
 pub fn bind(addr: SocketAddr, handles: &[Handle]) -> std::io::Result<Vec<(Handle, TcpListener)>> {
+    if handles.len() > 1 && addr.port() != 0 {
+        // SO_REUSEPORT would let a second gateway on the same port share it silently: a plain
+        // bind first fails as it should when the port is taken.
+        drop(std::net::TcpListener::bind(addr)?);
+    }
     let mut addr = addr;
     let mut out = Vec::with_capacity(handles.len());
     for handle in handles {

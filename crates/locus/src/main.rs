@@ -375,11 +375,14 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
+            // Only the handles go into the control plane's future: the data plane itself (a
+            // shared runtime) must be dropped outside any runtime, after `block_on` returns.
+            let workers_handles = data_plane.handles();
             // The control plane: the snapshot writer, discovery, health checks, admin API.
             let rt = runtime(Some(1)).expect("tokio runtime");
             rt.block_on(async move {
                 let gw = Gateway::new(GatewayOptions {
-                    data_plane: Some(data_plane.handles()),
+                    data_plane: Some(workers_handles),
                     identity: identity.config(),
                     selector: match (gateway, kubernetes) {
                         (Some(g), _) => GatewaySelector::One(g),

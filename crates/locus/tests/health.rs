@@ -389,6 +389,8 @@ async fn clients_breaking_their_uploads_never_eject_the_endpoint() {
         tokio::task::yield_now().await;
     };
     assert_eq!(errors_on(&metrics, "side=\"client\""), 20.0, "{metrics}");
+    // The malformed chunks are told apart from the clients that went away.
+    assert_eq!(errors_on(&metrics, "kind=\"bad-body\""), 10.0, "{metrics}");
     assert_eq!(errors_on(&metrics, "side=\"upstream\""), 0.0, "{metrics}");
     assert!(
         !metrics.contains("locus_outlier_ejections_total{"),

@@ -135,14 +135,10 @@ fn upstream_head(
     prefix: Option<&str>,
 ) -> Result<PathAndQuery, ProxyError> {
     // HTTP/2 clients send `:authority` instead of `Host`: HTTP/1.1 upstreams need the header.
-    if !parts.headers.contains_key(header::HOST) {
-        let host = request_host(parts).into_owned();
-        if let Ok(v) = HeaderValue::from_str(&host) {
-            if !host.is_empty() {
-                parts.headers.insert(header::HOST, v);
-            }
-        }
-    }
+    let authority = (!parts.headers.contains_key(header::HOST))
+        .then(|| request_host(parts).into_owned())
+        .filter(|h| !h.is_empty())
+        .and_then(|h| HeaderValue::from_str(&h).ok());
     let mut path_and_query = parts
         .uri
         .path_and_query()
@@ -165,6 +161,11 @@ fn upstream_head(
     }
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
+    if let Some(host) = authority {
+        if !headers.contains_key(header::HOST) {
+            headers.insert(header::HOST, host);
+        }
+    }
     // The peer's address is formatted once per connection; appended to a client's own list.
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", info.peer.ip())).ok(),
@@ -244,7 +245,7 @@ impl RequestBody {
         };
         match (state.fault(), fault) {
             (Some(client), _) => client,
-            (None, Fault::Timeout) if state.streaming() => Fault::ClientTimeout,
+            (None, Fault::Timeout) if state.waiting_on_client() => Fault::ClientTimeout,
             (None, f) => f,
         }
     }

@@ -26,10 +26,12 @@ use crate::routing::ServiceTarget;
 
 /// How a streamed client body has gone so far (shared with the upstream connection that reads
 /// it, which may live on another task).
-const STREAMING: u8 = 0;
-const DONE: u8 = 1;
-const ABORTED: u8 = 2;
-const MALFORMED: u8 = 3;
+const STARTED: u8 = 0;
+/// The last read found no data from the client yet: the exchange is waiting on the client.
+const WAITING: u8 = 1;
+const DONE: u8 = 2;
+const ABORTED: u8 = 3;
+const MALFORMED: u8 = 4;
 
 /// A client's request body on its way upstream, noting how it ended.
 #[derive(Debug)]
@@ -44,7 +46,7 @@ pub struct ClientBodyState(Arc<AtomicU8>);
 
 impl ClientBody {
     pub fn new(inner: Incoming) -> (Self, ClientBodyState) {
-        let state = Arc::new(AtomicU8::new(STREAMING));
+        let state = Arc::new(AtomicU8::new(STARTED));
         (
             ClientBody {
                 inner,
@@ -65,10 +67,28 @@ impl ClientBodyState {
         }
     }
 
-    /// Whether the client is still sending its body.
-    pub fn streaming(&self) -> bool {
-        self.0.load(Ordering::Acquire) == STREAMING
+    /// Whether the exchange is waiting on the client: the last read of its body found nothing
+    /// yet. (A body never read, because the endpoint does not read it or the connection is
+    /// still being made, is the endpoint's matter.)
+    pub fn waiting_on_client(&self) -> bool {
+        self.0.load(Ordering::Acquire) == WAITING
     }
+}
+
+/// Whether a body error is a malformed body (hyper reports a bad chunk or a length mismatch as
+/// a body error whose source is an `InvalidData`/`InvalidInput` I/O error).
+fn malformed(e: &hyper::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
+            );
+        }
+        cur = err.source();
+    }
+    e.is_parse()
 }
 
 impl Body for ClientBody {
@@ -80,19 +100,16 @@ impl Body for ClientBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None) => self.state.store(DONE, Ordering::Release),
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => {
-                self.state.store(DONE, Ordering::Release)
-            }
-            Poll::Ready(Some(Err(e))) => {
-                // A parse error is a malformed body; anything else (closed, incomplete, I/O)
-                // is a client that went away mid-body.
-                let s = if e.is_parse() { MALFORMED } else { ABORTED };
-                self.state.store(s, Ordering::Release);
-            }
-            _ => {}
-        }
+        let state = match &polled {
+            Poll::Pending => WAITING,
+            Poll::Ready(None) => DONE,
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => DONE,
+            Poll::Ready(Some(Ok(_))) => STARTED,
+            Poll::Ready(Some(Err(e))) if malformed(e) => MALFORMED,
+            // Closed, incomplete, I/O: a client that went away mid-body.
+            Poll::Ready(Some(Err(_))) => ABORTED,
+        };
+        self.state.store(state, Ordering::Release);
         polled
     }
 

@@ -99,14 +99,16 @@ fn too_deep(text: &str) -> Option<usize> {
         if b == b'\n' {
             line += 1;
             comment = false;
-            // A quoted scalar may span lines; a bracket count across them is still right.
+            // A stray quote (in a plain or block scalar) must not switch the check off for
+            // the rest of the file: quotes end with their line.
+            quote = None;
         }
         if comment {
             prev = b;
             continue;
         }
         match (quote, b) {
-            (Some(q), _) if b == q => quote = None,
+            (Some(q), _) if b == q && !(q == b'"' && prev == b'\\') => quote = None,
             (Some(_), _) => {}
             (None, b'"' | b'\'')
                 if matches!(prev, b' ' | b'\t' | b'\n' | b'[' | b'{' | b',' | b':') =>

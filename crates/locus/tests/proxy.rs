@@ -144,3 +144,66 @@ async fn request_timeout_gives_504() {
     assert_eq!(r.headers["x-locus-error"], "upstream-timeout");
     drop(silent);
 }
+
+/// Samples of `locus_request_errors_total` with these labels, summed.
+fn request_errors(metrics: &str, side: &str, kind: &str) -> f64 {
+    let (side, kind) = (format!("side=\"{side}\""), format!("kind=\"{kind}\""));
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("locus_request_errors_total{"))
+        .filter(|l| l.contains(&side) && l.contains(&kind))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A timeout that fires while Locus waits for the client's body is the client's (408, never
+/// counted against the endpoint); one that fires while the endpoint owes the answer is the
+/// endpoint's (504).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_timeout_waiting_on_the_client_is_the_clients() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A backend that accepts (in the kernel) but never answers.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let dir = tempdir();
+    let m = manifests(port, "").replace(
+        "rules: [{backendRefs: [{name: svc, port: 80}]}]",
+        "rules: [{timeouts: {request: 300ms}, backendRefs: [{name: svc, port: 80}]}]",
+    );
+    write(dir.path(), "all.yaml", &m);
+    let gw = Gw::start(dir.path(), &[]);
+
+    // A chunked upload (streamed, not buffered) whose client stalls after the first chunk.
+    let mut s = tokio::net::TcpStream::connect(gw.addr(8080)).await.unwrap();
+    s.write_all(
+        b"POST /upload HTTP/1.1\r\nhost: svc.test\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    )
+    .await
+    .unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read(&mut answer))
+        .await
+        .expect("an answer to the stalled upload")
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(answer.contains("x-locus-error: client-timeout"), "{answer}");
+
+    // A plain GET: the endpoint owes the answer.
+    let c = HttpClient::default();
+    let r = c.get(gw.addr(8080), "svc.test", "/").await;
+    assert_eq!(r.status, 504);
+
+    let metrics = c.get(gw.admin, "admin", "/metrics").await.body;
+    assert_eq!(
+        request_errors(&metrics, "client", "timeout"),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        request_errors(&metrics, "upstream", "timeout"),
+        1.0,
+        "{metrics}"
+    );
+    drop(silent);
+}

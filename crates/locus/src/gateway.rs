@@ -50,6 +50,8 @@ pub struct GatewayOptions {
     /// The runtimes that serve requests (one listener each per port); `None`: the runtime
     /// the gateway was created on (tests, the demo).
     pub data_plane: Option<Vec<tokio::runtime::Handle>>,
+    /// What one client connection may hold.
+    pub client_limits: proxy::ClientLimits,
 }
 
 impl Default for GatewayOptions {
@@ -65,6 +67,7 @@ impl Default for GatewayOptions {
             imbalance_warn: 1.5,
             load_spill_interval: crate::writer::DEFAULT_LOAD_INTERVAL,
             data_plane: None,
+            client_limits: proxy::ClientLimits::default(),
         }
     }
 }
@@ -101,7 +104,7 @@ impl Gateway {
         let table = Arc::new(ArcSwap::from_pointee(RouteTable::default()));
         let writer =
             WriterHandle::spawn(table.clone(), metrics.clone(), options.load_spill_interval);
-        let shared = Arc::new(Shared::new(table, metrics));
+        let shared = Arc::new(Shared::new(table, metrics, options.client_limits));
         Arc::new(Gateway {
             shared,
             prober: Prober::new(writer.events()),

@@ -147,6 +147,13 @@ enum Command {
         /// Log one line per request (Common Log Format, target `locus::access`).
         #[arg(long)]
         access_log: bool,
+        /// A client's request head must arrive whole within this many milliseconds, else its
+        /// connection is closed (slowloris); 0 disables.
+        #[arg(long, default_value_t = 30_000)]
+        header_read_timeout_ms: u64,
+        /// Largest request head (request line and headers) in bytes; larger gets 431.
+        #[arg(long, default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(8192..))]
+        max_request_head_bytes: u64,
         /// Per-request metrics (`on`, `off`); off only to measure their cost.
         #[arg(long, default_value = "on", value_parser = ["on", "off"])]
         metrics: String,
@@ -359,6 +366,8 @@ fn main() -> ExitCode {
             imbalance_warn_factor,
             load_spill_interval_ms,
             access_log,
+            header_read_timeout_ms,
+            max_request_head_bytes,
             metrics,
         } => {
             locus::metrics::REQUEST_METRICS
@@ -383,6 +392,11 @@ fn main() -> ExitCode {
             rt.block_on(async move {
                 let gw = Gateway::new(GatewayOptions {
                     data_plane: Some(workers_handles),
+                    client_limits: locus::proxy::ClientLimits {
+                        header_read_timeout: (header_read_timeout_ms > 0)
+                            .then(|| std::time::Duration::from_millis(header_read_timeout_ms)),
+                        max_request_head: max_request_head_bytes as usize,
+                    },
                     identity: identity.config(),
                     selector: match (gateway, kubernetes) {
                         (Some(g), _) => GatewaySelector::One(g),

@@ -32,8 +32,29 @@ use crate::routing::RouteTable;
 /// How long an upstream connection attempt may take (Envoy's default `connect_timeout`).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// What one client may hold, whatever it sends.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientLimits {
+    /// A request head must arrive whole within this time, else the connection is closed
+    /// (slowloris). `None`: no limit.
+    pub header_read_timeout: Option<Duration>,
+    /// Largest request head (request line and headers) read; larger gets 431 (Envoy's default
+    /// is 60 KiB, nginx's 8 KiB per buffer, HAProxy's 16 KiB).
+    pub max_request_head: usize,
+}
+
+impl Default for ClientLimits {
+    fn default() -> Self {
+        ClientLimits {
+            header_read_timeout: Some(Duration::from_secs(30)),
+            max_request_head: 64 * 1024,
+        }
+    }
+}
+
 /// State shared by every connection of every listener.
 pub struct Shared {
+    pub limits: ClientLimits,
     /// The route table in force, published by the snapshot writer.
     pub table: Arc<ArcSwap<RouteTable>>,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -42,7 +63,11 @@ pub struct Shared {
 }
 
 impl Shared {
-    pub fn new(table: Arc<ArcSwap<RouteTable>>, metrics: Arc<crate::metrics::Metrics>) -> Self {
+    pub fn new(
+        table: Arc<ArcSwap<RouteTable>>,
+        metrics: Arc<crate::metrics::Metrics>,
+        limits: ClientLimits,
+    ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
@@ -50,6 +75,7 @@ impl Shared {
             .http2_only(true)
             .build(connector);
         Shared {
+            limits,
             table,
             metrics,
             h2c_client,
@@ -70,7 +96,13 @@ struct ConnInfo {
 /// Accepts connections on `listener` until the task is aborted. Connections already accepted
 /// live on in their own tasks, so removing a listener never cuts a request short.
 pub async fn serve(listener: TcpListener, port: u16, shared: Arc<Shared>) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let limits = shared.limits;
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_request_head);
     loop {
         let (stream, peer) = match listener.accept().await {
             Ok(conn) => conn,

@@ -317,15 +317,6 @@ async fn until_answered(c: &HttpClient, backend: SocketAddr, before: u64) {
     }
 }
 
-/// Sum of `locus_request_errors_total` samples whose labels contain `side`.
-fn errors_on(metrics: &str, side: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("locus_request_errors_total{") && l.contains(side))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// A client that aborts its upload or sends a malformed chunk is the client's fault, never the
 /// endpoint's: ten of each in a row, under an outlier policy that ejects on the first failure,
 /// leave the local endpoint healthy and local traffic local.
@@ -383,15 +374,27 @@ async fn clients_breaking_their_uploads_never_eject_the_endpoint() {
     let deadline = Instant::now() + Duration::from_secs(10);
     let metrics = loop {
         let text = c.get(gw.admin, "admin", "/metrics").await.body;
-        if errors_on(&text, "side=\"client\"") >= 20.0 || Instant::now() > deadline {
+        if request_errors(&text, &["side=\"client\""]) >= 20.0 || Instant::now() > deadline {
             break text;
         }
         tokio::task::yield_now().await;
     };
-    assert_eq!(errors_on(&metrics, "side=\"client\""), 20.0, "{metrics}");
+    assert_eq!(
+        request_errors(&metrics, &["side=\"client\""]),
+        20.0,
+        "{metrics}"
+    );
     // The malformed chunks are told apart from the clients that went away.
-    assert_eq!(errors_on(&metrics, "kind=\"bad-body\""), 10.0, "{metrics}");
-    assert_eq!(errors_on(&metrics, "side=\"upstream\""), 0.0, "{metrics}");
+    assert_eq!(
+        request_errors(&metrics, &["kind=\"bad-body\""]),
+        10.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        request_errors(&metrics, &["side=\"upstream\""]),
+        0.0,
+        "{metrics}"
+    );
     assert!(
         !metrics.contains("locus_outlier_ejections_total{"),
         "an endpoint was ejected:\n{metrics}"

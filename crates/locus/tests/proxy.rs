@@ -125,9 +125,9 @@ async fn keep_alive_connections_survive_reloads() {
     assert_eq!(ask(&mut conn).await, "b");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn request_timeout_gives_504() {
-    // A backend that accepts but never answers.
+/// A backend that accepts (in the kernel) but never answers, behind a route with a 300 ms
+/// request timeout.
+fn silent_backend_with_300ms_timeout() -> (std::net::TcpListener, tempfile::TempDir, Gw) {
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
     let dir = tempdir();
@@ -137,6 +137,12 @@ async fn request_timeout_gives_504() {
     );
     write(dir.path(), "all.yaml", &m);
     let gw = Gw::start(dir.path(), &[]);
+    (silent, dir, gw)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_timeout_gives_504() {
+    let (silent, _dir, gw) = silent_backend_with_300ms_timeout();
     let r = HttpClient::default()
         .get(gw.addr(8080), "svc.test", "/")
         .await;
@@ -145,33 +151,13 @@ async fn request_timeout_gives_504() {
     drop(silent);
 }
 
-/// Samples of `locus_request_errors_total` with these labels, summed.
-fn request_errors(metrics: &str, side: &str, kind: &str) -> f64 {
-    let (side, kind) = (format!("side=\"{side}\""), format!("kind=\"{kind}\""));
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("locus_request_errors_total{"))
-        .filter(|l| l.contains(&side) && l.contains(&kind))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 /// A timeout that fires while Locus waits for the client's body is the client's (408, never
 /// counted against the endpoint); one that fires while the endpoint owes the answer is the
 /// endpoint's (504).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_timeout_waiting_on_the_client_is_the_clients() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    // A backend that accepts (in the kernel) but never answers.
-    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = silent.local_addr().unwrap().port();
-    let dir = tempdir();
-    let m = manifests(port, "").replace(
-        "rules: [{backendRefs: [{name: svc, port: 80}]}]",
-        "rules: [{timeouts: {request: 300ms}, backendRefs: [{name: svc, port: 80}]}]",
-    );
-    write(dir.path(), "all.yaml", &m);
-    let gw = Gw::start(dir.path(), &[]);
+    let (silent, _dir, gw) = silent_backend_with_300ms_timeout();
 
     // A chunked upload (streamed, not buffered) whose client stalls after the first chunk.
     let mut s = tokio::net::TcpStream::connect(gw.addr(8080)).await.unwrap();
@@ -196,12 +182,12 @@ async fn a_timeout_waiting_on_the_client_is_the_clients() {
 
     let metrics = c.get(gw.admin, "admin", "/metrics").await.body;
     assert_eq!(
-        request_errors(&metrics, "client", "timeout"),
+        request_errors(&metrics, &["side=\"client\"", "kind=\"timeout\""]),
         1.0,
         "{metrics}"
     );
     assert_eq!(
-        request_errors(&metrics, "upstream", "timeout"),
+        request_errors(&metrics, &["side=\"upstream\"", "kind=\"timeout\""]),
         1.0,
         "{metrics}"
     );

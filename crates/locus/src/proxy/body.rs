@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 
 use super::outcome::{Attempt, ClientBody};
 use super::pool::PooledBody;
@@ -40,31 +40,13 @@ impl ProxyBody {
 /// until the body is done and records the bytes it carried when dropped.
 #[derive(Debug)]
 pub struct UpstreamBody {
-    inner: Inner,
+    body: PooledBody,
     attempt: Attempt,
 }
 
-#[derive(Debug)]
-enum Inner {
-    /// HTTP/1.1 over a pooled connection (returned to the pool at the end).
-    H1(PooledBody),
-    /// Cleartext HTTP/2 (multiplexed by hyper-util's client).
-    H2(Incoming),
-}
-
 impl UpstreamBody {
-    pub fn h1(body: PooledBody, attempt: Attempt) -> Self {
-        UpstreamBody {
-            inner: Inner::H1(body),
-            attempt,
-        }
-    }
-
-    pub fn h2(body: Incoming, attempt: Attempt) -> Self {
-        UpstreamBody {
-            inner: Inner::H2(body),
-            attempt,
-        }
+    pub fn new(body: PooledBody, attempt: Attempt) -> Self {
+        UpstreamBody { body, attempt }
     }
 }
 
@@ -77,10 +59,7 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
         let this = self.get_mut();
-        let polled = match &mut this.inner {
-            Inner::H1(b) => Pin::new(b).poll_frame(cx),
-            Inner::H2(b) => Pin::new(b).poll_frame(cx),
-        };
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
                 this.attempt.add_response_bytes(data.len() as u64);
@@ -90,17 +69,11 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.inner {
-            Inner::H1(b) => b.is_end_stream(),
-            Inner::H2(b) => b.is_end_stream(),
-        }
+        self.body.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.inner {
-            Inner::H1(b) => b.size_hint(),
-            Inner::H2(b) => b.size_hint(),
-        }
+        self.body.size_hint()
     }
 }
 

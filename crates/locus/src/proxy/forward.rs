@@ -258,12 +258,6 @@ struct SendFailure {
     back: Option<Box<Request<ProxyBody>>>,
 }
 
-/// The response of an endpoint, before it is tied to its attempt.
-enum Upstream {
-    H1(Response<pool::PooledBody>),
-    H2(Response<Incoming>),
-}
-
 /// One request's way through the attempts: pick, send, judge, maybe retry.
 struct Exchange<'a> {
     shared: &'a Shared,
@@ -369,10 +363,7 @@ impl Exchange<'_> {
                     return Err(error);
                 }
             };
-            let status = match &resp {
-                Upstream::H1(r) => r.status(),
-                Upstream::H2(r) => r.status(),
-            };
+            let status = resp.status();
             attempt.answered(status.as_u16());
             if !last
                 && retry.statuses.contains(&status.as_u16())
@@ -382,16 +373,8 @@ impl Exchange<'_> {
                 tried.push(addr);
                 continue;
             }
-            let (mut head, body) = match resp {
-                Upstream::H1(r) => {
-                    let (head, b) = r.into_parts();
-                    (head, UpstreamBody::h1(b, attempt))
-                }
-                Upstream::H2(r) => {
-                    let (head, b) = r.into_parts();
-                    (head, UpstreamBody::h2(b, attempt))
-                }
-            };
+            let (mut head, body) = resp.into_parts();
+            let body = UpstreamBody::new(body, attempt);
             strip_hop_by_hop(&mut head.headers);
             if let Some(edits) = &self.action.filters.response_headers {
                 edits.apply(&mut head.headers);
@@ -410,12 +393,12 @@ impl Exchange<'_> {
         &self,
         addr: SocketAddr,
         req: Request<ProxyBody>,
-    ) -> Result<Upstream, SendFailure> {
+    ) -> Result<Response<pool::PooledBody>, SendFailure> {
         if self.target.h2c {
             // Boxed: the HTTP/1.1 path, by far the common one, need not carry its state.
             return Box::pin(self.shared.h2c_client.request(req))
                 .await
-                .map(Upstream::H2)
+                .map(|r| r.map(pool::PooledBody::unpooled))
                 .map_err(|e| SendFailure {
                     fault: if e.is_connect() {
                         Fault::Connect
@@ -428,7 +411,6 @@ impl Exchange<'_> {
         }
         pool::send(addr, req, CONNECT_TIMEOUT)
             .await
-            .map(Upstream::H1)
             .map_err(|e| match e {
                 SendError::Connect(io, back) => SendFailure {
                     fault: Fault::Connect,

@@ -151,7 +151,8 @@ fn wrap(
     })
 }
 
-/// A response body that returns its connection to the pool once read to the end.
+/// A response body that returns its connection to the pool once read to the end (when it
+/// came over a pooled connection).
 #[derive(Debug)]
 pub struct PooledBody {
     body: Incoming,
@@ -159,6 +160,11 @@ pub struct PooledBody {
 }
 
 impl PooledBody {
+    /// A body with no connection of this pool behind it (HTTP/2, multiplexed by hyper-util).
+    pub fn unpooled(body: Incoming) -> Self {
+        PooledBody { body, ret: None }
+    }
+
     fn release(&mut self) {
         if let Some((addr, sender)) = self.ret.take() {
             put_idle(addr, sender);

@@ -406,3 +406,14 @@ pub fn entry(name: &str, locality: &str, addr: SocketAddr) -> String {
         addr.port()
     )
 }
+
+/// The sum of the `locus_request_errors_total` samples whose labels contain every one of
+/// `labels` (e.g. `side="client"`).
+pub fn request_errors(metrics: &str, labels: &[&str]) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("locus_request_errors_total{"))
+        .filter(|l| labels.iter().all(|want| l.contains(want)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

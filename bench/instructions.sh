@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# bench/instructions.sh — user-space instructions per proxied request, under callgrind: exact
+# and repeatable where CPU time moves 10–30% between runs on this machine.
+#
+#   bash bench/instructions.sh [BINARY]     # default: target/release/locus (built if missing)
+#
+# Starts the peers' nginx backends (../shared/peers, setup.sh must have run), Locus with one
+# worker under `valgrind --tool=callgrind` on the bench manifest, warms up with wrk for 3 s,
+# zeroes the counters, runs wrk (-t1 -c16) for 5 s, dumps, and prints total instructions over
+# requests answered. Compare builds in the same way, one after the other.
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/.." && pwd)
+PEERS=${PEERS:-$ROOT/../shared/peers}
+BIN=${1:-$ROOT/target/release/locus}
+[[ -x $BIN ]] || (cd "$ROOT" && cargo build --release --locked -q -p locus)
+command -v valgrind >/dev/null || apt-get install -y -qq valgrind >/dev/null
+source "$PEERS/lib.sh"
+D=$(mktemp -d)
+trap 'kill $VP 2>/dev/null; stop_all >/dev/null 2>&1; rm -rf "$D"' EXIT
+start_backends >/dev/null 2>&1
+"$HERE/locus-manifests.sh" > "$D/m.yaml"
+valgrind --tool=callgrind --callgrind-out-file="$D/cg.%p" "$BIN" serve -f "$D/m.yaml" --workers 1 \
+  --bind 127.0.0.1 --admin off --locality region-a/zone-a >/dev/null 2>&1 &
+VP=$!
+for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:10003/ && break; sleep 0.2; done
+wrk -t1 -c16 -d3s http://127.0.0.1:10003/ >/dev/null 2>&1
+callgrind_control -z "$VP" >/dev/null
+N=$(wrk -t1 -c16 -d5s http://127.0.0.1:10003/ | awk '/requests in/ {print $1}')
+callgrind_control -d "$VP" >/dev/null
+sleep 1
+DUMP=$(ls -t "$D"/cg.*.* | head -1)
+TOTAL=$(grep -h "^summary:\|^totals:" "$DUMP" | head -1 | awk '{print $2}')
+echo "$(basename "$BIN"): requests=$N instructions/request=$((TOTAL / N))"

@@ -14,6 +14,7 @@ pub mod endpoint;
 pub mod health;
 pub mod load;
 pub mod locality;
+pub mod path;
 pub mod policy;
 pub mod ranking;
 

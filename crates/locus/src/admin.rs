@@ -22,21 +22,61 @@ use crate::gateway::Gateway;
 use crate::health::now_ms;
 use crate::routing::{zone_imbalance, RouteTable};
 
+/// Connections the admin API holds at once (it answers operators and scrapers, not clients).
+const MAX_ADMIN_CONNECTIONS: usize = 64;
+
 /// Serves the admin API on `listener` until the task is dropped.
 pub async fn serve(listener: TcpListener, gateway: Arc<Gateway>) {
-    let builder = auto::Builder::new(TokioExecutor::new());
+    serve_paths(listener, gateway, Exposure::All).await
+}
+
+/// Which admin paths an address answers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exposure {
+    /// Everything, `/debug` included (loopback by default).
+    All,
+    /// `/metrics`, `/ready` and `/healthz` only: for kubelet probes and scrapers, on an
+    /// address reachable from outside the pod (`--probe-addr`).
+    Probes,
+}
+
+/// Serves the admin paths `exposure` allows on `listener` until the task is dropped.
+pub async fn serve_paths(listener: TcpListener, gateway: Arc<Gateway>, exposure: Exposure) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(10));
+    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut backoff = crate::proxy::ACCEPT_BACKOFF_MIN;
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => {
+                backoff = crate::proxy::ACCEPT_BACKOFF_MIN;
+                stream
+            }
+            Err(e) => {
+                // Out of file descriptors: back off instead of spinning on the failing accept.
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(crate::proxy::ACCEPT_BACKOFF_MAX);
+                continue;
+            }
         };
+        if open.fetch_add(1, std::sync::atomic::Ordering::AcqRel) >= MAX_ADMIN_CONNECTIONS {
+            open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            continue;
+        }
         let gateway = gateway.clone();
         let builder = builder.clone();
+        let open = open.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let gateway = gateway.clone();
-                async move { Ok::<_, Infallible>(respond(&gateway, req)) }
+                async move { Ok::<_, Infallible>(respond(&gateway, req, exposure)) }
             });
             let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+            open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
         });
     }
 }
@@ -61,8 +101,16 @@ fn json_reply(v: Value) -> Response<Full<Bytes>> {
     )
 }
 
-fn respond(gateway: &Gateway, req: Request<Incoming>) -> Response<Full<Bytes>> {
-    match req.uri().path() {
+fn respond(gateway: &Gateway, req: Request<Incoming>, exposure: Exposure) -> Response<Full<Bytes>> {
+    let path = req.uri().path();
+    if exposure == Exposure::Probes && !matches!(path, "/metrics" | "/ready" | "/healthz") {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "this address serves /metrics, /ready and /healthz only\n",
+        );
+    }
+    match path {
         "/metrics" => reply(
             StatusCode::OK,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
@@ -70,7 +118,14 @@ fn respond(gateway: &Gateway, req: Request<Incoming>) -> Response<Full<Bytes>> {
         ),
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
         "/ready" => {
-            if gateway.generation() > 0 {
+            if gateway.shutting_down() {
+                // Load balancers and EndpointSlices stop sending here while requests drain.
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    "shutting down\n",
+                )
+            } else if gateway.generation() > 0 {
                 reply(StatusCode::OK, "text/plain", "ready\n")
             } else {
                 reply(
@@ -252,9 +307,13 @@ fn config(gateway: &Gateway) -> Value {
 }
 
 /// Binds the admin listener. Returns the bound address.
-pub async fn start(addr: SocketAddr, gateway: Arc<Gateway>) -> std::io::Result<SocketAddr> {
+pub async fn start(
+    addr: SocketAddr,
+    gateway: Arc<Gateway>,
+    exposure: Exposure,
+) -> std::io::Result<SocketAddr> {
     let listener = TcpListener::bind(addr).await?;
     let bound = listener.local_addr()?;
-    tokio::spawn(serve(listener, gateway));
+    tokio::spawn(serve_paths(listener, gateway, exposure));
     Ok(bound)
 }

@@ -104,6 +104,13 @@ async fn respond(name: &str, state: &State, req: Request<Incoming>) -> Response<
         }
         _ => None,
     };
+    if let Some(ms) = path.strip_prefix("/delay/") {
+        // A slow request, counted in `/_echo/busy` while it waits (tests wait on that).
+        state.busy.fetch_add(1, Ordering::Relaxed);
+        let _busy = Busy(&state.busy);
+        tokio::time::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(0))).await;
+        return Response::new(Full::new(Bytes::from(name.to_owned())));
+    }
     let mut status = StatusCode::OK;
     let forced = fail.load(Ordering::Relaxed);
     if !path.starts_with("/_echo/") {
@@ -111,6 +118,8 @@ async fn respond(name: &str, state: &State, req: Request<Incoming>) -> Response<
     }
     let body: Bytes = if path == "/_echo/requests" {
         Bytes::from(state.answered.load(Ordering::Relaxed).to_string())
+    } else if path == "/_echo/busy" {
+        Bytes::from(state.busy.load(Ordering::Relaxed).to_string())
     } else if let Some(code) = path.strip_prefix("/_echo/fail/") {
         fail.store(code.parse().unwrap_or(0), Ordering::Relaxed);
         Bytes::from(format!("{name} fail status set to {code}"))

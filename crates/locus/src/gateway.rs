@@ -50,8 +50,8 @@ pub struct GatewayOptions {
     /// The runtimes that serve requests (one listener each per port); `None`: the runtime
     /// the gateway was created on (tests, the demo).
     pub data_plane: Option<Vec<tokio::runtime::Handle>>,
-    /// What one client connection may hold.
-    pub client_limits: proxy::ClientLimits,
+    /// What clients and endpoints may hold: timeouts, sizes, connections.
+    pub limits: proxy::Limits,
 }
 
 impl Default for GatewayOptions {
@@ -67,7 +67,7 @@ impl Default for GatewayOptions {
             imbalance_warn: 1.5,
             load_spill_interval: crate::writer::DEFAULT_LOAD_INTERVAL,
             data_plane: None,
-            client_limits: proxy::ClientLimits::default(),
+            limits: proxy::Limits::default(),
         }
     }
 }
@@ -90,6 +90,8 @@ pub struct Gateway {
     last_error: Mutex<Option<String>>,
     files: Mutex<Vec<String>>,
     discovery_status: Mutex<Option<String>>,
+    /// Set by the first shutdown signal: `/ready` fails, no listener is bound any more.
+    shutting_down: std::sync::atomic::AtomicBool,
 }
 
 impl Gateway {
@@ -104,7 +106,7 @@ impl Gateway {
         let table = Arc::new(ArcSwap::from_pointee(RouteTable::default()));
         let writer =
             WriterHandle::spawn(table.clone(), metrics.clone(), options.load_spill_interval);
-        let shared = Arc::new(Shared::new(table, metrics, options.client_limits));
+        let shared = Arc::new(Shared::new(table, metrics, options.limits));
         Arc::new(Gateway {
             shared,
             prober: Prober::new(writer.events()),
@@ -117,6 +119,7 @@ impl Gateway {
             last_error: Mutex::new(None),
             files: Mutex::new(Vec::new()),
             discovery_status: Mutex::new(None),
+            shutting_down: Default::default(),
         })
     }
 
@@ -147,6 +150,45 @@ impl Gateway {
 
     pub fn metrics(&self) -> &crate::metrics::Metrics {
         &self.shared.metrics
+    }
+
+    /// Whether shutdown has begun (`/ready` answers 503).
+    pub fn shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::Acquire)
+    }
+
+    /// Graceful shutdown: `/ready` fails at once; listeners keep serving for `delay` (so load
+    /// balancers and EndpointSlices see the pod go unready and stop sending); then they stop
+    /// accepting, every connection is asked to finish (HTTP/1 `Connection: close` on its
+    /// response in flight, h2 GOAWAY) and requests in flight get up to `timeout` to complete.
+    /// Returns the connections still open when it gave up (0: a clean drain).
+    pub async fn drain(&self, delay: std::time::Duration, timeout: std::time::Duration) -> usize {
+        self.shutting_down.store(true, Ordering::Release);
+        tracing::info!(
+            delay_ms = delay.as_millis() as u64,
+            timeout_ms = timeout.as_millis() as u64,
+            "draining: /ready fails now, listeners close after the delay"
+        );
+        tokio::time::sleep(delay).await;
+        self.close_unwanted(&[]);
+        let conns = &self.shared.connections;
+        let open = conns.open();
+        conns.drain();
+        tracing::info!(
+            connections = open,
+            "listeners closed; finishing requests in flight"
+        );
+        let _ = tokio::time::timeout(timeout, conns.closed()).await;
+        let left = conns.open();
+        if left > 0 {
+            tracing::warn!(
+                connections = left,
+                "drain timeout: closing connections still open"
+            );
+        } else {
+            tracing::info!("drained");
+        }
+        left
     }
 
     /// The generation in force (0 before the first configuration).
@@ -294,6 +336,9 @@ impl Gateway {
     }
 
     async fn bind_missing(&self, wanted: &[u16]) -> Result<(), String> {
+        if self.shutting_down() {
+            return Ok(());
+        }
         let missing: Vec<u16> = {
             let l = self.listeners.lock().expect("listeners lock");
             wanted
@@ -316,10 +361,16 @@ impl Gateway {
             let bound = crate::data_plane::bind(socket, &handles)
                 .map_err(|e| format!("cannot listen on {socket} for listener port {port}: {e}"))?;
             let addr = bound[0].1.local_addr().map_err(|e| e.to_string())?;
+            let conns = Arc::new(proxy::PortConnections::default());
             let tasks = bound
                 .into_iter()
                 .map(|(runtime, listener)| {
-                    runtime.spawn(proxy::serve(listener, port, self.shared.clone()))
+                    runtime.spawn(proxy::serve(
+                        listener,
+                        port,
+                        conns.clone(),
+                        self.shared.clone(),
+                    ))
                 })
                 .collect();
             tracing::info!(port, %addr, workers = handles.len(), "listening");

@@ -129,6 +129,18 @@ enum Command {
         /// by default: expose it elsewhere only on purpose.
         #[arg(long, default_value = "127.0.0.1:15000")]
         admin: String,
+        /// Address serving only `/metrics`, `/ready` and `/healthz` (kubelet probes, scrapers),
+        /// for when the admin API stays on loopback; `off` by default.
+        #[arg(long, default_value = "off")]
+        probe_addr: String,
+        /// On SIGTERM, `/ready` fails at once and listeners keep serving this many
+        /// milliseconds (so load balancers notice) before they stop accepting.
+        #[arg(long, default_value_t = 5_000)]
+        drain_delay_ms: u64,
+        /// Then requests in flight get this many milliseconds to complete; a second signal
+        /// exits at once.
+        #[arg(long, default_value_t = 30_000)]
+        drain_timeout_ms: u64,
         /// Estimated price of one GB crossing zones, for `locus_estimated_transfer_cost_dollars`
         /// (default: typical public-cloud list price).
         #[arg(long, default_value_t = locus::metrics::DEFAULT_COST_CROSS_ZONE)]
@@ -147,13 +159,8 @@ enum Command {
         /// Log one line per request (Common Log Format, target `locus::access`).
         #[arg(long)]
         access_log: bool,
-        /// A client's request head must arrive whole within this many milliseconds, else its
-        /// connection is closed (slowloris); 0 disables.
-        #[arg(long, default_value_t = 30_000)]
-        header_read_timeout_ms: u64,
-        /// Largest request head (request line and headers) in bytes; larger gets 431.
-        #[arg(long, default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(8192..))]
-        max_request_head_bytes: u64,
+        #[command(flatten)]
+        limits: LimitArgs,
         /// Per-request metrics (`on`, `off`); off only to measure their cost.
         #[arg(long, default_value = "on", value_parser = ["on", "off"])]
         metrics: String,
@@ -361,13 +368,15 @@ fn main() -> ExitCode {
             threading,
             poll_ms,
             admin,
+            probe_addr,
+            drain_delay_ms,
+            drain_timeout_ms,
             cost_per_gb_cross_zone,
             cost_per_gb_cross_region,
             imbalance_warn_factor,
             load_spill_interval_ms,
             access_log,
-            header_read_timeout_ms,
-            max_request_head_bytes,
+            limits,
             metrics,
         } => {
             locus::metrics::REQUEST_METRICS
@@ -392,11 +401,7 @@ fn main() -> ExitCode {
             rt.block_on(async move {
                 let gw = Gateway::new(GatewayOptions {
                     data_plane: Some(workers_handles),
-                    client_limits: locus::proxy::ClientLimits {
-                        header_read_timeout: (header_read_timeout_ms > 0)
-                            .then(|| std::time::Duration::from_millis(header_read_timeout_ms)),
-                        max_request_head: max_request_head_bytes as usize,
-                    },
+                    limits: limits.limits(),
                     identity: identity.config(),
                     selector: match (gateway, kubernetes) {
                         (Some(g), _) => GatewaySelector::One(g),
@@ -411,25 +416,41 @@ fn main() -> ExitCode {
                     imbalance_warn: imbalance_warn_factor,
                     load_spill_interval: std::time::Duration::from_millis(load_spill_interval_ms),
                 });
-                if !matches!(admin.as_str(), "off" | "none") {
-                    let addr: SocketAddr = match admin.parse() {
+                for (flag, value, exposure) in [
+                    ("--admin", &admin, locus::admin::Exposure::All),
+                    ("--probe-addr", &probe_addr, locus::admin::Exposure::Probes),
+                ] {
+                    if matches!(value.as_str(), "off" | "none") {
+                        continue;
+                    }
+                    let addr: SocketAddr = match value.parse() {
                         Ok(a) => a,
                         Err(_) => {
-                            eprintln!("error: --admin {admin:?} is not an address (e.g. 127.0.0.1:15000) or off");
+                            eprintln!("error: {flag} {value:?} is not an address (e.g. 127.0.0.1:15000) or off");
                             return ExitCode::FAILURE;
                         }
                     };
-                    match locus::admin::start(addr, gw.clone()).await {
+                    match locus::admin::start(addr, gw.clone(), exposure).await {
                         Ok(bound) => {
-                            println!("admin addr={bound}");
-                            tracing::info!(%bound, "admin API listening");
+                            let what = if exposure == locus::admin::Exposure::All { "admin" } else { "probe" };
+                            println!("{what} addr={bound}");
+                            tracing::info!(%bound, "{what} API listening");
                         }
                         Err(e) => {
-                            eprintln!("error: cannot listen on {addr} for the admin API: {e}");
+                            eprintln!("error: cannot listen on {addr} for {flag}: {e}");
                             return ExitCode::FAILURE;
                         }
                     }
                 }
+                let drain = |gw: Arc<Gateway>| async move {
+                    tokio::select! {
+                        _ = gw.drain(
+                            std::time::Duration::from_millis(drain_delay_ms),
+                            std::time::Duration::from_millis(drain_timeout_ms),
+                        ) => {}
+                        _ = shutdown_signal() => tracing::warn!("second signal: exiting at once"),
+                    }
+                };
                 if kubernetes {
                     let opts = locus::discovery::cluster::ClusterOptions {
                         kubeconfig,
@@ -445,7 +466,7 @@ fn main() -> ExitCode {
                         }
                         _ = shutdown_signal() => {}
                     }
-                    tracing::info!("shutting down");
+                    drain(gw).await;
                     return ExitCode::SUCCESS;
                 }
                 let baseline = files::fingerprint(&files);
@@ -460,7 +481,7 @@ fn main() -> ExitCode {
                     baseline,
                 ));
                 shutdown_signal().await;
-                tracing::info!("shutting down");
+                drain(gw).await;
                 ExitCode::SUCCESS
             })
         }
@@ -481,5 +502,74 @@ async fn shutdown_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+/// What clients and endpoints may hold (`locus serve`); defaults in docs/configuration.md.
+#[derive(clap::Args, Debug)]
+struct LimitArgs {
+    /// A request head must arrive whole within this many milliseconds, else the connection is
+    /// closed (slowloris); also how long an idle keep-alive connection stays open. 0: never.
+    #[arg(long, default_value_t = 30_000)]
+    header_read_timeout_ms: u64,
+    /// Largest request head (request line and headers) in bytes; larger gets 431.
+    #[arg(long, default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(8192..))]
+    max_request_head_bytes: u64,
+    /// Most header fields in a request; more gets 431.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    max_request_headers: u64,
+    /// Longest request target (path and query) in bytes; longer gets 414.
+    #[arg(long, default_value_t = 16 * 1024, value_parser = clap::value_parser!(u64).range(256..))]
+    max_uri_bytes: u64,
+    /// A request body that sends nothing for this many milliseconds gets 408. 0: never.
+    #[arg(long, default_value_t = 60_000)]
+    body_idle_timeout_ms: u64,
+    /// Connections each listener port holds at once; beyond it new ones are closed at once.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..))]
+    max_connections: u64,
+    /// Concurrent streams per HTTP/2 client connection.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+    h2_max_streams: u32,
+    /// How long connecting to an endpoint may take, in milliseconds.
+    #[arg(long, default_value_t = 5_000, value_parser = clap::value_parser!(u64).range(1..))]
+    connect_timeout_ms: u64,
+    /// How long an endpoint has to answer (response head) when the route sets no `timeouts`,
+    /// in milliseconds; 504 beyond. 0: wait forever.
+    #[arg(long, default_value_t = 15_000)]
+    request_timeout_ms: u64,
+    /// Largest response head read from an endpoint, in bytes; larger is a 502.
+    #[arg(long, default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(1024..))]
+    max_response_head_bytes: u64,
+    /// Normalize request paths before matching and forwarding (dot segments, repeated
+    /// slashes, escaped unreserved characters); `off` only for backends that need raw paths.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    normalize_paths: String,
+    /// What a normalized path does with an encoded `/` or `\` (`%2F`, `%5C`): `reject` (400)
+    /// or `keep` (matched and forwarded still encoded).
+    #[arg(long, default_value = "reject", value_parser = ["reject", "keep"])]
+    escaped_slashes: String,
+}
+
+impl LimitArgs {
+    fn limits(&self) -> locus::proxy::Limits {
+        let ms = |v: u64| (v > 0).then(|| std::time::Duration::from_millis(v));
+        locus::proxy::Limits {
+            header_read_timeout: ms(self.header_read_timeout_ms),
+            max_request_head: self.max_request_head_bytes as usize,
+            max_headers: self.max_request_headers as usize,
+            max_uri: self.max_uri_bytes as usize,
+            body_idle_timeout: ms(self.body_idle_timeout_ms),
+            max_connections: self.max_connections as usize,
+            h2_max_streams: self.h2_max_streams,
+            connect_timeout: std::time::Duration::from_millis(self.connect_timeout_ms),
+            request_timeout: ms(self.request_timeout_ms),
+            max_response_head: self.max_response_head_bytes as usize,
+            normalize_paths: self.normalize_paths == "on",
+            escaped_slashes: if self.escaped_slashes == "keep" {
+                locus_core::path::EscapedSlashes::Keep
+            } else {
+                locus_core::path::EscapedSlashes::Reject
+            },
+        }
     }
 }

@@ -81,6 +81,11 @@ pub struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PortLabels {
+    pub port: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct KindLabels {
     pub kind: String,
 }
@@ -112,6 +117,7 @@ pub struct Metrics {
     pub endpoints: Family<EndpointCountLabels, Gauge>,
     pub reloads: Family<ResultLabels, Counter>,
     pub discovery_errors: Family<KindLabels, Counter>,
+    pub connections_refused: Family<PortLabels, Counter>,
     pub cost: Family<RelationLabels, Counter<f64, AtomicU64>>,
     pub imbalance: Family<ServiceLabels, Gauge<f64, AtomicU64>>,
     pub load_spill: Family<ServiceLabels, Gauge<f64, AtomicU64>>,
@@ -197,6 +203,7 @@ impl Metrics {
             endpoints: Family::default(),
             reloads: Family::default(),
             discovery_errors: Family::default(),
+            connections_refused: Family::default(),
             cost: Family::default(),
             imbalance: Family::default(),
             load_spill: Family::default(),
@@ -266,6 +273,11 @@ impl Metrics {
             "config_reloads",
             "Configuration loads, by result",
             m.reloads.clone(),
+        );
+        registry.register(
+            "connections_refused",
+            "Client connections closed at once because the listener port held --max-connections, or the gateway was draining",
+            m.connections_refused.clone(),
         );
         registry.register(
             "discovery_errors",

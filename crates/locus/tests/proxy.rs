@@ -245,3 +245,51 @@ async fn client_heads_are_bounded_in_size_and_time() {
         .await;
     assert_eq!(r.who(), "a");
 }
+
+/// An endpoint that never answers: 504 after the gateway's default request timeout when the
+/// rule sets none, after `timeouts.backendRequest` when it sets one, and never with
+/// `timeouts.request: 0s` (the Gateway API's "no timeout").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_endpoint_times_out_by_default_and_by_route() {
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempdir();
+    let rule = |path: &str, timeouts: &str| {
+        format!("{{matches: [{{path: {{value: {path}}}}}], {timeouts}backendRefs: [{{name: svc, port: 80}}]}}")
+    };
+    let rules = [
+        rule("/default", ""),
+        rule(
+            "/per-attempt",
+            "timeouts: {request: 5s, backendRequest: 300ms}, ",
+        ),
+        rule("/never", "timeouts: {request: 0s}, "),
+    ];
+    let m = manifests(silent.local_addr().unwrap().port(), "").replace(
+        "rules: [{backendRefs: [{name: svc, port: 80}]}]",
+        &format!("rules: [{}]", rules.join(", ")),
+    );
+    write(dir.path(), "all.yaml", &m);
+    let gw = Gw::start(dir.path(), &["--request-timeout-ms", "400"]);
+    let c = HttpClient::default();
+
+    for (path, within) in [("/default", 400..3_000), ("/per-attempt", 300..3_000)] {
+        let started = std::time::Instant::now();
+        let r = c.get(gw.addr(8080), "svc.test", path).await;
+        let took = started.elapsed().as_millis();
+        assert_eq!(r.status, 504, "{path}");
+        assert_eq!(r.headers["x-locus-error"], "upstream-timeout", "{path}");
+        assert!(within.contains(&took), "{path}: 504 after {took} ms");
+    }
+    // No timeout: still waiting well past the default.
+    let waiting = tokio::time::timeout(
+        std::time::Duration::from_millis(1_500),
+        c.try_get(gw.addr(8080), "svc.test", "/never"),
+    )
+    .await;
+    assert!(
+        waiting.is_err(),
+        "answered: {:?}",
+        waiting.map(|r| r.map(|r| r.status))
+    );
+    drop(silent);
+}

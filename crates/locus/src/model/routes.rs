@@ -75,8 +75,11 @@ pub struct RuleModel {
     pub unsupported_filters: Vec<String>,
     /// The filters it applies.
     pub filters: super::Filters,
-    /// `timeouts.request`.
+    /// `timeouts.request`: the whole exchange, retries included. `None`: the gateway's
+    /// default; zero: no timeout (as the Gateway API says of "0s").
     pub request_timeout: Option<Duration>,
+    /// `timeouts.backendRequest`: each attempt. Zero: none.
+    pub backend_request_timeout: Option<Duration>,
 }
 
 #[derive(Clone, Debug)]
@@ -341,26 +344,29 @@ pub(super) fn build(
             warnings,
             &mut unsupported_filters,
         )?;
-        let request_timeout = match rule.timeouts.as_ref().and_then(|t| t.request.as_deref()) {
-            None => None,
-            Some(s) => Some(parse_duration(s).ok_or_else(|| {
+        let timeout = |which: &str, value: Option<&str>| match value {
+            None => Ok(None),
+            Some(s) => parse_duration(s).map(Some).ok_or_else(|| {
                 ctx.error(
-                    &format!("{field}.timeouts.request"),
+                    &format!("{field}.timeouts.{which}"),
                     format!("{s:?} is not a duration (e.g. 10s, 500ms)"),
                 )
-            })?)
-            .filter(|d| !d.is_zero()),
+            }),
         };
-        if rule
-            .timeouts
-            .as_ref()
-            .and_then(|t| t.backend_request.as_ref())
-            .is_some()
-        {
-            warnings.push(format!(
-                "{}: {field}.timeouts.backendRequest is not supported yet; only timeouts.request applies",
-                ctx.place()
-            ));
+        let timeouts = rule.timeouts.as_ref();
+        let request_timeout = timeout("request", timeouts.and_then(|t| t.request.as_deref()))?;
+        let backend_request_timeout = timeout(
+            "backendRequest",
+            timeouts.and_then(|t| t.backend_request.as_deref()),
+        )?;
+        if let (Some(req), Some(backend)) = (request_timeout, backend_request_timeout) {
+            // The Gateway API's validation refuses this; the overall deadline wins anyway.
+            if !req.is_zero() && (backend.is_zero() || backend > req) {
+                warnings.push(format!(
+                    "{}: {field}.timeouts.backendRequest ({backend:?}) exceeds timeouts.request ({req:?}); each attempt ends with the request",
+                    ctx.place()
+                ));
+            }
         }
         rules.push(RuleModel {
             matches,
@@ -368,6 +374,7 @@ pub(super) fn build(
             unsupported_filters,
             filters,
             request_timeout,
+            backend_request_timeout,
         });
     }
     Ok(RouteModel {

@@ -14,6 +14,10 @@ use super::body::ProxyBody;
 pub enum ProxyError {
     #[error("bad request: {0}")]
     BadRequest(String),
+    #[error("bad path: {0}")]
+    BadPath(locus_core::path::PathError),
+    #[error("the request target is longer than the gateway accepts")]
+    UriTooLong,
     #[error("no route for host {host:?} and path {path:?}")]
     NoRoute { host: String, path: String },
     #[error("no endpoint available for service {service}: {reason}")]
@@ -54,6 +58,8 @@ impl ProxyError {
     pub fn status(&self) -> StatusCode {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::NoEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::InvalidBackend(_)
@@ -73,6 +79,8 @@ impl ProxyError {
     pub fn code(&self) -> &'static str {
         match self {
             ProxyError::BadRequest(_) => "bad-request",
+            ProxyError::UriTooLong => "uri-too-long",
+            ProxyError::BadPath(_) => "bad-path",
             ProxyError::NoRoute { .. } => "no-route",
             ProxyError::NoEndpoint { .. } => "no-endpoint",
             ProxyError::InvalidBackend(_) => "invalid-backend",

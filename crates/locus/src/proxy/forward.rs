@@ -19,7 +19,7 @@ use super::error::ProxyError;
 use super::outcome::{Attempt, ClientBody, ClientBodyState};
 use super::pool::{self, SendError};
 use super::request::{hash_key, idempotent, request_host, strip_hop_by_hop, upstream_uri};
-use super::{mirror, ConnInfo, Shared, CONNECT_TIMEOUT};
+use super::{mirror, ConnInfo, Shared};
 use crate::health::now_ms;
 use crate::routing::{Backend, RuleAction, ServiceTarget};
 
@@ -35,6 +35,12 @@ pub(super) async fn forward(
     req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
+    if parts.uri.path_and_query().map_or(0, |p| p.as_str().len()) > shared.limits.max_uri {
+        return Err(ProxyError::UriTooLong);
+    }
+    if shared.limits.normalize_paths {
+        normalize_path(&mut parts.uri, shared.limits.escaped_slashes)?;
+    }
     let (action, target, prefix) = match route(shared, info, &request_host(&parts), &parts)? {
         Routed::Answer(resp) => return Ok(*resp),
         Routed::Forward {
@@ -44,7 +50,7 @@ pub(super) async fn forward(
         } => (action, target, prefix),
     };
     let path_and_query = upstream_head(&mut parts, info, &action, prefix.as_deref())?;
-    let body = RequestBody::read(body, &target, &action).await?;
+    let body = RequestBody::read(body, &target, &action, shared.limits.body_idle_timeout).await?;
     for (mirror, fraction) in &action.mirrors {
         if action.mirror_this(*fraction) {
             mirror::send_mirror(shared, mirror, &parts, &path_and_query, body.replay());
@@ -58,6 +64,30 @@ pub(super) async fn forward(
         path_and_query,
     };
     exchange.run(parts, body).await
+}
+
+/// Puts the request's path in normal form (`locus_core::path`) before anything reads it:
+/// matching, rewrites and the upstream request all see the same path.
+fn normalize_path(
+    uri: &mut http::Uri,
+    escaped: locus_core::path::EscapedSlashes,
+) -> Result<(), ProxyError> {
+    let normal = locus_core::path::normalize(uri.path(), escaped).map_err(ProxyError::BadPath)?;
+    let Some(path) = normal else {
+        return Ok(());
+    };
+    let full = match uri.query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    let mut parts = std::mem::take(uri).into_parts();
+    parts.path_and_query = Some(
+        PathAndQuery::try_from(full)
+            .map_err(|e| ProxyError::BadRequest(format!("the normalized path: {e}")))?,
+    );
+    *uri = http::Uri::from_parts(parts)
+        .map_err(|e| ProxyError::BadRequest(format!("the normalized path: {e}")))?;
+    Ok(())
 }
 
 /// What the route table says to do with a request.
@@ -195,22 +225,28 @@ impl RequestBody {
         body: Incoming,
         target: &ServiceTarget,
         action: &RuleAction,
+        idle: Option<std::time::Duration>,
     ) -> Result<Self, ProxyError> {
         if body.is_end_stream() {
             return Ok(RequestBody::Replay(Bytes::new()));
         }
         let small = body.size_hint().upper().is_some_and(|n| n <= REPLAY_LIMIT);
+        let (body, state) = ClientBody::new(body, idle);
         if (target.health.retry.attempts > 0 || !action.mirrors.is_empty()) && small {
-            // A client whose body breaks here never reached an endpoint: a plain 400.
-            // Boxed: most requests have no body, and need not carry the collecting state.
-            let bytes = Box::pin(body.collect())
-                .await
-                .map_err(|e| ProxyError::BadRequest(format!("reading the request body: {e}")))?
-                .to_bytes();
+            // A client whose body breaks here never reached an endpoint: a plain 400 (408 when
+            // it stalled). Boxed: most requests have no body, and need not carry the state.
+            let bytes = match Box::pin(body.collect()).await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return Err(match state.fault() {
+                        Some(f @ Fault::ClientTimeout) => ProxyError::Client(f),
+                        _ => ProxyError::BadRequest(format!("reading the request body: {e}")),
+                    })
+                }
+            };
             return Ok(RequestBody::Replay(bytes));
         }
         let expected = body.size_hint().lower();
-        let (body, state) = ClientBody::new(body);
         Ok(RequestBody::Stream(Some(body), state, expected))
     }
 
@@ -284,7 +320,22 @@ impl Exchange<'_> {
         } else {
             Version::HTTP_11
         };
-        let deadline = self.action.timeout.map(|t| tokio::time::Instant::now() + t);
+        let start = tokio::time::Instant::now();
+        // The rule's `timeouts.request` (zero: none), else the gateway's default.
+        let overall = match self.action.timeout {
+            Some(t) => Some(t).filter(|t| !t.is_zero()),
+            None => self.shared.limits.request_timeout,
+        };
+        let deadline = overall.map(|t| start + t);
+        // Per attempt: the rule's `timeouts.backendRequest`, and the retry policy's per-try
+        // timeout (DestinationRule, BackendTrafficPolicy); the shorter wins.
+        let per_try = match (
+            self.action.backend_timeout.filter(|t| !t.is_zero()),
+            retry.per_try_timeout,
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         let mut set_cookie = None;
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut last_error = None;
@@ -320,10 +371,8 @@ impl Exchange<'_> {
 
             let mut attempt = Attempt::start(target.clone(), idx, health);
             attempt.set_request_bytes(body.len());
-            let per_try = retry
-                .per_try_timeout
-                .map(|t| tokio::time::Instant::now() + t);
-            let until = match (deadline, per_try) {
+            let this_try = per_try.map(|t| tokio::time::Instant::now() + t);
+            let until = match (deadline, this_try) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
@@ -344,7 +393,12 @@ impl Exchange<'_> {
                 Err(failure) => {
                     let fault = body.client_fault(failure.fault);
                     attempt.failed(fault);
-                    let error = self.error(fault, addr, failure.detail);
+                    let waited = match (deadline, this_try) {
+                        (Some(d), Some(t)) if t < d => per_try,
+                        (Some(_), _) => overall,
+                        (None, _) => per_try,
+                    };
+                    let error = self.error(fault, addr, failure.detail, waited);
                     // A request that never reached the endpoint is retried: it cannot have had
                     // an effect there. So is an idempotent one whose connection broke (an
                     // endpoint killed mid-request), as RFC 9110 §9.2.2 allows.
@@ -409,7 +463,7 @@ impl Exchange<'_> {
                     back: None,
                 });
         }
-        pool::send(addr, req, CONNECT_TIMEOUT)
+        pool::send(addr, req, &self.shared.limits)
             .await
             .map_err(|e| match e {
                 SendError::Connect(io, back) => SendFailure {
@@ -429,7 +483,13 @@ impl Exchange<'_> {
             })
     }
 
-    fn error(&self, fault: Fault, addr: SocketAddr, detail: String) -> ProxyError {
+    fn error(
+        &self,
+        fault: Fault,
+        addr: SocketAddr,
+        detail: String,
+        waited: Option<std::time::Duration>,
+    ) -> ProxyError {
         let service = self.target.name.clone();
         match fault {
             Fault::Connect => ProxyError::UpstreamConnect {
@@ -440,11 +500,7 @@ impl Exchange<'_> {
             Fault::Timeout => ProxyError::Timeout {
                 service,
                 addr,
-                timeout: self
-                    .action
-                    .timeout
-                    .or(self.target.health.retry.per_try_timeout)
-                    .unwrap_or_default(),
+                timeout: waited.unwrap_or_default(),
             },
             Fault::Reset | Fault::Protocol => ProxyError::Upstream {
                 service,

@@ -12,7 +12,7 @@ use http_body_util::BodyExt;
 use super::body::ProxyBody;
 use super::pool;
 use super::request::upstream_uri;
-use super::{Shared, CONNECT_TIMEOUT};
+use super::Shared;
 use crate::routing::ServiceTarget;
 
 /// Sends a copy of the request to one endpoint of `mirror`, in the background; its response
@@ -50,6 +50,7 @@ pub(super) fn send_mirror(
     }
     *req.uri_mut() = upstream_uri(h2c.is_some(), addr, path_and_query);
     let name = mirror.name.clone();
+    let limits = shared.limits;
     tokio::spawn(async move {
         let copy = async move {
             match h2c {
@@ -61,7 +62,7 @@ pub(super) fn send_mirror(
                     }
                     Err(e) => Err(e.to_string()),
                 },
-                None => match pool::send(addr, req, CONNECT_TIMEOUT).await {
+                None => match pool::send(addr, req, &limits).await {
                     Ok(resp) => {
                         let status = resp.status();
                         let _ = resp.into_body().collect().await;

@@ -2,8 +2,10 @@
 //! Service snapshots through `ArcSwap` and takes no lock.
 
 mod body;
+mod connections;
 mod error;
 mod forward;
+mod limits;
 mod mirror;
 mod outcome;
 mod pool;
@@ -25,39 +27,20 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 pub use body::ProxyBody;
+pub use connections::{Connections, PortConnections};
 pub use error::ProxyError;
+pub use limits::Limits;
 
 use crate::routing::RouteTable;
 
-/// How long an upstream connection attempt may take (Envoy's default `connect_timeout`).
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// What one client may hold, whatever it sends.
-#[derive(Clone, Copy, Debug)]
-pub struct ClientLimits {
-    /// A request head must arrive whole within this time, else the connection is closed
-    /// (slowloris). `None`: no limit.
-    pub header_read_timeout: Option<Duration>,
-    /// Largest request head (request line and headers) read; larger gets 431 (Envoy's default
-    /// is 60 KiB, nginx's 8 KiB per buffer, HAProxy's 16 KiB).
-    pub max_request_head: usize,
-}
-
-impl Default for ClientLimits {
-    fn default() -> Self {
-        ClientLimits {
-            header_read_timeout: Some(Duration::from_secs(30)),
-            max_request_head: 64 * 1024,
-        }
-    }
-}
-
 /// State shared by every connection of every listener.
 pub struct Shared {
-    pub limits: ClientLimits,
+    pub limits: Limits,
     /// The route table in force, published by the snapshot writer.
     pub table: Arc<ArcSwap<RouteTable>>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Every client connection, for `--max-connections` and the drain.
+    pub connections: Arc<Connections>,
     /// Cleartext HTTP/2 upstreams (multiplexed; HTTP/1.1 goes through the per-thread pool).
     h2c_client: Client<HttpConnector, ProxyBody>,
 }
@@ -66,11 +49,11 @@ impl Shared {
     pub fn new(
         table: Arc<ArcSwap<RouteTable>>,
         metrics: Arc<crate::metrics::Metrics>,
-        limits: ClientLimits,
+        limits: Limits,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        connector.set_connect_timeout(Some(limits.connect_timeout));
         let h2c_client = Client::builder(TokioExecutor::new())
             .http2_only(true)
             .build(connector);
@@ -78,6 +61,7 @@ impl Shared {
             limits,
             table,
             metrics,
+            connections: Arc::default(),
             h2c_client,
         }
     }
@@ -94,24 +78,57 @@ struct ConnInfo {
 }
 
 /// Accepts connections on `listener` until the task is aborted. Connections already accepted
-/// live on in their own tasks, so removing a listener never cuts a request short.
-pub async fn serve(listener: TcpListener, port: u16, shared: Arc<Shared>) {
+/// live on in their own tasks, so removing a listener never cuts a request short; they end when
+/// their client leaves or the gateway drains.
+pub async fn serve(
+    listener: TcpListener,
+    port: u16,
+    port_conns: Arc<PortConnections>,
+    shared: Arc<Shared>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let limits = shared.limits;
     builder
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_request_head);
+        .max_buf_size(limits.max_request_head)
+        .max_headers(limits.max_headers);
+    builder
+        .http2()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .max_concurrent_streams(limits.h2_max_streams)
+        .max_header_list_size(u32::try_from(limits.max_request_head).unwrap_or(u32::MAX))
+        // Rapid reset and error floods: hyper's defaults, written down so they are ours.
+        .max_pending_accept_reset_streams(20)
+        .max_local_error_reset_streams(1024);
+    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
         let (stream, peer) = match listener.accept().await {
-            Ok(conn) => conn,
+            Ok(conn) => {
+                backoff = ACCEPT_BACKOFF_MIN;
+                conn
+            }
             Err(e) => {
-                // Out of file descriptors and the like: back off briefly instead of spinning.
-                tracing::warn!(port, error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                // Out of file descriptors and the like: back off (doubling up to a second)
+                // instead of spinning on an accept that fails at once.
+                tracing::warn!(port, error = %e, retry_in_ms = backoff.as_millis() as u64, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
                 continue;
             }
+        };
+        let Some((ticket, finish)) = shared
+            .connections
+            .admit(&port_conns, limits.max_connections)
+        else {
+            shared
+                .metrics
+                .connections_refused
+                .get_or_create(&crate::metrics::PortLabels { port })
+                .inc();
+            drop(stream);
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
@@ -129,12 +146,28 @@ pub async fn serve(listener: TcpListener, port: u16, shared: Arc<Shared>) {
                 let info = info.clone();
                 async move { Ok::<_, Infallible>(handle(&shared, &info, req).await) }
             });
-            if let Err(e) = builder.serve_connection(TokioIo::new(stream), svc).await {
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            let ended = tokio::select! {
+                ended = conn.as_mut() => ended,
+                Ok(()) = finish => {
+                    // Draining: the request in flight is answered with `Connection: close`
+                    // (HTTP/1) or the client gets GOAWAY (h2); an idle connection closes now.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = ended {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
+            drop(ticket);
         });
     }
 }
+
+/// Accept errors back off from this to the max, doubling.
+pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
+pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
 /// Access log switch (`--access-log`): off by default, checked once per request.
 pub static ACCESS_LOG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);

@@ -10,6 +10,7 @@
 //! cross-region). The client body is read through [`ClientBody`], which notes how it ended, so
 //! an upstream error caused by it is told apart from one the endpoint caused.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -32,12 +33,25 @@ const WAITING: u8 = 1;
 const DONE: u8 = 2;
 const ABORTED: u8 = 3;
 const MALFORMED: u8 = 4;
+/// Nothing arrived for `--body-idle-timeout-ms`: the gateway gave up on the client.
+const TIMED_OUT: u8 = 5;
+
+/// The error a stalled client body ends with.
+#[derive(Debug, thiserror::Error)]
+#[error("the client sent no body data for {0:?}")]
+pub struct BodyIdle(std::time::Duration);
 
 /// A client's request body on its way upstream, noting how it ended.
 #[derive(Debug)]
 pub struct ClientBody {
     inner: Incoming,
     state: Arc<AtomicU8>,
+    /// How long the client may send nothing; the timer is made only when a read finds
+    /// nothing (most bodies arrive with their head and never need one).
+    idle: Option<std::time::Duration>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Data arrived since the timer was last set.
+    progressed: bool,
 }
 
 /// The sending side's view of a [`ClientBody`]: whose fault a failed send was.
@@ -45,12 +59,15 @@ pub struct ClientBody {
 pub struct ClientBodyState(Arc<AtomicU8>);
 
 impl ClientBody {
-    pub fn new(inner: Incoming) -> (Self, ClientBodyState) {
+    pub fn new(inner: Incoming, idle: Option<std::time::Duration>) -> (Self, ClientBodyState) {
         let state = Arc::new(AtomicU8::new(STARTED));
         (
             ClientBody {
                 inner,
                 state: state.clone(),
+                idle,
+                timer: None,
+                progressed: false,
             },
             ClientBodyState(state),
         )
@@ -63,6 +80,7 @@ impl ClientBodyState {
         match self.0.load(Ordering::Acquire) {
             ABORTED => Some(Fault::ClientAborted),
             MALFORMED => Some(Fault::ClientBody),
+            TIMED_OUT => Some(Fault::ClientTimeout),
             _ => None,
         }
     }
@@ -74,6 +92,26 @@ impl ClientBodyState {
         self.0.load(Ordering::Acquire) == WAITING
     }
 }
+
+impl ClientBody {
+    /// Whether the client has sent nothing for `idle`: (re)arms the timer from now when data
+    /// came since it was set, and polls it.
+    fn stalled(&mut self, idle: std::time::Duration, cx: &mut Context<'_>) -> bool {
+        let timer = match &mut self.timer {
+            Some(t) if !self.progressed => t,
+            Some(t) => {
+                t.as_mut().reset(tokio::time::Instant::now() + idle);
+                t
+            }
+            None => self.timer.insert(Box::pin(tokio::time::sleep(idle))),
+        };
+        self.progressed = false;
+        timer.as_mut().poll(cx).is_ready()
+    }
+}
+
+/// The error type of bodies the proxy makes or wraps.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// Whether a body error is a malformed body (hyper reports a bad chunk or a length mismatch as
 /// a body error whose source is an `InvalidData`/`InvalidInput` I/O error).
@@ -93,24 +131,35 @@ fn malformed(e: &hyper::Error) -> bool {
 
 impl Body for ClientBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
         let state = match &polled {
             Poll::Pending => WAITING,
             Poll::Ready(None) => DONE,
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => DONE,
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => DONE,
             Poll::Ready(Some(Ok(_))) => STARTED,
             Poll::Ready(Some(Err(e))) if malformed(e) => MALFORMED,
             // Closed, incomplete, I/O: a client that went away mid-body.
             Poll::Ready(Some(Err(_))) => ABORTED,
         };
-        self.state.store(state, Ordering::Release);
-        polled
+        if state == WAITING {
+            if let Some(idle) = this.idle {
+                if this.stalled(idle, cx) {
+                    this.state.store(TIMED_OUT, Ordering::Release);
+                    return Poll::Ready(Some(Err(Box::new(BodyIdle(idle)))));
+                }
+            }
+        } else {
+            this.progressed = true;
+        }
+        this.state.store(state, Ordering::Release);
+        polled.map(|f| f.map(|r| r.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {

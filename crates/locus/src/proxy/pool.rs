@@ -21,6 +21,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::body::ProxyBody;
+use super::Limits;
 
 /// Idle connections kept per endpoint and worker; more are closed when returned.
 const MAX_IDLE_PER_ENDPOINT: usize = 512;
@@ -75,8 +76,9 @@ fn put_idle(addr: SocketAddr, sender: http1::SendRequest<ProxyBody>) {
 
 async fn connect(
     addr: SocketAddr,
-    timeout: Duration,
+    limits: &Limits,
 ) -> std::io::Result<http1::SendRequest<ProxyBody>> {
+    let timeout = limits.connect_timeout;
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(s) => s?,
         Err(_) => {
@@ -87,7 +89,10 @@ async fn connect(
         }
     };
     let _ = stream.set_nodelay(true);
-    let (sender, conn) = http1::handshake(TokioIo::new(stream))
+    let (sender, conn) = http1::Builder::new()
+        // An endpoint's response head is bounded as a client's request head is.
+        .max_header_size(limits.max_response_head)
+        .handshake(TokioIo::new(stream))
         .await
         .map_err(std::io::Error::other)?;
     tokio::spawn(async move {
@@ -102,7 +107,7 @@ async fn connect(
 pub async fn send(
     addr: SocketAddr,
     mut req: Request<ProxyBody>,
-    connect_timeout: Duration,
+    limits: &Limits,
 ) -> Result<Response<PooledBody>, SendError> {
     // Pooled connections first; one that turns out dead hands the request back.
     while let Some(mut sender) = take_idle(addr) {
@@ -120,7 +125,7 @@ pub async fn send(
     }
     // Connecting is per connection, not per request: boxed, so the request's future does not
     // carry (and move) the connect and handshake state every time.
-    let mut sender = match Box::pin(connect(addr, connect_timeout)).await {
+    let mut sender = match Box::pin(connect(addr, limits)).await {
         Ok(s) => s,
         Err(e) => return Err(SendError::Connect(e, req)),
     };

@@ -25,7 +25,10 @@ pub struct RuleAction {
     pub route: Arc<str>,
     pub backends: Vec<Backend>,
     schedule: WeightedSchedule,
+    /// HTTPRoute `timeouts.request` (`None`: the gateway's default; zero: none).
     pub timeout: Option<Duration>,
+    /// HTTPRoute `timeouts.backendRequest`, per attempt (zero: none).
+    pub backend_timeout: Option<Duration>,
     /// Set when the rule uses filters Locus cannot apply (requests get a 500).
     pub unsupported: Option<Arc<str>>,
     /// Header edits, redirect, rewrite.
@@ -130,6 +133,7 @@ pub(super) fn build_action(
         backends,
         schedule: WeightedSchedule::new(weights),
         timeout: rule.request_timeout,
+        backend_timeout: rule.backend_request_timeout,
         needs_prefix: rule
             .filters
             .redirect

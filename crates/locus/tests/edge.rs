@@ -1,0 +1,229 @@
+//! Safe at the edge: graceful drain, connection caps, request bounds. Real gateway processes,
+//! real sockets, hostile clients written by hand.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn manifests(port: u16) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: apps}}\nspec:\n  gatewayClassName: locus\n  listeners: [{{name: http, protocol: HTTP, port: 8080}}]\n---\n\
+apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: apps}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules: [{{backendRefs: [{{name: svc, port: 80}}]}}]\n---\n\
+apiVersion: v1\nkind: Service\nmetadata: {{name: svc, namespace: apps}}\nspec:\n  selector: {{app: svc}}\n  ports: [{{name: http, port: 80}}]\n---\n\
+apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: we, namespace: apps, labels: {{app: svc}}}}\nspec: {{address: 127.0.0.1, ports: {{http: {port}}}}}\n"
+    )
+}
+
+fn gateway(backend: &Echo, extra: &[&str]) -> (tempfile::TempDir, Gw) {
+    let dir = tempdir();
+    write(dir.path(), "all.yaml", &manifests(backend.addr.port()));
+    let gw = Gw::start(dir.path(), extra);
+    (dir, gw)
+}
+
+/// Polls `what` (a number the echo backend reports) until it reaches `want`.
+async fn wait_for_count(c: &HttpClient, backend: &Echo, what: &str, want: u64) {
+    for _ in 0..500 {
+        let n: u64 = c
+            .get(backend.addr, "echo", what)
+            .await
+            .body
+            .parse()
+            .unwrap();
+        if n >= want {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("{what} never reached {want}");
+}
+
+/// SIGTERM with 20 slow requests in flight: `/ready` fails at once, every request completes
+/// (told `Connection: close`), the process exits 0 and the port stops accepting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_lets_requests_in_flight_finish() {
+    let a = echo("a");
+    let (_dir, mut gw) = gateway(
+        &a,
+        &["--drain-delay-ms", "300", "--drain-timeout-ms", "20000"],
+    );
+    let addr = gw.addr(8080);
+    let c = HttpClient::default();
+    assert_eq!(c.get(gw.admin, "admin", "/ready").await.status, 200);
+
+    let slow: Vec<_> = (0..20)
+        .map(|_| {
+            let c = HttpClient::default();
+            tokio::spawn(async move { c.try_get(addr, "svc.test", "/delay/1500").await })
+        })
+        .collect();
+    wait_for_count(&c, &a, "/_echo/busy", 20).await;
+
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &gw.proc.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let mut ready = 200;
+    for _ in 0..100 {
+        ready = match c.try_get(gw.admin, "admin", "/ready").await {
+            Some(r) => r.status,
+            None => break,
+        };
+        if ready == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(ready, 503, "/ready while draining");
+
+    for r in slow {
+        let r = r.await.unwrap().expect("a request in flight was cut");
+        assert_eq!((r.status, r.body.as_str()), (200, "a"));
+        assert_eq!(r.headers["connection"], "close");
+    }
+    assert!(gw.proc.wait_exit().success(), "exit 0 after the drain");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+}
+
+/// Beyond `--max-connections`, a new connection is closed at once (and counted); the ones
+/// held keep working, and room comes back when one closes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_beyond_the_cap_are_refused_cleanly() {
+    let a = echo("a");
+    let (_dir, gw) = gateway(&a, &["--max-connections", "3"]);
+    let addr = gw.addr(8080);
+    let request = b"GET /hostname HTTP/1.1\r\nhost: svc.test\r\n\r\n";
+    let mut held = Vec::new();
+    for _ in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(request).await.unwrap();
+        let mut buf = [0u8; 512];
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(buf[..n].starts_with(b"HTTP/1.1 200"));
+        held.push(s);
+    }
+    let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let _ = extra.write_all(request).await;
+    let mut buf = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(5), extra.read_to_end(&mut buf))
+        .await
+        .expect("closed at once");
+    assert!(closed.is_err() || buf.is_empty(), "answered past the cap");
+
+    // The held ones still answer; closing one makes room.
+    held[0].write_all(request).await.unwrap();
+    let mut b = [0u8; 512];
+    let n = held[0].read(&mut b).await.unwrap();
+    assert!(b[..n].starts_with(b"HTTP/1.1 200"));
+    drop(held.pop());
+    let c = HttpClient::default();
+    let mut served = false;
+    for _ in 0..200 {
+        if let Some(r) = c.try_get(addr, "svc.test", "/hostname").await {
+            served = r.status == 200;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(served, "room after a connection closed");
+    let metrics = c.get(gw.admin, "admin", "/metrics").await.body;
+    assert!(
+        metrics.contains("locus_connections_refused_total{port=\"8080\"} "),
+        "{metrics}"
+    );
+}
+
+/// A request target past `--max-uri-bytes` gets 414; an upload that stalls past
+/// `--body-idle-timeout-ms` gets 408, the client's fault, whether the body was being buffered
+/// (retries on) or streamed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_targets_and_stalled_bodies_are_refused() {
+    let a = echo("a");
+    let (_dir, gw) = gateway(
+        &a,
+        &["--max-uri-bytes", "1024", "--body-idle-timeout-ms", "300"],
+    );
+    let addr = gw.addr(8080);
+    let c = HttpClient::default();
+    let r = c
+        .get(addr, "svc.test", &format!("/{}", "x".repeat(2000)))
+        .await;
+    assert_eq!(r.status, 414);
+    assert_eq!(r.headers["x-locus-error"], "uri-too-long");
+
+    for head in [
+        // Small with a length: buffered for a retry.
+        "POST /up HTTP/1.1\r\nhost: svc.test\r\ncontent-length: 10\r\n\r\nhello",
+        // Chunked: streamed.
+        "POST /up HTTP/1.1\r\nhost: svc.test\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n",
+    ] {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(head.as_bytes()).await.unwrap();
+        let started = std::time::Instant::now();
+        let mut buf = vec![0u8; 2048];
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+            .await
+            .expect("an answer to the stalled body")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+        assert!(answer.contains("x-locus-error: client-timeout"), "{answer}");
+        assert!(started.elapsed() >= Duration::from_millis(250));
+    }
+    let metrics = c.get(gw.admin, "admin", "/metrics").await.body;
+    assert_eq!(
+        request_errors(&metrics, &["side=\"upstream\""]),
+        0.0,
+        "{metrics}"
+    );
+}
+
+/// On a Gateway exposing only `/api`, no spelling of `..` reaches anything else: paths are
+/// normalized before matching and the backend gets the normal form; what backends are known
+/// to read differently is refused. `--normalize-paths off` forwards raw paths.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paths_are_normalized_before_matching() {
+    let a = echo("a");
+    let dir = tempdir();
+    let m = manifests(a.addr.port()).replace(
+        "rules: [{backendRefs:",
+        "rules: [{matches: [{path: {type: PathPrefix, value: /api}}], backendRefs:",
+    );
+    write(dir.path(), "all.yaml", &m);
+    let gw = Gw::start(dir.path(), &[]);
+    let addr = gw.addr(8080);
+    let c = HttpClient::default();
+    let status_and_path = |r: Resp| {
+        let path = (r.status == 200).then(|| r.json()["path"].as_str().unwrap().to_owned());
+        (r.status, path, r.headers.get("x-locus-error").cloned())
+    };
+    for (raw, status, seen) in [
+        ("/api/x", 200, Some("/api/x")),
+        ("/admin", 404, None),
+        ("/api/../admin", 404, None),
+        ("/api/%2e%2e/admin", 404, None),
+        ("/api/./../../admin", 404, None),
+        ("//api/x", 200, Some("/api/x")),
+        ("/%61pi/x?q=%2e%2e", 200, Some("/api/x")),
+        ("/api/v1/../x", 200, Some("/api/x")),
+        ("/api/..;/admin", 400, None),
+        ("/api%2F..%2Fadmin", 400, None),
+        ("/api/%00", 400, None),
+    ] {
+        let (got, path, error) = status_and_path(c.get(addr, "svc.test", raw).await);
+        assert_eq!(got, status, "{raw}");
+        assert_eq!(path.as_deref(), seen, "{raw}");
+        if status == 400 {
+            assert_eq!(error.unwrap(), "bad-path", "{raw}");
+        }
+    }
+    drop(gw);
+
+    let raw = Gw::start(dir.path(), &["--normalize-paths", "off"]);
+    let r = c.get(raw.addr(8080), "svc.test", "/api/../admin").await;
+    assert_eq!(r.json()["path"], "/api/../admin");
+}

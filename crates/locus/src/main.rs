@@ -159,6 +159,10 @@ enum Command {
         /// Log one line per request (Common Log Format, target `locus::access`).
         #[arg(long)]
         access_log: bool,
+        /// Error responses name upstream addresses, Services and nodes (for development; at
+        /// the edge clients get what went wrong, the log gets the rest).
+        #[arg(long)]
+        verbose_errors: bool,
         #[command(flatten)]
         limits: LimitArgs,
         /// Per-request metrics (`on`, `off`); off only to measure their cost.
@@ -376,12 +380,15 @@ fn main() -> ExitCode {
             imbalance_warn_factor,
             load_spill_interval_ms,
             access_log,
+            verbose_errors,
             limits,
             metrics,
         } => {
             locus::metrics::REQUEST_METRICS
                 .store(metrics == "on", std::sync::atomic::Ordering::Relaxed);
             locus::proxy::ACCESS_LOG.store(access_log, std::sync::atomic::Ordering::Relaxed);
+            locus::proxy::VERBOSE_ERRORS
+                .store(verbose_errors, std::sync::atomic::Ordering::Relaxed);
             init_logging(cli.log_format, "info");
             let workers = workers.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)

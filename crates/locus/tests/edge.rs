@@ -227,3 +227,85 @@ async fn paths_are_normalized_before_matching() {
     let r = c.get(raw.addr(8080), "svc.test", "/api/../admin").await;
     assert_eq!(r.json()["path"], "/api/../admin");
 }
+
+/// Sends `head` on a new connection and reads until the gateway closes it.
+async fn raw(addr: std::net::SocketAddr, head: &str) -> String {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the gateway closes the connection");
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Heads a gateway must not pass on: two or bad `Host`s (400), none on HTTP/1.1 (400),
+/// `CONNECT` (405), a transfer coding it would drop (501). And what a client is told of an
+/// upstream failure names no address, namespace or Service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strict_request_heads_and_discreet_errors() {
+    let a = echo("a");
+    let (_dir, gw) = gateway(&a, &[]);
+    let addr = gw.addr(8080);
+    for (head, status, code) in [
+        (
+            "GET /hostname HTTP/1.1\r\nhost: svc.test\r\nhost: other.test\r\n",
+            "400",
+            "bad-host",
+        ),
+        (
+            "GET /hostname HTTP/1.1\r\nhost: svc.test/x\r\n",
+            "400",
+            "bad-host",
+        ),
+        (
+            "GET /hostname HTTP/1.1\r\nhost: svc.test:99999999\r\n",
+            "400",
+            "bad-host",
+        ),
+        ("GET /hostname HTTP/1.1\r\n", "400", "bad-host"),
+        (
+            "CONNECT svc.test:443 HTTP/1.1\r\nhost: svc.test:443\r\n",
+            "405",
+            "method-not-allowed",
+        ),
+        (
+            "POST /up HTTP/1.1\r\nhost: svc.test\r\ntransfer-encoding: gzip, chunked\r\n",
+            "501",
+            "unsupported-transfer-coding",
+        ),
+    ] {
+        let answer = raw(addr, &format!("{head}connection: close\r\n\r\n0\r\n\r\n")).await;
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}")),
+            "{head:?} → {answer}"
+        );
+        assert!(
+            answer.contains(&format!("x-locus-error: {code}")),
+            "{head:?} → {answer}"
+        );
+    }
+    // Well-formed: served, with the port in Host, an IPv6 literal, or HTTP/1.0 with no Host.
+    for head in [
+        "GET /hostname HTTP/1.1\r\nhost: svc.test:8080\r\n",
+        "GET /hostname HTTP/1.0\r\n",
+        "GET http://svc.test/hostname HTTP/1.1\r\nhost: other.test\r\n",
+    ] {
+        let answer = raw(addr, &format!("{head}connection: close\r\n\r\n")).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"),
+            "{head:?} → {answer}"
+        );
+    }
+    drop(a);
+    let answer = raw(
+        addr,
+        "GET /hostname HTTP/1.1\r\nhost: svc.test\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 502"), "{answer}");
+    assert!(
+        !answer.contains("127.0.0.1") && !answer.contains("apps/svc"),
+        "{answer}"
+    );
+}

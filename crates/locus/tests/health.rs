@@ -243,7 +243,7 @@ async fn fail_closed_answers_503_when_nothing_is_healthy() {
     ]
     .concat();
     write(dir.path(), "all.yaml", &m);
-    let mut gw = Gw::start(dir.path(), &["--locality", "r/za"]);
+    let mut gw = Gw::start(dir.path(), &["--locality", "r/za", "--verbose-errors"]);
     let addr = gw.addr(8080);
     let c = HttpClient::default();
     assert_eq!(c.get(addr, "svc.test", "/hostname").await.who(), "a");

@@ -68,7 +68,7 @@ async fn upstream_connect_failure_is_a_clear_502() {
     let port = dead_addr().port();
     let dir = tempdir();
     write(dir.path(), "all.yaml", &manifests(port, ""));
-    let gw = Gw::start(dir.path(), &[]);
+    let gw = Gw::start(dir.path(), &["--verbose-errors"]);
     let r = HttpClient::default()
         .get(gw.addr(8080), "svc.test", "/")
         .await;

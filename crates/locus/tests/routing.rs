@@ -129,7 +129,7 @@ async fn internal_traffic_policy_local_with_and_without_a_same_node_endpoint() {
         "slices.yaml",
         &(slice("svc", "a", e1.addr, "n1", true) + &slice("svc", "b", e2.addr, "n2", true)),
     );
-    let mut gw = Gw::start(dir.path(), &["--node", "n1"]);
+    let mut gw = Gw::start(dir.path(), &["--node", "n1", "--verbose-errors"]);
     let addr = gw.addr(8080);
     let client = HttpClient::default();
     assert_eq!(
@@ -314,7 +314,7 @@ async fn cross_namespace_backend_refs_need_a_reference_grant() {
         b.addr.port()
     );
     write(dir.path(), "all.yaml", &manifests);
-    let mut gw = Gw::start(dir.path(), &[]);
+    let mut gw = Gw::start(dir.path(), &["--verbose-errors"]);
     let c = HttpClient::default();
     let r = c.get(gw.addr(8080), "svc.test", "/hostname").await;
     assert_eq!(r.status, 500);

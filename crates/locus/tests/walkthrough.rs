@@ -28,7 +28,13 @@ async fn seed_walkthrough_through_hot_reload() {
     }
     let mut gw = Gw::start(
         dir.path(),
-        &["--locality", "region/zone", "--node", "gateway-node"],
+        &[
+            "--locality",
+            "region/zone",
+            "--node",
+            "gateway-node",
+            "--verbose-errors",
+        ],
     );
     let addr = gw.addr(80);
     let client = HttpClient::default();

@@ -10,10 +10,20 @@ use locus_core::health::Fault;
 
 use super::body::ProxyBody;
 
+/// `--verbose-errors`: error bodies carry the whole story (addresses, Services, nodes).
+pub static VERBOSE_ERRORS: std::sync::atomic::AtomicBool =
+    std::sync::atomic::AtomicBool::new(false);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("bad request: {0}")]
     BadRequest(String),
+    #[error("bad Host header: {0}")]
+    BadHost(&'static str),
+    #[error("CONNECT is not served")]
+    MethodNotAllowed,
+    #[error("transfer coding {0:?} is not supported")]
+    TransferCoding(String),
     #[error("bad path: {0}")]
     BadPath(locus_core::path::PathError),
     #[error("the request target is longer than the gateway accepts")]
@@ -59,7 +69,9 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
-            ProxyError::BadPath(_) => StatusCode::BAD_REQUEST,
+            ProxyError::BadPath(_) | ProxyError::BadHost(_) => StatusCode::BAD_REQUEST,
+            ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ProxyError::TransferCoding(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::NoEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::InvalidBackend(_)
@@ -81,6 +93,9 @@ impl ProxyError {
             ProxyError::BadRequest(_) => "bad-request",
             ProxyError::UriTooLong => "uri-too-long",
             ProxyError::BadPath(_) => "bad-path",
+            ProxyError::BadHost(_) => "bad-host",
+            ProxyError::MethodNotAllowed => "method-not-allowed",
+            ProxyError::TransferCoding(_) => "unsupported-transfer-coding",
             ProxyError::NoRoute { .. } => "no-route",
             ProxyError::NoEndpoint { .. } => "no-endpoint",
             ProxyError::InvalidBackend(_) => "invalid-backend",
@@ -94,8 +109,38 @@ impl ProxyError {
         }
     }
 
+    /// What the client is told: what went wrong, never an upstream address, a namespace, a
+    /// Service or a node name (those go to the log, the access log and `/debug`, or to the
+    /// client with `--verbose-errors`, for development).
+    fn public_message(&self) -> String {
+        match self {
+            ProxyError::BadRequest(_)
+            | ProxyError::BadPath(_)
+            | ProxyError::UriTooLong
+            | ProxyError::Client(_)
+            | ProxyError::BadHost(_)
+            | ProxyError::MethodNotAllowed
+            | ProxyError::TransferCoding(_) => self.to_string(),
+            ProxyError::NoRoute { .. } => "no route for this host and path".into(),
+            ProxyError::NoEndpoint { .. } => "no healthy upstream".into(),
+            ProxyError::InvalidBackend(_)
+            | ProxyError::NoBackendWeight(_)
+            | ProxyError::UnsupportedFilter { .. } => {
+                "the route cannot be served as configured".into()
+            }
+            ProxyError::UpstreamConnect { .. } => "upstream connect error".into(),
+            ProxyError::Upstream { .. } => "upstream failed before responding".into(),
+            ProxyError::Timeout { .. } => "upstream did not respond in time".into(),
+        }
+    }
+
     pub fn into_response(self) -> Response<ProxyBody> {
-        let mut resp = Response::new(ProxyBody::text(format!("{self}\n")));
+        let text = if VERBOSE_ERRORS.load(std::sync::atomic::Ordering::Relaxed) {
+            self.to_string()
+        } else {
+            self.public_message()
+        };
+        let mut resp = Response::new(ProxyBody::text(format!("{text}\n")));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
         h.insert(

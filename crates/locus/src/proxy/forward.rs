@@ -18,7 +18,9 @@ use super::body::{ProxyBody, UpstreamBody};
 use super::error::ProxyError;
 use super::outcome::{Attempt, ClientBody, ClientBodyState};
 use super::pool::{self, SendError};
-use super::request::{hash_key, idempotent, request_host, strip_hop_by_hop, upstream_uri};
+use super::request::{
+    check_head, hash_key, idempotent, request_host, strip_hop_by_hop, upstream_uri,
+};
 use super::{mirror, ConnInfo, Shared};
 use crate::health::now_ms;
 use crate::routing::{Backend, RuleAction, ServiceTarget};
@@ -38,6 +40,7 @@ pub(super) async fn forward(
     if parts.uri.path_and_query().map_or(0, |p| p.as_str().len()) > shared.limits.max_uri {
         return Err(ProxyError::UriTooLong);
     }
+    check_head(&parts)?;
     if shared.limits.normalize_paths {
         normalize_path(&mut parts.uri, shared.limits.escaped_slashes)?;
     }
@@ -164,11 +167,13 @@ fn upstream_head(
     action: &RuleAction,
     prefix: Option<&str>,
 ) -> Result<PathAndQuery, ProxyError> {
-    // HTTP/2 clients send `:authority` instead of `Host`: HTTP/1.1 upstreams need the header.
-    let authority = (!parts.headers.contains_key(header::HOST))
-        .then(|| request_host(parts).into_owned())
-        .filter(|h| !h.is_empty())
-        .and_then(|h| HeaderValue::from_str(&h).ok());
+    // The target's authority (h2's `:authority`, an absolute-form HTTP/1 target) is the host
+    // the request was routed by: the upstream gets it as `Host`, whatever `Host` said.
+    if let Some(authority) = parts.uri.authority() {
+        if let Ok(v) = HeaderValue::from_str(authority.as_str()) {
+            parts.headers.insert(header::HOST, v);
+        }
+    }
     let mut path_and_query = parts
         .uri
         .path_and_query()
@@ -191,11 +196,6 @@ fn upstream_head(
     }
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
-    if let Some(host) = authority {
-        if !headers.contains_key(header::HOST) {
-            headers.insert(header::HOST, host);
-        }
-    }
     // The peer's address is formatted once per connection; appended to a client's own list.
     let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", info.peer.ip())).ok(),

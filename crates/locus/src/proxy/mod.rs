@@ -28,7 +28,7 @@ use tokio::net::TcpListener;
 
 pub use body::ProxyBody;
 pub use connections::{Connections, PortConnections};
-pub use error::ProxyError;
+pub use error::{ProxyError, VERBOSE_ERRORS};
 pub use limits::Limits;
 
 use crate::routing::RouteTable;
@@ -188,6 +188,10 @@ async fn handle(shared: &Shared, info: &ConnInfo, req: Request<Incoming>) -> Res
         Ok(resp) => resp,
         Err(e) => {
             tracing::debug!(error = %e, "request failed in the gateway");
+            if access.is_some() {
+                // The whole story for the operator; the client's body says less.
+                tracing::info!(target: "locus::access", peer = %info.peer, error = %e, "gateway error");
+            }
             e.into_response()
         }
     };

@@ -12,14 +12,21 @@ use locus_core::HashOn;
 use super::ConnInfo;
 use crate::health::now_ms;
 
-/// The request's host without port, lower-cased (Host header for HTTP/1, `:authority` for h2).
-/// Borrowed when the host is already lower case (nearly always): no allocation per request.
+/// The request's host without port, lower-cased: the target's authority when it has one
+/// (h2's `:authority`, an absolute-form HTTP/1 target: RFC 9112 §3.2.2 says it wins over
+/// `Host`), else the `Host` header. Borrowed when the host is already lower case (nearly
+/// always): no allocation per request.
 pub(super) fn request_host(parts: &http::request::Parts) -> std::borrow::Cow<'_, str> {
     let raw = parts
-        .headers
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .or_else(|| parts.uri.host())
+        .uri
+        .authority()
+        .map(Authority::as_str)
+        .or_else(|| {
+            parts
+                .headers
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+        })
         .unwrap_or("");
     let without_port = if raw.starts_with('[') {
         raw.split_inclusive(']').next().unwrap_or(raw)
@@ -31,6 +38,103 @@ pub(super) fn request_host(parts: &http::request::Parts) -> std::borrow::Cow<'_,
     } else {
         std::borrow::Cow::Borrowed(without_port)
     }
+}
+
+/// Refuses what a gateway must not pass on (RFC 9110, RFC 9112): `CONNECT` (no route asks for
+/// tunnels; 405), transfer codings other than `chunked` (501: the gateway would silently drop
+/// them), and a missing (HTTP/1.1), repeated or malformed `Host` (400; two hosts could be
+/// routed by one and read by the backend as the other).
+pub(super) fn check_head(parts: &http::request::Parts) -> Result<(), super::ProxyError> {
+    use super::ProxyError;
+    if parts.method == http::Method::CONNECT {
+        return Err(ProxyError::MethodNotAllowed);
+    }
+    for value in parts.headers.get_all(header::TRANSFER_ENCODING) {
+        let codings = value.to_str().unwrap_or("?");
+        if let Some(other) = codings
+            .split(',')
+            .map(str::trim)
+            .find(|c| !c.eq_ignore_ascii_case("chunked"))
+        {
+            return Err(ProxyError::TransferCoding(other.to_owned()));
+        }
+    }
+    let mut hosts = parts.headers.get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return Err(ProxyError::BadHost("more than one Host header")),
+        (Some(host), None) => {
+            if !valid_host(host.as_bytes()) {
+                return Err(ProxyError::BadHost("not a host[:port]"));
+            }
+            // RFC 9113 §8.3.1: a Host naming another entity than `:authority` is malformed
+            // (absolute-form HTTP/1 targets simply win over Host, RFC 9112 §3.2.2).
+            if parts.version == http::Version::HTTP_2
+                && parts
+                    .uri
+                    .authority()
+                    .is_some_and(|a| !a.as_str().as_bytes().eq_ignore_ascii_case(host.as_bytes()))
+            {
+                return Err(ProxyError::BadHost("Host differs from :authority"));
+            }
+        }
+        (None, _) => {
+            if parts.version == http::Version::HTTP_11 && parts.uri.authority().is_none() {
+                return Err(ProxyError::BadHost("HTTP/1.1 requires a Host header"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// `host[:port]` as RFC 3986 spells it: a reg-name or IPv4 address, or an IP literal in
+/// brackets, then an optional port of at most five digits. Empty is allowed (RFC 9112 §3.2).
+fn valid_host(h: &[u8]) -> bool {
+    let (host, port) = if h.first() == Some(&b'[') {
+        let Some(end) = h.iter().position(|b| *b == b']') else {
+            return false;
+        };
+        let literal = &h[1..end];
+        if literal.is_empty()
+            || !literal
+                .iter()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.'))
+        {
+            return false;
+        }
+        (&h[..0], &h[end + 1..])
+    } else {
+        match h.iter().position(|b| *b == b':') {
+            Some(i) => (&h[..i], &h[i..]),
+            None => (h, &h[h.len()..]),
+        }
+    };
+    let port_ok = match port {
+        [] => true,
+        [b':', digits @ ..] => digits.len() <= 5 && digits.iter().all(u8::is_ascii_digit),
+        _ => false,
+    };
+    port_ok
+        && host.iter().all(|b| {
+            b.is_ascii_alphanumeric()
+                || matches!(
+                    b,
+                    b'-' | b'.'
+                        | b'_'
+                        | b'~'
+                        | b'!'
+                        | b'$'
+                        | b'&'
+                        | b'\''
+                        | b'('
+                        | b')'
+                        | b'*'
+                        | b'+'
+                        | b','
+                        | b';'
+                        | b'='
+                        | b'%'
+                )
+        })
 }
 
 /// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named by `Connection`.

@@ -303,6 +303,8 @@ impl Resp {
 
 pub struct HttpClient {
     client: Client<HttpConnector, Full<Bytes>>,
+    /// Requests go over h2 as curl sends them: the host in `:authority`, no `Host` header.
+    h2: bool,
 }
 
 impl Default for HttpClient {
@@ -317,6 +319,7 @@ impl HttpClient {
             client: Client::builder(TokioExecutor::new())
                 .http2_only(h2)
                 .build_http(),
+            h2,
         }
     }
 
@@ -329,18 +332,34 @@ impl HttpClient {
         headers: &[(&str, &str)],
         body: Bytes,
     ) -> Resp {
-        let mut b = http::Request::builder()
-            .method(method)
-            .uri(format!("http://{addr}{path}"))
-            .header("host", host);
+        let mut b = http::Request::builder().method(method);
+        b = if self.h2 {
+            b.uri(format!("http://{host}{path}"))
+        } else {
+            b.uri(format!("http://{addr}{path}")).header("host", host)
+        };
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        let resp = self
-            .client
-            .request(b.body(Full::new(body)).unwrap())
-            .await
-            .expect("request");
+        let req = b.body(Full::new(body)).unwrap();
+        let resp = if self.h2 {
+            let io =
+                hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(addr).await.unwrap());
+            let (mut send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
+                .await
+                .expect("h2 handshake");
+            tokio::spawn(conn);
+            send.send_request(req)
+                .await
+                .expect("request")
+                .map(http_body_util::BodyExt::boxed)
+        } else {
+            self.client
+                .request(req)
+                .await
+                .expect("request")
+                .map(http_body_util::BodyExt::boxed)
+        };
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         let body = resp.into_body().collect().await.unwrap().to_bytes();

@@ -128,6 +128,9 @@ pub fn report(model: &Model, table: &RouteTable) -> String {
                     a.method, a.path, a.interval, a.timeout, a.expected_statuses, a.unhealthy_threshold, a.healthy_threshold
                 );
             }
+            if let Some(limits) = h.upstream.describe() {
+                let _ = writeln!(out, "  circuit breaking: {limits}");
+            }
             let spill = match h.options.spillover {
                 locus_core::Spillover::Proportional => format!(
                     "proportional (overprovisioning factor {}: a bucket keeps all its traffic while >= {:.0}% of it is healthy)",

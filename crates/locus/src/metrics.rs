@@ -81,6 +81,12 @@ pub struct ErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OverflowLabels {
+    pub service: String,
+    pub limit: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PortLabels {
     pub port: u16,
 }
@@ -118,6 +124,7 @@ pub struct Metrics {
     pub reloads: Family<ResultLabels, Counter>,
     pub discovery_errors: Family<KindLabels, Counter>,
     pub connections_refused: Family<PortLabels, Counter>,
+    pub overflows: Family<OverflowLabels, Counter>,
     pub cost: Family<RelationLabels, Counter<f64, AtomicU64>>,
     pub imbalance: Family<ServiceLabels, Gauge<f64, AtomicU64>>,
     pub load_spill: Family<ServiceLabels, Gauge<f64, AtomicU64>>,
@@ -204,6 +211,7 @@ impl Metrics {
             reloads: Family::default(),
             discovery_errors: Family::default(),
             connections_refused: Family::default(),
+            overflows: Family::default(),
             cost: Family::default(),
             imbalance: Family::default(),
             load_spill: Family::default(),
@@ -273,6 +281,11 @@ impl Metrics {
             "config_reloads",
             "Configuration loads, by result",
             m.reloads.clone(),
+        );
+        registry.register(
+            "overflows",
+            "Circuit breaking: requests refused (limit=requests: 503 overflow; limit=retries: not retried) or stepped over to another endpoint (limit=endpoint)",
+            m.overflows.clone(),
         );
         registry.register(
             "connections_refused",
@@ -460,5 +473,32 @@ impl ErrorCounters {
 
     pub fn count(&self, fault: locus_core::health::Fault) {
         self.0[fault.index()].inc();
+    }
+}
+
+/// `locus_overflows_total` handles of one Service port with circuit-breaking limits.
+#[derive(Debug)]
+pub struct OverflowCounters {
+    pub requests: Counter,
+    pub endpoint: Counter,
+    pub retries: Counter,
+}
+
+impl OverflowCounters {
+    pub fn new(metrics: &Metrics, service: &str) -> Self {
+        let one = |limit: &str| {
+            metrics
+                .overflows
+                .get_or_create(&OverflowLabels {
+                    service: service.to_owned(),
+                    limit: limit.to_owned(),
+                })
+                .clone()
+        };
+        OverflowCounters {
+            requests: one("requests"),
+            endpoint: one("endpoint"),
+            retries: one("retries"),
+        }
     }
 }

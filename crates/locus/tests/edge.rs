@@ -309,3 +309,130 @@ async fn strict_request_heads_and_discreet_errors() {
         "{answer}"
     );
 }
+
+fn service() -> &'static str {
+    "apiVersion: v1\nkind: Service\nmetadata: {name: svc, namespace: apps}\nspec:\n  selector: {app: svc}\n  trafficDistribution: PreferClose\n  ports: [{name: http, port: 80}]\n---\n"
+}
+
+/// Starts `n` requests for `/delay/MS` and waits until the backends hold them all.
+async fn hold(
+    addr: std::net::SocketAddr,
+    ms: u64,
+    n: usize,
+    backends: &[&Echo],
+) -> Vec<tokio::task::JoinHandle<Option<Resp>>> {
+    let held: Vec<_> = (0..n)
+        .map(|_| {
+            let c = HttpClient::default();
+            tokio::spawn(async move { c.try_get(addr, "svc.test", &format!("/delay/{ms}")).await })
+        })
+        .collect();
+    let c = HttpClient::default();
+    for _ in 0..500 {
+        let mut busy = 0;
+        for b in backends {
+            busy += c
+                .get(b.addr, "echo", "/_echo/busy")
+                .await
+                .body
+                .parse::<usize>()
+                .unwrap();
+        }
+        if busy >= n {
+            return held;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("the backends never held {n} requests");
+}
+
+/// Istio `connectionPool`: past `http2MaxRequests` requests in flight the Service answers 503
+/// `overflow` at once, and serves again when they finish; `locus check` shows the limit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_service_overflows_fast() {
+    let a = echo("a");
+    let dir = tempdir();
+    let m = [
+        GATEWAY_AND_ROUTE,
+        service(),
+        &entry("a", "r/za", a.addr),
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: svc, namespace: apps}\nspec:\n  host: svc\n  trafficPolicy:\n    connectionPool:\n      tcp: {maxConnections: 100, connectTimeout: 2s}\n      http: {http2MaxRequests: 2, maxRetries: 1}\n",
+    ]
+    .concat();
+    write(dir.path(), "all.yaml", &m);
+    let check = run_ok(&[
+        "check",
+        "-f",
+        dir.path().to_str().unwrap(),
+        "--locality",
+        "r/za",
+    ]);
+    let check = String::from_utf8_lossy(&check.stdout);
+    assert!(
+        check.contains("circuit breaking: max requests 2, max retries 1, connect timeout 2s"),
+        "{check}"
+    );
+    let gw = Gw::start(dir.path(), &["--locality", "r/za"]);
+    let addr = gw.addr(8080);
+    let held = hold(addr, 800, 2, &[&a]).await;
+    let c = HttpClient::default();
+    let started = std::time::Instant::now();
+    let r = c.get(addr, "svc.test", "/hostname").await;
+    assert_eq!(r.status, 503);
+    assert_eq!(r.headers["x-locus-error"], "overflow");
+    assert!(started.elapsed() < Duration::from_millis(500), "not fast");
+    for h in held {
+        assert_eq!(h.await.unwrap().unwrap().status, 200);
+    }
+    assert_eq!(c.get(addr, "svc.test", "/hostname").await.who(), "a");
+    let metrics = c.get(gw.admin, "admin", "/metrics").await.body;
+    assert!(
+        metrics.contains("locus_overflows_total{service=\"apps/svc:80\",limit=\"requests\"} 1"),
+        "{metrics}"
+    );
+}
+
+/// Envoy Gateway `circuitBreaker.perEndpoint.maxConnections`: a local endpoint at its cap is
+/// stepped over and the request spills to the next zone instead of queueing on it; when every
+/// endpoint is full, 503 `overflow`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_endpoint_spills_to_the_next_zone() {
+    let a = echo("a");
+    let b = echo("b");
+    let dir = tempdir();
+    let m = [
+        GATEWAY_AND_ROUTE,
+        service(),
+        &entry("a", "r/za", a.addr),
+        &entry("b", "r/zb", b.addr),
+        "apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: BackendTrafficPolicy\nmetadata: {name: svc, namespace: apps}\nspec:\n  targetRefs: [{group: '', kind: Service, name: svc}]\n  circuitBreaker:\n    perEndpoint: {maxConnections: 1}\n",
+    ]
+    .concat();
+    write(dir.path(), "all.yaml", &m);
+    let gw = Gw::start(dir.path(), &["--locality", "r/za"]);
+    let addr = gw.addr(8080);
+    let c = HttpClient::default();
+    assert_eq!(
+        c.count(addr, "svc.test", "/hostname", 10).await,
+        counts(&[("a", 10)])
+    );
+
+    let held = hold(addr, 800, 1, &[&a]).await;
+    assert_eq!(
+        c.count(addr, "svc.test", "/hostname", 5).await,
+        counts(&[("b", 5)])
+    );
+    let more = hold(addr, 800, 1, &[&b]).await;
+    let r = c.get(addr, "svc.test", "/hostname").await;
+    assert_eq!(
+        (r.status, r.headers["x-locus-error"].to_str().unwrap()),
+        (503, "overflow")
+    );
+    for h in held.into_iter().chain(more) {
+        assert_eq!(h.await.unwrap().unwrap().status, 200);
+    }
+    assert_eq!(
+        c.count(addr, "svc.test", "/hostname", 5).await,
+        counts(&[("a", 5)])
+    );
+}

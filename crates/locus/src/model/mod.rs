@@ -20,7 +20,7 @@ use crate::resources::{ConfigError, Document, Resource, ResourceSet};
 
 pub use filters::{Filters, HeaderEdits, Mirror, PathEdit, Redirect, Rewrite};
 pub use gateways::{AllowedRoutes, GatewayModel, ListenerModel};
-pub use policies::{ActiveCheck, HealthConfig, RetryPolicy};
+pub use policies::{ActiveCheck, HealthConfig, RetryPolicy, UpstreamPolicy};
 pub use routes::{
     BackendRefModel, MatchModel, ParentRefModel, PathMatch, RouteModel, RuleModel, ValueMatch,
 };

@@ -13,7 +13,9 @@ use super::{name_of, namespace_of, DocCtx, ObjKey};
 use crate::resources::envoy_gateway::{
     ActiveHealthCheck, BackendTrafficPolicy, PassiveHealthCheck, Retry,
 };
-use crate::resources::istio::{DestinationRule, LoadBalancerSettings, OutlierDetection};
+use crate::resources::istio::{
+    ConnectionPool, DestinationRule, LoadBalancerSettings, OutlierDetection,
+};
 use crate::resources::{ConfigError, Document};
 
 pub const ANNOTATION_SPILLOVER: &str = "locus.io/spillover";
@@ -71,6 +73,76 @@ pub struct HealthConfig {
     pub retry: RetryPolicy,
     /// `locus.io/load-spill: "on"`: the band of the load-aware spill controller.
     pub load_spill: Option<locus_core::load::Band>,
+    /// Circuit breaking and upstream connection settings.
+    pub upstream: UpstreamPolicy,
+}
+
+/// Circuit breaking and upstream connections for one Service port: Istio's
+/// `trafficPolicy.connectionPool`, Envoy Gateway's `circuitBreaker` and `timeout`.
+///
+/// Locus does not queue a request waiting for a connection (HTTP/1.1 upstreams carry one
+/// request per connection, opened as needed), so connections in use are requests in flight and
+/// one cap serves `maxConnections`, `http2MaxRequests` and `maxParallelRequests`. Past it the
+/// Service answers 503 `overflow` at once: the whole Service is full, there is nowhere better
+/// to send the request. An endpoint at its own cap (`perEndpoint.maxConnections`) is stepped
+/// over instead: the request goes to the next endpoint, spilling to the next zone when every
+/// local one is full, which is what keeps one zone from drowning.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct UpstreamPolicy {
+    /// Requests in flight to the Service, over every endpoint.
+    pub max_requests: Option<u32>,
+    /// Requests in flight to one endpoint.
+    pub max_per_endpoint: Option<u32>,
+    /// Retries in flight to the Service; past it a failed request is not retried.
+    pub max_retries: Option<u32>,
+    /// An upstream connection is closed after this many requests.
+    pub max_requests_per_connection: Option<u32>,
+    pub connect_timeout: Option<Duration>,
+    /// Idle upstream connections older than this are not reused.
+    pub idle_timeout: Option<Duration>,
+    /// The Service's default request timeout (routes' `timeouts` win).
+    pub request_timeout: Option<Duration>,
+    /// Where the settings came from, for `locus check`.
+    pub source: Option<String>,
+}
+
+impl UpstreamPolicy {
+    fn cap_requests(&mut self, v: u32) {
+        self.max_requests = Some(self.max_requests.map_or(v, |m| m.min(v)));
+    }
+
+    /// One line for `locus check`, `None` when nothing is set.
+    pub fn describe(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        let mut num = |name: &str, v: Option<u32>| {
+            if let Some(v) = v {
+                parts.push(format!("{name} {v}"));
+            }
+        };
+        num("max requests", self.max_requests);
+        num("max per endpoint", self.max_per_endpoint);
+        num("max retries", self.max_retries);
+        num(
+            "max requests per connection",
+            self.max_requests_per_connection,
+        );
+        for (name, v) in [
+            ("connect timeout", self.connect_timeout),
+            ("idle timeout", self.idle_timeout),
+            ("request timeout", self.request_timeout),
+        ] {
+            if let Some(v) = v {
+                parts.push(format!("{name} {v:?}"));
+            }
+        }
+        (!parts.is_empty()).then(|| {
+            format!(
+                "{} (from {})",
+                parts.join(", "),
+                self.source.as_deref().unwrap_or("?")
+            )
+        })
+    }
 }
 
 impl Default for HealthConfig {
@@ -83,6 +155,7 @@ impl Default for HealthConfig {
             active: None,
             retry: RetryPolicy::default(),
             load_spill: None,
+            upstream: UpstreamPolicy::default(),
         }
     }
 }
@@ -291,6 +364,23 @@ impl<'a> Policies<'a> {
                 cfg.outlier_source =
                     format!("DestinationRule {} ({field})", doc.doc.name_or_index());
             }
+            let pool =
+                match port_level.and_then(|(i, p)| p.connection_pool.as_ref().map(|c| (i, c))) {
+                    Some((i, c)) => Some((
+                        format!("spec.trafficPolicy.portLevelSettings[{i}].connectionPool"),
+                        c,
+                    )),
+                    None => tp
+                        .and_then(|t| t.connection_pool.as_ref())
+                        .map(|c| ("spec.trafficPolicy.connectionPool".to_owned(), c)),
+                };
+            if let Some((field, pool)) = pool {
+                upstream_from_istio(&ctx, &field, pool, &mut cfg.upstream, warnings)?;
+                cfg.upstream.source = Some(format!(
+                    "DestinationRule {} ({field})",
+                    doc.doc.name_or_index()
+                ));
+            }
         }
         if let Some(&(doc, btp)) = self.traffic.get(service) {
             let ctx = DocCtx { doc };
@@ -315,6 +405,20 @@ impl<'a> Policies<'a> {
             }
             if let Some(r) = &btp.spec.retry {
                 cfg.retry = retry_from_envoy_gateway(&ctx, r, warnings)?;
+            }
+            if btp.spec.circuit_breaker.is_some() || btp.spec.timeout.is_some() {
+                if cfg.upstream.source.is_some() {
+                    warnings.push(format!(
+                        "{}: both a DestinationRule connectionPool and this BackendTrafficPolicy limit Service {service}; the lower of each limit applies",
+                        ctx.place()
+                    ));
+                }
+                upstream_from_envoy_gateway(&ctx, &btp.spec, &mut cfg.upstream, warnings)?;
+                let from = format!("BackendTrafficPolicy {}", doc.doc.name_or_index());
+                cfg.upstream.source = Some(match cfg.upstream.source.take() {
+                    Some(dr) => format!("{dr}, {from}"),
+                    None => from,
+                });
             }
         }
         apply_annotations(&mut cfg, annotations, svc_ctx, warnings)?;
@@ -675,6 +779,118 @@ fn retry_from_envoy_gateway(
         statuses,
         per_try_timeout,
     })
+}
+
+const NO_QUEUE: &str = "Locus does not queue requests waiting for a connection: past the request cap they get 503 overflow at once";
+
+fn upstream_from_istio(
+    ctx: &DocCtx<'_>,
+    field: &str,
+    pool: &ConnectionPool,
+    up: &mut UpstreamPolicy,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    warn_extra(ctx, &format!("{field}."), &pool.extra, warnings);
+    if let Some(tcp) = &pool.tcp {
+        warn_extra(ctx, &format!("{field}.tcp."), &tcp.extra, warnings);
+        if let Some(v) = tcp.max_connections {
+            up.cap_requests(v);
+        }
+        if let Some(s) = &tcp.connect_timeout {
+            up.connect_timeout = Some(duration(
+                ctx,
+                &format!("{field}.tcp.connectTimeout"),
+                Some(s),
+                Duration::ZERO,
+            )?)
+            .filter(|d| !d.is_zero());
+        }
+    }
+    if let Some(http) = &pool.http {
+        warn_extra(ctx, &format!("{field}.http."), &http.extra, warnings);
+        if let Some(v) = http.http2_max_requests {
+            up.cap_requests(v);
+        }
+        if http.http1_max_pending_requests.is_some() {
+            warnings.push(format!(
+                "{}: {field}.http.http1MaxPendingRequests: {NO_QUEUE}",
+                ctx.place()
+            ));
+        }
+        up.max_retries = http.max_retries.or(up.max_retries);
+        // 0 means no limit in Istio.
+        up.max_requests_per_connection = http
+            .max_requests_per_connection
+            .filter(|v| *v > 0)
+            .or(up.max_requests_per_connection);
+        if let Some(s) = &http.idle_timeout {
+            up.idle_timeout = Some(duration(
+                ctx,
+                &format!("{field}.http.idleTimeout"),
+                Some(s),
+                Duration::ZERO,
+            )?)
+            .filter(|d| !d.is_zero());
+        }
+    }
+    Ok(())
+}
+
+fn upstream_from_envoy_gateway(
+    ctx: &DocCtx<'_>,
+    spec: &crate::resources::envoy_gateway::BackendTrafficPolicySpec,
+    up: &mut UpstreamPolicy,
+    warnings: &mut Vec<String>,
+) -> Result<(), ConfigError> {
+    if let Some(cb) = &spec.circuit_breaker {
+        warn_extra(ctx, "spec.circuitBreaker.", &cb.extra, warnings);
+        for v in [cb.max_connections, cb.max_parallel_requests]
+            .into_iter()
+            .flatten()
+        {
+            up.cap_requests(v);
+        }
+        if cb.max_pending_requests.is_some() {
+            warnings.push(format!(
+                "{}: spec.circuitBreaker.maxPendingRequests: {NO_QUEUE}",
+                ctx.place()
+            ));
+        }
+        if let Some(v) = cb.max_parallel_retries {
+            up.max_retries = Some(up.max_retries.map_or(v, |m| m.min(v)));
+        }
+        if let Some(v) = cb.max_requests_per_connection.filter(|v| *v > 0) {
+            up.max_requests_per_connection = Some(v);
+        }
+        if let Some(pe) = &cb.per_endpoint {
+            warn_extra(ctx, "spec.circuitBreaker.perEndpoint.", &pe.extra, warnings);
+            up.max_per_endpoint = pe.max_connections.or(up.max_per_endpoint);
+        }
+    }
+    if let Some(t) = &spec.timeout {
+        warn_extra(ctx, "spec.timeout.", &t.extra, warnings);
+        let dur = |field: &str, v: &Option<String>| -> Result<Option<Duration>, ConfigError> {
+            v.as_ref()
+                .map(|s| duration(ctx, field, Some(s), Duration::ZERO))
+                .transpose()
+                .map(|d| d.filter(|d| !d.is_zero()))
+        };
+        if let Some(tcp) = &t.tcp {
+            warn_extra(ctx, "spec.timeout.tcp.", &tcp.extra, warnings);
+            up.connect_timeout = dur("spec.timeout.tcp.connectTimeout", &tcp.connect_timeout)?
+                .or(up.connect_timeout);
+        }
+        if let Some(http) = &t.http {
+            warn_extra(ctx, "spec.timeout.http.", &http.extra, warnings);
+            up.request_timeout = dur("spec.timeout.http.requestTimeout", &http.request_timeout)?;
+            up.idle_timeout = dur(
+                "spec.timeout.http.connectionIdleTimeout",
+                &http.connection_idle_timeout,
+            )?
+            .or(up.idle_timeout);
+        }
+    }
+    Ok(())
 }
 
 fn apply_annotations(

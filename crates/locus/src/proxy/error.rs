@@ -18,6 +18,11 @@ pub static VERBOSE_ERRORS: std::sync::atomic::AtomicBool =
 pub enum ProxyError {
     #[error("bad request: {0}")]
     BadRequest(String),
+    #[error("service {service}: {limit} in flight reached its circuit-breaking limit")]
+    Overflow {
+        service: Arc<str>,
+        limit: &'static str,
+    },
     #[error("bad Host header: {0}")]
     BadHost(&'static str),
     #[error("CONNECT is not served")]
@@ -73,7 +78,9 @@ impl ProxyError {
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::TransferCoding(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
-            ProxyError::NoEndpoint { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoEndpoint { .. } | ProxyError::Overflow { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::InvalidBackend(_)
             | ProxyError::NoBackendWeight(_)
             | ProxyError::UnsupportedFilter { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -98,6 +105,7 @@ impl ProxyError {
             ProxyError::TransferCoding(_) => "unsupported-transfer-coding",
             ProxyError::NoRoute { .. } => "no-route",
             ProxyError::NoEndpoint { .. } => "no-endpoint",
+            ProxyError::Overflow { .. } => "overflow",
             ProxyError::InvalidBackend(_) => "invalid-backend",
             ProxyError::NoBackendWeight(_) => "no-backend-weight",
             ProxyError::UnsupportedFilter { .. } => "unsupported-filter",
@@ -123,6 +131,7 @@ impl ProxyError {
             | ProxyError::TransferCoding(_) => self.to_string(),
             ProxyError::NoRoute { .. } => "no route for this host and path".into(),
             ProxyError::NoEndpoint { .. } => "no healthy upstream".into(),
+            ProxyError::Overflow { .. } => "upstream overflow: too many requests in flight".into(),
             ProxyError::InvalidBackend(_)
             | ProxyError::NoBackendWeight(_)
             | ProxyError::UnsupportedFilter { .. } => {

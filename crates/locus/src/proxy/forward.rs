@@ -65,6 +65,7 @@ pub(super) async fn forward(
         action: &action,
         target: &target,
         path_and_query,
+        pool: pool::PoolOptions::new(&shared.limits, &target.health.upstream),
     };
     exchange.run(parts, body).await
 }
@@ -301,6 +302,7 @@ struct Exchange<'a> {
     action: &'a RuleAction,
     target: &'a Arc<ServiceTarget>,
     path_and_query: PathAndQuery,
+    pool: pool::PoolOptions,
 }
 
 impl Exchange<'_> {
@@ -324,7 +326,11 @@ impl Exchange<'_> {
         // The rule's `timeouts.request` (zero: none), else the gateway's default.
         let overall = match self.action.timeout {
             Some(t) => Some(t).filter(|t| !t.is_zero()),
-            None => self.shared.limits.request_timeout,
+            None => target
+                .health
+                .upstream
+                .request_timeout
+                .or(self.shared.limits.request_timeout),
         };
         let deadline = overall.map(|t| start + t);
         // Per attempt: the rule's `timeouts.backendRequest`, and the retry policy's per-try
@@ -336,6 +342,12 @@ impl Exchange<'_> {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
+        let up = &target.health.upstream;
+        if let Some(max) = up.max_requests {
+            if target.in_flight.load(std::sync::atomic::Ordering::Relaxed) >= max {
+                return Err(self.overflow("requests"));
+            }
+        }
         let mut set_cookie = None;
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut last_error = None;
@@ -369,7 +381,7 @@ impl Exchange<'_> {
             };
             *upstream.uri_mut() = upstream_uri(target.h2c, addr, &self.path_and_query);
 
-            let mut attempt = Attempt::start(target.clone(), idx, health);
+            let mut attempt = Attempt::start(target.clone(), idx, health, n > 1);
             attempt.set_request_bytes(body.len());
             let this_try = per_try.map(|t| tokio::time::Instant::now() + t);
             let until = match (deadline, this_try) {
@@ -407,6 +419,7 @@ impl Exchange<'_> {
                         && fault != Fault::Timeout
                         && (unsent || idempotent(&parts.method))
                         && !last
+                        && self.retry_allowed()
                     {
                         tracing::debug!(service = %target.name, endpoint = %addr, error = %error, "retrying on another endpoint");
                         tried.push(addr);
@@ -422,6 +435,7 @@ impl Exchange<'_> {
             if !last
                 && retry.statuses.contains(&status.as_u16())
                 && another_endpoint_left(target, &tried, addr)
+                && self.retry_allowed()
             {
                 tracing::debug!(service = %target.name, endpoint = %addr, status = status.as_u16(), "retrying on another endpoint");
                 tried.push(addr);
@@ -463,7 +477,7 @@ impl Exchange<'_> {
                     back: None,
                 });
         }
-        pool::send(addr, req, &self.shared.limits)
+        pool::send(addr, req, &self.pool)
             .await
             .map_err(|e| match e {
                 SendError::Connect(io, back) => SendFailure {
@@ -481,6 +495,34 @@ impl Exchange<'_> {
                     back: back.map(Box::new),
                 },
             })
+    }
+
+    /// Whether the Service's `maxRetries` leaves room for one more retry in flight.
+    fn retry_allowed(&self) -> bool {
+        let target = self.target;
+        let Some(max) = target.health.upstream.max_retries else {
+            return true;
+        };
+        let room = target
+            .retries_in_flight
+            .load(std::sync::atomic::Ordering::Relaxed)
+            < max;
+        if !room {
+            if let Some(o) = &target.overflows {
+                o.retries.inc();
+            }
+        }
+        room
+    }
+
+    fn overflow(&self, limit: &'static str) -> ProxyError {
+        if let Some(o) = &self.target.overflows {
+            o.requests.inc();
+        }
+        ProxyError::Overflow {
+            service: self.target.name.clone(),
+            limit,
+        }
     }
 
     fn error(
@@ -562,6 +604,28 @@ fn pick_endpoint(
         let idx = tried_indices(&snap.endpoints, tried);
         snap.pick_excluding(&idx).map_err(no_endpoint)?
     };
+    // An endpoint at its circuit-breaking cap is stepped over: the next endpoint, in the next
+    // zone when every local one is full, takes the request.
+    if let Some(max) = target.health.upstream.max_per_endpoint {
+        let mut idx = tried_indices(&snap.endpoints, tried);
+        while snap
+            .endpoint_health(pick)
+            .in_flight
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= max
+        {
+            if let Some(o) = &target.overflows {
+                o.endpoint.inc();
+            }
+            idx.push(pick.endpoint);
+            pick = snap
+                .pick_excluding(&idx)
+                .map_err(|_| ProxyError::Overflow {
+                    service: target.name.clone(),
+                    limit: "requests per endpoint",
+                })?;
+        }
+    }
     // An endpoint ejected by a request a moment ago may still be in this snapshot until its
     // writer publishes the next one: step over it rather than send it traffic.
     if snap.mode == SnapshotMode::Normal && snap.endpoint_health(pick).is_ejected(now) {

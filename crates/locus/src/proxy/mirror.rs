@@ -50,7 +50,7 @@ pub(super) fn send_mirror(
     }
     *req.uri_mut() = upstream_uri(h2c.is_some(), addr, path_and_query);
     let name = mirror.name.clone();
-    let limits = shared.limits;
+    let opts = pool::PoolOptions::new(&shared.limits, &mirror.health.upstream);
     tokio::spawn(async move {
         let copy = async move {
             match h2c {
@@ -62,7 +62,7 @@ pub(super) fn send_mirror(
                     }
                     Err(e) => Err(e.to_string()),
                 },
-                None => match pool::send(addr, req, &limits).await {
+                None => match pool::send(addr, req, &opts).await {
                     Ok(resp) => {
                         let status = resp.status();
                         let _ = resp.into_body().collect().await;

@@ -182,6 +182,8 @@ enum State {
 /// body, and recorded exactly once.
 #[derive(Debug)]
 pub struct Attempt {
+    /// Counted in the Service's retries in flight.
+    retry: bool,
     target: Arc<ServiceTarget>,
     /// The endpoint's index in the snapshot it was picked from (metric handles are parallel).
     idx: u32,
@@ -193,9 +195,25 @@ pub struct Attempt {
 }
 
 impl Attempt {
-    pub fn start(target: Arc<ServiceTarget>, idx: u32, health: Arc<EndpointHealth>) -> Self {
+    /// `retry`: not the request's first attempt (counted against `maxRetries`).
+    pub fn start(
+        target: Arc<ServiceTarget>,
+        idx: u32,
+        health: Arc<EndpointHealth>,
+        retry: bool,
+    ) -> Self {
         health.in_flight.fetch_add(1, Ordering::Relaxed);
+        // The Service-wide counts cost a shared atomic, paid only where a limit reads them.
+        let up = &target.health.upstream;
+        if up.max_requests.is_some() {
+            target.in_flight.fetch_add(1, Ordering::Relaxed);
+        }
+        let retry = retry && up.max_retries.is_some();
+        if retry {
+            target.retries_in_flight.fetch_add(1, Ordering::Relaxed);
+        }
         Attempt {
+            retry,
             target,
             idx,
             health,
@@ -298,6 +316,14 @@ impl Drop for Attempt {
             self.target.errors.count(Fault::Cancelled);
         }
         self.health.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.target.health.upstream.max_requests.is_some() {
+            self.target.in_flight.fetch_sub(1, Ordering::Relaxed);
+        }
+        if self.retry {
+            self.target
+                .retries_in_flight
+                .fetch_sub(1, Ordering::Relaxed);
+        }
         self.metrics()
             .bytes(self.request_bytes, self.response_bytes, &self.target.totals);
     }

@@ -31,6 +31,33 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 struct Idle {
     sender: http1::SendRequest<ProxyBody>,
     since: Instant,
+    /// Requests the connection has carried.
+    uses: u32,
+}
+
+/// How one Service's upstream connections are made and reused.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolOptions {
+    pub connect_timeout: Duration,
+    pub max_response_head: usize,
+    /// Idle connections older than this are not reused.
+    pub idle_timeout: Duration,
+    /// A connection is closed after this many requests.
+    pub max_uses: Option<u32>,
+}
+
+impl PoolOptions {
+    /// The gateway's limits, with a Service's own settings where it has them.
+    pub fn new(limits: &Limits, up: &crate::model::UpstreamPolicy) -> Self {
+        PoolOptions {
+            connect_timeout: up.connect_timeout.unwrap_or(limits.connect_timeout),
+            max_response_head: limits.max_response_head,
+            idle_timeout: up
+                .idle_timeout
+                .map_or(IDLE_TIMEOUT, |t| t.min(IDLE_TIMEOUT)),
+            max_uses: up.max_requests_per_connection,
+        }
+    }
 }
 
 thread_local! {
@@ -45,21 +72,29 @@ pub enum SendError {
     Request(hyper::Error, Option<Request<ProxyBody>>),
 }
 
-fn take_idle(addr: SocketAddr) -> Option<http1::SendRequest<ProxyBody>> {
+fn take_idle(
+    addr: SocketAddr,
+    idle_timeout: Duration,
+) -> Option<(http1::SendRequest<ProxyBody>, u32)> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
         while let Some(c) = list.pop() {
-            if !c.sender.is_closed() && c.since.elapsed() < IDLE_TIMEOUT {
-                return Some(c.sender);
+            if !c.sender.is_closed() && c.since.elapsed() < idle_timeout {
+                return Some((c.sender, c.uses));
             }
         }
         None
     })
 }
 
-fn put_idle(addr: SocketAddr, sender: http1::SendRequest<ProxyBody>) {
-    if sender.is_closed() {
+fn put_idle(
+    addr: SocketAddr,
+    sender: http1::SendRequest<ProxyBody>,
+    uses: u32,
+    max_uses: Option<u32>,
+) {
+    if sender.is_closed() || max_uses.is_some_and(|m| uses >= m) {
         return;
     }
     IDLE.with(|idle| {
@@ -69,6 +104,7 @@ fn put_idle(addr: SocketAddr, sender: http1::SendRequest<ProxyBody>) {
             list.push(Idle {
                 sender,
                 since: Instant::now(),
+                uses,
             });
         }
     });
@@ -76,9 +112,9 @@ fn put_idle(addr: SocketAddr, sender: http1::SendRequest<ProxyBody>) {
 
 async fn connect(
     addr: SocketAddr,
-    limits: &Limits,
+    opts: &PoolOptions,
 ) -> std::io::Result<http1::SendRequest<ProxyBody>> {
-    let timeout = limits.connect_timeout;
+    let timeout = opts.connect_timeout;
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(s) => s?,
         Err(_) => {
@@ -91,7 +127,7 @@ async fn connect(
     let _ = stream.set_nodelay(true);
     let (sender, conn) = http1::Builder::new()
         // An endpoint's response head is bounded as a client's request head is.
-        .max_header_size(limits.max_response_head)
+        .max_header_size(opts.max_response_head)
         .handshake(TokioIo::new(stream))
         .await
         .map_err(std::io::Error::other)?;
@@ -107,16 +143,16 @@ async fn connect(
 pub async fn send(
     addr: SocketAddr,
     mut req: Request<ProxyBody>,
-    limits: &Limits,
+    opts: &PoolOptions,
 ) -> Result<Response<PooledBody>, SendError> {
     // Pooled connections first; one that turns out dead hands the request back.
-    while let Some(mut sender) = take_idle(addr) {
+    while let Some((mut sender, uses)) = take_idle(addr, opts.idle_timeout) {
         // Returned at the end of its last response body; ready again at once in practice.
         if sender.ready().await.is_err() {
             continue;
         }
         match sender.try_send_request(req).await {
-            Ok(resp) => return Ok(wrap(addr, sender, resp)),
+            Ok(resp) => return Ok(wrap(addr, sender, resp, uses + 1, opts.max_uses)),
             Err(mut e) => match e.take_message() {
                 Some(back) => req = back,
                 None => return Err(SendError::Request(e.into_error(), None)),
@@ -125,12 +161,12 @@ pub async fn send(
     }
     // Connecting is per connection, not per request: boxed, so the request's future does not
     // carry (and move) the connect and handshake state every time.
-    let mut sender = match Box::pin(connect(addr, limits)).await {
+    let mut sender = match Box::pin(connect(addr, opts)).await {
         Ok(s) => s,
         Err(e) => return Err(SendError::Connect(e, req)),
     };
     match sender.try_send_request(req).await {
-        Ok(resp) => Ok(wrap(addr, sender, resp)),
+        Ok(resp) => Ok(wrap(addr, sender, resp, 1, opts.max_uses)),
         Err(mut e) => {
             let back = e.take_message();
             Err(SendError::Request(e.into_error(), back))
@@ -142,12 +178,19 @@ fn wrap(
     addr: SocketAddr,
     sender: http1::SendRequest<ProxyBody>,
     resp: Response<Incoming>,
+    uses: u32,
+    max_uses: Option<u32>,
 ) -> Response<PooledBody> {
     resp.map(|body| {
         let done = body.is_end_stream();
         let mut pooled = PooledBody {
             body,
-            ret: Some((addr, sender)),
+            ret: Some(Return {
+                addr,
+                sender,
+                uses,
+                max_uses,
+            }),
         };
         if done {
             pooled.release();
@@ -161,7 +204,16 @@ fn wrap(
 #[derive(Debug)]
 pub struct PooledBody {
     body: Incoming,
-    ret: Option<(SocketAddr, http1::SendRequest<ProxyBody>)>,
+    ret: Option<Return>,
+}
+
+/// Where a connection goes back when its response body ends.
+#[derive(Debug)]
+struct Return {
+    addr: SocketAddr,
+    sender: http1::SendRequest<ProxyBody>,
+    uses: u32,
+    max_uses: Option<u32>,
 }
 
 impl PooledBody {
@@ -171,8 +223,8 @@ impl PooledBody {
     }
 
     fn release(&mut self) {
-        if let Some((addr, sender)) = self.ret.take() {
-            put_idle(addr, sender);
+        if let Some(r) = self.ret.take() {
+            put_idle(r.addr, r.sender, r.uses, r.max_uses);
         }
     }
 }

@@ -28,6 +28,71 @@ pub struct BackendTrafficPolicySpec {
     pub health_check: Option<HealthCheck>,
     #[serde(default)]
     pub retry: Option<Retry>,
+    #[serde(default)]
+    pub circuit_breaker: Option<CircuitBreaker>,
+    #[serde(default)]
+    pub timeout: Option<Timeout>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// `spec.circuitBreaker`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CircuitBreaker {
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    #[serde(default)]
+    pub max_pending_requests: Option<u32>,
+    #[serde(default)]
+    pub max_parallel_requests: Option<u32>,
+    #[serde(default)]
+    pub max_parallel_retries: Option<u32>,
+    #[serde(default)]
+    pub max_requests_per_connection: Option<u32>,
+    #[serde(default)]
+    pub per_endpoint: Option<PerEndpointBreaker>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PerEndpointBreaker {
+    #[serde(default)]
+    pub max_connections: Option<u32>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// `spec.timeout`.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Timeout {
+    #[serde(default)]
+    pub tcp: Option<TcpTimeout>,
+    #[serde(default)]
+    pub http: Option<HttpTimeout>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TcpTimeout {
+    #[serde(default)]
+    pub connect_timeout: Option<String>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpTimeout {
+    #[serde(default)]
+    pub request_timeout: Option<String>,
+    #[serde(default)]
+    pub connection_idle_timeout: Option<String>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
 }

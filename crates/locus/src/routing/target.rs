@@ -42,6 +42,11 @@ pub struct ServiceTarget {
     pub load_view: arc_swap::ArcSwapOption<LoadView>,
     /// `locus_request_errors_total`, by fault.
     pub errors: crate::metrics::ErrorCounters,
+    /// Circuit breaking: requests and retries in flight (counted only when the Service has
+    /// such a limit), and the overflow counters (when it has any).
+    pub in_flight: std::sync::atomic::AtomicU32,
+    pub retries_in_flight: std::sync::atomic::AtomicU32,
+    pub overflows: Option<crate::metrics::OverflowCounters>,
     /// Where the request path reports ejections.
     events: crate::health::HealthTx,
     metrics: Arc<Metrics>,
@@ -294,6 +299,10 @@ fn new_target(
         .map(|e| live.metrics.endpoint(&name, &ctx.identity.identity, e))
         .collect();
     let errors = crate::metrics::ErrorCounters::new(live.metrics, &name);
+    let up = &health_config.upstream;
+    let overflows =
+        (up.max_requests.is_some() || up.max_per_endpoint.is_some() || up.max_retries.is_some())
+            .then(|| crate::metrics::OverflowCounters::new(live.metrics, &name));
     let target = ServiceTarget {
         key: svc.key.clone(),
         port,
@@ -306,6 +315,9 @@ fn new_target(
         zone_balance_fallback,
         load_view: Default::default(),
         errors,
+        in_flight: Default::default(),
+        retries_in_flight: Default::default(),
+        overflows,
         events: live.events.clone(),
         metrics: live.metrics.clone(),
     };

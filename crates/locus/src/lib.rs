@@ -12,6 +12,8 @@ pub mod data_plane;
 pub mod demo;
 pub mod discovery;
 pub mod echo;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod gateway;
 pub mod health;
 pub mod identity;

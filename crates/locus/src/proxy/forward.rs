@@ -72,7 +72,7 @@ pub(super) async fn forward(
 
 /// Puts the request's path in normal form (`locus_core::path`) before anything reads it:
 /// matching, rewrites and the upstream request all see the same path.
-fn normalize_path(
+pub(super) fn normalize_path(
     uri: &mut http::Uri,
     escaped: locus_core::path::EscapedSlashes,
 ) -> Result<(), ProxyError> {

@@ -169,6 +169,44 @@ pub async fn serve(
 pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
 pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
 
+/// For the fuzz target: parses `data` as hyper's server does (httparse) and runs the head
+/// handling that comes before routing.
+#[doc(hidden)]
+pub fn inspect_head(data: &[u8]) {
+    let mut headers = [httparse::EMPTY_HEADER; 64];
+    let mut parsed = httparse::Request::new(&mut headers);
+    if !matches!(parsed.parse(data), Ok(httparse::Status::Complete(_))) {
+        return;
+    }
+    let mut b = Request::builder()
+        .method(parsed.method.unwrap_or("GET"))
+        .uri(parsed.path.unwrap_or("/"))
+        .version(if parsed.version == Some(0) {
+            http::Version::HTTP_10
+        } else {
+            http::Version::HTTP_11
+        });
+    for h in parsed.headers.iter() {
+        b = b.header(h.name, h.value);
+    }
+    let Ok(req) = b.body(()) else {
+        return;
+    };
+    let (mut parts, ()) = req.into_parts();
+    if request::check_head(&parts).is_err() {
+        return;
+    }
+    for escaped in [
+        locus_core::path::EscapedSlashes::Reject,
+        locus_core::path::EscapedSlashes::Keep,
+    ] {
+        let mut uri = parts.uri.clone();
+        let _ = forward::normalize_path(&mut uri, escaped);
+    }
+    let _ = request::request_host(&parts);
+    request::strip_hop_by_hop(&mut parts.headers);
+}
+
 /// Access log switch (`--access-log`): off by default, checked once per request.
 pub static ACCESS_LOG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 

@@ -436,3 +436,61 @@ async fn a_full_endpoint_spills_to_the_next_zone() {
         counts(&[("a", 5)])
     );
 }
+
+/// Request smuggling: a body framed two ways (Content-Length and chunked), two different
+/// lengths, a bad chunk size and an obs-folded header never let a second request slip past
+/// the gateway to the backend, and a bad chunk is the client's fault (400).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smuggling_attempts_never_reach_the_backend() {
+    let a = echo("a");
+    let (_dir, gw) = gateway(&a, &[]);
+    let addr = gw.addr(8080);
+    let c = HttpClient::default();
+    let answered = || async {
+        c.get(a.addr, "echo", "/_echo/requests")
+            .await
+            .body
+            .parse::<u64>()
+            .unwrap()
+    };
+    let smuggled = "GET /smuggled HTTP/1.1\r\nhost: svc.test\r\n\r\n";
+    for (attempt, refused) in [
+        (
+            format!("POST /a HTTP/1.1\r\nhost: svc.test\r\ncontent-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"),
+            false,
+        ),
+        (
+            format!("POST /a HTTP/1.1\r\nhost: svc.test\r\ncontent-length: 0\r\ncontent-length: 44\r\n\r\n{smuggled}"),
+            true,
+        ),
+        (
+            format!("POST /a HTTP/1.1\r\nhost: svc.test\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n{smuggled}"),
+            true,
+        ),
+        (
+            format!("GET /a HTTP/1.1\r\nhost: svc.test\r\nx-folded: 1\r\n {smuggled}"),
+            true,
+        ),
+    ] {
+        let before = answered().await;
+        let answer = raw(addr, &attempt).await;
+        let after = answered().await;
+        assert!(
+            answer.matches("HTTP/1.1 ").count() <= 1,
+            "{attempt:?} got two answers: {answer}"
+        );
+        assert!(after - before <= 1, "{attempt:?}: the backend saw {} requests", after - before);
+        if refused {
+            assert!(answer.is_empty() || answer.starts_with("HTTP/1.1 400"), "{attempt:?} → {answer}");
+            assert_eq!(after, before, "{attempt:?} reached the backend");
+        }
+    }
+    // The endpoint is still healthy and local: bad framing was never its fault.
+    assert_eq!(c.get(addr, "svc.test", "/hostname").await.who(), "a");
+    let metrics = c.get(gw.admin, "admin", "/metrics").await.body;
+    assert_eq!(
+        request_errors(&metrics, &["side=\"upstream\""]),
+        0.0,
+        "{metrics}"
+    );
+}

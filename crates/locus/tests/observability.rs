@@ -152,21 +152,31 @@ async fn debug_endpoints_shows_an_ejection_and_zone_imbalance_is_reported() {
             200
         );
     }
-    let eps = client
-        .get(gw.admin, "admin", "/debug/endpoints")
-        .await
-        .json();
+    // The ejection reaches the snapshot writer as a message; its next snapshot (published a
+    // moment later) is what /debug/endpoints shows: wait for it.
+    let dead_endpoint = |eps: &serde_json::Value| {
+        eps["services"][0]["buckets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|b| b["endpoints"].as_array().unwrap())
+            .find(|e| e["address"] == dead.addr.to_string())
+            .expect("the dead endpoint is listed")
+            .clone()
+    };
+    let mut eps = serde_json::Value::Null;
+    for _ in 0..500 {
+        eps = client
+            .get(gw.admin, "admin", "/debug/endpoints")
+            .await
+            .json();
+        if dead_endpoint(&eps)["share"] == 0.0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let svc = &eps["services"][0];
-    let all: Vec<&serde_json::Value> = svc["buckets"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .flat_map(|b| b["endpoints"].as_array().unwrap())
-        .collect();
-    let dead_ep = all
-        .iter()
-        .find(|e| e["address"] == dead.addr.to_string())
-        .expect("the dead endpoint is listed");
+    let dead_ep = &dead_endpoint(&eps);
     assert_eq!(dead_ep["ejected"], true, "{dead_ep}");
     assert_eq!(dead_ep["healthy"], false);
     assert!(dead_ep["ejected_for_ms"].as_u64().unwrap() > 0);

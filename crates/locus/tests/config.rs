@@ -212,6 +212,11 @@ fn deploy_manifests_are_valid_and_read_the_node_name() {
     assert!(text.contains("fieldPath: spec.nodeName"));
     assert!(text.contains("path: /ready"));
     assert!(text.contains("topologyKey: topology.kubernetes.io/zone"));
+    // The admin API (with /debug) stays on loopback; probes get their own address, and the
+    // grace period covers the drain (5 s delay + 30 s for requests in flight).
+    assert!(!text.contains("--admin"), "the admin API is exposed");
+    assert!(text.contains("--probe-addr, \"0.0.0.0:15021\""));
+    assert!(text.contains("terminationGracePeriodSeconds: 45"));
     // Least privilege: read-only verbs, and patch on the two status subresources only.
     let verbs: Vec<&str> = text
         .lines()

@@ -98,6 +98,10 @@ pub async fn serve(
         .http2()
         .timer(hyper_util::rt::TokioTimer::new())
         .max_concurrent_streams(limits.h2_max_streams)
+        // Pings find h2 clients that vanished without closing (an HTTP/1 connection in that
+        // state is closed by the header read timeout).
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
         .max_header_list_size(u32::try_from(limits.max_request_head).unwrap_or(u32::MAX))
         // Rapid reset and error floods: hyper's defaults, written down so they are ours.
         .max_pending_accept_reset_streams(20)

@@ -32,3 +32,4 @@ sleep 1
 DUMP=$(ls -t "$D"/cg.*.* | head -1)
 TOTAL=$(grep -h "^summary:\|^totals:" "$DUMP" | head -1 | awk '{print $2}')
 echo "$(basename "$BIN"): requests=$N instructions/request=$((TOTAL / N))"
+[[ -n ${KEEP:-} ]] && cp "$DUMP" "$KEEP"

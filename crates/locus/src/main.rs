@@ -519,6 +519,10 @@ struct LimitArgs {
     /// closed (slowloris); also how long an idle keep-alive connection stays open. 0: never.
     #[arg(long, default_value_t = 30_000)]
     header_read_timeout_ms: u64,
+    /// A client connection that starts no request for this many milliseconds is closed
+    /// (GOAWAY on h2; its open streams finish). 0: never.
+    #[arg(long, default_value_t = 300_000)]
+    idle_timeout_ms: u64,
     /// Largest request head (request line and headers) in bytes; larger gets 431.
     #[arg(long, default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(8192..))]
     max_request_head_bytes: u64,
@@ -562,6 +566,7 @@ impl LimitArgs {
         let ms = |v: u64| (v > 0).then(|| std::time::Duration::from_millis(v));
         locus::proxy::Limits {
             header_read_timeout: ms(self.header_read_timeout_ms),
+            idle_timeout: ms(self.idle_timeout_ms),
             max_request_head: self.max_request_head_bytes as usize,
             max_headers: self.max_request_headers as usize,
             max_uri: self.max_uri_bytes as usize,

@@ -593,3 +593,31 @@ async fn out_of_file_descriptors_neither_spins_nor_dies() {
     let _ = child.wait();
     assert!(served, "served again once descriptors were free");
 }
+
+/// An h2 connection that starts no request for `--idle-timeout-ms` gets GOAWAY and is closed
+/// (HTTP/1 ones are closed sooner by the header read timeout).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_h2_connections_are_closed() {
+    let a = echo("a");
+    let (_dir, gw) = gateway(&a, &["--idle-timeout-ms", "300"]);
+    let io =
+        hyper_util::rt::TokioIo::new(tokio::net::TcpStream::connect(gw.addr(8080)).await.unwrap());
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get("http://svc.test/hostname")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    drop(resp);
+    let started = std::time::Instant::now();
+    tokio::time::timeout(Duration::from_secs(10), conn)
+        .await
+        .expect("the gateway closes the idle h2 connection")
+        .unwrap()
+        .ok();
+    assert!(started.elapsed() >= Duration::from_millis(200));
+}

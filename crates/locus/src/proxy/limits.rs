@@ -11,6 +11,10 @@ pub struct Limits {
     /// (slowloris). The clock starts when the connection is ready for a request, so it is also
     /// the idle keep-alive timeout. `None`: no limit.
     pub header_read_timeout: Option<Duration>,
+    /// A connection that starts no request for this long is closed (gracefully: GOAWAY on h2,
+    /// open streams finish). What bounds idle h2 connections; HTTP/1 ones are closed sooner by
+    /// the header read timeout. `None`: never.
+    pub idle_timeout: Option<Duration>,
     /// Largest request head (request line and headers) read; larger gets 431 (Envoy's default
     /// is 60 KiB, nginx's 8 KiB per buffer, HAProxy's 16 KiB). Also HTTP/2's header list size.
     pub max_request_head: usize,
@@ -44,6 +48,7 @@ impl Default for Limits {
     fn default() -> Self {
         Limits {
             header_read_timeout: Some(Duration::from_secs(30)),
+            idle_timeout: Some(Duration::from_secs(300)),
             max_request_head: 64 * 1024,
             max_headers: 100,
             max_uri: 16 * 1024,

@@ -75,6 +75,26 @@ struct ConnInfo {
     peer: SocketAddr,
     /// The peer's IP as a header value, for `x-forwarded-for`.
     peer_ip: http::HeaderValue,
+    /// When the last request on this connection started (`health::now_ms`), for the idle
+    /// timeout.
+    last_request_ms: std::sync::atomic::AtomicU64,
+}
+
+/// Resolves when `info`'s connection has started no request for `idle`. One timer per
+/// connection, re-armed from the last request's start; requests only store a timestamp.
+async fn idle_for(info: &ConnInfo, idle: Duration) {
+    let idle_ms = idle.as_millis() as u64;
+    loop {
+        let last = info
+            .last_request_ms
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let now = crate::health::now_ms();
+        let quiet = now.saturating_sub(last);
+        if quiet >= idle_ms {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(idle_ms - quiet)).await;
+    }
 }
 
 /// Accepts connections on `listener` until the task is aborted. Connections already accepted
@@ -142,7 +162,9 @@ pub async fn serve(
             port,
             peer,
             peer_ip,
+            last_request_ms: crate::health::now_ms().into(),
         });
+        let conn_info = info.clone();
         let builder = builder.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: Request<Incoming>| {
@@ -152,11 +174,23 @@ pub async fn serve(
             });
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
             tokio::pin!(conn);
+            let idle = async {
+                match limits.idle_timeout {
+                    Some(t) => idle_for(&conn_info, t).await,
+                    None => std::future::pending().await,
+                }
+            };
             let ended = tokio::select! {
                 ended = conn.as_mut() => ended,
+                // Draining, or no request for the idle timeout (an HTTP/1 connection is closed
+                // sooner by the header read timeout; this one is for h2): the request in
+                // flight is answered with `Connection: close` (HTTP/1), the client gets GOAWAY
+                // and its open streams finish (h2); an idle connection closes now.
                 Ok(()) = finish => {
-                    // Draining: the request in flight is answered with `Connection: close`
-                    // (HTTP/1) or the client gets GOAWAY (h2); an idle connection closes now.
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+                () = idle => {
                     conn.as_mut().graceful_shutdown();
                     conn.await
                 }
@@ -215,6 +249,12 @@ pub fn inspect_head(data: &[u8]) {
 pub static ACCESS_LOG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
 async fn handle(shared: &Shared, info: &ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
+    if shared.limits.idle_timeout.is_some() {
+        info.last_request_ms.store(
+            crate::health::now_ms(),
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
     let access = ACCESS_LOG
         .load(std::sync::atomic::Ordering::Relaxed)
         .then(|| {

@@ -154,6 +154,14 @@ async fn long_targets_and_stalled_bodies_are_refused() {
         .await;
     assert_eq!(r.status, 414);
     assert_eq!(r.headers["x-locus-error"], "uri-too-long");
+    // More than 100 header fields: 431.
+    let many: String = (0..101).map(|i| format!("x-h{i}: v\r\n")).collect();
+    let answer = raw(
+        addr,
+        &format!("GET /hostname HTTP/1.1\r\nhost: svc.test\r\n{many}connection: close\r\n\r\n"),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
 
     for head in [
         // Small with a length: buffered for a retry.

@@ -17,11 +17,12 @@ BIN=${1:-$ROOT/target/release/locus}
 command -v valgrind >/dev/null || apt-get install -y -qq valgrind >/dev/null
 source "$PEERS/lib.sh"
 D=$(mktemp -d)
+VP=
 trap 'kill $VP 2>/dev/null; stop_all >/dev/null 2>&1; rm -rf "$D"' EXIT
 start_backends >/dev/null 2>&1
 "$HERE/locus-manifests.sh" > "$D/m.yaml"
 valgrind --tool=callgrind --callgrind-out-file="$D/cg.%p" "$BIN" serve -f "$D/m.yaml" --workers 1 \
-  --bind 127.0.0.1 --admin off --locality region-a/zone-a >/dev/null 2>&1 &
+  --bind 127.0.0.1 --admin off --locality region-a/zone-a ${LOCUS_ARGS:-} >/dev/null 2>&1 &
 VP=$!
 for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:10003/ && break; sleep 0.2; done
 wrk -t1 -c16 -d3s http://127.0.0.1:10003/ >/dev/null 2>&1

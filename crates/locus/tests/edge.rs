@@ -629,3 +629,35 @@ async fn idle_h2_connections_are_closed() {
         .ok();
     assert!(started.elapsed() >= Duration::from_millis(200));
 }
+
+/// An endpoint whose response head passes `--max-response-head-bytes` gets the client a 502
+/// (the endpoint's fault), never an unbounded buffer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_response_head_is_the_endpoints_fault() {
+    let backend = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = backend.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = backend.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\nx-big: {}\r\ncontent-length: 2\r\n\r\nok",
+                    "x".repeat(100 * 1024)
+                );
+                let _ = s.write_all(head.as_bytes()).await;
+            });
+        }
+    });
+    let dir = tempdir();
+    write(dir.path(), "all.yaml", &manifests(port));
+    let gw = Gw::start(dir.path(), &[]);
+    let r = HttpClient::default()
+        .get(gw.addr(8080), "svc.test", "/")
+        .await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(r.headers["x-locus-error"], "upstream-reset");
+}

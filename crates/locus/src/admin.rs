@@ -301,8 +301,30 @@ fn config(gateway: &Gateway) -> Value {
             "node": table.identity.identity.node,
         },
         "listeners": listeners,
+        "limits": limits(&gateway.limits()),
         "services": table.services.values().map(|t| t.name.to_string()).collect::<Vec<_>>(),
         "warnings": table.warnings,
+    })
+}
+
+/// The client and upstream bounds in force (`docs/edge.md`), milliseconds and bytes; `null`
+/// is no limit.
+fn limits(l: &crate::proxy::Limits) -> Value {
+    let ms = |d: Option<std::time::Duration>| d.map(|d| d.as_millis() as u64);
+    json!({
+        "header_read_timeout_ms": ms(l.header_read_timeout),
+        "idle_timeout_ms": ms(l.idle_timeout),
+        "max_request_head_bytes": l.max_request_head,
+        "max_request_headers": l.max_headers,
+        "max_uri_bytes": l.max_uri,
+        "body_idle_timeout_ms": ms(l.body_idle_timeout),
+        "max_connections": l.max_connections,
+        "h2_max_streams": l.h2_max_streams,
+        "connect_timeout_ms": ms(Some(l.connect_timeout)),
+        "request_timeout_ms": ms(l.request_timeout),
+        "max_response_head_bytes": l.max_response_head,
+        "normalize_paths": l.normalize_paths,
+        "escaped_slashes": format!("{:?}", l.escaped_slashes).to_lowercase(),
     })
 }
 

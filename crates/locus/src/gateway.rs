@@ -152,6 +152,11 @@ impl Gateway {
         &self.shared.metrics
     }
 
+    /// The client and upstream bounds in force.
+    pub fn limits(&self) -> proxy::Limits {
+        self.shared.limits
+    }
+
     /// Whether shutdown has begun (`/ready` answers 503).
     pub fn shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::Acquire)

@@ -135,6 +135,10 @@ async fn connections_beyond_the_cap_are_refused_cleanly() {
         metrics.contains("locus_connections_refused_total{port=\"8080\"} "),
         "{metrics}"
     );
+    // The bounds in force are shown, flags and defaults alike.
+    let config = c.get(gw.admin, "admin", "/debug/config").await.json();
+    assert_eq!(config["limits"]["max_connections"], 3);
+    assert_eq!(config["limits"]["request_timeout_ms"], 15_000);
 }
 
 /// A request target past `--max-uri-bytes` gets 414; an upload that stalls past

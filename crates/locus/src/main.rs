@@ -159,6 +159,11 @@ enum Command {
         /// Log one line per request (Common Log Format, target `locus::access`).
         #[arg(long)]
         access_log: bool,
+        /// Give requests that come without one an `x-request-id` (a random UUID), forwarded
+        /// upstream, logged and on error responses (`on`, `off`); one sent by the client is
+        /// kept either way.
+        #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+        request_id: String,
         /// Error responses name upstream addresses, Services and nodes (for development; at
         /// the edge clients get what went wrong, the log gets the rest).
         #[arg(long)]
@@ -380,6 +385,7 @@ fn main() -> ExitCode {
             imbalance_warn_factor,
             load_spill_interval_ms,
             access_log,
+            request_id,
             verbose_errors,
             limits,
             metrics,
@@ -387,6 +393,8 @@ fn main() -> ExitCode {
             locus::metrics::REQUEST_METRICS
                 .store(metrics == "on", std::sync::atomic::Ordering::Relaxed);
             locus::proxy::ACCESS_LOG.store(access_log, std::sync::atomic::Ordering::Relaxed);
+            locus::proxy::REQUEST_IDS
+                .store(request_id == "on", std::sync::atomic::Ordering::Relaxed);
             locus::proxy::VERBOSE_ERRORS
                 .store(verbose_errors, std::sync::atomic::Ordering::Relaxed);
             init_logging(cli.log_format, "info");

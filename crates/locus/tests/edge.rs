@@ -665,3 +665,58 @@ async fn an_oversized_response_head_is_the_endpoints_fault() {
     assert_eq!(r.status, 502, "{}", r.body);
     assert_eq!(r.headers["x-locus-error"], "upstream-reset");
 }
+
+/// `x-request-id`: made when the client sent none (a random UUID, a new one per request), kept
+/// when it did, forwarded upstream, and on the gateway's own error responses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_carry_an_id() {
+    let a = echo("a");
+    let (_dir, gw) = gateway(&a, &[]);
+    let addr = gw.addr(8080);
+    let c = HttpClient::default();
+    let seen = |r: Resp| {
+        r.json()["headers"]["x-request-id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let first = seen(c.get(addr, "svc.test", "/echo").await);
+    let second = seen(c.get(addr, "svc.test", "/echo").await);
+    assert_ne!(first, second);
+    for id in [&first, &second] {
+        let b = id.as_bytes();
+        assert_eq!(b.len(), 36, "{id}");
+        assert!([8, 13, 18, 23].iter().all(|&i| b[i] == b'-'), "{id}");
+        assert_eq!(b[14], b'4', "{id}");
+        assert!(
+            id.bytes().all(|c| c == b'-' || c.is_ascii_hexdigit()),
+            "{id}"
+        );
+    }
+    let kept = c
+        .request(
+            "GET",
+            addr,
+            "svc.test",
+            "/echo",
+            &[("x-request-id", "client-42")],
+            bytes::Bytes::new(),
+        )
+        .await;
+    assert_eq!(seen(kept), "client-42");
+    // The gateway's own errors carry the id too: the client's, or one made for it.
+    let refused = c
+        .request(
+            "GET",
+            addr,
+            "svc.test",
+            "/..%2f",
+            &[("x-request-id", "client-43")],
+            bytes::Bytes::new(),
+        )
+        .await;
+    assert_eq!(refused.status, 400);
+    assert_eq!(refused.headers["x-request-id"], "client-43");
+    let refused = c.get(addr, "svc.test", "/..%2f").await;
+    assert_eq!(refused.headers["x-request-id"].len(), 36);
+}

@@ -245,16 +245,34 @@ pub fn inspect_head(data: &[u8]) {
     request::strip_hop_by_hop(&mut parts.headers);
 }
 
+/// `--request-id on|off`: make an `x-request-id` for requests that come without one (on by
+/// default; about 1,000 instructions per request, `docs/performance.md`).
+pub static REQUEST_IDS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
 /// Access log switch (`--access-log`): off by default, checked once per request.
 pub static ACCESS_LOG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
-async fn handle(shared: &Shared, info: &ConnInfo, req: Request<Incoming>) -> Response<ProxyBody> {
+async fn handle(
+    shared: &Shared,
+    info: &ConnInfo,
+    mut req: Request<Incoming>,
+) -> Response<ProxyBody> {
     if shared.limits.idle_timeout.is_some() {
         info.last_request_ms.store(
             crate::health::now_ms(),
             std::sync::atomic::Ordering::Relaxed,
         );
     }
+    let id = match req.headers().get(&request::X_REQUEST_ID) {
+        Some(id) => Some(id.clone()),
+        None if REQUEST_IDS.load(std::sync::atomic::Ordering::Relaxed) => {
+            let id = request::new_request_id();
+            req.headers_mut()
+                .insert(request::X_REQUEST_ID.clone(), id.clone());
+            Some(id)
+        }
+        None => None,
+    };
     let access = ACCESS_LOG
         .load(std::sync::atomic::Ordering::Relaxed)
         .then(|| {
@@ -272,22 +290,28 @@ async fn handle(shared: &Shared, info: &ConnInfo, req: Request<Incoming>) -> Res
             tracing::debug!(error = %e, "request failed in the gateway");
             if access.is_some() {
                 // The whole story for the operator; the client's body says less.
-                tracing::info!(target: "locus::access", peer = %info.peer, error = %e, "gateway error");
+                tracing::info!(target: "locus::access", peer = %info.peer, request_id = ?id, error = %e, "gateway error");
             }
-            e.into_response()
+            let mut resp = e.into_response();
+            if let Some(id) = &id {
+                resp.headers_mut()
+                    .insert(request::X_REQUEST_ID.clone(), id.clone());
+            }
+            resp
         }
     };
     if let Some((start, method, uri, version, host)) = access {
-        // Common Log Format plus the host and the time to response headers.
+        // Common Log Format plus the host, the request id and the time to response headers.
         tracing::info!(
             target: "locus::access",
-            "{} - - \"{} {} {:?}\" {} - host={} duration_ms={:.3}",
+            "{} - - \"{} {} {:?}\" {} - host={} request_id={} duration_ms={:.3}",
             info.peer.ip(),
             method,
             uri,
             version,
             resp.status().as_u16(),
             host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("-"),
+            id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
             start.elapsed().as_secs_f64() * 1000.0
         );
     }

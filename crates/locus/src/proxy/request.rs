@@ -40,6 +40,52 @@ pub(super) fn request_host(parts: &http::request::Parts) -> std::borrow::Cow<'_,
     }
 }
 
+/// `x-request-id`: kept when the client sent one, else made here, forwarded upstream, written
+/// in the access log and on the gateway's own error responses.
+pub(super) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A new request id, shaped as a random (version 4) UUID. Random enough to tell requests apart,
+/// not to be a secret: a per-thread splitmix64 sequence seeded from std's per-process random
+/// hash keys, so making one costs a few multiplications and one small allocation.
+pub(super) fn new_request_id() -> HeaderValue {
+    use std::cell::Cell;
+    use std::hash::{BuildHasher, Hasher};
+    thread_local! {
+        static STATE: Cell<u64> = Cell::new({
+            let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+            h.write_u64(now_ms());
+            h.finish()
+        });
+    }
+    let next = || {
+        STATE.with(|s| {
+            let z = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+            s.set(z);
+            let z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            let z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            z ^ (z >> 31)
+        })
+    };
+    let (hi, lo) = (next(), next());
+    // Version 4, variant 10xx.
+    let hi = (hi & !0xf000) | 0x4000;
+    let lo = (lo & !(0b11 << 62)) | (0b10 << 62);
+    let bytes: [u8; 16] = ((u128::from(hi) << 64) | u128::from(lo)).to_be_bytes();
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 36];
+    let mut j = 0;
+    for (i, b) in bytes.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out[j] = b'-';
+            j += 1;
+        }
+        out[j] = HEX[usize::from(b >> 4)];
+        out[j + 1] = HEX[usize::from(b & 0xf)];
+        j += 2;
+    }
+    HeaderValue::from_bytes(&out).expect("hex and dashes are a valid header value")
+}
+
 /// Refuses what a gateway must not pass on (RFC 9110, RFC 9112): `CONNECT` (no route asks for
 /// tunnels; 405), transfer codings other than `chunked` (501: the gateway would silently drop
 /// them), and a missing (HTTP/1.1), repeated or malformed `Host` (400; two hosts could be

@@ -47,36 +47,21 @@ pub async fn serve_paths(listener: TcpListener, gateway: Arc<Gateway>, exposure:
         .http1()
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(std::time::Duration::from_secs(10));
-    let open = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let mut backoff = crate::proxy::ACCEPT_BACKOFF_MIN;
+    let open = Arc::new(crate::proxy::PortConnections::default());
     loop {
-        let stream = match listener.accept().await {
-            Ok((stream, _)) => {
-                backoff = crate::proxy::ACCEPT_BACKOFF_MIN;
-                stream
-            }
-            Err(e) => {
-                // Out of file descriptors: back off instead of spinning on the failing accept.
-                tracing::warn!(error = %e, "admin accept failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(crate::proxy::ACCEPT_BACKOFF_MAX);
-                continue;
-            }
-        };
-        if open.fetch_add(1, std::sync::atomic::Ordering::AcqRel) >= MAX_ADMIN_CONNECTIONS {
-            open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+        let (stream, _) = crate::proxy::accept(&listener, "admin").await;
+        let Some(held) = open.hold(MAX_ADMIN_CONNECTIONS) else {
             continue;
-        }
+        };
         let gateway = gateway.clone();
         let builder = builder.clone();
-        let open = open.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let gateway = gateway.clone();
                 async move { Ok::<_, Infallible>(respond(&gateway, req, exposure)) }
             });
             let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
-            open.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+            drop(held);
         });
     }
 }

@@ -184,9 +184,6 @@ async fn wait_for_state(
 
 /// Runs the walkthrough; with `serve`, keeps everything running afterwards.
 pub async fn run(serve: bool) -> anyhow::Result<()> {
-    // A demo on loopback: error bodies tell the whole story (at the edge they never name
-    // nodes, Services or addresses).
-    crate::proxy::VERBOSE_ERRORS.store(true, std::sync::atomic::Ordering::Relaxed);
     let dir = tempfile::Builder::new().prefix("locus-demo-").tempdir()?;
     let dir_path: PathBuf = dir.path().to_owned();
 
@@ -211,6 +208,12 @@ pub async fn run(serve: bool) -> anyhow::Result<()> {
         },
         bind: [127, 0, 0, 1].into(),
         ephemeral_ports: true,
+        // A demo on loopback: error bodies tell the whole story (at the edge they never name
+        // nodes, Services or addresses).
+        answers: crate::proxy::Answers {
+            verbose_errors: true,
+            ..Default::default()
+        },
         ..GatewayOptions::default()
     });
     let mut events = gw.subscribe();

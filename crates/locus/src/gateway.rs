@@ -52,6 +52,8 @@ pub struct GatewayOptions {
     pub data_plane: Option<Vec<tokio::runtime::Handle>>,
     /// What clients and endpoints may hold: timeouts, sizes, connections.
     pub limits: proxy::Limits,
+    /// How requests are answered: request ids, error bodies.
+    pub answers: proxy::Answers,
 }
 
 impl Default for GatewayOptions {
@@ -68,6 +70,7 @@ impl Default for GatewayOptions {
             load_spill_interval: crate::writer::DEFAULT_LOAD_INTERVAL,
             data_plane: None,
             limits: proxy::Limits::default(),
+            answers: proxy::Answers::default(),
         }
     }
 }
@@ -106,7 +109,7 @@ impl Gateway {
         let table = Arc::new(ArcSwap::from_pointee(RouteTable::default()));
         let writer =
             WriterHandle::spawn(table.clone(), metrics.clone(), options.load_spill_interval);
-        let shared = Arc::new(Shared::new(table, metrics, options.limits));
+        let shared = Arc::new(Shared::new(table, metrics, options.limits, options.answers));
         Arc::new(Gateway {
             shared,
             prober: Prober::new(writer.events()),

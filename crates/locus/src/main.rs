@@ -393,10 +393,6 @@ fn main() -> ExitCode {
             locus::metrics::REQUEST_METRICS
                 .store(metrics == "on", std::sync::atomic::Ordering::Relaxed);
             locus::proxy::ACCESS_LOG.store(access_log, std::sync::atomic::Ordering::Relaxed);
-            locus::proxy::REQUEST_IDS
-                .store(request_id == "on", std::sync::atomic::Ordering::Relaxed);
-            locus::proxy::VERBOSE_ERRORS
-                .store(verbose_errors, std::sync::atomic::Ordering::Relaxed);
             init_logging(cli.log_format, "info");
             let workers = workers.unwrap_or_else(|| {
                 std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
@@ -417,6 +413,10 @@ fn main() -> ExitCode {
                 let gw = Gateway::new(GatewayOptions {
                     data_plane: Some(workers_handles),
                     limits: limits.limits(),
+                    answers: locus::proxy::Answers {
+                        request_ids: request_id == "on",
+                        verbose_errors,
+                    },
                     identity: identity.config(),
                     selector: match (gateway, kubernetes) {
                         (Some(g), _) => GatewaySelector::One(g),

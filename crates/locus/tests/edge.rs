@@ -8,18 +8,13 @@ use std::time::Duration;
 use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn manifests(port: u16) -> String {
-    format!(
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: apps}}\nspec:\n  gatewayClassName: locus\n  listeners: [{{name: http, protocol: HTTP, port: 8080}}]\n---\n\
-apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: apps}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules: [{{backendRefs: [{{name: svc, port: 80}}]}}]\n---\n\
-apiVersion: v1\nkind: Service\nmetadata: {{name: svc, namespace: apps}}\nspec:\n  selector: {{app: svc}}\n  ports: [{{name: http, port: 80}}]\n---\n\
-apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: we, namespace: apps, labels: {{app: svc}}}}\nspec: {{address: 127.0.0.1, ports: {{http: {port}}}}}\n"
-    )
-}
-
 fn gateway(backend: &Echo, extra: &[&str]) -> (tempfile::TempDir, Gw) {
     let dir = tempdir();
-    write(dir.path(), "all.yaml", &manifests(backend.addr.port()));
+    write(
+        dir.path(),
+        "all.yaml",
+        &one_backend(backend.addr.port(), ""),
+    );
     let gw = Gw::start(dir.path(), extra);
     (dir, gw)
 }
@@ -121,15 +116,10 @@ async fn connections_beyond_the_cap_are_refused_cleanly() {
     assert!(b[..n].starts_with(b"HTTP/1.1 200"));
     drop(held.pop());
     let c = HttpClient::default();
-    let mut served = false;
-    for _ in 0..200 {
-        if let Some(r) = c.try_get(addr, "svc.test", "/hostname").await {
-            served = r.status == 200;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(served, "room after a connection closed");
+    assert!(
+        served_again(&c, addr).await,
+        "room after a connection closed"
+    );
     let metrics = c.get(gw.admin, "admin", "/metrics").await.body;
     assert!(
         metrics.contains("locus_connections_refused_total{port=\"8080\"} "),
@@ -201,7 +191,7 @@ async fn long_targets_and_stalled_bodies_are_refused() {
 async fn paths_are_normalized_before_matching() {
     let a = echo("a");
     let dir = tempdir();
-    let m = manifests(a.addr.port()).replace(
+    let m = one_backend(a.addr.port(), "").replace(
         "rules: [{backendRefs:",
         "rules: [{matches: [{path: {type: PathPrefix, value: /api}}], backendRefs:",
     );
@@ -534,7 +524,7 @@ async fn idle_keep_alive_connections_are_closed() {
 async fn out_of_file_descriptors_neither_spins_nor_dies() {
     let a = echo("a");
     let dir = tempdir();
-    write(dir.path(), "all.yaml", &manifests(a.addr.port()));
+    write(dir.path(), "all.yaml", &one_backend(a.addr.port(), ""));
     // A low descriptor limit for the gateway alone, through the shell's ulimit.
     let bin = env!("CARGO_BIN_EXE_locus");
     let mut child = std::process::Command::new("sh")
@@ -593,14 +583,7 @@ async fn out_of_file_descriptors_neither_spins_nor_dies() {
     );
     drop(held);
     let c = HttpClient::default();
-    let mut served = false;
-    for _ in 0..300 {
-        if let Some(r) = c.try_get(addr, "svc.test", "/hostname").await {
-            served = r.status == 200;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let served = served_again(&c, addr).await;
     let _ = child.kill();
     let _ = child.wait();
     assert!(served, "served again once descriptors were free");
@@ -657,7 +640,7 @@ async fn an_oversized_response_head_is_the_endpoints_fault() {
         }
     });
     let dir = tempdir();
-    write(dir.path(), "all.yaml", &manifests(port));
+    write(dir.path(), "all.yaml", &one_backend(port, ""));
     let gw = Gw::start(dir.path(), &[]);
     let r = HttpClient::default()
         .get(gw.addr(8080), "svc.test", "/")

@@ -6,20 +6,11 @@ mod common;
 use bytes::Bytes;
 use common::*;
 
-fn manifests(port: u16, extra_service_spec: &str) -> String {
-    format!(
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: apps}}\nspec:\n  gatewayClassName: locus\n  listeners: [{{name: http, protocol: HTTP, port: 8080}}]\n---\n\
-apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: apps}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules: [{{backendRefs: [{{name: svc, port: 80}}]}}]\n---\n\
-apiVersion: v1\nkind: Service\nmetadata: {{name: svc, namespace: apps}}\nspec:\n  selector: {{app: svc}}\n  ports: [{{name: http, port: 80}}]\n{extra_service_spec}---\n\
-apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: we, namespace: apps, labels: {{app: svc}}}}\nspec: {{address: 127.0.0.1, ports: {{http: {port}}}}}\n"
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwards_headers_and_streams_bodies_over_http1_and_h2c() {
     let e = echo("echo");
     let dir = tempdir();
-    write(dir.path(), "all.yaml", &manifests(e.addr.port(), ""));
+    write(dir.path(), "all.yaml", &one_backend(e.addr.port(), ""));
     let gw = Gw::start(dir.path(), &[]);
     let addr = gw.addr(8080);
 
@@ -67,7 +58,7 @@ async fn upstream_connect_failure_is_a_clear_502() {
     // A port nothing listens on: bind, note the port, close.
     let port = dead_addr().port();
     let dir = tempdir();
-    write(dir.path(), "all.yaml", &manifests(port, ""));
+    write(dir.path(), "all.yaml", &one_backend(port, ""));
     let gw = Gw::start(dir.path(), &["--verbose-errors"]);
     let r = HttpClient::default()
         .get(gw.addr(8080), "svc.test", "/")
@@ -88,7 +79,7 @@ async fn keep_alive_connections_survive_reloads() {
     let a = echo("a");
     let b = echo("b");
     let dir = tempdir();
-    write(dir.path(), "all.yaml", &manifests(a.addr.port(), ""));
+    write(dir.path(), "all.yaml", &one_backend(a.addr.port(), ""));
     let mut gw = Gw::start(dir.path(), &[]);
     let addr = gw.addr(8080);
     // One raw keep-alive connection used before and after the reload.
@@ -121,7 +112,7 @@ async fn keep_alive_connections_survive_reloads() {
         }
     };
     assert_eq!(ask(&mut conn).await, "a");
-    gw.apply("all.yaml", &manifests(b.addr.port(), ""));
+    gw.apply("all.yaml", &one_backend(b.addr.port(), ""));
     assert_eq!(ask(&mut conn).await, "b");
 }
 
@@ -131,7 +122,7 @@ fn silent_backend_with_300ms_timeout() -> (std::net::TcpListener, tempfile::Temp
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
     let dir = tempdir();
-    let m = manifests(port, "").replace(
+    let m = one_backend(port, "").replace(
         "rules: [{backendRefs: [{name: svc, port: 80}]}]",
         "rules: [{timeouts: {request: 300ms}, backendRefs: [{name: svc, port: 80}]}]",
     );
@@ -212,7 +203,7 @@ async fn client_heads_are_bounded_in_size_and_time() {
     use tokio::io::AsyncWriteExt;
     let a = echo("a");
     let dir = tempdir();
-    write(dir.path(), "all.yaml", &manifests(a.addr.port(), ""));
+    write(dir.path(), "all.yaml", &one_backend(a.addr.port(), ""));
     let gw = Gw::start(dir.path(), &["--header-read-timeout-ms", "300"]);
 
     let mut s = tokio::net::TcpStream::connect(gw.addr(8080)).await.unwrap();
@@ -264,7 +255,7 @@ async fn a_stuck_endpoint_times_out_by_default_and_by_route() {
         ),
         rule("/never", "timeouts: {request: 0s}, "),
     ];
-    let m = manifests(silent.local_addr().unwrap().port(), "").replace(
+    let m = one_backend(silent.local_addr().unwrap().port(), "").replace(
         "rules: [{backendRefs: [{name: svc, port: 80}]}]",
         &format!("rules: [{}]", rules.join(", ")),
     );

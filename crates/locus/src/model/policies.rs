@@ -108,7 +108,7 @@ pub struct UpstreamPolicy {
 
 impl UpstreamPolicy {
     fn cap_requests(&mut self, v: u32) {
-        self.max_requests = Some(self.max_requests.map_or(v, |m| m.min(v)));
+        lower(&mut self.max_requests, v);
     }
 
     /// One line for `locus check`, `None` when nothing is set.
@@ -781,6 +781,24 @@ fn retry_from_envoy_gateway(
     })
 }
 
+/// Sets `slot` to `v` unless it holds a lower limit already (two policies: the stricter wins).
+fn lower(slot: &mut Option<u32>, v: u32) {
+    *slot = Some(slot.map_or(v, |m| m.min(v)));
+}
+
+/// An optional duration field; zero means none, as in Istio and Envoy Gateway.
+fn optional_duration(
+    ctx: &DocCtx<'_>,
+    field: &str,
+    value: &Option<String>,
+) -> Result<Option<Duration>, ConfigError> {
+    Ok(value
+        .as_ref()
+        .map(|s| duration(ctx, field, Some(s), Duration::ZERO))
+        .transpose()?
+        .filter(|d| !d.is_zero()))
+}
+
 const NO_QUEUE: &str = "Locus does not queue requests waiting for a connection: past the request cap they get 503 overflow at once";
 
 fn upstream_from_istio(
@@ -796,15 +814,12 @@ fn upstream_from_istio(
         if let Some(v) = tcp.max_connections {
             up.cap_requests(v);
         }
-        if let Some(s) = &tcp.connect_timeout {
-            up.connect_timeout = Some(duration(
-                ctx,
-                &format!("{field}.tcp.connectTimeout"),
-                Some(s),
-                Duration::ZERO,
-            )?)
-            .filter(|d| !d.is_zero());
-        }
+        up.connect_timeout = optional_duration(
+            ctx,
+            &format!("{field}.tcp.connectTimeout"),
+            &tcp.connect_timeout,
+        )?
+        .or(up.connect_timeout);
     }
     if let Some(http) = &pool.http {
         warn_extra(ctx, &format!("{field}.http."), &http.extra, warnings);
@@ -817,21 +832,20 @@ fn upstream_from_istio(
                 ctx.place()
             ));
         }
-        up.max_retries = http.max_retries.or(up.max_retries);
+        if let Some(v) = http.max_retries {
+            lower(&mut up.max_retries, v);
+        }
         // 0 means no limit in Istio.
         up.max_requests_per_connection = http
             .max_requests_per_connection
             .filter(|v| *v > 0)
             .or(up.max_requests_per_connection);
-        if let Some(s) = &http.idle_timeout {
-            up.idle_timeout = Some(duration(
-                ctx,
-                &format!("{field}.http.idleTimeout"),
-                Some(s),
-                Duration::ZERO,
-            )?)
-            .filter(|d| !d.is_zero());
-        }
+        up.idle_timeout = optional_duration(
+            ctx,
+            &format!("{field}.http.idleTimeout"),
+            &http.idle_timeout,
+        )?
+        .or(up.idle_timeout);
     }
     Ok(())
 }
@@ -857,7 +871,7 @@ fn upstream_from_envoy_gateway(
             ));
         }
         if let Some(v) = cb.max_parallel_retries {
-            up.max_retries = Some(up.max_retries.map_or(v, |m| m.min(v)));
+            lower(&mut up.max_retries, v);
         }
         if let Some(v) = cb.max_requests_per_connection.filter(|v| *v > 0) {
             up.max_requests_per_connection = Some(v);
@@ -869,12 +883,7 @@ fn upstream_from_envoy_gateway(
     }
     if let Some(t) = &spec.timeout {
         warn_extra(ctx, "spec.timeout.", &t.extra, warnings);
-        let dur = |field: &str, v: &Option<String>| -> Result<Option<Duration>, ConfigError> {
-            v.as_ref()
-                .map(|s| duration(ctx, field, Some(s), Duration::ZERO))
-                .transpose()
-                .map(|d| d.filter(|d| !d.is_zero()))
-        };
+        let dur = |field: &str, v: &Option<String>| optional_duration(ctx, field, v);
         if let Some(tcp) = &t.tcp {
             warn_extra(ctx, "spec.timeout.tcp.", &tcp.extra, warnings);
             up.connect_timeout = dur("spec.timeout.tcp.connectTimeout", &tcp.connect_timeout)?

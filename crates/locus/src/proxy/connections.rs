@@ -29,12 +29,33 @@ pub struct PortConnections {
     open: AtomicUsize,
 }
 
+impl PortConnections {
+    /// Counts one more connection unless `max` are open; the count ends when the guard drops.
+    pub fn hold(self: &Arc<Self>, max: usize) -> Option<PortHold> {
+        if self.open.fetch_add(1, Ordering::AcqRel) >= max {
+            self.open.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(PortHold(self.clone()))
+    }
+}
+
+/// One connection counted on its port.
+#[derive(Debug)]
+pub struct PortHold(Arc<PortConnections>);
+
+impl Drop for PortHold {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// A connection counted open; dropping it ends the count.
 #[derive(Debug)]
 pub struct Ticket {
     id: u64,
     all: Arc<Connections>,
-    port: Arc<PortConnections>,
+    _port: PortHold,
 }
 
 impl Connections {
@@ -45,15 +66,12 @@ impl Connections {
         port: &Arc<PortConnections>,
         max: usize,
     ) -> Option<(Ticket, oneshot::Receiver<()>)> {
-        if port.open.fetch_add(1, Ordering::AcqRel) >= max {
-            port.open.fetch_sub(1, Ordering::AcqRel);
-            return None;
-        }
+        let held = port.hold(max)?;
         self.open.fetch_add(1, Ordering::AcqRel);
         let ticket = Ticket {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             all: self.clone(),
-            port: port.clone(),
+            _port: held,
         };
         let (tx, rx) = oneshot::channel();
         // Checked under the lock, so no connection admitted while `drain` runs is missed.
@@ -100,7 +118,6 @@ impl Connections {
 
 impl Drop for Ticket {
     fn drop(&mut self) {
-        self.port.open.fetch_sub(1, Ordering::AcqRel);
         self.all
             .finish
             .lock()

@@ -10,10 +10,6 @@ use locus_core::health::Fault;
 
 use super::body::ProxyBody;
 
-/// `--verbose-errors`: error bodies carry the whole story (addresses, Services, nodes).
-pub static VERBOSE_ERRORS: std::sync::atomic::AtomicBool =
-    std::sync::atomic::AtomicBool::new(false);
-
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("bad request: {0}")]
@@ -119,7 +115,7 @@ impl ProxyError {
 
     /// What the client is told: what went wrong, never an upstream address, a namespace, a
     /// Service or a node name (those go to the log, the access log and `/debug`, or to the
-    /// client with `--verbose-errors`, for development).
+    /// client with `verbose`: `--verbose-errors`, for development).
     fn public_message(&self) -> String {
         match self {
             ProxyError::BadRequest(_)
@@ -143,8 +139,8 @@ impl ProxyError {
         }
     }
 
-    pub fn into_response(self) -> Response<ProxyBody> {
-        let text = if VERBOSE_ERRORS.load(std::sync::atomic::Ordering::Relaxed) {
+    pub fn into_response(self, verbose: bool) -> Response<ProxyBody> {
+        let text = if verbose {
             self.to_string()
         } else {
             self.public_message()

@@ -65,7 +65,6 @@ pub(super) async fn forward(
         action: &action,
         target: &target,
         path_and_query,
-        pool: pool::PoolOptions::new(&shared.limits, &target.health.upstream),
     };
     exchange.run(parts, body).await
 }
@@ -302,7 +301,6 @@ struct Exchange<'a> {
     action: &'a RuleAction,
     target: &'a Arc<ServiceTarget>,
     path_and_query: PathAndQuery,
-    pool: pool::PoolOptions,
 }
 
 impl Exchange<'_> {
@@ -477,24 +475,23 @@ impl Exchange<'_> {
                     back: None,
                 });
         }
-        pool::send(addr, req, &self.pool)
-            .await
-            .map_err(|e| match e {
-                SendError::Connect(io, back) => SendFailure {
-                    fault: Fault::Connect,
-                    detail: io.to_string(),
-                    back: Some(Box::new(back)),
+        let opts = pool::PoolOptions::new(&self.shared.limits, &self.target.health.upstream);
+        pool::send(addr, req, &opts).await.map_err(|e| match e {
+            SendError::Connect(io, back) => SendFailure {
+                fault: Fault::Connect,
+                detail: io.to_string(),
+                back: Some(Box::new(back)),
+            },
+            SendError::Request(err, back) => SendFailure {
+                fault: if err.is_parse() {
+                    Fault::Protocol
+                } else {
+                    Fault::Reset
                 },
-                SendError::Request(err, back) => SendFailure {
-                    fault: if err.is_parse() {
-                        Fault::Protocol
-                    } else {
-                        Fault::Reset
-                    },
-                    detail: io_detail(&err),
-                    back: back.map(Box::new),
-                },
-            })
+                detail: io_detail(&err),
+                back: back.map(Box::new),
+            },
+        })
     }
 
     /// Whether the Service's `maxRetries` leaves room for one more retry in flight.

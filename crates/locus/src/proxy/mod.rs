@@ -28,14 +28,35 @@ use tokio::net::TcpListener;
 
 pub use body::ProxyBody;
 pub use connections::{Connections, PortConnections};
-pub use error::{ProxyError, VERBOSE_ERRORS};
+pub use error::ProxyError;
 pub use limits::Limits;
 
 use crate::routing::RouteTable;
 
+/// How the gateway answers requests, beyond the limits.
+#[derive(Clone, Copy, Debug)]
+pub struct Answers {
+    /// `--request-id on`: a request that comes without an `x-request-id` gets one (about 1,400
+    /// instructions per request, `docs/performance.md`); a client's own is kept either way.
+    pub request_ids: bool,
+    /// `--verbose-errors`: error bodies tell the whole story (addresses, Services, nodes), for
+    /// development; at the edge clients only get what went wrong.
+    pub verbose_errors: bool,
+}
+
+impl Default for Answers {
+    fn default() -> Self {
+        Answers {
+            request_ids: true,
+            verbose_errors: false,
+        }
+    }
+}
+
 /// State shared by every connection of every listener.
 pub struct Shared {
     pub limits: Limits,
+    pub answers: Answers,
     /// The route table in force, published by the snapshot writer.
     pub table: Arc<ArcSwap<RouteTable>>,
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -50,6 +71,7 @@ impl Shared {
         table: Arc<ArcSwap<RouteTable>>,
         metrics: Arc<crate::metrics::Metrics>,
         limits: Limits,
+        answers: Answers,
     ) -> Self {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -59,6 +81,7 @@ impl Shared {
             .build(connector);
         Shared {
             limits,
+            answers,
             table,
             metrics,
             connections: Arc::default(),
@@ -126,22 +149,8 @@ pub async fn serve(
         // Rapid reset and error floods: hyper's defaults, written down so they are ours.
         .max_pending_accept_reset_streams(20)
         .max_local_error_reset_streams(1024);
-    let mut backoff = ACCEPT_BACKOFF_MIN;
     loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(conn) => {
-                backoff = ACCEPT_BACKOFF_MIN;
-                conn
-            }
-            Err(e) => {
-                // Out of file descriptors and the like: back off (doubling up to a second)
-                // instead of spinning on an accept that fails at once.
-                tracing::warn!(port, error = %e, retry_in_ms = backoff.as_millis() as u64, "accept failed");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(ACCEPT_BACKOFF_MAX);
-                continue;
-            }
-        };
+        let (stream, peer) = accept(&listener, port).await;
         let Some((ticket, finish)) = shared
             .connections
             .admit(&port_conns, limits.max_connections)
@@ -203,9 +212,25 @@ pub async fn serve(
     }
 }
 
-/// Accept errors back off from this to the max, doubling.
-pub const ACCEPT_BACKOFF_MIN: Duration = Duration::from_millis(5);
-pub const ACCEPT_BACKOFF_MAX: Duration = Duration::from_secs(1);
+/// The next connection on `listener` (`what` names it in the log). When accepting fails (out
+/// of file descriptors and the like) it backs off, 5 ms doubling to 1 s, instead of spinning on
+/// an accept that fails at once.
+pub async fn accept(
+    listener: &TcpListener,
+    what: impl std::fmt::Display,
+) -> (tokio::net::TcpStream, SocketAddr) {
+    let mut backoff = Duration::from_millis(5);
+    loop {
+        match listener.accept().await {
+            Ok(conn) => return conn,
+            Err(e) => {
+                tracing::warn!(listener = %what, error = %e, retry_in_ms = backoff.as_millis() as u64, "accept failed");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+        }
+    }
+}
 
 /// For the fuzz target: parses `data` as hyper's server does (httparse) and runs the head
 /// handling that comes before routing.
@@ -245,10 +270,6 @@ pub fn inspect_head(data: &[u8]) {
     request::strip_hop_by_hop(&mut parts.headers);
 }
 
-/// `--request-id on|off`: make an `x-request-id` for requests that come without one (on by
-/// default; about 1,000 instructions per request, `docs/performance.md`).
-pub static REQUEST_IDS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
 /// Access log switch (`--access-log`): off by default, checked once per request.
 pub static ACCESS_LOG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -265,7 +286,7 @@ async fn handle(
     }
     let id = match req.headers().get(&request::X_REQUEST_ID) {
         Some(id) => Some(id.clone()),
-        None if REQUEST_IDS.load(std::sync::atomic::Ordering::Relaxed) => {
+        None if shared.answers.request_ids => {
             let id = request::new_request_id();
             req.headers_mut()
                 .insert(request::X_REQUEST_ID.clone(), id.clone());
@@ -292,7 +313,7 @@ async fn handle(
                 // The whole story for the operator; the client's body says less.
                 tracing::info!(target: "locus::access", peer = %info.peer, request_id = ?id, error = %e, "gateway error");
             }
-            let mut resp = e.into_response();
+            let mut resp = e.into_response(shared.answers.verbose_errors);
             if let Some(id) = &id {
                 resp.headers_mut()
                     .insert(request::X_REQUEST_ID.clone(), id.clone());

@@ -417,6 +417,16 @@ pub fn counts(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
 /// A Gateway on port 8080, an HTTPRoute for every host to Service `apps/svc` port 80.
 pub const GATEWAY_AND_ROUTE: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: apps}\nspec:\n  gatewayClassName: locus\n  listeners: [{name: http, protocol: HTTP, port: 8080}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: apps}\nspec:\n  parentRefs: [{name: gw}]\n  rules: [{backendRefs: [{name: svc, port: 80}]}]\n---\n";
 
+/// A Gateway on port 8080 routing everything to Service `apps/svc:80`, whose one endpoint (a
+/// WorkloadEntry with no locality) listens on `127.0.0.1:port`; `extra_service_spec` is more
+/// of the Service's spec.
+pub fn one_backend(port: u16, extra_service_spec: &str) -> String {
+    format!(
+        "{GATEWAY_AND_ROUTE}apiVersion: v1\nkind: Service\nmetadata: {{name: svc, namespace: apps}}\nspec:\n  selector: {{app: svc}}\n  ports: [{{name: http, port: 80}}]\n{extra_service_spec}---\n\
+apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: we, namespace: apps, labels: {{app: svc}}}}\nspec: {{address: 127.0.0.1, ports: {{http: {port}}}}}\n"
+    )
+}
+
 /// A WorkloadEntry of `apps/svc` (label `app: svc`) for a backend at `addr`.
 pub fn entry(name: &str, locality: &str, addr: SocketAddr) -> String {
     format!(
@@ -435,4 +445,16 @@ pub fn request_errors(metrics: &str, labels: &[&str]) -> f64 {
         .filter(|l| labels.iter().all(|want| l.contains(want)))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Polls `GET /hostname` on `addr` until the gateway answers (at most about 3 s); whether the
+/// answer was a 200.
+pub async fn served_again(c: &HttpClient, addr: SocketAddr) -> bool {
+    for _ in 0..300 {
+        if let Some(r) = c.try_get(addr, "svc.test", "/hostname").await {
+            return r.status == 200;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    false
 }

@@ -13,42 +13,12 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 ENDPOINTS=${ENDPOINTS:-20000}; RATE=${RATE:-1000}; DUR=${DUR:-20}; EVERY=${EVERY:-2}
-(cd "$ROOT" && cargo build --release --locked -q -p locus)
-LOCUS=$ROOT/target/release/locus
+source "$HERE/lib.sh"
+build_locus
 D=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$D"' EXIT
-
-"$LOCUS" echo --name a --listen 127.0.0.1:0 > "$D/echo.out" &
-until grep -q listening "$D/echo.out"; do sleep 0.05; done
-BACKEND=$(sed -n 's/listening addr=127.0.0.1://p' "$D/echo.out")
-
-cat > "$D/small.yaml" <<YAML
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: apps}
-spec:
-  gatewayClassName: locus
-  listeners: [{name: http, protocol: HTTP, port: 8080}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: svc, namespace: apps}
-spec:
-  parentRefs: [{name: gw}]
-  hostnames: [svc]
-  rules: [{backendRefs: [{name: svc, port: 80}]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: svc, namespace: apps}
-spec:
-  selector: {app: svc}
-  ports: [{name: http, port: 80}]
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {name: a, namespace: apps, labels: {app: svc}}
-spec: {address: 127.0.0.1, locality: r/za, ports: {http: $BACKEND}}
-YAML
+start_echo a "$D"
+BACKEND=$ECHO_PORT
+one_service "$BACKEND" "hostnames: [svc]" r/za > "$D/small.yaml"
 big() {  # big GENERATION > file
   python3 - "$ENDPOINTS" "$1" <<'PY'
 import sys

@@ -10,41 +10,12 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 N=${N:-2000}; HEAD=${HEAD:-61440}
 ulimit -n "$(ulimit -Hn)"  # 2 fds per connection through a proxy, plus the client
-(cd "$ROOT" && cargo build --release --locked -q -p locus)
-LOCUS=$ROOT/target/release/locus
+source "$HERE/lib.sh"
+build_locus
 D=$(mktemp -d); trap 'kill $(jobs -p) 2>/dev/null; rm -rf "$D"' EXIT
-
-"$LOCUS" echo --name a --listen 127.0.0.1:0 > "$D/echo.out" &
-until grep -q listening "$D/echo.out"; do sleep 0.05; done
-BACKEND=$(sed -n 's/listening addr=127.0.0.1://p' "$D/echo.out")
-
-cat > "$D/m.yaml" <<YAML
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: gw, namespace: apps}
-spec:
-  gatewayClassName: locus
-  listeners: [{name: http, protocol: HTTP, port: 8080}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: svc, namespace: apps}
-spec:
-  parentRefs: [{name: gw}]
-  rules: [{backendRefs: [{name: svc, port: 80}]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: svc, namespace: apps}
-spec:
-  selector: {app: svc}
-  ports: [{name: http, port: 80}]
----
-apiVersion: networking.istio.io/v1
-kind: WorkloadEntry
-metadata: {name: a, namespace: apps, labels: {app: svc}}
-spec: {address: 127.0.0.1, ports: {http: $BACKEND}}
-YAML
+start_echo a "$D"
+BACKEND=$ECHO_PORT
+one_service "$BACKEND" > "$D/m.yaml"
 cat > "$D/nginx.conf" <<NGINX
 worker_processes 1;
 daemon off;

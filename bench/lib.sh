@@ -1,0 +1,48 @@
+# bench/lib.sh — what the bench scripts share (source it after setting ROOT).
+
+# Builds the release binary and sets LOCUS to it.
+build_locus() {
+  (cd "$ROOT" && cargo build --release --locked -q -p locus)
+  LOCUS=$ROOT/target/release/locus
+}
+
+# start_echo NAME DIR: starts `locus echo` on a free port; sets ECHO_PORT (and ECHO_PID).
+start_echo() {
+  "$LOCUS" echo --name "$1" --listen 127.0.0.1:0 > "$2/echo-$1.out" &
+  ECHO_PID=$!
+  until grep -q listening "$2/echo-$1.out"; do sleep 0.05; done
+  ECHO_PORT=$(sed -n 's/listening addr=127.0.0.1://p' "$2/echo-$1.out")
+}
+
+# one_service PORT [ROUTE_SPEC_LINE] [ENDPOINT_LOCALITY]: a Gateway on 8080, an HTTPRoute to
+# Service apps/svc:80 and its one endpoint (a WorkloadEntry) on 127.0.0.1:PORT.
+one_service() {
+  cat <<YAML
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: apps}
+spec:
+  gatewayClassName: locus
+  listeners: [{name: http, protocol: HTTP, port: 8080}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: svc, namespace: apps}
+spec:
+  parentRefs: [{name: gw}]
+  ${2:-}
+  rules: [{backendRefs: [{name: svc, port: 80}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: svc, namespace: apps}
+spec:
+  selector: {app: svc}
+  ports: [{name: http, port: 80}]
+---
+apiVersion: networking.istio.io/v1
+kind: WorkloadEntry
+metadata: {name: a, namespace: apps, labels: {app: svc}}
+spec: {address: 127.0.0.1, ${3:+locality: $3, }ports: {http: $1}}
+YAML
+}

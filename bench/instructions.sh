@@ -29,7 +29,7 @@ wrk -t1 -c16 -d3s http://127.0.0.1:10003/ >/dev/null 2>&1
 callgrind_control -z "$VP" >/dev/null
 N=$(wrk -t1 -c16 -d5s http://127.0.0.1:10003/ | awk '/requests in/ {print $1}')
 callgrind_control -d "$VP" >/dev/null
-sleep 3
+for _ in $(seq 30); do ls "$D"/cg.*.* >/dev/null 2>&1 && break; sleep 1; done; sleep 1
 DUMP=$(ls -t "$D"/cg.*.* | head -1)
 TOTAL=$(grep -h "^summary:\|^totals:" "$DUMP" | head -1 | awk '{print $2}')
 echo "$(basename "$BIN"): requests=$N instructions/request=$((TOTAL / N))"

@@ -59,9 +59,7 @@ impl Body for UpstreamBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = Pin::new(&mut this.body)
-            .poll_frame(cx)
-            .map(|f| f.map(|r| r.map_err(Into::into)));
+        let polled = Pin::new(&mut this.body).poll_frame(cx);
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             if let Some(data) = frame.data_ref() {
                 this.attempt.add_response_bytes(data.len() as u64);

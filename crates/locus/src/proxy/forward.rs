@@ -16,6 +16,7 @@ use locus_core::{Algorithm, EndpointHealth, Tier};
 
 use super::body::{ProxyBody, UpstreamBody};
 use super::error::ProxyError;
+use super::h1::ExchangeError;
 use super::outcome::{Attempt, ClientBody, ClientBodyState};
 use super::pool::{self, SendError};
 use super::request::{
@@ -480,16 +481,15 @@ impl Exchange<'_> {
             SendError::Connect(io, back) => SendFailure {
                 fault: Fault::Connect,
                 detail: io.to_string(),
-                back: Some(Box::new(back)),
+                back: Some(back),
             },
-            SendError::Request(err, back) => SendFailure {
-                fault: if err.is_parse() {
-                    Fault::Protocol
-                } else {
-                    Fault::Reset
+            SendError::Exchange(err) => SendFailure {
+                fault: match err {
+                    ExchangeError::Protocol(_) => Fault::Protocol,
+                    _ => Fault::Reset,
                 },
-                detail: io_detail(&err),
-                back: back.map(Box::new),
+                detail: err.to_string(),
+                back: None,
             },
         })
     }

@@ -5,6 +5,7 @@ mod body;
 mod connections;
 mod error;
 mod forward;
+mod h1;
 mod limits;
 mod mirror;
 mod outcome;

@@ -2,9 +2,10 @@
 //!
 //! Each worker thread keeps its own idle connections per endpoint in a thread-local map, so
 //! taking and returning a connection never locks (hyper-util's shared pool takes a mutex on
-//! both). A connection goes back to the pool when its response body has been read to the end.
-//! Requests are sent with `try_send_request`, which hands the request back when it could not
-//! be written: a connection that died while idle costs a reconnect, never the request.
+//! both). A connection goes back to the pool when its response body has been read to the end
+//! and nothing followed it. A connection the endpoint closed while idle costs a reconnect,
+//! never the request: it is sent again on another connection when it was not written, or
+//! when sending it twice is harmless (RFC 9110 §9.2.2).
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -15,12 +16,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
-use hyper::client::conn::http1;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 
 use super::body::ProxyBody;
+use super::h1::codec::ResponseHead;
+use super::h1::{BodyState, Conn, ExchangeError};
+use super::outcome::BoxError;
 use super::Limits;
 
 /// Idle connections kept per endpoint and worker; more are closed when returned.
@@ -29,10 +31,8 @@ const MAX_IDLE_PER_ENDPOINT: usize = 512;
 const IDLE_TIMEOUT: Duration = Duration::from_secs(50);
 
 struct Idle {
-    sender: http1::SendRequest<ProxyBody>,
+    conn: Box<Conn>,
     since: Instant,
-    /// Requests the connection has carried.
-    uses: u32,
 }
 
 /// How one Service's upstream connections are made and reused.
@@ -67,34 +67,26 @@ thread_local! {
 /// Why a request could not be sent.
 pub enum SendError {
     /// No connection could be made; the request was not sent and is handed back.
-    Connect(std::io::Error, Request<ProxyBody>),
-    /// The exchange failed; `Some(request)` when it was never written.
-    Request(hyper::Error, Option<Request<ProxyBody>>),
+    Connect(std::io::Error, Box<Request<ProxyBody>>),
+    /// The exchange failed after the request (or part of it) went out.
+    Exchange(ExchangeError),
 }
 
-fn take_idle(
-    addr: SocketAddr,
-    idle_timeout: Duration,
-) -> Option<(http1::SendRequest<ProxyBody>, u32)> {
+fn take_idle(addr: SocketAddr, idle_timeout: Duration) -> Option<Box<Conn>> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.get_mut(&addr)?;
         while let Some(c) = list.pop() {
-            if !c.sender.is_closed() && c.since.elapsed() < idle_timeout {
-                return Some((c.sender, c.uses));
+            if c.conn.idle_ok() && c.since.elapsed() < idle_timeout {
+                return Some(c.conn);
             }
         }
         None
     })
 }
 
-fn put_idle(
-    addr: SocketAddr,
-    sender: http1::SendRequest<ProxyBody>,
-    uses: u32,
-    max_uses: Option<u32>,
-) {
-    if sender.is_closed() || max_uses.is_some_and(|m| uses >= m) {
+fn put_idle(addr: SocketAddr, mut conn: Box<Conn>, max_uses: Option<u32>) {
+    if max_uses.is_some_and(|m| conn.uses >= m) || !conn.reusable() {
         return;
     }
     IDLE.with(|idle| {
@@ -102,18 +94,14 @@ fn put_idle(
         let list = idle.entry(addr).or_default();
         if list.len() < MAX_IDLE_PER_ENDPOINT {
             list.push(Idle {
-                sender,
+                conn,
                 since: Instant::now(),
-                uses,
             });
         }
     });
 }
 
-async fn connect(
-    addr: SocketAddr,
-    opts: &PoolOptions,
-) -> std::io::Result<http1::SendRequest<ProxyBody>> {
+async fn connect(addr: SocketAddr, opts: &PoolOptions) -> std::io::Result<Box<Conn>> {
     let timeout = opts.connect_timeout;
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(s) => s?,
@@ -125,18 +113,7 @@ async fn connect(
         }
     };
     let _ = stream.set_nodelay(true);
-    let (sender, conn) = http1::Builder::new()
-        // An endpoint's response head is bounded as a client's request head is.
-        .max_header_size(opts.max_response_head)
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(std::io::Error::other)?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(endpoint = %addr, error = %e, "upstream connection ended with an error");
-        }
-    });
-    Ok(sender)
+    Ok(Box::new(Conn::new(stream)))
 }
 
 /// Sends `req` to `addr` over a pooled or new connection.
@@ -145,114 +122,131 @@ pub async fn send(
     mut req: Request<ProxyBody>,
     opts: &PoolOptions,
 ) -> Result<Response<PooledBody>, SendError> {
-    // Pooled connections first; one that turns out dead hands the request back.
-    while let Some((mut sender, uses)) = take_idle(addr, opts.idle_timeout) {
-        // Returned at the end of its last response body; ready again at once in practice.
-        if sender.ready().await.is_err() {
-            continue;
-        }
-        match sender.try_send_request(req).await {
-            Ok(resp) => return Ok(wrap(addr, sender, resp, uses + 1, opts.max_uses)),
-            Err(mut e) => match e.take_message() {
-                Some(back) => req = back,
-                None => return Err(SendError::Request(e.into_error(), None)),
+    loop {
+        // Pooled connections first; a new one when none is left. Connecting is per
+        // connection, not per request: boxed, so the request's future does not carry (and
+        // move) the connect state every time.
+        let mut conn = match take_idle(addr, opts.idle_timeout) {
+            Some(c) => c,
+            None => match Box::pin(connect(addr, opts)).await {
+                Ok(c) => c,
+                Err(e) => return Err(SendError::Connect(e, Box::new(req))),
             },
-        }
-    }
-    // Connecting is per connection, not per request: boxed, so the request's future does not
-    // carry (and move) the connect and handshake state every time.
-    let mut sender = match Box::pin(connect(addr, opts)).await {
-        Ok(s) => s,
-        Err(e) => return Err(SendError::Connect(e, req)),
-    };
-    match sender.try_send_request(req).await {
-        Ok(resp) => Ok(wrap(addr, sender, resp, 1, opts.max_uses)),
-        Err(mut e) => {
-            let back = e.take_message();
-            Err(SendError::Request(e.into_error(), back))
+        };
+        conn.uses += 1;
+        match conn.exchange(&mut req, opts.max_response_head).await {
+            Ok(head) => return Ok(respond(addr, conn, head, opts.max_uses)),
+            // The endpoint had closed this idle connection: another one carries the request
+            // (after it was written, only when sending it twice is harmless).
+            Err(ExchangeError::Stale { written, error })
+                if !written || super::request::idempotent(req.method()) =>
+            {
+                tracing::debug!(endpoint = %addr, %error, "pooled connection closed by the endpoint; sending again");
+            }
+            Err(e) => return Err(SendError::Exchange(e)),
         }
     }
 }
 
-fn wrap(
+fn respond(
     addr: SocketAddr,
-    sender: http1::SendRequest<ProxyBody>,
-    resp: Response<Incoming>,
-    uses: u32,
+    conn: Box<Conn>,
+    head: ResponseHead,
     max_uses: Option<u32>,
 ) -> Response<PooledBody> {
-    resp.map(|body| {
-        let done = body.is_end_stream();
-        let mut pooled = PooledBody {
-            body,
-            ret: Some(Return {
-                addr,
-                sender,
-                uses,
-                max_uses,
-            }),
-        };
-        if done {
-            pooled.release();
-        }
-        pooled
-    })
+    let mut resp = Response::new(());
+    *resp.status_mut() = head.status;
+    *resp.headers_mut() = head.headers;
+    let mut body = H1Body {
+        conn: Some(conn),
+        state: BodyState::new(head.framing),
+        keep_alive: head.keep_alive,
+        addr,
+        max_uses,
+    };
+    if body.state.is_done() {
+        body.release();
+    }
+    resp.map(|()| PooledBody::H1(body))
 }
 
-/// A response body that returns its connection to the pool once read to the end (when it
-/// came over a pooled connection).
+/// A response body: read off a pooled HTTP/1.1 connection (which goes back to the pool once
+/// the body is read to the end), or an HTTP/2 stream of hyper-util's client.
 #[derive(Debug)]
-pub struct PooledBody {
-    body: Incoming,
-    ret: Option<Return>,
+pub enum PooledBody {
+    H1(H1Body),
+    H2(Incoming),
 }
 
-/// Where a connection goes back when its response body ends.
 #[derive(Debug)]
-struct Return {
+pub struct H1Body {
+    conn: Option<Box<Conn>>,
+    state: BodyState,
+    keep_alive: bool,
     addr: SocketAddr,
-    sender: http1::SendRequest<ProxyBody>,
-    uses: u32,
     max_uses: Option<u32>,
+}
+
+impl H1Body {
+    fn release(&mut self) {
+        if let Some(conn) = self.conn.take() {
+            if self.keep_alive {
+                put_idle(self.addr, conn, self.max_uses);
+            }
+        }
+    }
 }
 
 impl PooledBody {
     /// A body with no connection of this pool behind it (HTTP/2, multiplexed by hyper-util).
     pub fn unpooled(body: Incoming) -> Self {
-        PooledBody { body, ret: None }
-    }
-
-    fn release(&mut self) {
-        if let Some(r) = self.ret.take() {
-            put_idle(r.addr, r.sender, r.uses, r.max_uses);
-        }
+        PooledBody::H2(body)
     }
 }
 
 impl Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
-        let this = &mut *self;
-        let polled = Pin::new(&mut this.body).poll_frame(cx);
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let body = match &mut *self {
+            PooledBody::H2(b) => {
+                return Pin::new(b)
+                    .poll_frame(cx)
+                    .map(|f| f.map(|r| r.map_err(Into::into)))
+            }
+            PooledBody::H1(b) => b,
+        };
+        let Some(conn) = &mut body.conn else {
+            return Poll::Ready(None);
+        };
+        let polled = conn.poll_body(&mut body.state, cx);
         match &polled {
-            Poll::Ready(None) => this.release(),
-            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.release(),
-            Poll::Ready(Some(Err(_))) => this.ret = None,
+            Poll::Ready(Some(Err(_))) => body.conn = None,
+            Poll::Ready(_) if body.state.is_done() => body.release(),
             _ => {}
         }
-        polled
+        polled.map(|f| f.map(|r| r.map_err(Into::into)))
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        match self {
+            PooledBody::H2(b) => b.is_end_stream(),
+            PooledBody::H1(b) => b.state.is_done(),
+        }
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match self {
+            PooledBody::H2(b) => b.size_hint(),
+            PooledBody::H1(b) => match b.state {
+                BodyState::Length(n) => SizeHint::with_exact(n),
+                BodyState::Done => SizeHint::with_exact(0),
+                _ => SizeHint::default(),
+            },
+        }
     }
 }

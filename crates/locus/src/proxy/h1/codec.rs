@@ -1,0 +1,646 @@
+//! The HTTP/1.1 wire format of an upstream exchange, as pure functions over buffers: the
+//! request head Locus writes, the response head it reads, and how the response body is framed
+//! (RFC 9112 §6). No I/O here, so every framing rule is a unit test.
+//!
+//! Strict where a proxy must be: a response whose length is ambiguous (Transfer-Encoding with
+//! Content-Length, differing or malformed lengths, a bad chunk size, obs-fold, bare LF) is the
+//! endpoint's fault and never forwarded, so a desynchronised connection cannot smuggle one
+//! response into another client's.
+
+use std::mem::MaybeUninit;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Version};
+
+/// Headers read from one response head (hyper's default, as for client heads).
+pub const MAX_HEADERS: usize = 100;
+/// A chunk-size line (with its extensions) longer than this is refused.
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// What is wrong with an endpoint's response.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ProtoError {
+    #[error("the response head is larger than {0} bytes")]
+    HeadTooLarge(usize),
+    #[error("malformed response head: {0}")]
+    Head(&'static str),
+    #[error("the response has both Transfer-Encoding and Content-Length")]
+    LengthAndChunked,
+    #[error("the response's Content-Length is not one valid number")]
+    BadLength,
+    #[error("the response's Transfer-Encoding is not understood")]
+    BadTransferEncoding,
+    #[error("malformed chunked body: {0}")]
+    Chunk(&'static str),
+    #[error("the endpoint answered 101 Switching Protocols unasked")]
+    UnaskedUpgrade,
+}
+
+/// How the request body is framed on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestFraming {
+    /// No body, and no length said.
+    None,
+    Length(u64),
+    Chunked,
+}
+
+/// Appends the request head to `out`: the request line, the headers as they are (minus any
+/// framing header, which Locus writes itself from the body it actually sends).
+pub fn encode_request_head(
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    framing: RequestFraming,
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(method.as_str().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        RequestFraming::None => {}
+        RequestFraming::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// Appends one chunk's size line; the data and its CRLF follow.
+pub fn encode_chunk_size(len: usize, out: &mut Vec<u8>) {
+    out.extend_from_slice(format!("{len:x}\r\n").as_bytes());
+}
+
+/// How a response body is delimited (RFC 9112 §6.3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// No body: a HEAD request, 204, 304.
+    Empty,
+    Length(u64),
+    Chunked,
+    /// Read until the endpoint closes (no length given); the connection is not reused.
+    UntilClose,
+}
+
+/// A parsed response head.
+#[derive(Debug)]
+pub struct ResponseHead {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub framing: Framing,
+    /// The endpoint lets the connection carry another request.
+    pub keep_alive: bool,
+}
+
+/// Reads one response head from the front of `buf`, splitting it off. `None`: not all of it
+/// has arrived yet. Informational (1xx) heads are returned too; the caller skips them.
+///
+/// `spans` is scratch space kept with the connection: where each header's name and value sit
+/// in the head, so they are sliced out of one shared buffer instead of copied one by one (a
+/// fixed array would cost a 3 KiB memset per response).
+pub fn parse_response_head(
+    buf: &mut BytesMut,
+    request_method: &Method,
+    max_head: usize,
+    spans: &mut Vec<[usize; 4]>,
+) -> Result<Option<ResponseHead>, ProtoError> {
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut parsed = httparse::Response::new(&mut []);
+    let base = buf.as_ptr() as usize;
+    spans.clear();
+    let (len, code, minor) = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut parsed, buf, &mut slots)
+    {
+        Ok(httparse::Status::Complete(len)) => {
+            spans.extend(parsed.headers.iter().map(|h| {
+                let name = h.name.as_ptr() as usize - base;
+                let value = h.value.as_ptr() as usize - base;
+                [name, name + h.name.len(), value, value + h.value.len()]
+            }));
+            (len, parsed.code.unwrap_or(0), parsed.version.unwrap_or(1))
+        }
+        Ok(httparse::Status::Partial) if buf.len() >= max_head => {
+            return Err(ProtoError::HeadTooLarge(max_head))
+        }
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(httparse::Error::TooManyHeaders) => return Err(ProtoError::Head("too many headers")),
+        Err(e) => return Err(ProtoError::Head(parse_error(e))),
+    };
+    if len > max_head {
+        return Err(ProtoError::HeadTooLarge(max_head));
+    }
+    let head = buf.split_to(len).freeze();
+    let status = StatusCode::from_u16(code).map_err(|_| ProtoError::Head("invalid status"))?;
+    let version = if minor == 1 {
+        Version::HTTP_11
+    } else {
+        Version::HTTP_10
+    };
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut lengths = Lengths::default();
+    let mut close = false;
+    let mut keep_alive_token = false;
+    for &[ns, ne, vs, ve] in spans.iter() {
+        let name = HeaderName::from_bytes(&head[ns..ne])
+            .map_err(|_| ProtoError::Head("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+            .map_err(|_| ProtoError::Head("invalid header value"))?;
+        if name == header::CONTENT_LENGTH {
+            lengths.content_length(value.as_bytes())?;
+        } else if name == header::TRANSFER_ENCODING {
+            lengths.transfer_encoding(value.as_bytes())?;
+        } else if name == header::CONNECTION {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        }
+        headers.append(name, value);
+    }
+    let framing = if status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+        || request_method == Method::HEAD
+    {
+        Framing::Empty
+    } else {
+        lengths.framing(version)?
+    };
+    let keep_alive = framing != Framing::UntilClose
+        && !close
+        && (version == Version::HTTP_11 || keep_alive_token);
+    Ok(Some(ResponseHead {
+        status,
+        headers,
+        framing,
+        keep_alive,
+    }))
+}
+
+fn parse_error(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::HeaderName => "invalid header name",
+        httparse::Error::HeaderValue => "invalid header value (or obs-fold)",
+        httparse::Error::NewLine => "invalid line ending",
+        httparse::Error::Status => "invalid status",
+        httparse::Error::Version => "invalid version",
+        _ => "invalid syntax",
+    }
+}
+
+/// The length headers of one response, checked as they are read.
+#[derive(Default)]
+struct Lengths {
+    content_length: Option<u64>,
+    /// Transfer-Encoding was present; `Some(true)` when its last coding is `chunked`.
+    chunked_last: Option<bool>,
+}
+
+impl Lengths {
+    /// Every Content-Length (a list, or repeated) must be the same one decimal number.
+    fn content_length(&mut self, value: &[u8]) -> Result<(), ProtoError> {
+        for part in value.split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
+                return Err(ProtoError::BadLength);
+            }
+            let n = part.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+            match self.content_length {
+                Some(m) if m != n => return Err(ProtoError::BadLength),
+                _ => self.content_length = Some(n),
+            }
+        }
+        Ok(())
+    }
+
+    /// `chunked` may appear once, last; other codings are passed through as they are.
+    fn transfer_encoding(&mut self, value: &[u8]) -> Result<(), ProtoError> {
+        for coding in value.split(|&b| b == b',') {
+            let coding = coding.trim_ascii();
+            if coding.is_empty() {
+                continue;
+            }
+            if self.chunked_last == Some(true) {
+                // A coding after `chunked`: chunked is then not the framing, a smuggling shape.
+                return Err(ProtoError::BadTransferEncoding);
+            }
+            self.chunked_last = Some(coding.eq_ignore_ascii_case(b"chunked"));
+        }
+        if self.chunked_last.is_none() {
+            self.chunked_last = Some(false);
+        }
+        Ok(())
+    }
+
+    fn framing(&self, version: Version) -> Result<Framing, ProtoError> {
+        match (self.chunked_last, self.content_length) {
+            (Some(_), Some(_)) => Err(ProtoError::LengthAndChunked),
+            // HTTP/1.0 has no transfer codings; a 1.0 response using them is malformed.
+            (Some(_), None) if version != Version::HTTP_11 => Err(ProtoError::BadTransferEncoding),
+            (Some(true), None) => Ok(Framing::Chunked),
+            // Another final coding: the body runs to the end of the connection.
+            (Some(false), None) => Ok(Framing::UntilClose),
+            (None, Some(0)) => Ok(Framing::Empty),
+            (None, Some(n)) => Ok(Framing::Length(n)),
+            (None, None) => Ok(Framing::UntilClose),
+        }
+    }
+}
+
+/// What the chunked decoder found in the buffer.
+#[derive(Debug, PartialEq)]
+pub enum Chunk {
+    /// Body data (split off the buffer, no copy).
+    Data(Bytes),
+    /// More bytes are needed.
+    More,
+    /// The last chunk and the trailer section were read.
+    End(Option<HeaderMap>),
+}
+
+/// Decodes a chunked body (RFC 9112 §7.1) from the front of a buffer, a piece at a time.
+#[derive(Debug, Default)]
+pub struct ChunkedDecoder {
+    state: ChunkState,
+}
+
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+enum ChunkState {
+    #[default]
+    Size,
+    Data(u64),
+    /// The CRLF after a chunk's data.
+    DataEnd,
+    Trailers,
+    Done,
+}
+
+impl ChunkedDecoder {
+    /// Decodes what it can from the front of `buf`. `max_trailers` bounds the trailer section.
+    pub fn decode(&mut self, buf: &mut BytesMut, max_trailers: usize) -> Result<Chunk, ProtoError> {
+        loop {
+            match self.state {
+                ChunkState::Size => {
+                    let Some(end) = find_crlf(buf, MAX_CHUNK_LINE)? else {
+                        return Ok(Chunk::More);
+                    };
+                    let size = chunk_size(&buf[..end])?;
+                    let _ = buf.split_to(end + 2);
+                    self.state = if size == 0 {
+                        ChunkState::Trailers
+                    } else {
+                        ChunkState::Data(size)
+                    };
+                }
+                ChunkState::Data(left) => {
+                    if buf.is_empty() {
+                        return Ok(Chunk::More);
+                    }
+                    let n = left.min(buf.len() as u64);
+                    let data = buf.split_to(n as usize).freeze();
+                    self.state = if n == left {
+                        ChunkState::DataEnd
+                    } else {
+                        ChunkState::Data(left - n)
+                    };
+                    return Ok(Chunk::Data(data));
+                }
+                ChunkState::DataEnd => {
+                    if buf.len() < 2 {
+                        return Ok(Chunk::More);
+                    }
+                    if &buf[..2] != b"\r\n" {
+                        return Err(ProtoError::Chunk("chunk data not followed by CRLF"));
+                    }
+                    let _ = buf.split_to(2);
+                    self.state = ChunkState::Size;
+                }
+                ChunkState::Trailers => {
+                    if buf.len() >= 2 && &buf[..2] == b"\r\n" {
+                        let _ = buf.split_to(2);
+                        self.state = ChunkState::Done;
+                        return Ok(Chunk::End(None));
+                    }
+                    return match trailers(buf, max_trailers)? {
+                        None => Ok(Chunk::More),
+                        Some(map) => {
+                            self.state = ChunkState::Done;
+                            Ok(Chunk::End(Some(map)))
+                        }
+                    };
+                }
+                ChunkState::Done => return Ok(Chunk::End(None)),
+            }
+        }
+    }
+}
+
+/// The offset of the first CRLF in `buf`; a bare LF, a CR not before LF, or no line end within
+/// `max` bytes is an error.
+fn find_crlf(buf: &[u8], max: usize) -> Result<Option<usize>, ProtoError> {
+    let window = &buf[..buf.len().min(max)];
+    match window.iter().position(|&b| b == b'\n' || b == b'\r') {
+        Some(i) if buf[i] == b'\n' => Err(ProtoError::Chunk("bare LF")),
+        Some(i) => match buf.get(i + 1) {
+            Some(b'\n') => Ok(Some(i)),
+            Some(_) => Err(ProtoError::Chunk("CR not followed by LF")),
+            None => Ok(None),
+        },
+        None if buf.len() >= max => Err(ProtoError::Chunk("chunk-size line too long")),
+        None => Ok(None),
+    }
+}
+
+/// `chunk-size [ chunk-ext ]`: hex digits, at most 16 of them, then optional extensions.
+fn chunk_size(line: &[u8]) -> Result<u64, ProtoError> {
+    let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+    if digits == 0 {
+        return Err(ProtoError::Chunk("missing chunk size"));
+    }
+    if digits > 16 {
+        return Err(ProtoError::Chunk("chunk size too large"));
+    }
+    let rest = &line[digits..];
+    let ext = rest.trim_ascii_start();
+    if !ext.is_empty() && ext[0] != b';' {
+        return Err(ProtoError::Chunk("invalid chunk size"));
+    }
+    // Extensions are ignored (RFC 9112 §7.1.1), but must not carry control characters.
+    if ext.iter().any(|&b| b != b'\t' && (b < 0x20 || b == 0x7f)) {
+        return Err(ProtoError::Chunk("invalid chunk extension"));
+    }
+    let size = line[..digits].iter().fold(0u64, |n, d| {
+        let v = match d {
+            b'0'..=b'9' => d - b'0',
+            b'a'..=b'f' => d - b'a' + 10,
+            _ => d - b'A' + 10,
+        };
+        (n << 4) | u64::from(v)
+    });
+    Ok(size)
+}
+
+/// The trailer section after the last chunk, up to its empty line; `None` until all of it
+/// has arrived.
+fn trailers(buf: &mut BytesMut, max: usize) -> Result<Option<HeaderMap>, ProtoError> {
+    let mut slots = [httparse::EMPTY_HEADER; 32];
+    match httparse::parse_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete((len, parsed))) => {
+            let mut map = HeaderMap::with_capacity(parsed.len());
+            for h in parsed {
+                let name = HeaderName::from_bytes(h.name.as_bytes())
+                    .map_err(|_| ProtoError::Chunk("invalid trailer name"))?;
+                let value = HeaderValue::from_bytes(h.value)
+                    .map_err(|_| ProtoError::Chunk("invalid trailer value"))?;
+                map.append(name, value);
+            }
+            let _ = buf.split_to(len);
+            Ok(Some(map))
+        }
+        Ok(httparse::Status::Partial) if buf.len() >= max => {
+            Err(ProtoError::Chunk("trailer section too large"))
+        }
+        Ok(httparse::Status::Partial) => Ok(None),
+        Err(_) => Err(ProtoError::Chunk("invalid trailer section")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(raw: &str, method: Method) -> Result<Option<ResponseHead>, ProtoError> {
+        let mut buf = BytesMut::from(raw.as_bytes());
+        parse_response_head(&mut buf, &method, 64 * 1024, &mut Vec::new())
+    }
+
+    fn framing(raw: &str) -> Result<Framing, ProtoError> {
+        head(raw, Method::GET).map(|h| h.expect("complete").framing)
+    }
+
+    #[test]
+    fn request_heads_carry_the_framing_locus_chose() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("a.example"));
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        h.insert(
+            header::TRANSFER_ENCODING,
+            HeaderValue::from_static("chunked"),
+        );
+        let mut out = Vec::new();
+        encode_request_head(
+            &Method::POST,
+            "/x?y=1",
+            &h,
+            RequestFraming::Length(12),
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "POST /x?y=1 HTTP/1.1\r\nhost: a.example\r\ncontent-length: 12\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        encode_request_head(&Method::PUT, "/", &h, RequestFraming::Chunked, &mut out);
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .ends_with("host: a.example\r\ntransfer-encoding: chunked\r\n\r\n"));
+        let mut out = Vec::new();
+        push_decimal(&mut out, 0);
+        push_decimal(&mut out, u64::MAX);
+        assert_eq!(out, b"018446744073709551615");
+    }
+
+    #[test]
+    fn response_heads_are_parsed_in_one_piece_or_waited_for() {
+        assert!(head("HTTP/1.1 200 OK\r\ncontent-le", Method::GET)
+            .unwrap()
+            .is_none());
+        let mut buf =
+            BytesMut::from(&b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello"[..]);
+        let h = parse_response_head(&mut buf, &Method::GET, 1024, &mut Vec::new())
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.status, 200);
+        assert_eq!(h.headers["x-a"], "b");
+        assert_eq!(h.framing, Framing::Length(5));
+        assert!(h.keep_alive);
+        assert_eq!(&buf[..], b"hello", "the body stays in the buffer");
+        let big = format!("HTTP/1.1 200 OK\r\nx: {}\r\n", "a".repeat(2000));
+        let mut buf = BytesMut::from(big.as_bytes());
+        assert_eq!(
+            parse_response_head(&mut buf, &Method::GET, 1024, &mut Vec::new()).unwrap_err(),
+            ProtoError::HeadTooLarge(1024)
+        );
+    }
+
+    #[test]
+    fn framing_follows_rfc_9112() {
+        assert_eq!(framing("HTTP/1.1 200 OK\r\n\r\n"), Ok(Framing::UntilClose));
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"),
+            Ok(Framing::Chunked)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n"),
+            Ok(Framing::Chunked)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ntransfer-encoding: gzip\r\n\r\n"),
+            Ok(Framing::UntilClose)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"),
+            Ok(Framing::Empty)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\ncontent-length: 7, 7\r\ncontent-length: 7\r\n\r\n"),
+            Ok(Framing::Length(7))
+        );
+        // No body, whatever the headers say.
+        assert_eq!(
+            framing("HTTP/1.1 204 No Content\r\ncontent-length: 9\r\n\r\n"),
+            Ok(Framing::Empty)
+        );
+        assert_eq!(
+            framing("HTTP/1.1 304 Not Modified\r\ntransfer-encoding: chunked\r\n\r\n"),
+            Ok(Framing::Empty)
+        );
+        let h = head("HTTP/1.1 200 OK\r\ncontent-length: 9\r\n\r\n", Method::HEAD).unwrap();
+        assert_eq!(h.unwrap().framing, Framing::Empty);
+    }
+
+    #[test]
+    fn ambiguous_lengths_are_refused() {
+        let bad = [
+            (
+                "content-length: 5\r\ntransfer-encoding: chunked",
+                ProtoError::LengthAndChunked,
+            ),
+            (
+                "content-length: 5\r\ncontent-length: 6",
+                ProtoError::BadLength,
+            ),
+            ("content-length: 5, 6", ProtoError::BadLength),
+            ("content-length: +5", ProtoError::BadLength),
+            ("content-length: 0x5", ProtoError::BadLength),
+            ("content-length: 5 5", ProtoError::BadLength),
+            ("content-length:", ProtoError::BadLength),
+            (
+                "content-length: 99999999999999999999",
+                ProtoError::BadLength,
+            ),
+            (
+                "transfer-encoding: chunked, gzip",
+                ProtoError::BadTransferEncoding,
+            ),
+            (
+                "transfer-encoding: chunked\r\ntransfer-encoding: chunked",
+                ProtoError::BadTransferEncoding,
+            ),
+        ];
+        for (headers, want) in bad {
+            let raw = format!("HTTP/1.1 200 OK\r\n{headers}\r\n\r\n");
+            assert_eq!(framing(&raw), Err(want), "{headers}");
+        }
+        assert_eq!(
+            framing("HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"),
+            Err(ProtoError::BadTransferEncoding)
+        );
+        // obs-fold and bare LF in the head.
+        assert!(framing("HTTP/1.1 200 OK\r\nx-a: b\r\n c\r\n\r\n").is_err());
+        assert!(framing("HTTP/1.1 200 OK\r\nx-a: b\r\ncontent-length : 1\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn keep_alive_needs_http_1_1_a_length_and_no_close() {
+        let ka = |raw: &str| head(raw, Method::GET).unwrap().unwrap().keep_alive;
+        assert!(ka("HTTP/1.1 200 OK\r\ncontent-length: 1\r\n\r\n"));
+        assert!(!ka(
+            "HTTP/1.1 200 OK\r\nconnection: x, Close\r\ncontent-length: 1\r\n\r\n"
+        ));
+        assert!(!ka("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n"));
+        assert!(ka(
+            "HTTP/1.0 200 OK\r\nconnection: keep-alive\r\ncontent-length: 1\r\n\r\n"
+        ));
+        assert!(!ka("HTTP/1.1 200 OK\r\n\r\n"));
+    }
+
+    fn decode_all(raw: &[u8]) -> Result<(Vec<u8>, Option<HeaderMap>), ProtoError> {
+        // Fed one byte at a time: every state must wait for more rather than misread.
+        let mut dec = ChunkedDecoder::default();
+        let mut buf = BytesMut::new();
+        let mut body = Vec::new();
+        for &b in raw {
+            buf.extend_from_slice(&[b]);
+            loop {
+                match dec.decode(&mut buf, 1024)? {
+                    Chunk::Data(d) => body.extend_from_slice(&d),
+                    Chunk::More => break,
+                    Chunk::End(t) => return Ok((body, t)),
+                }
+            }
+        }
+        Err(ProtoError::Chunk("ended early"))
+    }
+
+    #[test]
+    fn chunked_bodies_decode_byte_by_byte() {
+        let (body, t) = decode_all(b"5\r\nhello\r\nA;ext=1\r\n0123456789\r\n0\r\n\r\n").unwrap();
+        assert_eq!(body, b"hello0123456789");
+        assert!(t.is_none());
+        let (body, t) = decode_all(b"3 ; a=b\r\nabc\r\n0\r\ngrpc-status: 0\r\n\r\n").unwrap();
+        assert_eq!(body, b"abc");
+        assert_eq!(t.unwrap()["grpc-status"], "0");
+    }
+
+    #[test]
+    fn bad_chunks_are_refused() {
+        for raw in [
+            &b"5\nhello\r\n0\r\n\r\n"[..],
+            b"5\r\nhelloX\r\n0\r\n\r\n",
+            b"-5\r\nhello\r\n0\r\n\r\n",
+            b"0x5\r\nhello\r\n0\r\n\r\n",
+            b"\r\nhello\r\n0\r\n\r\n",
+            b"10000000000000000\r\n",
+            b"5 x\r\nhello\r\n0\r\n\r\n",
+            b"5;a\x01\r\nhello\r\n0\r\n\r\n",
+            b"5\rhello\r\n0\r\n\r\n",
+            b"0\r\nx: a\r\n b\r\n\r\n",
+        ] {
+            assert!(
+                decode_all(raw).is_err(),
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
+    }
+}

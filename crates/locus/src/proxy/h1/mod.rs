@@ -1,0 +1,422 @@
+//! A lean HTTP/1.1 client for upstream exchanges, driven in the request's own task.
+//!
+//! hyper's client runs each connection as a task of its own and hands every request to it
+//! through a channel; on the gateway's hot path that hop, and the codec state around it, cost
+//! more user CPU than everything else Locus does per request. Here the request's task writes
+//! the head (and a small body) in one `write`, reads the response head with `httparse`, and
+//! then reads the body straight off the socket as the client consumes it. The framing rules
+//! live in [`codec`], as pure functions with their own tests.
+//!
+//! A connection carries no task while idle: whether it is still open is read from the
+//! reactor's readiness, without a syscall (an endpoint's close or stray bytes make it
+//! readable, and a readable idle connection is never reused).
+
+pub mod codec;
+
+use std::future::poll_fn;
+use std::io;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll, Waker};
+
+use bytes::{Bytes, BytesMut};
+use http::{Method, Request};
+use hyper::body::{Body, Frame};
+use tokio::io::{AsyncWrite, AsyncWriteExt, Interest};
+use tokio::net::TcpStream;
+
+use self::codec::{Chunk, ChunkedDecoder, Framing, ProtoError, RequestFraming, ResponseHead};
+use super::body::ProxyBody;
+use super::outcome::BoxError;
+
+/// Spare room kept in the read buffer before each read.
+const READ_SIZE: usize = 16 * 1024;
+/// A small request body goes out in the same `write` as its head.
+const INLINE_BODY: usize = 16 * 1024;
+/// Buffers larger than this are not kept with an idle connection.
+const KEEP_BUFFER: usize = 64 * 1024;
+/// The trailer section of a chunked response is bounded like a head.
+const MAX_TRAILERS: usize = 16 * 1024;
+
+/// Why an exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ExchangeError {
+    /// A connection that had carried requests before was found closed before any of the
+    /// response arrived: the endpoint closed it while idle. `written`: the request went out
+    /// (so only an idempotent one may be sent again).
+    #[error("the pooled connection was closed by the endpoint: {error}")]
+    Stale { error: io::Error, written: bool },
+    #[error("{0}")]
+    Io(io::Error),
+    #[error("{0}")]
+    Protocol(#[from] ProtoError),
+    /// Reading the request body failed (whose fault it was, the body's state tells).
+    #[error("reading the request body: {0}")]
+    RequestBody(BoxError),
+}
+
+/// One upstream connection and its buffers, reused across requests.
+#[derive(Debug)]
+pub struct Conn {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    wbuf: Vec<u8>,
+    /// Scratch space for parsing response heads.
+    spans: Vec<[usize; 4]>,
+    /// Requests this connection has carried.
+    pub uses: u32,
+    /// The last read returned less than it was offered: the socket had nothing more.
+    drained: bool,
+    /// The request body was sent in full (an early answer can cut an upload short).
+    request_done: bool,
+}
+
+/// How much of a response body is left to read.
+#[derive(Debug)]
+pub enum BodyState {
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    UntilClose,
+    Done,
+}
+
+impl BodyState {
+    pub fn new(framing: Framing) -> Self {
+        match framing {
+            Framing::Empty => BodyState::Done,
+            Framing::Length(n) => BodyState::Length(n),
+            Framing::Chunked => BodyState::Chunked(ChunkedDecoder::default()),
+            Framing::UntilClose => BodyState::UntilClose,
+        }
+    }
+
+    pub fn is_done(&self) -> bool {
+        matches!(self, BodyState::Done | BodyState::Length(0))
+    }
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream) -> Self {
+        Conn {
+            stream,
+            rbuf: BytesMut::new(),
+            wbuf: Vec::new(),
+            spans: Vec::new(),
+            uses: 0,
+            drained: true,
+            request_done: true,
+        }
+    }
+
+    /// Whether an idle connection can carry another request: nothing arrived on it since its
+    /// last response (no close, no stray bytes). Read from the reactor; no syscall.
+    pub fn idle_ok(&self) -> bool {
+        let mut cx = Context::from_waker(Waker::noop());
+        self.stream.poll_read_ready(&mut cx).is_pending()
+    }
+
+    /// Whether the connection can go back to the pool now that its response is read: the
+    /// request went out whole, and nothing beyond the response arrived. Clears the reactor's
+    /// readiness so [`Conn::idle_ok`] sees only what arrives from now on.
+    pub fn reusable(&mut self) -> bool {
+        if !self.request_done || !self.rbuf.is_empty() {
+            return false;
+        }
+        if self.rbuf.capacity() > KEEP_BUFFER {
+            self.rbuf = BytesMut::new();
+        }
+        if self.wbuf.capacity() > KEEP_BUFFER {
+            self.wbuf = Vec::new();
+        }
+        if self.drained {
+            // The socket was empty after the last read; forget the readiness that read left.
+            let _ = self.stream.try_io(Interest::READABLE, || {
+                Err::<(), _>(io::ErrorKind::WouldBlock.into())
+            });
+            return true;
+        }
+        // The last read filled its buffer: look once more (a close or extra bytes: not reused).
+        matches!(self.stream.try_read_buf(&mut self.rbuf), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+
+    /// Sends `req` and reads the response head. The body stays in the request unless it is
+    /// streamed, so a request refused by a stale connection can be sent again.
+    pub async fn exchange(
+        &mut self,
+        req: &mut Request<ProxyBody>,
+        max_head: usize,
+    ) -> Result<ResponseHead, ExchangeError> {
+        let reused = self.uses > 1;
+        let framing = request_framing(req);
+        self.wbuf.clear();
+        let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+        codec::encode_request_head(req.method(), target, req.headers(), framing, &mut self.wbuf);
+        let mut separate: Option<Bytes> = None;
+        let streamed = match req.body() {
+            ProxyBody::Full(Some(b)) if b.len() <= INLINE_BODY => {
+                self.wbuf.extend_from_slice(b);
+                false
+            }
+            ProxyBody::Full(Some(b)) => {
+                separate = Some(b.clone());
+                false
+            }
+            ProxyBody::Full(None) => false,
+            _ => true,
+        };
+        self.request_done = !streamed;
+        let stale = |error: io::Error, written| {
+            if reused && !streamed && gone(&error) {
+                ExchangeError::Stale { error, written }
+            } else {
+                ExchangeError::Io(error)
+            }
+        };
+        let method = req.method().clone();
+        if streamed {
+            let body = std::mem::replace(req.body_mut(), ProxyBody::empty());
+            return self
+                .stream_body(body, framing == RequestFraming::Chunked, &method, max_head)
+                .await;
+        }
+        if let Err(e) = self.stream.write_all(&self.wbuf).await {
+            return Err(stale(e, false));
+        }
+        if let Some(b) = separate {
+            self.stream.write_all(&b).await.map_err(ExchangeError::Io)?;
+        }
+        let mut got_any = false;
+        poll_fn(|cx| self.poll_head(cx, &method, max_head, &mut got_any))
+            .await
+            .map_err(|e| match e {
+                ExchangeError::Io(error) if !got_any => stale(error, true),
+                e => e,
+            })
+    }
+
+    /// Streams the request body while watching for the response: an endpoint may answer
+    /// (and stop reading) before the upload ends, and must not be left waiting on it. The
+    /// head (already in the write buffer) goes out with the first piece of the body, so a
+    /// body that is broken from its first byte never reaches the endpoint at all.
+    async fn stream_body(
+        &mut self,
+        mut body: ProxyBody,
+        chunked: bool,
+        method: &Method,
+        max_head: usize,
+    ) -> Result<ResponseHead, ExchangeError> {
+        let mut out = std::mem::take(&mut self.wbuf);
+        let mut written = 0;
+        let mut started = false;
+        let mut body_done = false;
+        let mut got_any = false;
+        let result = poll_fn(|cx| {
+            if let Poll::Ready(head) = self.poll_head(cx, method, max_head, &mut got_any) {
+                return Poll::Ready(head);
+            }
+            loop {
+                if started && written < out.len() {
+                    match Pin::new(&mut self.stream).poll_write(cx, &out[written..]) {
+                        Poll::Ready(Ok(0)) => {
+                            return Poll::Ready(Err(ExchangeError::Io(
+                                io::ErrorKind::WriteZero.into(),
+                            )))
+                        }
+                        Poll::Ready(Ok(n)) => written += n,
+                        Poll::Ready(Err(e)) => return Poll::Ready(Err(ExchangeError::Io(e))),
+                        Poll::Pending => return Poll::Pending,
+                    }
+                    continue;
+                }
+                if body_done {
+                    return Poll::Pending;
+                }
+                if started {
+                    out.clear();
+                    written = 0;
+                }
+                let frame = Pin::new(&mut body).poll_frame(cx);
+                started |= frame.is_ready();
+                match frame {
+                    Poll::Pending => return Poll::Pending,
+                    Poll::Ready(None) => {
+                        if chunked {
+                            out.extend_from_slice(b"0\r\n\r\n");
+                        }
+                        body_done = true;
+                    }
+                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                        Ok(data) if data.is_empty() => {}
+                        Ok(data) if chunked => {
+                            codec::encode_chunk_size(data.len(), &mut out);
+                            out.extend_from_slice(&data);
+                            out.extend_from_slice(b"\r\n");
+                        }
+                        Ok(data) => out.extend_from_slice(&data),
+                        Err(frame) => {
+                            if let (Ok(trailers), true) = (frame.into_trailers(), chunked) {
+                                out.extend_from_slice(b"0\r\n");
+                                for (name, value) in &trailers {
+                                    out.extend_from_slice(name.as_str().as_bytes());
+                                    out.extend_from_slice(b": ");
+                                    out.extend_from_slice(value.as_bytes());
+                                    out.extend_from_slice(b"\r\n");
+                                }
+                                out.extend_from_slice(b"\r\n");
+                                body_done = true;
+                            }
+                        }
+                    },
+                    Poll::Ready(Some(Err(e))) => {
+                        return Poll::Ready(Err(ExchangeError::RequestBody(e)))
+                    }
+                }
+            }
+        })
+        .await;
+        self.request_done = body_done && written == out.len();
+        out.clear();
+        self.wbuf = out;
+        result
+    }
+
+    /// Reads until a final response head is complete, skipping informational ones.
+    fn poll_head(
+        &mut self,
+        cx: &mut Context<'_>,
+        method: &Method,
+        max_head: usize,
+        got_any: &mut bool,
+    ) -> Poll<Result<ResponseHead, ExchangeError>> {
+        loop {
+            if !self.rbuf.is_empty() {
+                match codec::parse_response_head(&mut self.rbuf, method, max_head, &mut self.spans)?
+                {
+                    Some(h) if h.status == http::StatusCode::SWITCHING_PROTOCOLS => {
+                        return Poll::Ready(Err(ProtoError::UnaskedUpgrade.into()))
+                    }
+                    Some(h) if h.status.is_informational() => continue,
+                    Some(h) => return Poll::Ready(Ok(h)),
+                    None => {}
+                }
+            }
+            let n = ready!(self.poll_fill(cx)).map_err(ExchangeError::Io)?;
+            if n == 0 {
+                let why = if self.rbuf.is_empty() && !*got_any {
+                    "the endpoint closed the connection without answering"
+                } else {
+                    "the endpoint closed the connection mid-head"
+                };
+                return Poll::Ready(Err(ExchangeError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    why,
+                ))));
+            }
+            *got_any = true;
+        }
+    }
+
+    /// Reads what the socket has into the read buffer; `0` is the end of the stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        if self.rbuf.capacity() - self.rbuf.len() < READ_SIZE / 4 {
+            self.rbuf.reserve(READ_SIZE);
+        }
+        loop {
+            ready!(self.stream.poll_read_ready(cx))?;
+            let offered = self.rbuf.capacity() - self.rbuf.len();
+            match self.stream.try_read_buf(&mut self.rbuf) {
+                Ok(n) => {
+                    self.drained = n < offered;
+                    return Poll::Ready(Ok(n));
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+    }
+
+    /// The next piece of the response body.
+    pub fn poll_body(
+        &mut self,
+        state: &mut BodyState,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ExchangeError>>> {
+        loop {
+            match state {
+                BodyState::Done | BodyState::Length(0) => {
+                    *state = BodyState::Done;
+                    return Poll::Ready(None);
+                }
+                BodyState::Length(left) if !self.rbuf.is_empty() => {
+                    let n = (*left).min(self.rbuf.len() as u64);
+                    *left -= n;
+                    let data = self.rbuf.split_to(n as usize).freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                BodyState::Chunked(dec) if !self.rbuf.is_empty() => {
+                    match dec.decode(&mut self.rbuf, MAX_TRAILERS)? {
+                        Chunk::Data(d) => return Poll::Ready(Some(Ok(Frame::data(d)))),
+                        Chunk::End(trailers) => {
+                            *state = BodyState::Done;
+                            return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
+                        }
+                        Chunk::More => {}
+                    }
+                }
+                BodyState::UntilClose if !self.rbuf.is_empty() => {
+                    let data = self.rbuf.split().freeze();
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                _ => {}
+            }
+            let n = ready!(self.poll_fill(cx)).map_err(ExchangeError::Io)?;
+            if n == 0 {
+                if matches!(state, BodyState::UntilClose) {
+                    *state = BodyState::Done;
+                    // Delimited by the close: this connection is finished.
+                    self.request_done = false;
+                    return Poll::Ready(None);
+                }
+                return Poll::Ready(Some(Err(ExchangeError::Io(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the endpoint closed the connection mid-body",
+                )))));
+            }
+        }
+    }
+}
+
+/// How the request body will be framed: the length when it is known, chunked otherwise.
+fn request_framing(req: &Request<ProxyBody>) -> RequestFraming {
+    match req.body() {
+        ProxyBody::Full(Some(b)) => RequestFraming::Length(b.len() as u64),
+        // An empty body is said explicitly where the client said a length or the method
+        // normally carries one (servers answer 411 to a bodiless POST without a length).
+        ProxyBody::Full(None) => {
+            let m = req.method();
+            if req.headers().contains_key(http::header::CONTENT_LENGTH)
+                || m == Method::POST
+                || m == Method::PUT
+                || m == Method::PATCH
+            {
+                RequestFraming::Length(0)
+            } else {
+                RequestFraming::None
+            }
+        }
+        body => match body.size_hint().exact() {
+            Some(n) => RequestFraming::Length(n),
+            None => RequestFraming::Chunked,
+        },
+    }
+}
+
+/// Errors that mean the peer closed or reset the connection.
+fn gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::BrokenPipe
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::UnexpectedEof
+    )
+}

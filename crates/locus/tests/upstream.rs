@@ -1,0 +1,359 @@
+//! Locus's own HTTP/1.1 upstream client against endpoints written by hand: responses framed
+//! badly or ambiguously are never forwarded (RFC 9112 §6.3), a response cannot leak into the
+//! next request's, an endpoint closing idle connections costs no request, and an endpoint may
+//! answer before an upload ends. Real gateway processes, real sockets.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// What a scripted endpoint does after reading request number `n` (from 0, over all its
+/// connections): write these bytes, then maybe close.
+struct Answer {
+    bytes: Vec<u8>,
+    close: bool,
+}
+
+fn answer(bytes: impl Into<Vec<u8>>) -> Answer {
+    Answer {
+        bytes: bytes.into(),
+        close: false,
+    }
+}
+
+/// An endpoint that reads each request head (and its Content-Length body) and writes what
+/// `script` says. Returns its port and the number of requests it has read.
+async fn scripted(
+    script: impl Fn(usize, &str) -> Answer + Send + Sync + 'static,
+) -> (u16, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let seen = Arc::new(AtomicUsize::new(0));
+    let script = Arc::new(script);
+    let counter = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(serve(s, script.clone(), counter.clone()));
+        }
+    });
+    (port, seen)
+}
+
+async fn serve(
+    mut s: TcpStream,
+    script: Arc<impl Fn(usize, &str) -> Answer>,
+    seen: Arc<AtomicUsize>,
+) {
+    let mut buf = Vec::new();
+    loop {
+        let end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+        buf.drain(..end);
+        let length = head
+            .lines()
+            .find_map(|l| l.strip_prefix("content-length: "))
+            .map_or(0, |n| n.trim().parse::<usize>().unwrap());
+        while buf.len() < length {
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..length);
+        let n = seen.fetch_add(1, Ordering::SeqCst);
+        let a = script(n, &head);
+        if s.write_all(&a.bytes).await.is_err() || a.close {
+            return;
+        }
+    }
+}
+
+fn gateway(port: u16) -> (tempfile::TempDir, Gw) {
+    let dir = tempdir();
+    write(dir.path(), "all.yaml", &one_backend(port, ""));
+    let gw = Gw::start(dir.path(), &[]);
+    (dir, gw)
+}
+
+/// Sends one GET on a new connection and reads until the gateway closes it or 5 s pass.
+async fn raw_get(gw: &Gw) -> String {
+    let mut s = TcpStream::connect(gw.addr(8080)).await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nhost: svc.test\r\nconnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Heads whose body length is ambiguous, and bodies that break their framing: the client never
+/// gets the endpoint's bytes past the point where they stop making sense. A bad head is a 502;
+/// a bad chunk after a good head cuts the response short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ambiguous_or_malformed_responses_are_never_forwarded() {
+    let smuggled = "HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nsmuggled";
+    let bad_heads = [
+        format!("HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"),
+        format!("HTTP/1.1 200 OK\r\ncontent-length: 0\r\ncontent-length: 48\r\n\r\n{smuggled}"),
+        format!("HTTP/1.1 200 OK\r\ncontent-length: 0, 48\r\n\r\n{smuggled}"),
+        format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked, identity\r\n\r\n0\r\n\r\n{smuggled}"),
+        format!("HTTP/1.1 200 OK\r\nx-folded: a\r\n content-length: 0\r\n\r\n{smuggled}"),
+        format!("HTTP/1.1 200 OK\r\ncontent-length : 0\r\n\r\n{smuggled}"),
+        format!("HTTP/1.0 200 OK\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n{smuggled}"),
+        format!("HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\n\r\n{smuggled}"),
+    ];
+    let bad_bodies = [
+        format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirst\r\nzz\r\n{smuggled}"),
+        format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\nfirst\r\n0\r\n\r\n{smuggled}"),
+        format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nfirstXX0\r\n\r\n{smuggled}"),
+        format!("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n10000000000000005\r\nfirst\r\n{smuggled}"),
+    ];
+    let cases: Vec<(String, bool)> = bad_heads
+        .iter()
+        .map(|r| (r.clone(), true))
+        .chain(bad_bodies.iter().map(|r| (r.clone(), false)))
+        .collect();
+    let script_cases = cases.clone();
+    let (port, _) =
+        scripted(move |n, _| answer(script_cases[n % script_cases.len()].0.clone())).await;
+    let (_dir, gw) = gateway(port);
+    for (response, bad_head) in &cases {
+        let got = raw_get(&gw).await;
+        assert!(!got.contains("smuggled"), "{response:?} → {got:?}");
+        if *bad_head {
+            assert!(got.starts_with("HTTP/1.1 502"), "{response:?} → {got:?}");
+        } else {
+            // The head may have gone out before the body broke: the response is cut short
+            // (or never started), never completed with a last chunk.
+            assert!(
+                got.is_empty() || got.starts_with("HTTP/1.1 200"),
+                "{response:?} → {got:?}"
+            );
+            assert!(!got.ends_with("0\r\n\r\n"), "{response:?} → {got:?}");
+        }
+    }
+}
+
+/// A response followed by more bytes than its framing says (at once, or a moment later while
+/// the connection is idle) never answers another request: that connection is not reused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bytes_after_a_response_never_answer_the_next_request() {
+    let (late_tx, mut late_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let served = Arc::new(AtomicUsize::new(0));
+    let counter = served.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let late_tx = late_tx.clone();
+            let n = counter.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while let Ok(len) = s.read(&mut buf).await {
+                    if len == 0 {
+                        return;
+                    }
+                    match n.fetch_add(1, Ordering::SeqCst) {
+                        // Extra bytes in the same write as the response.
+                        0 => {
+                            let _ = s
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfirstHTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nsmuggled")
+                                .await;
+                        }
+                        // Extra bytes written once the response is done and the connection idle.
+                        1 => {
+                            let _ = s
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nsecond")
+                                .await;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            let _ = s
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 8\r\n\r\nsmuggled")
+                                .await;
+                            let _ = late_tx.send(());
+                        }
+                        _ => {
+                            let _ = s
+                                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh")
+                                .await;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let (_dir, gw) = gateway(port);
+    let c = HttpClient::default();
+    let addr = gw.addr(8080);
+    assert_eq!(c.get(addr, "svc.test", "/").await.body, "first");
+    assert_eq!(c.get(addr, "svc.test", "/").await.body, "second");
+    late_rx.recv().await.unwrap();
+    for _ in 0..20 {
+        assert_eq!(c.get(addr, "svc.test", "/").await.body, "fresh");
+    }
+    assert_eq!(served.load(Ordering::SeqCst), 22);
+}
+
+/// An endpoint that closes every connection after answering, without saying so: each next
+/// request finds its pooled connection gone and is sent on a new one. No client sees an error
+/// and the endpoint stays healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_closing_idle_connections_cost_no_request() {
+    let (port, seen) = scripted(|_, _| Answer {
+        bytes: b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
+        close: true,
+    })
+    .await;
+    let (_dir, gw) = gateway(port);
+    let c = HttpClient::default();
+    for i in 0..200 {
+        let r = c.get(gw.addr(8080), "svc.test", "/").await;
+        assert_eq!((r.status, r.body.as_str()), (200, "ok"), "request {i}");
+    }
+    assert_eq!(seen.load(Ordering::SeqCst), 200);
+    let metrics = c.get(gw.admin, "admin", "/metrics").await.body;
+    assert_eq!(request_errors(&metrics, &[]), 0.0, "{metrics}");
+}
+
+/// An endpoint refusing an upload (413) after reading only its head: the client gets the 413
+/// at once, while its upload is still going, and the endpoint is not blamed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_may_answer_before_the_upload_ends() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut got = Vec::new();
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = s
+                    .write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 8\r\nconnection: close\r\n\r\ntoo much")
+                    .await;
+                // Keeps the connection open without reading: the upload stalls upstream.
+                tokio::time::sleep(Duration::from_secs(30)).await;
+            });
+        }
+    });
+    let (_dir, gw) = gateway(port);
+    let mut s = TcpStream::connect(gw.addr(8080)).await.unwrap();
+    let size = 64 * 1024 * 1024;
+    s.write_all(
+        format!("PUT /upload HTTP/1.1\r\nhost: svc.test\r\ncontent-length: {size}\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let (mut rd, mut wr) = s.into_split();
+    let upload = tokio::spawn(async move {
+        let chunk = vec![b'x'; 64 * 1024];
+        for _ in 0..size / chunk.len() {
+            if wr.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    let mut head = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = tokio::time::timeout(Duration::from_secs(10), async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = rd.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed before answering");
+            head.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "no answer while the upload was stalled");
+    assert!(
+        head.starts_with(b"HTTP/1.1 413"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    upload.abort();
+    let c = HttpClient::default();
+    let metrics = c.get(gw.admin, "admin", "/metrics").await.body;
+    assert_eq!(
+        request_errors(&metrics, &["side=\"upstream\""]),
+        0.0,
+        "{metrics}"
+    );
+}
+
+/// Framing the endpoint may choose: chunked (with extensions and trailers, after a
+/// `100 Continue`), a length, HTTP/1.0 delimited by the close, no body for HEAD and 204; and
+/// request bodies sent with their length or chunked. Every one reaches the client whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_valid_framing_reaches_the_client_whole() {
+    let (port, _) = scripted(|_, head| {
+        let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+        match path.as_str() {
+            "/chunked" => answer(
+                "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n4;a=b\r\nchun\r\n3\r\nked\r\n0\r\nx-checksum: 1\r\n\r\n",
+            ),
+            "/ten" => Answer {
+                bytes: b"HTTP/1.0 200 OK\r\n\r\nuntil close".to_vec(),
+                close: true,
+            },
+            "/empty" => answer("HTTP/1.1 204 No Content\r\n\r\n"),
+            "/head" => answer("HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n"),
+            _ => {
+                // Echoes how the request body was framed.
+                let framing = if head.contains("transfer-encoding: chunked") {
+                    "chunked".to_owned()
+                } else {
+                    head.lines()
+                        .find(|l| l.starts_with("content-length"))
+                        .unwrap_or("none")
+                        .to_owned()
+                };
+                answer(format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{framing}",
+                    framing.len()
+                ))
+            }
+        }
+    })
+    .await;
+    let (_dir, gw) = gateway(port);
+    let c = HttpClient::default();
+    let addr = gw.addr(8080);
+    for _ in 0..3 {
+        assert_eq!(c.get(addr, "svc.test", "/chunked").await.body, "chunked");
+        assert_eq!(c.get(addr, "svc.test", "/ten").await.body, "until close");
+        assert_eq!(c.get(addr, "svc.test", "/empty").await.status, 204);
+        let r = c
+            .request("HEAD", addr, "svc.test", "/head", &[], Bytes::new())
+            .await;
+        assert_eq!((r.status, r.body.as_str()), (200, ""));
+        let r = c
+            .request("POST", addr, "svc.test", "/", &[], Bytes::from("12345"))
+            .await;
+        assert_eq!(r.body, "content-length: 5");
+        let r = c
+            .request("POST", addr, "svc.test", "/", &[], Bytes::new())
+            .await;
+        assert_eq!(r.body, "content-length: 0");
+        assert_eq!(c.get(addr, "svc.test", "/").await.body, "none");
+    }
+}

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 
 use crate::health::active::Prober;
 use crate::identity::{self, IdentityConfig};
@@ -17,6 +17,7 @@ use crate::model::Model;
 use crate::proxy::{self, Shared};
 use crate::resources::{ConfigError, ResourceSet};
 use crate::routing::{GatewaySelector, RouteTable};
+use crate::tls::{CertStore, PortTls};
 use crate::writer::WriterHandle;
 
 /// Lifecycle events, for whoever started the gateway (tests, the demo, scripts reading stdout).
@@ -79,6 +80,8 @@ struct Listener {
     addr: SocketAddr,
     /// One accept loop per data-plane runtime.
     tasks: Vec<JoinHandle<()>>,
+    /// The port's TLS configuration (`None`: plain HTTP), read at each accept.
+    tls: Arc<ArcSwapOption<PortTls>>,
 }
 
 pub struct Gateway {
@@ -87,6 +90,8 @@ pub struct Gateway {
     prober: Prober,
     options: GatewayOptions,
     listeners: Mutex<BTreeMap<u16, Listener>>,
+    /// HTTPS listeners' certificates, the last good one of each Secret kept.
+    certs: Arc<Mutex<CertStore>>,
     generation: AtomicU64,
     events: Mutex<Vec<mpsc::UnboundedSender<Event>>>,
     last_warnings: Mutex<Vec<String>>,
@@ -116,6 +121,7 @@ impl Gateway {
             writer,
             options,
             listeners: Mutex::new(BTreeMap::new()),
+            certs: Arc::default(),
             generation: AtomicU64::new(0),
             events: Mutex::new(Vec::new()),
             last_warnings: Mutex::new(Vec::new()),
@@ -258,7 +264,20 @@ impl Gateway {
     pub async fn apply(&self, set: ResourceSet) -> Result<u64, String> {
         let started = std::time::Instant::now();
         let files: Vec<String> = set.files.iter().map(|f| f.display().to_string()).collect();
-        let model = match tokio::task::spawn_blocking(move || Model::build(&set)).await {
+        // Certificates are parsed there too; their problems become listener status and
+        // warnings in the model, never a rejected configuration.
+        let certs = self.certs.clone();
+        let selector = self.options.selector.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            let mut model = Model::build(&set)?;
+            let tls = certs
+                .lock()
+                .expect("cert store")
+                .resolve(&mut model, &selector);
+            Ok::<_, ConfigError>((model, tls))
+        })
+        .await;
+        let (model, tls) = match built {
             Ok(built) => built.map_err(|e| self.reject(e.to_string()))?,
             Err(e) => std::panic::resume_unwind(e.into_panic()),
         };
@@ -266,7 +285,7 @@ impl Gateway {
         let generation = self.generation.load(Ordering::SeqCst) + 1;
         // Bind new ports before publishing so a table never names a port that is not served.
         let wanted = self.options.selector.listener_ports(&model);
-        if let Err(e) = self.bind_missing(&wanted).await {
+        if let Err(e) = self.bind_missing(&wanted, &tls).await {
             return Err(self.reject(e));
         }
         let Some(table) = self
@@ -294,6 +313,10 @@ impl Gateway {
         );
         self.generation.store(generation, Ordering::SeqCst);
         self.prober.reconcile(active_checks(&table));
+        // New certificates apply to the next handshake; connections already made keep theirs.
+        for (port, l) in self.listeners.lock().expect("listeners lock").iter() {
+            l.tls.store(tls.get(port).cloned());
+        }
         self.close_unwanted(&wanted);
         *self.last_error.lock().expect("error lock") = None;
         *self.files.lock().expect("files lock") = files;
@@ -343,7 +366,11 @@ impl Gateway {
         *last = warnings.to_vec();
     }
 
-    async fn bind_missing(&self, wanted: &[u16]) -> Result<(), String> {
+    async fn bind_missing(
+        &self,
+        wanted: &[u16],
+        tls: &BTreeMap<u16, Arc<PortTls>>,
+    ) -> Result<(), String> {
         if self.shutting_down() {
             return Ok(());
         }
@@ -370,22 +397,31 @@ impl Gateway {
                 .map_err(|e| format!("cannot listen on {socket} for listener port {port}: {e}"))?;
             let addr = bound[0].1.local_addr().map_err(|e| e.to_string())?;
             let conns = Arc::new(proxy::PortConnections::default());
+            // Set before the first accept: an HTTPS port never answers in plain text.
+            let port_tls = Arc::new(ArcSwapOption::new(tls.get(&port).cloned()));
             let tasks = bound
                 .into_iter()
                 .map(|(runtime, listener)| {
                     runtime.spawn(proxy::serve(
                         listener,
-                        port,
-                        conns.clone(),
+                        proxy::Port {
+                            number: port,
+                            connections: conns.clone(),
+                            tls: port_tls.clone(),
+                        },
                         self.shared.clone(),
                     ))
                 })
                 .collect();
             tracing::info!(port, %addr, workers = handles.len(), "listening");
-            self.listeners
-                .lock()
-                .expect("listeners lock")
-                .insert(port, Listener { addr, tasks });
+            self.listeners.lock().expect("listeners lock").insert(
+                port,
+                Listener {
+                    addr,
+                    tasks,
+                    tls: port_tls,
+                },
+            );
             self.emit(Event::Listening { port, addr });
         }
         Ok(())

@@ -23,4 +23,5 @@ pub mod plan;
 pub mod proxy;
 pub mod resources;
 pub mod routing;
+pub mod tls;
 pub mod writer;

@@ -214,9 +214,22 @@ async fn write_status(
             .filter(|l| l.gateway == *gw)
             .map(|l| {
                 fingerprint.push_str(&format!(
-                    "|{}:{}:{:?}",
-                    l.name, l.attached_routes, l.unsupported_protocol
+                    "|{}:{}:{:?}:{:?}",
+                    l.name, l.attached_routes, l.unsupported_protocol, l.refused_refs
                 ));
+                // The first refused certificate reference is the listener's ResolvedRefs; a
+                // protocol conflict also makes it Conflicted and not Programmed.
+                let resolved = match l.refused_refs.first() {
+                    Some((reason, why)) if *reason != "ProtocolConflict" => {
+                        Err((*reason, why.clone()))
+                    }
+                    _ => Ok(()),
+                };
+                let conflict = l
+                    .refused_refs
+                    .iter()
+                    .find(|(reason, _)| *reason == "ProtocolConflict")
+                    .map(|(_, why)| why.clone());
                 let (kinds, accepted, programmed) = match &l.unsupported_protocol {
                     None => (
                         serde_json::json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}]),
@@ -224,7 +237,7 @@ async fn write_status(
                         Ok(()),
                     ),
                     Some(protocol) => {
-                        let why = format!("protocol {protocol} is not served by Locus yet (HTTP only)");
+                        let why = format!("protocol {protocol} is not served by Locus yet (HTTP and HTTPS only)");
                         (
                             serde_json::json!([]),
                             Err(("UnsupportedProtocol", why.clone())),
@@ -232,15 +245,32 @@ async fn write_status(
                         )
                     }
                 };
+                let programmed = match &conflict {
+                    Some(why) => Err(("Invalid", why.clone())),
+                    None => programmed,
+                };
+                let mut conditions = vec![
+                    condition("Accepted", &accepted, "Accepted", generation, &now),
+                    condition("Programmed", &programmed, "Programmed", generation, &now),
+                    condition("ResolvedRefs", &resolved, "ResolvedRefs", generation, &now),
+                ];
+                if let Some(why) = conflict {
+                    // `Conflicted` is True when there is a conflict (a negative-polarity
+                    // condition), so it is written by hand.
+                    conditions.push(serde_json::json!({
+                        "type": "Conflicted",
+                        "status": "True",
+                        "reason": "ProtocolConflict",
+                        "message": why,
+                        "observedGeneration": generation,
+                        "lastTransitionTime": now,
+                    }));
+                }
                 serde_json::json!({
                     "name": l.name,
                     "supportedKinds": kinds,
                     "attachedRoutes": l.attached_routes,
-                    "conditions": [
-                        condition("Accepted", &accepted, "Accepted", generation, &now),
-                        condition("Programmed", &programmed, "Programmed", generation, &now),
-                        condition("ResolvedRefs", &Ok(()), "ResolvedRefs", generation, &now),
-                    ],
+                    "conditions": conditions,
                 })
             })
             .collect();

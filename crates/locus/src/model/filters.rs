@@ -81,15 +81,18 @@ impl Redirect {
     /// with path and query `path` / `query`, that matched `prefix`. Ports follow the Gateway
     /// API: the given one, else the scheme's well-known port when the scheme changes, else the
     /// listener's; the well-known port of the scheme is left out.
+    /// `request_scheme` is the scheme the request came in with (`https` on an HTTPS listener):
+    /// the redirect keeps it unless the filter names one.
     pub fn location(
         &self,
+        request_scheme: &'static str,
         host: &str,
         listener_port: u16,
         path: &str,
         query: Option<&str>,
         prefix: Option<&str>,
     ) -> String {
-        let scheme = self.scheme.unwrap_or("http");
+        let scheme = self.scheme.unwrap_or(request_scheme);
         let well_known = if scheme == "https" { 443 } else { 80 };
         let port = match (self.port, self.scheme) {
             (Some(p), _) => p,
@@ -532,19 +535,19 @@ mod tests {
             status: StatusCode::FOUND,
         };
         assert_eq!(
-            r(Some("https"), None).location("a.test", 8080, "/p", Some("q=1"), None),
+            r(Some("https"), None).location("http", "a.test", 8080, "/p", Some("q=1"), None),
             "https://a.test/p?q=1"
         );
         assert_eq!(
-            r(None, None).location("a.test", 8080, "/p", None, None),
+            r(None, None).location("http", "a.test", 8080, "/p", None, None),
             "http://a.test:8080/p"
         );
         assert_eq!(
-            r(None, None).location("a.test", 80, "/p", None, None),
+            r(None, None).location("http", "a.test", 80, "/p", None, None),
             "http://a.test/p"
         );
         assert_eq!(
-            r(Some("https"), Some(8443)).location("a.test", 80, "/", None, None),
+            r(Some("https"), Some(8443)).location("http", "a.test", 80, "/", None, None),
             "https://a.test:8443/"
         );
     }

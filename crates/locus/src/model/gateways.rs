@@ -3,10 +3,11 @@
 use std::collections::BTreeMap;
 
 use gateway_api::apis::standard::gateways::{
-    Gateway, GatewayListenersAllowedRoutesNamespacesFrom as From,
+    Gateway, GatewayListeners, GatewayListenersAllowedRoutesNamespacesFrom as From,
+    GatewayListenersTlsMode,
 };
 
-use super::{name_of, namespace_of, DocCtx, ObjKey};
+use super::{name_of, namespace_of, DocCtx, GrantModel, ObjKey};
 use crate::resources::{ConfigError, Origin};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -23,6 +24,17 @@ pub struct ListenerModel {
     pub port: u16,
     pub hostname: Option<String>,
     pub allowed: AllowedRoutes,
+    /// `Some` for an HTTPS listener (TLS terminated by Locus).
+    pub tls: Option<ListenerTls>,
+}
+
+/// An HTTPS listener's certificates.
+#[derive(Clone, Debug, Default)]
+pub struct ListenerTls {
+    /// The Secrets it may use, in order.
+    pub certificates: Vec<ObjKey>,
+    /// References that cannot be used, with why (`RefNotPermitted`, `InvalidCertificateRef`).
+    pub refused: Vec<(&'static str, String)>,
 }
 
 #[derive(Clone, Debug)]
@@ -45,6 +57,7 @@ pub const ANNOTATION_FLEET: &str = "locus.io/fleet";
 pub(super) fn build(
     ctx: &DocCtx<'_>,
     gw: &Gateway,
+    grants: &[GrantModel],
     warnings: &mut Vec<String>,
 ) -> Result<GatewayModel, ConfigError> {
     let key = ObjKey {
@@ -64,9 +77,18 @@ pub(super) fn build(
                     format!("{} is not a port (1-65535)", l.port),
                 )
             })?;
-        if l.protocol != "HTTP" {
+        let passthrough = l
+            .tls
+            .as_ref()
+            .is_some_and(|t| t.mode == Some(GatewayListenersTlsMode::Passthrough));
+        if !matches!(l.protocol.as_str(), "HTTP" | "HTTPS") || passthrough {
+            let what = if passthrough {
+                "TLS passthrough (TLSRoute)"
+            } else {
+                "protocol"
+            };
             warnings.push(format!(
-                "{}: listener {:?} has protocol {} which Locus does not serve yet (HTTP only); listener skipped",
+                "{}: listener {:?} has {what} {} which Locus does not serve yet (HTTP and HTTPS only); listener skipped",
                 ctx.place(),
                 l.name,
                 l.protocol
@@ -74,6 +96,7 @@ pub(super) fn build(
             unsupported_listeners.push((l.name.clone(), l.protocol.clone()));
             continue;
         }
+        let tls = (l.protocol == "HTTPS").then(|| listener_tls(ctx, &key, l, i, grants, warnings));
         if listeners.iter().any(|x: &ListenerModel| x.name == l.name) {
             return Err(ctx.error(
                 &field("name"),
@@ -120,6 +143,7 @@ pub(super) fn build(
                 .filter(|h| !h.is_empty())
                 .map(|h| h.to_ascii_lowercase()),
             allowed,
+            tls,
         });
     }
     Ok(GatewayModel {
@@ -143,4 +167,71 @@ pub(super) fn build(
         annotations: gw.metadata.annotations.clone().unwrap_or_default(),
         origin: ctx.doc.origin.clone(),
     })
+}
+
+/// An HTTPS listener's `tls.certificateRefs`: core Secrets, in the Gateway's namespace or in
+/// another one that grants it with a ReferenceGrant. A reference that cannot be used is noted
+/// for the listener's status and a warning; the listener's other certificates still serve.
+fn listener_tls(
+    ctx: &DocCtx<'_>,
+    gw: &ObjKey,
+    l: &GatewayListeners,
+    i: usize,
+    grants: &[GrantModel],
+    warnings: &mut Vec<String>,
+) -> ListenerTls {
+    let mut tls = ListenerTls::default();
+    let refs = l
+        .tls
+        .as_ref()
+        .and_then(|t| t.certificate_refs.clone())
+        .unwrap_or_default();
+    if refs.is_empty() {
+        tls.refused.push((
+            "InvalidCertificateRef",
+            "an HTTPS listener needs tls.certificateRefs".to_owned(),
+        ));
+    }
+    for (j, r) in refs.iter().enumerate() {
+        let group = r.group.as_deref().unwrap_or("");
+        let kind = r.kind.as_deref().unwrap_or("Secret");
+        let namespace = r.namespace.clone().unwrap_or_else(|| gw.namespace.clone());
+        let problem = if !(group.is_empty() || group == "core") || kind != "Secret" {
+            Some((
+                "InvalidCertificateRef",
+                format!(
+                    "certificateRefs[{j}] is a {group}/{kind}; only core Secrets are supported"
+                ),
+            ))
+        } else if namespace != gw.namespace
+            && !grants.iter().any(|g| {
+                g.namespace == namespace && g.allows_gateway_to_secret(&gw.namespace, &r.name)
+            })
+        {
+            Some((
+                "RefNotPermitted",
+                format!(
+                    "certificateRefs[{j}] to Secret {namespace}/{} needs a ReferenceGrant in namespace {namespace} allowing Gateways from namespace {}",
+                    r.name, gw.namespace
+                ),
+            ))
+        } else {
+            None
+        };
+        match problem {
+            Some((reason, why)) => {
+                warnings.push(format!(
+                    "{}: listener {:?} (spec.listeners[{i}].tls): {why}; not used",
+                    ctx.place(),
+                    l.name
+                ));
+                tls.refused.push((reason, why));
+            }
+            None => tls.certificates.push(ObjKey {
+                namespace,
+                name: r.name.clone(),
+            }),
+        }
+    }
+    tls
 }

@@ -70,6 +70,8 @@ pub struct Model {
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     /// ReferenceGrants, which let HTTPRoutes reference Services in other namespaces.
     pub grants: Vec<GrantModel>,
+    /// TLS Secrets (`type: kubernetes.io/tls`); `Err` says what is wrong with one.
+    pub secrets: BTreeMap<ObjKey, Result<TlsSecret, String>>,
     /// Settings Locus read but cannot honour, skipped kinds, unresolved references.
     pub warnings: Vec<String>,
 }
@@ -91,6 +93,29 @@ impl GrantModel {
         }) && self.to.iter().any(|(g, k, n)| {
             (g.is_empty() || g == "core") && k == "Service" && n.as_ref().is_none_or(|n| n == name)
         })
+    }
+
+    /// Whether a Gateway in `gateway_ns` may use Secret `name` in this namespace.
+    pub fn allows_gateway_to_secret(&self, gateway_ns: &str, name: &str) -> bool {
+        self.from.iter().any(|(g, k, ns)| {
+            g == "gateway.networking.k8s.io" && k == "Gateway" && ns == gateway_ns
+        }) && self.to.iter().any(|(g, k, n)| {
+            (g.is_empty() || g == "core") && k == "Secret" && n.as_ref().is_none_or(|n| n == name)
+        })
+    }
+}
+
+/// A `kubernetes.io/tls` Secret: a certificate chain and its private key, as PEM.
+#[derive(Clone, PartialEq, Eq)]
+pub struct TlsSecret {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+}
+
+impl fmt::Debug for TlsSecret {
+    // Never print a private key, not even in a debug log.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TlsSecret({} bytes of certificate)", self.cert_pem.len())
     }
 }
 
@@ -208,7 +233,7 @@ impl Model {
             let ctx = DocCtx { doc };
             match &doc.resource {
                 Resource::Gateway(gw) => {
-                    let g = gateways::build(&ctx, gw, &mut model.warnings)?;
+                    let g = gateways::build(&ctx, gw, &model.grants, &mut model.warnings)?;
                     model.gateways.push(g);
                 }
                 Resource::HttpRoute(route) => {
@@ -220,6 +245,13 @@ impl Model {
                 Resource::WorkloadEntry(we) => entries.push((doc, &**we)),
                 Resource::DestinationRule(dr) => rules.push((doc, &**dr)),
                 Resource::BackendTrafficPolicy(btp) => traffic.push((doc, &**btp)),
+                Resource::Secret(secret) => {
+                    let key = ObjKey {
+                        namespace: namespace_of(&secret.metadata),
+                        name: name_of(&ctx, &secret.metadata)?,
+                    };
+                    model.secrets.insert(key, tls_secret(secret));
+                }
                 Resource::Node(_) | Resource::Namespace(_) | Resource::ReferenceGrant(_) => {}
             }
         }
@@ -234,6 +266,35 @@ impl Model {
         endpoint_sources.warn_orphans(&model.services, &mut model.warnings);
         Ok(model)
     }
+}
+
+/// The certificate and key of a `kubernetes.io/tls` Secret (`data`, base64 as the API has it,
+/// or `stringData`), or what is missing.
+fn tls_secret(secret: &k8s_openapi::api::core::v1::Secret) -> Result<TlsSecret, String> {
+    let kind = secret.type_.as_deref().unwrap_or("Opaque");
+    if kind != "kubernetes.io/tls" {
+        return Err(format!("has type {kind}, not kubernetes.io/tls"));
+    }
+    let field = |name: &str| -> Result<Vec<u8>, String> {
+        secret
+            .string_data
+            .as_ref()
+            .and_then(|d| d.get(name))
+            .map(|s| s.as_bytes().to_vec())
+            .or_else(|| {
+                secret
+                    .data
+                    .as_ref()
+                    .and_then(|d| d.get(name))
+                    .map(|b| b.0.clone())
+            })
+            .filter(|b| !b.is_empty())
+            .ok_or_else(|| format!("has no {name}"))
+    };
+    Ok(TlsSecret {
+        cert_pem: field("tls.crt")?,
+        key_pem: field("tls.key")?,
+    })
 }
 
 /// Two documents defining the same object is almost always a mistake (an old copy of a file

@@ -29,6 +29,9 @@ pub enum ProxyError {
     BadPath(locus_core::path::PathError),
     #[error("the request target is longer than the gateway accepts")]
     UriTooLong,
+    /// The Host belongs to another HTTPS listener than the one the connection's SNI chose.
+    #[error("misdirected request: host {host:?} is not served on this connection (its TLS server name chose listener {listener})")]
+    Misdirected { host: String, listener: String },
     #[error("no route for host {host:?} and path {path:?}")]
     NoRoute { host: String, path: String },
     #[error("no endpoint available for service {service}: {reason}")]
@@ -70,6 +73,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ProxyError::Misdirected { .. } => StatusCode::MISDIRECTED_REQUEST,
             ProxyError::BadPath(_) | ProxyError::BadHost(_) => StatusCode::BAD_REQUEST,
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::TransferCoding(_) => StatusCode::NOT_IMPLEMENTED,
@@ -95,6 +99,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => "bad-request",
             ProxyError::UriTooLong => "uri-too-long",
+            ProxyError::Misdirected { .. } => "misdirected",
             ProxyError::BadPath(_) => "bad-path",
             ProxyError::BadHost(_) => "bad-host",
             ProxyError::MethodNotAllowed => "method-not-allowed",
@@ -126,6 +131,9 @@ impl ProxyError {
             | ProxyError::MethodNotAllowed
             | ProxyError::TransferCoding(_) => self.to_string(),
             ProxyError::NoRoute { .. } => "no route for this host and path".into(),
+            ProxyError::Misdirected { .. } => {
+                "misdirected request: this host is not served on this connection".into()
+            }
             ProxyError::NoEndpoint { .. } => "no healthy upstream".into(),
             ProxyError::Overflow { .. } => "upstream overflow: too many requests in flight".into(),
             ProxyError::InvalidBackend(_)

@@ -45,7 +45,21 @@ pub(super) async fn forward(
     if shared.limits.normalize_paths {
         normalize_path(&mut parts.uri, shared.limits.escaped_slashes)?;
     }
-    let (action, target, prefix) = match route(shared, info, &request_host(&parts), &parts)? {
+    let host = request_host(&parts);
+    if let Some(tls) = &info.tls {
+        // A connection is for the listener its SNI chose: a Host of another listener's (HTTP/2
+        // connection reuse across names, or a forged Host) is misdirected (RFC 9110 §15.5.20).
+        if tls.sni && tls.port.sni.listener_for(Some(&host)) != tls.listener {
+            return Err(ProxyError::Misdirected {
+                host: host.into_owned(),
+                listener: tls
+                    .listener
+                    .map_or("none", |i| tls.port.sni.listener_name(i))
+                    .to_owned(),
+            });
+        }
+    }
+    let (action, target, prefix) = match route(shared, info, &host, &parts)? {
         Routed::Answer(resp) => return Ok(*resp),
         Routed::Forward {
             action,
@@ -132,6 +146,7 @@ fn route(
     }
     if let Some(redirect) = &action.filters.redirect {
         let location = redirect.location(
+            info.scheme(),
             host,
             info.port,
             parts.uri.path(),
@@ -205,7 +220,10 @@ fn upstream_head(
     if let Some(v) = xff {
         headers.insert(X_FORWARDED_FOR.clone(), v);
     }
-    headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(info.scheme()),
+    );
     // The route's edits come last, so they can override what the gateway adds.
     if let Some(edits) = &action.filters.request_headers {
         edits.apply(headers);

@@ -17,7 +17,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
@@ -33,6 +33,7 @@ pub use error::ProxyError;
 pub use limits::Limits;
 
 use crate::routing::RouteTable;
+use crate::tls::PortTls;
 
 /// How the gateway answers requests, beyond the limits.
 #[derive(Clone, Copy, Debug)]
@@ -102,6 +103,19 @@ struct ConnInfo {
     /// When the last request on this connection started (`health::now_ms`), for the idle
     /// timeout.
     last_request_ms: std::sync::atomic::AtomicU64,
+    /// `Some` on an HTTPS listener.
+    tls: Option<ConnTls>,
+}
+
+impl ConnInfo {
+    /// The scheme requests on this connection came with.
+    fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
 }
 
 /// Resolves when `info`'s connection has started no request for `idle`. One timer per
@@ -121,15 +135,31 @@ async fn idle_for(info: &ConnInfo, idle: Duration) {
     }
 }
 
+/// How long a TLS handshake may take when the header read timeout is off.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One listener port as its accept loops see it.
+pub struct Port {
+    /// The configured port (routes are keyed by it).
+    pub number: u16,
+    pub connections: Arc<PortConnections>,
+    /// The port's TLS configuration, read at each accept (`None`: plain HTTP).
+    pub tls: Arc<ArcSwapOption<PortTls>>,
+}
+
+/// A TLS connection's facts: the port's TLS configuration it was made with, and the listener
+/// its server name (SNI) chose.
+struct ConnTls {
+    port: Arc<PortTls>,
+    listener: Option<usize>,
+    /// The client sent a server name: its requests' hosts must belong to that listener.
+    sni: bool,
+}
+
 /// Accepts connections on `listener` until the task is aborted. Connections already accepted
 /// live on in their own tasks, so removing a listener never cuts a request short; they end when
 /// their client leaves or the gateway drains.
-pub async fn serve(
-    listener: TcpListener,
-    port: u16,
-    port_conns: Arc<PortConnections>,
-    shared: Arc<Shared>,
-) {
+pub async fn serve(listener: TcpListener, port: Port, shared: Arc<Shared>) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     let limits = shared.limits;
     builder
@@ -151,58 +181,61 @@ pub async fn serve(
         .max_pending_accept_reset_streams(20)
         .max_local_error_reset_streams(1024);
     loop {
-        let (stream, peer) = accept(&listener, port).await;
+        let (stream, peer) = accept(&listener, port.number).await;
         let Some((ticket, finish)) = shared
             .connections
-            .admit(&port_conns, limits.max_connections)
+            .admit(&port.connections, limits.max_connections)
         else {
             shared
                 .metrics
                 .connections_refused
-                .get_or_create(&crate::metrics::PortLabels { port })
+                .get_or_create(&crate::metrics::PortLabels { port: port.number })
                 .inc();
             drop(stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
         let shared = shared.clone();
-        let peer_ip = http::HeaderValue::from_str(&peer.ip().to_string())
-            .unwrap_or(http::HeaderValue::from_static("unknown"));
-        let info = Arc::new(ConnInfo {
-            port,
-            peer,
-            peer_ip,
-            last_request_ms: crate::health::now_ms().into(),
-        });
-        let conn_info = info.clone();
         let builder = builder.clone();
+        let tls = port.tls.load_full();
+        let number = port.number;
         tokio::spawn(async move {
-            let svc = service_fn(move |req: Request<Incoming>| {
-                let shared = shared.clone();
-                let info = info.clone();
-                async move { Ok::<_, Infallible>(handle(&shared, &info, req).await) }
-            });
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            let idle = async {
-                match limits.idle_timeout {
-                    Some(t) => idle_for(&conn_info, t).await,
-                    None => std::future::pending().await,
-                }
+            let info = |tls| {
+                Arc::new(ConnInfo {
+                    port: number,
+                    peer,
+                    peer_ip: http::HeaderValue::from_str(&peer.ip().to_string())
+                        .unwrap_or(http::HeaderValue::from_static("unknown")),
+                    last_request_ms: crate::health::now_ms().into(),
+                    tls,
+                })
             };
-            let ended = tokio::select! {
-                ended = conn.as_mut() => ended,
-                // Draining, or no request for the idle timeout (an HTTP/1 connection is closed
-                // sooner by the header read timeout; this one is for h2): the request in
-                // flight is answered with `Connection: close` (HTTP/1), the client gets GOAWAY
-                // and its open streams finish (h2); an idle connection closes now.
-                Ok(()) = finish => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
-                () = idle => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
+            let ended = match tls {
+                None => serve_connection(stream, info(None), builder, shared, finish).await,
+                Some(tls) => {
+                    // The handshake is bounded like a request head: a client that opens a
+                    // connection and says nothing is closed.
+                    let acceptor = tokio_rustls::TlsAcceptor::from(tls.config.clone());
+                    let handshake = acceptor.accept(stream);
+                    let bound = limits.header_read_timeout.unwrap_or(HANDSHAKE_TIMEOUT);
+                    let stream = match tokio::time::timeout(bound, handshake).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => {
+                            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    };
+                    let name = stream.get_ref().1.server_name();
+                    let conn_tls = ConnTls {
+                        listener: tls.sni.listener_for(name),
+                        sni: name.is_some(),
+                        port: tls,
+                    };
+                    serve_connection(stream, info(Some(conn_tls)), builder, shared, finish).await
                 }
             };
             if let Err(e) = ended {
@@ -210,6 +243,49 @@ pub async fn serve(
             }
             drop(ticket);
         });
+    }
+}
+
+/// Serves one client connection (plain or TLS) until it ends, the gateway drains or it idles.
+async fn serve_connection<I>(
+    io: I,
+    info: Arc<ConnInfo>,
+    builder: auto::Builder<TokioExecutor>,
+    shared: Arc<Shared>,
+    finish: tokio::sync::oneshot::Receiver<()>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = shared.limits;
+    let conn_info = info.clone();
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let shared = shared.clone();
+        let info = info.clone();
+        async move { Ok::<_, Infallible>(handle(&shared, &info, req).await) }
+    });
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let idle = async {
+        match limits.idle_timeout {
+            Some(t) => idle_for(&conn_info, t).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        ended = conn.as_mut() => ended,
+        // Draining, or no request for the idle timeout (an HTTP/1 connection is closed
+        // sooner by the header read timeout; this one is for h2): the request in
+        // flight is answered with `Connection: close` (HTTP/1), the client gets GOAWAY
+        // and its open streams finish (h2); an idle connection closes now.
+        Ok(()) = finish => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+        () = idle => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
     }
 }
 

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use gateway_api::apis::standard::gateways::Gateway;
 use gateway_api::apis::standard::httproutes::HttpRoute;
 use gateway_api::apis::standard::referencegrants::ReferenceGrant;
-use k8s_openapi::api::core::v1::{Namespace, Node, Service};
+use k8s_openapi::api::core::v1::{Namespace, Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -47,6 +47,8 @@ pub enum Resource {
     DestinationRule(Box<DestinationRule>),
     BackendTrafficPolicy(Box<BackendTrafficPolicy>),
     ReferenceGrant(Box<ReferenceGrant>),
+    /// TLS certificates for HTTPS listeners.
+    Secret(Box<Secret>),
 }
 
 impl Resource {
@@ -62,6 +64,7 @@ impl Resource {
             Resource::DestinationRule(_) => "DestinationRule",
             Resource::BackendTrafficPolicy(_) => "BackendTrafficPolicy",
             Resource::ReferenceGrant(_) => "ReferenceGrant",
+            Resource::Secret(_) => "Secret",
         }
     }
 }
@@ -233,6 +236,7 @@ fn parse_value(origin: Origin, value: Value, out: &mut ResourceSet) -> Result<()
         }
         ("", "Service") if version == "v1" => Resource::Service(typed(&origin, &doc, value)?),
         ("", "Node") if version == "v1" => Resource::Node(typed(&origin, &doc, value)?),
+        ("", "Secret") if version == "v1" => Resource::Secret(typed(&origin, &doc, value)?),
         ("", "Namespace") if version == "v1" => Resource::Namespace(typed(&origin, &doc, value)?),
         ("discovery.k8s.io", "EndpointSlice") if version == "v1" => {
             Resource::EndpointSlice(typed(&origin, &doc, value)?)

@@ -13,6 +13,9 @@ pub struct ListenerStatus {
     pub attached_routes: usize,
     /// The protocol, when Locus does not serve it.
     pub unsupported_protocol: Option<String>,
+    /// `ResolvedRefs`: an HTTPS listener's certificate references that cannot be used, as
+    /// (reason, message): `InvalidCertificateRef`, `RefNotPermitted`, `ProtocolConflict`.
+    pub refused_refs: Vec<(&'static str, String)>,
 }
 
 /// The Gateway API's view of one parentRef of one HTTPRoute: `Accepted` and `ResolvedRefs`,
@@ -102,6 +105,11 @@ pub(super) fn listener_status(
                     .filter(|(gw, name, _)| *gw == g.key && *name == l.name)
                     .count(),
                 unsupported_protocol: None,
+                refused_refs: l
+                    .tls
+                    .as_ref()
+                    .map(|t| t.refused.clone())
+                    .unwrap_or_default(),
             }
         }));
         out.extend(
@@ -112,6 +120,7 @@ pub(super) fn listener_status(
                     name: name.clone(),
                     attached_routes: 0,
                     unsupported_protocol: Some(protocol.clone()),
+                    refused_refs: Vec::new(),
                 }),
         );
     }

@@ -149,7 +149,7 @@ impl GatewaySelector {
         ports
     }
 
-    pub(super) fn selects(&self, gw: &crate::model::GatewayModel) -> bool {
+    pub fn selects(&self, gw: &crate::model::GatewayModel) -> bool {
         match self {
             GatewaySelector::All => true,
             GatewaySelector::One(k) => *k == gw.key,

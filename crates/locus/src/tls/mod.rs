@@ -1,0 +1,200 @@
+//! HTTPS listeners: certificates from `kubernetes.io/tls` Secrets, chosen per handshake by SNI.
+//!
+//! Each apply turns the model's HTTPS listeners into one [`PortTls`] per port (a rustls server
+//! configuration whose certificate resolver knows every listener of that port). Listeners read
+//! it when they accept a connection, so a changed Secret applies to the next handshake and no
+//! connection is dropped. A Secret that goes missing or stops parsing keeps serving its last
+//! good certificate; the listener says so in its status (`ResolvedRefs=False`,
+//! `InvalidCertificateRef`) and the log, and the other listeners are untouched.
+
+mod sni;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ServerSessionMemoryCache, StoresServerSessions};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::model::{Model, ObjKey, TlsSecret};
+use crate::routing::GatewaySelector;
+
+pub use sni::{SniListener, SniResolver};
+
+/// TLS sessions remembered for resumption, across reloads.
+const SESSION_CACHE: usize = 16 * 1024;
+
+/// What an HTTPS port serves: its rustls configuration and which listener each name belongs to.
+#[derive(Debug)]
+pub struct PortTls {
+    pub config: Arc<rustls::ServerConfig>,
+    pub sni: Arc<SniResolver>,
+}
+
+/// Certificates parsed so far, kept as the last good one of each Secret.
+pub struct CertStore {
+    provider: Arc<CryptoProvider>,
+    sessions: Arc<dyn StoresServerSessions>,
+    last_good: HashMap<ObjKey, (TlsSecret, Arc<CertifiedKey>)>,
+}
+
+impl Default for CertStore {
+    fn default() -> Self {
+        CertStore {
+            provider: Arc::new(rustls::crypto::ring::default_provider()),
+            sessions: ServerSessionMemoryCache::new(SESSION_CACHE),
+            last_good: HashMap::new(),
+        }
+    }
+}
+
+impl CertStore {
+    /// The TLS configuration of every HTTPS port of the selected Gateways. Problems with
+    /// certificates are written into the model: the listener's refused references (its status)
+    /// and the warnings.
+    pub fn resolve(
+        &mut self,
+        model: &mut Model,
+        selector: &GatewaySelector,
+    ) -> BTreeMap<u16, Arc<PortTls>> {
+        let mut ports: BTreeMap<u16, Vec<SniListener>> = BTreeMap::new();
+        let mut plain_ports: Vec<u16> = Vec::new();
+        let mut used: HashMap<ObjKey, (TlsSecret, Arc<CertifiedKey>)> = HashMap::new();
+        let Model {
+            gateways,
+            secrets,
+            warnings,
+            ..
+        } = model;
+        for gw in gateways.iter_mut().filter(|g| selector.selects(g)) {
+            for l in &mut gw.listeners {
+                let Some(tls) = &mut l.tls else {
+                    plain_ports.push(l.port);
+                    continue;
+                };
+                let mut certs = Vec::new();
+                for key in &tls.certificates {
+                    match self.certificate(key, secrets.get(key)) {
+                        Ok(pair) => {
+                            certs.push(pair.1.clone());
+                            used.insert(key.clone(), pair);
+                        }
+                        Err((why, last_good)) => {
+                            let kept = match last_good {
+                                Some(pair) => {
+                                    certs.push(pair.1.clone());
+                                    used.insert(key.clone(), pair);
+                                    "; its last good certificate keeps serving"
+                                }
+                                None => "",
+                            };
+                            warnings.push(format!(
+                                "Gateway {}: listener {:?}: Secret {key} {why}{kept}",
+                                gw.key, l.name
+                            ));
+                            tls.refused
+                                .push(("InvalidCertificateRef", format!("Secret {key} {why}")));
+                        }
+                    }
+                }
+                ports.entry(l.port).or_default().push(SniListener {
+                    name: format!("{}/{}", gw.key, l.name),
+                    hostname: l.hostname.clone(),
+                    certs,
+                });
+            }
+        }
+        // Secrets no listener uses any more are forgotten.
+        self.last_good = used;
+        let mut out = BTreeMap::new();
+        for (port, listeners) in ports {
+            if plain_ports.contains(&port) {
+                warnings.push(format!(
+                    "port {port} has both HTTP and HTTPS listeners; it serves plain HTTP and its HTTPS listeners ({}) are not served",
+                    listeners.iter().map(|l| l.name.as_str()).collect::<Vec<_>>().join(", ")
+                ));
+                for gw in gateways.iter_mut().filter(|g| selector.selects(g)) {
+                    for l in gw.listeners.iter_mut().filter(|l| l.port == port) {
+                        if let Some(tls) = &mut l.tls {
+                            tls.refused.push((
+                                "ProtocolConflict",
+                                format!("port {port} also has HTTP listeners"),
+                            ));
+                        }
+                    }
+                }
+                continue;
+            }
+            let sni = Arc::new(SniResolver::new(listeners));
+            out.insert(port, Arc::new(self.server_config(sni)));
+        }
+        out
+    }
+
+    /// A Secret's certificate: parsed again only when its content changed. `Err` carries what
+    /// is wrong and the last good certificate, if there was one.
+    #[allow(clippy::type_complexity)]
+    fn certificate(
+        &self,
+        key: &ObjKey,
+        secret: Option<&Result<TlsSecret, String>>,
+    ) -> Result<(TlsSecret, Arc<CertifiedKey>), (String, Option<(TlsSecret, Arc<CertifiedKey>)>)>
+    {
+        let last = self.last_good.get(key).cloned();
+        let secret = match secret {
+            None => return Err(("is not among the resources".to_owned(), last)),
+            Some(Err(why)) => return Err((why.clone(), last)),
+            Some(Ok(s)) => s,
+        };
+        if let Some((seen, cert)) = &last {
+            if seen == secret {
+                return Ok((seen.clone(), cert.clone()));
+            }
+        }
+        match certified_key(secret, &self.provider) {
+            Ok(cert) => Ok((secret.clone(), cert)),
+            Err(why) => Err((why, last)),
+        }
+    }
+
+    fn server_config(&self, sni: Arc<SniResolver>) -> PortTls {
+        let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
+            .with_safe_default_protocol_versions()
+            .expect("the ring provider supports TLS 1.2 and 1.3")
+            .with_no_client_auth()
+            .with_cert_resolver(sni.clone());
+        // Browsers get HTTP/2; the connection's protocol is then told apart by its preface.
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        config.session_storage = self.sessions.clone();
+        PortTls {
+            config: Arc::new(config),
+            sni,
+        }
+    }
+}
+
+/// Parses a Secret's PEM certificate chain and private key, and checks they belong together.
+pub fn certified_key(
+    secret: &TlsSecret,
+    provider: &CryptoProvider,
+) -> Result<Arc<CertifiedKey>, String> {
+    let chain = CertificateDer::pem_slice_iter(&secret.cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("has a tls.crt that is not PEM certificates ({e})"))?;
+    if chain.is_empty() {
+        return Err("has no certificate in tls.crt".to_owned());
+    }
+    let key = PrivateKeyDer::from_pem_slice(&secret.key_pem)
+        .map_err(|e| format!("has a tls.key that is not a PEM private key ({e})"))?;
+    let signing = provider
+        .key_provider
+        .load_private_key(key)
+        .map_err(|e| format!("has a tls.key Locus cannot use ({e})"))?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified
+        .keys_match()
+        .map_err(|e| format!("has a tls.key that does not match its tls.crt ({e})"))?;
+    Ok(Arc::new(certified))
+}

@@ -1,0 +1,281 @@
+//! HTTPS listeners: certificates from `kubernetes.io/tls` Secrets chosen by SNI, HTTP/2 by
+//! ALPN, 421 for a Host of another listener, rotation without dropping a connection, and the
+//! last good certificate kept when a Secret goes bad. Real gateway processes, real TLS.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+/// A test CA and leaf certificates it signs.
+struct Ca {
+    cert: rcgen::Certificate,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+struct Leaf {
+    cert_pem: String,
+    key_pem: String,
+    der: CertificateDer<'static>,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "locus test CA");
+        let cert = params.self_signed(&key).unwrap();
+        Ca {
+            cert,
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    fn leaf(&self, names: &[&str]) -> Leaf {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            der: cert.der().clone(),
+        }
+    }
+
+    fn connector(&self, alpn: &[&[u8]]) -> TlsConnector {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.cert.der().clone()).unwrap();
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        TlsConnector::from(Arc::new(config))
+    }
+}
+
+fn secret(name: &str, leaf: &Leaf) -> String {
+    let indent = |pem: &str| {
+        pem.lines()
+            .map(|l| format!("    {l}\n"))
+            .collect::<String>()
+    };
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: apps}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}---\n",
+        indent(&leaf.cert_pem),
+        indent(&leaf.key_pem)
+    )
+}
+
+/// A Gateway with HTTPS listeners `a` (a.test, Secret `a`) and `b` (*.b.test, Secret `b`) on
+/// port 8443, one HTTPRoute for every host to Service `apps/svc`, whose endpoint is `backend`.
+fn manifest(backend: SocketAddr, secrets: &str) -> String {
+    format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: apps}}\nspec:\n  gatewayClassName: locus\n  listeners:\n  - {{name: a, protocol: HTTPS, port: 8443, hostname: a.test, tls: {{certificateRefs: [{{name: a}}]}}}}\n  - {{name: b, protocol: HTTPS, port: 8443, hostname: \"*.b.test\", tls: {{certificateRefs: [{{name: b}}]}}}}\n---\n\
+apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: apps}}\nspec:\n  parentRefs: [{{name: gw}}]\n  rules: [{{backendRefs: [{{name: svc, port: 80}}]}}]\n---\n\
+apiVersion: v1\nkind: Service\nmetadata: {{name: svc, namespace: apps}}\nspec:\n  selector: {{app: svc}}\n  ports: [{{name: http, port: 80}}]\n---\n\
+{}{secrets}",
+        entry("we", "r/z", backend)
+    )
+}
+
+/// A TLS connection to the gateway with `sni`, and the certificate it was shown.
+async fn connect(
+    ca: &Ca,
+    addr: SocketAddr,
+    sni: &str,
+    alpn: &[&[u8]],
+) -> std::io::Result<(TlsStream<tokio::net::TcpStream>, CertificateDer<'static>)> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let tls = ca
+        .connector(alpn)
+        .connect(ServerName::try_from(sni.to_owned()).unwrap(), tcp)
+        .await?;
+    let shown = tls.get_ref().1.peer_certificates().unwrap()[0].clone();
+    Ok((tls, shown))
+}
+
+/// An HTTP/1.1 client over one TLS connection.
+async fn http1(
+    tls: TlsStream<tokio::net::TcpStream>,
+) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
+    let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    send
+}
+
+async fn get(
+    send: &mut hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    host: &str,
+    path: &str,
+) -> (u16, String) {
+    send.ready().await.unwrap();
+    let req = http::Request::builder()
+        .uri(path)
+        .header("host", host)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_listeners_pick_certificates_by_sni_speak_h2_and_refuse_misdirected_requests() {
+    let backend = echo("a");
+    let ca = Ca::new();
+    let (a, b) = (ca.leaf(&["a.test"]), ca.leaf(&["*.b.test"]));
+    let dir = tempdir();
+    write(
+        dir.path(),
+        "all.yaml",
+        &manifest(backend.addr, &(secret("a", &a) + &secret("b", &b))),
+    );
+    let gw = Gw::start(dir.path(), &[]);
+    let addr = gw.addr(8443);
+
+    // SNI picks the certificate; the request is answered, and told it came over HTTPS.
+    let (tls, shown) = connect(&ca, addr, "a.test", &[b"http/1.1"]).await.unwrap();
+    assert_eq!(shown, a.der);
+    let mut send = http1(tls).await;
+    let (status, body) = get(&mut send, "a.test", "/echo").await;
+    assert_eq!(status, 200, "{body}");
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(doc["headers"]["x-forwarded-proto"], "https");
+    // A Host that belongs to the other listener, on this connection: 421.
+    let (status, body) = get(&mut send, "x.b.test", "/echo").await;
+    assert_eq!(status, 421, "{body}");
+    // The connection still serves its own host.
+    assert_eq!(
+        get(&mut send, "a.test", "/hostname").await,
+        (200, "a".into())
+    );
+
+    // The wildcard listener's certificate for names under it.
+    let (tls, shown) = connect(&ca, addr, "x.b.test", &[b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(shown, b.der);
+    assert_eq!(
+        get(&mut http1(tls).await, "x.b.test", "/hostname").await.0,
+        200
+    );
+
+    // A name no listener serves gets no certificate at all.
+    assert!(connect(&ca, addr, "c.test", &[b"http/1.1"]).await.is_err());
+
+    // ALPN: a client offering h2 gets HTTP/2.
+    let (tls, _) = connect(&ca, addr, "a.test", &[b"h2", b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .uri("https://a.test/echo")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let doc: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(doc["headers"]["x-forwarded-proto"], "https");
+    // h2 connection reuse across names is where 421 matters most.
+    let req = http::Request::builder()
+        .uri("https://y.b.test/echo")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    assert_eq!(send.send_request(req).await.unwrap().status(), 421);
+
+    // Plain HTTP on the HTTPS port is never answered in clear text.
+    let c = HttpClient::default();
+    assert!(c.try_get(addr, "a.test", "/hostname").await.is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_certificates_apply_to_new_handshakes_and_bad_ones_keep_the_last_good() {
+    let backend = echo("a");
+    let ca = Ca::new();
+    let (a1, a2, b) = (
+        ca.leaf(&["a.test"]),
+        ca.leaf(&["a.test"]),
+        ca.leaf(&["*.b.test"]),
+    );
+    let dir = tempdir();
+    write(
+        dir.path(),
+        "all.yaml",
+        &manifest(backend.addr, &(secret("a", &a1) + &secret("b", &b))),
+    );
+    let mut gw = Gw::start(dir.path(), &[]);
+    let addr = gw.addr(8443);
+    let (tls, shown) = connect(&ca, addr, "a.test", &[b"http/1.1"]).await.unwrap();
+    assert_eq!(shown, a1.der);
+    let mut before = http1(tls).await;
+    assert_eq!(get(&mut before, "a.test", "/hostname").await.0, 200);
+
+    // Rotation: new handshakes get the new certificate; the open connection keeps serving.
+    gw.apply(
+        "all.yaml",
+        &manifest(backend.addr, &(secret("a", &a2) + &secret("b", &b))),
+    );
+    let (_, shown) = connect(&ca, addr, "a.test", &[b"http/1.1"]).await.unwrap();
+    assert_eq!(shown, a2.der);
+    assert_eq!(get(&mut before, "a.test", "/hostname").await.0, 200);
+
+    // A Secret that goes bad (a key that is not a key) is reported, and its last good
+    // certificate keeps serving; the other listener is untouched.
+    let broken = Leaf {
+        cert_pem: a1.cert_pem.clone(),
+        key_pem: "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n".into(),
+        der: a1.der.clone(),
+    };
+    gw.apply(
+        "all.yaml",
+        &manifest(backend.addr, &(secret("a", &broken) + &secret("b", &b))),
+    );
+    let (tls, shown) = connect(&ca, addr, "a.test", &[b"http/1.1"]).await.unwrap();
+    assert_eq!(shown, a2.der, "the last good certificate");
+    assert_eq!(
+        get(&mut http1(tls).await, "a.test", "/hostname").await.0,
+        200
+    );
+    let (_, shown) = connect(&ca, addr, "x.b.test", &[b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(shown, b.der);
+    let c = HttpClient::default();
+    let config = c.get(gw.admin, "admin", "/debug/config").await.json();
+    let warnings = config["warnings"].to_string();
+    assert!(
+        warnings.contains("Secret apps/a") && warnings.contains("last good certificate"),
+        "{warnings}"
+    );
+
+    // A Secret that disappears: the same.
+    gw.apply("all.yaml", &manifest(backend.addr, &secret("b", &b)));
+    let (_, shown) = connect(&ca, addr, "a.test", &[b"http/1.1"]).await.unwrap();
+    assert_eq!(shown, a2.der);
+}

@@ -263,15 +263,39 @@ pub fn endpoints(table: &RouteTable, gateway: &Gateway) -> Value {
 
 fn config(gateway: &Gateway) -> Value {
     let table = gateway.table();
+    let tls = gateway.listener_tls();
     let listeners: Vec<Value> = gateway
         .listener_addrs()
         .iter()
         .map(|(port, addr)| {
+            // What each HTTPS listener serves: its hostname and how many certificates it has
+            // (never the certificates' keys).
+            let https = tls.get(port).cloned().flatten().map(|t| {
+                t.sni
+                    .listeners()
+                    .iter()
+                    .map(|l| json!({"listener": l.name, "hostname": l.hostname, "certificates": l.certs.len()}))
+                    .collect::<Vec<_>>()
+            });
             json!({
                 "port": port,
                 "bound": addr.to_string(),
+                "protocol": if https.is_some() { "HTTPS" } else { "HTTP" },
+                "tls": https,
                 "listeners": table.ports.get(port).map(|p| p.listeners.clone()).unwrap_or_default(),
                 "hosts": table.ports.get(port).map(|p| p.hosts()).unwrap_or_default(),
+            })
+        })
+        .collect();
+    let refused: Vec<Value> = table
+        .listener_status
+        .iter()
+        .filter(|l| !l.refused_refs.is_empty())
+        .map(|l| {
+            json!({
+                "gateway": l.gateway.to_string(),
+                "listener": l.name,
+                "refused": l.refused_refs.iter().map(|(reason, why)| json!({"reason": reason, "message": why})).collect::<Vec<_>>(),
             })
         })
         .collect();
@@ -286,6 +310,7 @@ fn config(gateway: &Gateway) -> Value {
             "node": table.identity.identity.node,
         },
         "listeners": listeners,
+        "listener_problems": refused,
         "limits": limits(&gateway.limits()),
         "services": table.services.values().map(|t| t.name.to_string()).collect::<Vec<_>>(),
         "warnings": table.warnings,

@@ -13,7 +13,9 @@ use crate::routing::{GatewaySelector, RouteTable};
 /// Loads, validates and explains. `Err` carries the error text for invalid input.
 pub fn run(paths: &[PathBuf], cfg: &IdentityConfig) -> Result<String, String> {
     let set = load_paths(paths).map_err(|e| e.to_string())?;
-    let model = Model::build(&set).map_err(|e| e.to_string())?;
+    let mut model = Model::build(&set).map_err(|e| e.to_string())?;
+    // Certificates are parsed as `serve` would: a bad Secret is a warning here too.
+    let tls = crate::tls::CertStore::default().resolve(&mut model, &GatewaySelector::All);
     let resolved = identity::resolve(cfg, &model);
     let registry = crate::health::HealthRegistry::default();
     let table = RouteTable::build(
@@ -29,7 +31,15 @@ pub fn run(paths: &[PathBuf], cfg: &IdentityConfig) -> Result<String, String> {
             now_ms: crate::health::now_ms(),
         },
     );
-    Ok(report(&model, &table))
+    let mut out = report(&model, &table);
+    if !tls.is_empty() {
+        let ports: Vec<String> = tls.keys().map(u16::to_string).collect();
+        out.push_str(&format!(
+            "\nHTTPS (TLS terminated, certificates from Secrets) on port {}\n",
+            ports.join(", ")
+        ));
+    }
+    Ok(out)
 }
 
 /// The text report for a model and the route table built from it.
@@ -45,7 +55,7 @@ pub fn report(model: &Model, table: &RouteTable) -> String {
     );
     let _ = writeln!(out, "\nListeners:");
     if table.ports.is_empty() {
-        let _ = writeln!(out, "  (none: no Gateway with an HTTP listener)");
+        let _ = writeln!(out, "  (none: no Gateway with an HTTP or HTTPS listener)");
     }
     for (port, t) in &table.ports {
         let _ = writeln!(

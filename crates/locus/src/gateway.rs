@@ -258,6 +258,16 @@ impl Gateway {
             .collect()
     }
 
+    /// The TLS configuration each listener port serves with (`None`: plain HTTP).
+    pub fn listener_tls(&self) -> BTreeMap<u16, Option<Arc<PortTls>>> {
+        self.listeners
+            .lock()
+            .expect("listeners lock")
+            .iter()
+            .map(|(p, l)| (*p, l.tls.load_full()))
+            .collect()
+    }
+
     /// Validates and applies a resource set. On error nothing changes: the last good
     /// configuration keeps serving. The model and the table are built on blocking threads,
     /// never on a thread that serves requests.

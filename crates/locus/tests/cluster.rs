@@ -394,3 +394,46 @@ async fn scale_10k_endpoints_in_100_slices() {
         locus::discovery::cluster::DEBOUNCE
     );
 }
+
+/// HTTPS in cluster mode: the certificate comes from a watched `kubernetes.io/tls` Secret, and
+/// a change to the Secret applies to the next handshake.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_certificates_come_from_watched_secrets() {
+    use common::tls::*;
+    let a = echo("in-za");
+    let ca = Ca::new();
+    let (first, second) = (ca.leaf(&["svc.test"]), ca.leaf(&["svc.test"]));
+    let api = ApiServer::start().await;
+    let https = GATEWAY.replace(
+        "[{name: http, protocol: HTTP, port: 8080}]",
+        "[{name: https, protocol: HTTPS, port: 8443, tls: {certificateRefs: [{name: cert}]}}]",
+    );
+    api.apply_yaml(
+        &[
+            https,
+            node("gw-node", "za"),
+            node("n-a", "za"),
+            secret("cert", &first),
+        ]
+        .concat(),
+    );
+    api.apply_yaml(&slice("a", a.addr, "n-a", true));
+    let dir = tempdir();
+    let config = kubeconfig(api.addr, dir.path());
+    let mut gw = Gw::start_cluster(&config, &["--node", "gw-node"]);
+    let addr = gw.addr(8443);
+    let (tls, shown) = connect(&ca, addr, "svc.test", &[b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(shown, first.der);
+    assert_eq!(
+        get(&mut http1(tls).await, "svc.test", "/hostname").await,
+        (200, "in-za".into())
+    );
+    api.apply_yaml(&secret("cert", &second));
+    gw.wait_applied();
+    let (_, shown) = connect(&ca, addr, "svc.test", &[b"http/1.1"])
+        .await
+        .unwrap();
+    assert_eq!(shown, second.der);
+}

@@ -29,6 +29,8 @@ const KINDS: &[(&str, &str, &str, &str, bool)] = &[
     ("", "v1", "Service", "services", false),
     ("", "v1", "Node", "nodes", false),
     ("", "v1", "Namespace", "namespaces", false),
+    // Only `kubernetes.io/tls` Secrets (a field selector), for HTTPS listeners.
+    ("", "v1", "Secret", "secrets", false),
     (
         "discovery.k8s.io",
         "v1",
@@ -135,6 +137,13 @@ fn to_value(obj: DynamicObject, ar: &ApiResource) -> Value {
         m.insert("kind".into(), Value::String(ar.kind.clone()));
     }
     v
+}
+
+fn is_forbidden(e: &watcher::Error) -> bool {
+    matches!(
+        e,
+        watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 403
+    )
 }
 
 fn is_not_found(e: &watcher::Error) -> bool {
@@ -431,9 +440,12 @@ pub async fn run(gateway: Arc<Gateway>, opts: ClusterOptions) -> anyhow::Result<
         let changed = changed.clone();
         let gateway = gateway.clone();
         tokio::spawn(async move {
-            let mut stream = watcher::watcher(api, watcher::Config::default())
-                .default_backoff()
-                .boxed();
+            let config = if kind == "Secret" {
+                watcher::Config::default().fields("type=kubernetes.io/tls")
+            } else {
+                watcher::Config::default()
+            };
+            let mut stream = watcher::watcher(api, config).default_backoff().boxed();
             let mut buffer: BTreeMap<String, Value> = BTreeMap::new();
             while let Some(event) = stream.next().await {
                 let mut s = store.lock().expect("cluster store lock");
@@ -463,6 +475,19 @@ pub async fn run(gateway: Arc<Gateway>, opts: ClusterOptions) -> anyhow::Result<
                     }
                     Ok(Event::Delete(obj)) => {
                         s.objects[k].remove(&key(&obj));
+                    }
+                    // Secrets are read only for HTTPS listeners: without RBAC for them, the
+                    // rest of the cluster still routes (HTTPS listeners get no certificate).
+                    Err(e) if kind == "Secret" && is_forbidden(&e) => {
+                        if !s.synced[k] {
+                            tracing::warn!(
+                                kind,
+                                error = %e,
+                                "cannot list Secrets (RBAC); HTTPS listeners will have no certificates"
+                            );
+                            s.synced[k] = true;
+                        }
+                        continue;
                     }
                     Err(e) if optional && is_not_found(&e) => {
                         if !s.synced[k] {

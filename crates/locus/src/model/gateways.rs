@@ -97,6 +97,16 @@ pub(super) fn build(
             continue;
         }
         let tls = (l.protocol == "HTTPS").then(|| listener_tls(ctx, &key, l, i, grants, warnings));
+        if l.tls
+            .as_ref()
+            .is_some_and(|t| t.options.as_ref().is_some_and(|o| !o.is_empty()))
+        {
+            warnings.push(format!(
+                "{}: listener {:?}: tls.options are not supported; the listener serves with Locus's TLS defaults",
+                ctx.place(),
+                l.name
+            ));
+        }
         if listeners.iter().any(|x: &ListenerModel| x.name == l.name) {
             return Err(ctx.error(
                 &field("name"),
@@ -145,6 +155,12 @@ pub(super) fn build(
             allowed,
             tls,
         });
+    }
+    if gw.spec.tls.is_some() {
+        warnings.push(format!(
+            "{}: spec.tls (client certificate validation, backend client certificates) is not supported yet; clients are not asked for certificates",
+            ctx.place()
+        ));
     }
     Ok(GatewayModel {
         key,

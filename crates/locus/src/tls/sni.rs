@@ -64,6 +64,10 @@ impl SniResolver {
         best.map(|(_, i)| i)
     }
 
+    pub fn listeners(&self) -> &[SniListener] {
+        &self.listeners
+    }
+
     pub fn listener_name(&self, i: usize) -> &str {
         &self.listeners[i].name
     }

@@ -7,6 +7,7 @@
 //! good certificate; the listener says so in its status (`ResolvedRefs=False`,
 //! `InvalidCertificateRef`) and the log, and the other listeners are untouched.
 
+pub mod generate;
 mod sni;
 
 use std::collections::{BTreeMap, HashMap};

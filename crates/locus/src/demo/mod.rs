@@ -24,6 +24,8 @@ use hyper_util::rt::TokioExecutor;
 use locus_core::{Distribution, Locality, RoutingPolicy};
 use tokio::net::TcpListener;
 
+mod https;
+
 use crate::discovery::files;
 use crate::gateway::{Event, Gateway, GatewayOptions};
 use crate::identity::IdentityConfig;
@@ -360,6 +362,7 @@ pub async fn run(serve: bool) -> anyhow::Result<()> {
     }
     println!("\nEvery step matches the seed.");
     scenario_a(&client).await?;
+    https::run(&gw, &mut events, &dir_path).await?;
     if serve {
         println!(
             "\nStill serving. Try:\n  curl -H 'host: {HOST}' http://{addr}/hostname\n\

@@ -357,3 +357,81 @@ async fn every_valid_framing_reaches_the_client_whole() {
         assert_eq!(c.get(addr, "svc.test", "/").await.body, "none");
     }
 }
+
+/// WebSocket (any HTTP/1.1 upgrade): the upgrade headers reach the endpoint, its 101 reaches
+/// the client, and then bytes flow both ways — including what the endpoint sent in the same
+/// write as its 101 — until the client closes, which closes the endpoint's side too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn upgrades_join_client_and_endpoint() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (head_tx, mut head_rx) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::unbounded_channel::<()>();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let head_tx = head_tx.clone();
+            let closed_tx = closed_tx.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = head_tx.send(String::from_utf8_lossy(&got).into_owned());
+                // The 101 and the first frame in one write.
+                s.write_all(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: websocket\r\nsec-websocket-accept: abc\r\n\r\nwelcome")
+                    .await
+                    .unwrap();
+                // Then echo upper-cased until the client closes.
+                loop {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => s.write_all(&buf[..n].to_ascii_uppercase()).await.unwrap(),
+                    }
+                }
+                let _ = closed_tx.send(());
+            });
+        }
+    });
+    let dir = tempdir();
+    write(dir.path(), "all.yaml", &one_backend(port, ""));
+    let gw = Gw::start(dir.path(), &["--verbose-errors"]);
+    let mut s = TcpStream::connect(gw.addr(8080)).await.unwrap();
+    s.write_all(b"GET /chat HTTP/1.1\r\nhost: svc.test\r\nconnection: keep-alive, Upgrade\r\nupgrade: websocket\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n")
+        .await
+        .unwrap();
+    let seen = head_rx.recv().await.unwrap();
+    assert!(seen.contains("upgrade: websocket\r\n"), "{seen}");
+    assert!(seen.contains("connection: upgrade\r\n"), "{seen}");
+    assert!(
+        seen.contains("sec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\n"),
+        "{seen}"
+    );
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&got).contains("welcome") {
+        let n = s.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed early: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 101"), "{text}");
+    assert!(text.contains("upgrade: websocket"), "{text}");
+    assert!(text.contains("sec-websocket-accept: abc"), "{text}");
+    for word in ["hello", "locality"] {
+        s.write_all(word.as_bytes()).await.unwrap();
+        let mut echo = vec![0u8; word.len()];
+        s.read_exact(&mut echo).await.unwrap();
+        assert_eq!(echo, word.to_ascii_uppercase().as_bytes());
+    }
+    s.shutdown().await.unwrap();
+    closed_rx.recv().await.unwrap();
+    assert_eq!(
+        s.read(&mut buf).await.unwrap(),
+        0,
+        "the gateway closes the client's side too"
+    );
+}

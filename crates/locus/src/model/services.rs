@@ -371,6 +371,14 @@ pub(super) fn build(
                     format!("{} is not a port", p.port),
                 )
             })?;
+        // `kubernetes.io/ws` needs nothing more (upgrades pass through); anything that means
+        // TLS to the endpoint is not spoken yet, and says so.
+        if let Some(proto @ ("kubernetes.io/wss" | "https")) = p.app_protocol.as_deref() {
+            warnings.push(format!(
+                "{}: spec.ports[{i}].appProtocol {proto}: TLS to endpoints is not supported yet; Locus connects in plain text",
+                ctx.place()
+            ));
+        }
         let mut model = ServicePortModel {
             name: p.name.clone().unwrap_or_default(),
             port,

@@ -67,7 +67,16 @@ pub(super) async fn forward(
             prefix,
         } => (action, target, prefix),
     };
+    // An HTTP/1.1 upgrade (WebSocket): the upgrade headers are hop-by-hop, so they are put back
+    // after the head is made, and the client's side of the switch is kept for the tunnel.
+    let upgrade = upgrade_request(&mut parts, target.h2c);
     let path_and_query = upstream_head(&mut parts, info, &action, prefix.as_deref())?;
+    if let Some(u) = &upgrade {
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(header::UPGRADE, u.protocol.clone());
+    }
     let body = RequestBody::read(body, &target, &action, shared.limits.body_idle_timeout).await?;
     for (mirror, fraction) in &action.mirrors {
         if action.mirror_this(*fraction) {
@@ -81,7 +90,35 @@ pub(super) async fn forward(
         target: &target,
         path_and_query,
     };
-    exchange.run(parts, body).await
+    exchange.run(parts, body, upgrade).await
+}
+
+/// A client's request to switch protocols: what it asked for, and its side of the connection
+/// once the switch is made.
+struct Upgrade {
+    protocol: HeaderValue,
+    client: hyper::upgrade::OnUpgrade,
+}
+
+/// `Connection: upgrade` with an `Upgrade` header on HTTP/1.1 (an HTTP/2 upstream cannot take
+/// one: the request then goes as a plain request).
+fn upgrade_request(parts: &mut http::request::Parts, h2c_upstream: bool) -> Option<Upgrade> {
+    if parts.version != Version::HTTP_11 || h2c_upstream {
+        return None;
+    }
+    let asked = parts
+        .headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let protocol = parts.headers.get(header::UPGRADE)?.clone();
+    if !asked {
+        return None;
+    }
+    let client = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?;
+    Some(Upgrade { protocol, client })
 }
 
 /// Puts the request's path in normal form (`locus_core::path`) before anything reads it:
@@ -327,6 +364,7 @@ impl Exchange<'_> {
         &self,
         mut parts: http::request::Parts,
         mut body: RequestBody,
+        mut upgrade: Option<Upgrade>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let target = self.target;
         let retry = &target.health.retry;
@@ -458,7 +496,26 @@ impl Exchange<'_> {
                 tried.push(addr);
                 continue;
             }
-            let (mut head, body) = resp.into_parts();
+            let (mut head, mut body) = resp.into_parts();
+            if status == http::StatusCode::SWITCHING_PROTOCOLS {
+                // The endpoint took the upgrade: its connection and the client's are joined
+                // once hyper has written this 101 and handed the client's side over.
+                if let (Some(u), Some((stream, early))) = (upgrade.take(), body.take_upgraded()) {
+                    let protocol = head.headers.get(header::UPGRADE).cloned();
+                    strip_hop_by_hop(&mut head.headers);
+                    head.headers
+                        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                    head.headers
+                        .insert(header::UPGRADE, protocol.unwrap_or(u.protocol));
+                    tokio::spawn(super::tunnel::join(
+                        u.client,
+                        stream,
+                        early,
+                        self.shared.limits.idle_timeout,
+                    ));
+                    return Ok(Response::from_parts(head, ProxyBody::empty()));
+                }
+            }
             let body = UpstreamBody::new(body, attempt);
             strip_hop_by_hop(&mut head.headers);
             if let Some(edits) = &self.action.filters.response_headers {

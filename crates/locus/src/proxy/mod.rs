@@ -11,6 +11,7 @@ mod mirror;
 mod outcome;
 mod pool;
 mod request;
+mod tunnel;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -264,7 +265,7 @@ where
         let info = info.clone();
         async move { Ok::<_, Infallible>(handle(&shared, &info, req).await) }
     });
-    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let idle = async {
         match limits.idle_timeout {

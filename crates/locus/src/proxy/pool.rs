@@ -157,14 +157,16 @@ fn respond(
     let mut resp = Response::new(());
     *resp.status_mut() = head.status;
     *resp.headers_mut() = head.headers;
+    let upgraded = head.status == http::StatusCode::SWITCHING_PROTOCOLS;
     let mut body = H1Body {
         conn: Some(conn),
         state: BodyState::new(head.framing),
-        keep_alive: head.keep_alive,
+        keep_alive: head.keep_alive && !upgraded,
         addr,
         max_uses,
     };
-    if body.state.is_done() {
+    // A switched connection stays with its response until the tunnel takes it.
+    if body.state.is_done() && !upgraded {
         body.release();
     }
     resp.map(|()| PooledBody::H1(body))
@@ -201,6 +203,15 @@ impl PooledBody {
     /// A body with no connection of this pool behind it (HTTP/2, multiplexed by hyper-util).
     pub fn unpooled(body: Incoming) -> Self {
         PooledBody::H2(body)
+    }
+
+    /// The connection of a `101 Switching Protocols` response: its socket and the bytes the
+    /// endpoint sent after the head.
+    pub fn take_upgraded(&mut self) -> Option<(TcpStream, bytes::BytesMut)> {
+        match self {
+            PooledBody::H1(b) => b.conn.take().map(|c| c.into_upgraded()),
+            PooledBody::H2(_) => None,
+        }
     }
 }
 

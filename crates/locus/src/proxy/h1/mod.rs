@@ -68,6 +68,8 @@ pub struct Conn {
     drained: bool,
     /// The request body was sent in full (an early answer can cut an upload short).
     request_done: bool,
+    /// The request in flight asked to switch protocols (`Upgrade`).
+    upgrade_asked: bool,
 }
 
 /// How much of a response body is left to read.
@@ -104,7 +106,14 @@ impl Conn {
             uses: 0,
             drained: true,
             request_done: true,
+            upgrade_asked: false,
         }
+    }
+
+    /// The socket and what was read past the response head, for a connection switched to
+    /// another protocol.
+    pub fn into_upgraded(self) -> (TcpStream, BytesMut) {
+        (self.stream, self.rbuf)
     }
 
     /// Whether an idle connection can carry another request: nothing arrived on it since its
@@ -146,6 +155,7 @@ impl Conn {
         max_head: usize,
     ) -> Result<ResponseHead, ExchangeError> {
         let reused = self.uses > 1;
+        self.upgrade_asked = req.headers().contains_key(http::header::UPGRADE);
         let framing = request_framing(req);
         self.wbuf.clear();
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
@@ -291,8 +301,14 @@ impl Conn {
             if !self.rbuf.is_empty() {
                 match codec::parse_response_head(&mut self.rbuf, method, max_head, &mut self.spans)?
                 {
+                    // The connection now carries another protocol: only when the request
+                    // asked for it (and then it is never pooled again).
                     Some(h) if h.status == http::StatusCode::SWITCHING_PROTOCOLS => {
-                        return Poll::Ready(Err(ProtoError::UnaskedUpgrade.into()))
+                        if !self.upgrade_asked {
+                            return Poll::Ready(Err(ProtoError::UnaskedUpgrade.into()));
+                        }
+                        self.request_done = false;
+                        return Poll::Ready(Ok(h));
                     }
                     Some(h) if h.status.is_informational() => continue,
                     Some(h) => return Poll::Ready(Ok(h)),

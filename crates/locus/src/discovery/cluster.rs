@@ -52,6 +52,13 @@ const KINDS: &[(&str, &str, &str, &str, bool)] = &[
         "httproutes",
         true,
     ),
+    (
+        "gateway.networking.k8s.io",
+        "v1",
+        "GRPCRoute",
+        "grpcroutes",
+        true,
+    ),
     // v1beta1: the version every Gateway API release since 0.6 serves.
     (
         "gateway.networking.k8s.io",
@@ -157,7 +164,7 @@ fn is_not_found(e: &watcher::Error) -> bool {
 fn generations(s: &Store) -> BTreeMap<String, i64> {
     let mut out = BTreeMap::new();
     for (k, objects) in s.objects.iter().enumerate() {
-        if !matches!(KINDS[k].2, "Gateway" | "HTTPRoute") {
+        if !matches!(KINDS[k].2, "Gateway" | "HTTPRoute" | "GRPCRoute") {
             continue;
         }
         for (key, v) in objects {
@@ -241,12 +248,17 @@ async fn write_status(
                     .map(|(_, why)| why.clone());
                 let (kinds, accepted, programmed) = match &l.unsupported_protocol {
                     None => (
-                        serde_json::json!([{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}]),
+                        serde_json::json!([
+                            {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"},
+                            {"group": "gateway.networking.k8s.io", "kind": "GRPCRoute"}
+                        ]),
                         Ok(()),
                         Ok(()),
                     ),
                     Some(protocol) => {
-                        let why = format!("protocol {protocol} is not served by Locus yet (HTTP and HTTPS only)");
+                        let why = format!(
+                            "protocol {protocol} is not served by Locus yet (HTTP and HTTPS only)"
+                        );
                         (
                             serde_json::json!([]),
                             Err(("UnsupportedProtocol", why.clone())),
@@ -291,14 +303,16 @@ async fn write_status(
             fingerprint,
         ));
     }
-    let mut by_route: BTreeMap<&crate::model::ObjKey, Vec<&crate::routing::RouteParentStatus>> =
-        BTreeMap::new();
+    let mut by_route: BTreeMap<
+        (&'static str, &crate::model::ObjKey),
+        Vec<&crate::routing::RouteParentStatus>,
+    > = BTreeMap::new();
     for s in &table.route_status {
-        by_route.entry(&s.route).or_default().push(s);
+        by_route.entry((s.kind, &s.route)).or_default().push(s);
     }
-    for (route, parents) in by_route {
+    for ((kind, route), parents) in by_route {
         let generation = generations
-            .get(&format!("HTTPRoute/{route}"))
+            .get(&format!("{kind}/{route}"))
             .copied()
             .unwrap_or(0);
         let mut fingerprint = format!("{generation}");
@@ -328,8 +342,13 @@ async fn write_status(
                 })
             })
             .collect();
+        let ar = if kind == "GRPCRoute" {
+            gvk("GRPCRoute", "grpcroutes")
+        } else {
+            gvk("HTTPRoute", "httproutes")
+        };
         patches.push((
-            gvk("HTTPRoute", "httproutes"),
+            ar,
             route.namespace.clone(),
             route.name.clone(),
             serde_json::json!({"status": {"parents": parents}}),

@@ -22,7 +22,8 @@ pub use filters::{Filters, HeaderEdits, Mirror, PathEdit, Redirect, Rewrite};
 pub use gateways::{AllowedRoutes, GatewayModel, ListenerModel};
 pub use policies::{ActiveCheck, HealthConfig, RetryPolicy, UpstreamPolicy};
 pub use routes::{
-    BackendRefModel, MatchModel, ParentRefModel, PathMatch, RouteModel, RuleModel, ValueMatch,
+    BackendRefModel, MatchModel, ParentRefModel, PathMatch, RouteKind, RouteModel, RuleModel,
+    ValueMatch,
 };
 pub use services::{ServiceModel, ServicePortModel};
 
@@ -238,6 +239,10 @@ impl Model {
                 }
                 Resource::HttpRoute(route) => {
                     let r = routes::build(&ctx, route, &model.grants, &mut model.warnings)?;
+                    model.routes.push(r);
+                }
+                Resource::GrpcRoute(route) => {
+                    let r = routes::build_grpc(&ctx, route, &model.grants, &mut model.warnings)?;
                     model.routes.push(r);
                 }
                 Resource::Service(svc) => services.push((doc, &**svc)),

@@ -92,6 +92,8 @@ pub struct ParentRefModel {
 #[derive(Clone, Debug)]
 pub struct RouteModel {
     pub key: ObjKey,
+    /// HTTPRoute or GRPCRoute.
+    pub kind: RouteKind,
     pub parents: Vec<ParentRefModel>,
     /// Lower-cased; may start with `*.`.
     pub hostnames: Vec<String>,
@@ -99,6 +101,24 @@ pub struct RouteModel {
     /// RFC 3339 creation time, for the Gateway API's tie-break (oldest wins).
     pub created: Option<String>,
     pub origin: Origin,
+}
+
+/// The kind of a route: what its requests are, and how the gateway speaks to its backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RouteKind {
+    Http,
+    /// GRPCRoute: backends are spoken to over HTTP/2, and the gateway's own errors are gRPC
+    /// errors.
+    Grpc,
+}
+
+impl RouteKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteKind::Http => "HTTPRoute",
+            RouteKind::Grpc => "GRPCRoute",
+        }
+    }
 }
 
 /// Parses a Gateway API duration (`1h`, `10s`, `500ms`, combinations like `1m30s`).
@@ -379,6 +399,7 @@ pub(super) fn build(
     }
     Ok(RouteModel {
         key,
+        kind: RouteKind::Http,
         parents,
         hostnames,
         rules,
@@ -406,4 +427,82 @@ mod tests {
         assert_eq!(parse_duration("10"), None);
         assert_eq!(parse_duration(""), None);
     }
+}
+
+/// A GRPCRoute, read as the HTTPRoute it is on the wire: gRPC calls are HTTP/2 POSTs to
+/// `/{service}/{method}`, so a method match is a path match, and parentRefs, hostnames, header
+/// matches, filters and backendRefs have the same shape. The rest of the model (attachment,
+/// status, locality routing) is then the same for both.
+pub(super) fn build_grpc(
+    ctx: &DocCtx<'_>,
+    route: &gateway_api::apis::standard::grpcroutes::GrpcRoute,
+    grants: &[super::GrantModel],
+    warnings: &mut Vec<String>,
+) -> Result<RouteModel, ConfigError> {
+    let mut value = serde_json::to_value(route)
+        .map_err(|e| ctx.error("spec", format!("cannot be read: {e}")))?;
+    let rules = value
+        .pointer_mut("/spec/rules")
+        .and_then(|r| r.as_array_mut())
+        .map(std::mem::take)
+        .unwrap_or_default();
+    let mut converted = Vec::new();
+    for (i, mut rule) in rules.into_iter().enumerate() {
+        if let Some(matches) = rule.get_mut("matches").and_then(|m| m.as_array_mut()) {
+            for (j, m) in matches.iter_mut().enumerate() {
+                let Some(obj) = m.as_object_mut() else {
+                    continue;
+                };
+                if let Some(method) = obj.remove("method") {
+                    let field = format!("spec.rules[{i}].matches[{j}].method");
+                    obj.insert("path".into(), grpc_path(ctx, &field, &method)?);
+                }
+            }
+        }
+        converted.push(rule);
+    }
+    value["spec"]["rules"] = serde_json::Value::Array(converted);
+    value["kind"] = "HTTPRoute".into();
+    let http: HttpRoute = serde_json::from_value(value)
+        .map_err(|e| ctx.error("spec", format!("cannot be read as a route: {e}")))?;
+    let mut model = build(ctx, &http, grants, warnings)?;
+    model.kind = RouteKind::Grpc;
+    Ok(model)
+}
+
+/// A GRPCRoute method match as an HTTPRoute path match.
+fn grpc_path(
+    ctx: &DocCtx<'_>,
+    field: &str,
+    method: &serde_json::Value,
+) -> Result<serde_json::Value, ConfigError> {
+    let service = method.get("service").and_then(|s| s.as_str());
+    let name = method.get("method").and_then(|s| s.as_str());
+    let regex = method.get("type").and_then(|t| t.as_str()) == Some("RegularExpression");
+    let bad = |what: &str| ctx.error(field, what.to_owned());
+    for part in [service, name].into_iter().flatten() {
+        if part.is_empty() || (!regex && part.contains('/')) {
+            return Err(bad(
+                "service and method must be non-empty and contain no '/'",
+            ));
+        }
+    }
+    let path = match (regex, service, name) {
+        (_, None, None) => return Err(bad("needs a service, a method or both")),
+        (false, Some(s), Some(m)) => {
+            serde_json::json!({"type": "Exact", "value": format!("/{s}/{m}")})
+        }
+        (false, Some(s), None) => {
+            serde_json::json!({"type": "PathPrefix", "value": format!("/{s}")})
+        }
+        (false, None, Some(m)) => serde_json::json!({
+            "type": "RegularExpression",
+            "value": format!("/[^/]+/{}", regex::escape(m)),
+        }),
+        (true, s, m) => serde_json::json!({
+            "type": "RegularExpression",
+            "value": format!("/(?:{})/(?:{})", s.unwrap_or("[^/]+"), m.unwrap_or("[^/]+")),
+        }),
+    };
+    Ok(path)
 }

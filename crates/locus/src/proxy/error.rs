@@ -147,6 +147,47 @@ impl ProxyError {
         }
     }
 
+    /// The gRPC status a gRPC client gets for this error (gRPC's HTTP mapping, with the
+    /// gateway's own knowledge where it has more: a timeout is DEADLINE_EXCEEDED).
+    pub fn grpc_status(&self) -> u8 {
+        match self {
+            ProxyError::NoRoute { .. } => 12, // UNIMPLEMENTED
+            ProxyError::Timeout { .. } => 4,  // DEADLINE_EXCEEDED
+            ProxyError::NoEndpoint { .. }
+            | ProxyError::Overflow { .. }
+            | ProxyError::UpstreamConnect { .. }
+            | ProxyError::Upstream { .. }
+            | ProxyError::Misdirected { .. } => 14, // UNAVAILABLE
+            ProxyError::Client(Fault::ClientTimeout) => 4,
+            _ => 13, // INTERNAL
+        }
+    }
+
+    /// A gRPC error, as gRPC clients read one: HTTP 200, `grpc-status` and `grpc-message` in a
+    /// trailers-only response.
+    pub fn into_grpc_response(self, verbose: bool) -> Response<ProxyBody> {
+        let text = if verbose {
+            self.to_string()
+        } else {
+            self.public_message()
+        };
+        let mut resp = Response::new(ProxyBody::empty());
+        let h = resp.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/grpc"),
+        );
+        h.insert(
+            "grpc-status",
+            HeaderValue::from(u16::from(self.grpc_status())),
+        );
+        if let Ok(v) = HeaderValue::from_str(&grpc_percent_encode(&text)) {
+            h.insert("grpc-message", v);
+        }
+        h.insert("x-locus-error", HeaderValue::from_static(self.code()));
+        resp
+    }
+
     pub fn into_response(self, verbose: bool) -> Response<ProxyBody> {
         let text = if verbose {
             self.to_string()
@@ -171,4 +212,17 @@ fn client_fault(fault: Fault) -> &'static str {
         Fault::ClientBody => "the request body is malformed",
         _ => "the request body ended early",
     }
+}
+
+/// `grpc-message` is percent-encoded: bytes outside printable ASCII, and `%`.
+fn grpc_percent_encode(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for b in text.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }

@@ -69,7 +69,7 @@ pub(super) async fn forward(
     };
     // An HTTP/1.1 upgrade (WebSocket): the upgrade headers are hop-by-hop, so they are put back
     // after the head is made, and the client's side of the switch is kept for the tunnel.
-    let upgrade = upgrade_request(&mut parts, target.h2c);
+    let upgrade = upgrade_request(&mut parts, target.h2c || action.grpc);
     let path_and_query = upstream_head(&mut parts, info, &action, prefix.as_deref())?;
     if let Some(u) = &upgrade {
         parts
@@ -372,7 +372,7 @@ impl Exchange<'_> {
             RequestBody::Replay(_) => retry.attempts + 1,
             RequestBody::Stream(..) => 1,
         };
-        let version = if target.h2c {
+        let version = if self.h2c() {
             Version::HTTP_2
         } else {
             Version::HTTP_11
@@ -434,7 +434,7 @@ impl Exchange<'_> {
                     r
                 }
             };
-            *upstream.uri_mut() = upstream_uri(target.h2c, addr, &self.path_and_query);
+            *upstream.uri_mut() = upstream_uri(self.h2c(), addr, &self.path_and_query);
 
             let mut attempt = Attempt::start(target.clone(), idx, health, n > 1);
             attempt.set_request_bytes(body.len());
@@ -536,7 +536,7 @@ impl Exchange<'_> {
         addr: SocketAddr,
         req: Request<ProxyBody>,
     ) -> Result<Response<pool::PooledBody>, SendFailure> {
-        if self.target.h2c {
+        if self.h2c() {
             // Boxed: the HTTP/1.1 path, by far the common one, need not carry its state.
             return Box::pin(self.shared.h2c_client.request(req))
                 .await
@@ -567,6 +567,12 @@ impl Exchange<'_> {
                 back: None,
             },
         })
+    }
+
+    /// Whether this exchange speaks HTTP/2 to the endpoint: the Service port says so
+    /// (`appProtocol: kubernetes.io/h2c`), or the route is a GRPCRoute.
+    fn h2c(&self) -> bool {
+        self.target.h2c || self.action.grpc
     }
 
     /// Whether the Service's `maxRetries` leaves room for one more retry in flight.

@@ -383,6 +383,11 @@ async fn handle(
                 req.headers().get(http::header::HOST).cloned(),
             )
         });
+    // A gRPC client reads errors from `grpc-status`, not from the HTTP status.
+    let grpc = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
     let resp = match forward::forward(shared, info, req).await {
         Ok(resp) => resp,
         Err(e) => {
@@ -391,7 +396,11 @@ async fn handle(
                 // The whole story for the operator; the client's body says less.
                 tracing::info!(target: "locus::access", peer = %info.peer, request_id = ?id, error = %e, "gateway error");
             }
-            let mut resp = e.into_response(shared.answers.verbose_errors);
+            let mut resp = if grpc {
+                e.into_grpc_response(shared.answers.verbose_errors)
+            } else {
+                e.into_response(shared.answers.verbose_errors)
+            };
             if let Some(id) = &id {
                 resp.headers_mut()
                     .insert(request::X_REQUEST_ID.clone(), id.clone());

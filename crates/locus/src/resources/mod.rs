@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use gateway_api::apis::standard::gateways::Gateway;
+use gateway_api::apis::standard::grpcroutes::GrpcRoute;
 use gateway_api::apis::standard::httproutes::HttpRoute;
 use gateway_api::apis::standard::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Namespace, Node, Secret, Service};
@@ -39,6 +40,7 @@ pub struct Origin {
 pub enum Resource {
     Gateway(Box<Gateway>),
     HttpRoute(Box<HttpRoute>),
+    GrpcRoute(Box<GrpcRoute>),
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
     Node(Box<Node>),
@@ -56,6 +58,7 @@ impl Resource {
         match self {
             Resource::Gateway(_) => "Gateway",
             Resource::HttpRoute(_) => "HTTPRoute",
+            Resource::GrpcRoute(_) => "GRPCRoute",
             Resource::Service(_) => "Service",
             Resource::EndpointSlice(_) => "EndpointSlice",
             Resource::Node(_) => "Node",
@@ -230,6 +233,9 @@ fn parse_value(origin: Origin, value: Value, out: &mut ResourceSet) -> Result<()
         }
         ("gateway.networking.k8s.io", "HTTPRoute") if matches!(version, "v1" | "v1beta1") => {
             Resource::HttpRoute(typed(&origin, &doc, with_version(value, "v1"))?)
+        }
+        ("gateway.networking.k8s.io", "GRPCRoute") if matches!(version, "v1" | "v1alpha2") => {
+            Resource::GrpcRoute(typed(&origin, &doc, with_version(value, "v1"))?)
         }
         ("gateway.networking.k8s.io", "ReferenceGrant") if matches!(version, "v1" | "v1beta1") => {
             Resource::ReferenceGrant(typed(&origin, &doc, with_version(value, "v1"))?)

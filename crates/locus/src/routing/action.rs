@@ -37,6 +37,9 @@ pub struct RuleAction {
     pub needs_prefix: bool,
     /// `RequestMirror` targets and the share of requests each gets.
     pub mirrors: Vec<(Arc<ServiceTarget>, f64)>,
+    /// A GRPCRoute rule: backends are spoken to over HTTP/2 (cleartext), whatever the
+    /// Service port's `appProtocol`.
+    pub grpc: bool,
     mirror_draws: std::sync::atomic::AtomicU64,
 }
 
@@ -146,6 +149,7 @@ pub(super) fn build_action(
                 .is_some_and(|x| prefix_edit(&x.path)),
         filters: rule.filters.clone(),
         mirrors,
+        grpc: route.kind == crate::model::RouteKind::Grpc,
         mirror_draws: Default::default(),
         unsupported: (!rule.unsupported_filters.is_empty()).then(|| {
             Arc::from(format!(

@@ -130,6 +130,7 @@ impl Builder<'_> {
             }
             attached |= parent_attached;
             self.route_status.push(RouteParentStatus {
+                kind: route.kind.as_str(),
                 route: route.key.clone(),
                 gateway: gw.key.clone(),
                 section: parent.section.clone(),

@@ -22,6 +22,8 @@ pub struct ListenerStatus {
 /// each `Ok` or `Err((reason, message))`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RouteParentStatus {
+    /// `HTTPRoute` or `GRPCRoute`.
+    pub kind: &'static str,
     pub route: ObjKey,
     pub gateway: ObjKey,
     pub section: Option<String>,

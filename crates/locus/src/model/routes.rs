@@ -413,22 +413,6 @@ pub(super) fn build(
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
-        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
-        assert_eq!(parse_duration("ten"), None);
-        assert_eq!(parse_duration("10"), None);
-        assert_eq!(parse_duration(""), None);
-    }
-}
-
 /// A GRPCRoute, read as the HTTPRoute it is on the wire: gRPC calls are HTTP/2 POSTs to
 /// `/{service}/{method}`, so a method match is a path match, and parentRefs, hostnames, header
 /// matches, filters and backendRefs have the same shape. The rest of the model (attachment,
@@ -505,4 +489,20 @@ fn grpc_path(
         }),
     };
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("ten"), None);
+        assert_eq!(parse_duration("10"), None);
+        assert_eq!(parse_duration(""), None);
+    }
 }

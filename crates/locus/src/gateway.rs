@@ -298,6 +298,14 @@ impl Gateway {
         if let Err(e) = self.bind_missing(&wanted, &tls).await {
             return Err(self.reject(e));
         }
+        // A port that becomes HTTPS gets its TLS configuration before the table that routes its
+        // hosts is published (never a moment of plain text); one that becomes plain loses it
+        // after (below).
+        for (port, l) in self.listeners.lock().expect("listeners lock").iter() {
+            if let Some(t) = tls.get(port) {
+                l.tls.store(Some(t.clone()));
+            }
+        }
         let Some(table) = self
             .writer
             .apply(

@@ -230,5 +230,7 @@ fn deploy_manifests_are_valid_and_read_the_node_name() {
         "{verbs:?}"
     );
     assert_eq!(verbs.iter().filter(|v| **v == "verbs: [patch]").count(), 1);
-    assert!(text.contains("resources: [gateways/status, httproutes/status]\n  verbs: [patch]"));
+    assert!(text.contains(
+        "resources: [gateways/status, httproutes/status, grpcroutes/status]\n  verbs: [patch]"
+    ));
 }

@@ -168,3 +168,31 @@ async fn rotated_certificates_apply_to_new_handshakes_and_bad_ones_keep_the_last
     let (_, shown) = connect(&ca, addr, "a.test", &[b"http/1.1"]).await.unwrap();
     assert_eq!(shown, a2.der);
 }
+
+/// An HTTPS listener on a port that also has an HTTP listener is not served, and its routes
+/// are not answered in plain text there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_routes_never_leak_onto_a_plain_port() {
+    let backend = echo("a");
+    let ca = Ca::new();
+    let a = ca.leaf(&["a.test"]);
+    let text = manifest(backend.addr, &secret("a", &a))
+        .replace(
+            "  - {name: b, protocol: HTTPS",
+            "  - {name: plain, protocol: HTTP, port: 8443}\n  - {name: b, protocol: HTTPS",
+        )
+        .replace(
+            "parentRefs: [{name: gw}]",
+            "parentRefs: [{name: gw, sectionName: a}]",
+        );
+    let dir = tempdir();
+    write(dir.path(), "all.yaml", &text);
+    let gw = Gw::start(dir.path(), &[]);
+    let c = HttpClient::default();
+    let r = c.get(gw.addr(8443), "a.test", "/hostname").await;
+    assert_eq!(r.status, 404, "{}", r.body);
+    let config = c.get(gw.admin, "admin", "/debug/config").await.json();
+    assert!(config["listener_problems"]
+        .to_string()
+        .contains("ProtocolConflict"));
+}

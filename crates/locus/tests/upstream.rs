@@ -435,3 +435,29 @@ async fn upgrades_join_client_and_endpoint() {
         "the gateway closes the client's side too"
     );
 }
+
+/// Only WebSocket upgrades pass: an `Upgrade: h2c` (which would hand the client a connection
+/// past every route) goes to the endpoint as a plain request, its upgrade headers removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_websocket_upgrades_pass() {
+    let backend = echo("a");
+    let (_dir, gw) = gateway(backend.addr.port());
+    let r = HttpClient::default()
+        .request(
+            "GET",
+            gw.addr(8080),
+            "svc.test",
+            "/echo",
+            &[
+                ("connection", "Upgrade, HTTP2-Settings"),
+                ("upgrade", "h2c"),
+                ("http2-settings", "AAMAAABkAAQAAP__"),
+            ],
+            Bytes::new(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let headers = &r.json()["headers"];
+    assert!(headers.get("upgrade").is_none(), "{headers}");
+    assert!(headers.get("http2-settings").is_none(), "{headers}");
+}

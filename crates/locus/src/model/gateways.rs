@@ -28,6 +28,17 @@ pub struct ListenerModel {
     pub tls: Option<ListenerTls>,
 }
 
+impl ListenerModel {
+    /// Whether the listener is served: not an HTTPS listener on a port that serves plain HTTP.
+    pub fn served(&self) -> bool {
+        !self.tls.as_ref().is_some_and(|t| {
+            t.refused
+                .iter()
+                .any(|(reason, _)| *reason == "ProtocolConflict")
+        })
+    }
+}
+
 /// An HTTPS listener's certificates.
 #[derive(Clone, Debug, Default)]
 pub struct ListenerTls {

@@ -78,7 +78,8 @@ pub(super) async fn forward(
         parts.headers.insert(header::UPGRADE, u.protocol.clone());
     }
     let body = RequestBody::read(body, &target, &action, shared.limits.body_idle_timeout).await?;
-    for (mirror, fraction) in &action.mirrors {
+    // A WebSocket handshake is not mirrored: a copy could switch a mirror's connection too.
+    for (mirror, fraction) in action.mirrors.iter().filter(|_| upgrade.is_none()) {
         if action.mirror_this(*fraction) {
             mirror::send_mirror(shared, mirror, &parts, &path_and_query, body.replay());
         }
@@ -100,8 +101,8 @@ struct Upgrade {
     client: hyper::upgrade::OnUpgrade,
 }
 
-/// `Connection: upgrade` with an `Upgrade` header on HTTP/1.1 (an HTTP/2 upstream cannot take
-/// one: the request then goes as a plain request).
+/// `Connection: upgrade` with `Upgrade: websocket` on HTTP/1.1 (an HTTP/2 upstream cannot take
+/// one: the request then goes as a plain request, its upgrade headers removed as hop-by-hop).
 fn upgrade_request(parts: &mut http::request::Parts, h2c_upstream: bool) -> Option<Upgrade> {
     if parts.version != Version::HTTP_11 || h2c_upstream {
         return None;
@@ -114,7 +115,9 @@ fn upgrade_request(parts: &mut http::request::Parts, h2c_upstream: bool) -> Opti
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
     let protocol = parts.headers.get(header::UPGRADE)?.clone();
-    if !asked {
+    // WebSocket only: a switch to anything else (`h2c` above all) would hand the client a
+    // connection to the endpoint past every route and filter of the gateway.
+    if !asked || !protocol.as_bytes().eq_ignore_ascii_case(b"websocket") {
         return None;
     }
     let client = parts.extensions.remove::<hyper::upgrade::OnUpgrade>()?;
@@ -507,11 +510,19 @@ impl Exchange<'_> {
                         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
                     head.headers
                         .insert(header::UPGRADE, protocol.unwrap_or(u.protocol));
+                    if let Some(edits) = &self.action.filters.response_headers {
+                        edits.apply(&mut head.headers);
+                    }
+                    if let Some(cookie) = set_cookie.take() {
+                        head.headers.append(header::SET_COOKIE, cookie);
+                    }
+                    let hold = self.info.ticket.lock().ok().and_then(|mut t| t.take());
                     tokio::spawn(super::tunnel::join(
                         u.client,
                         stream,
                         early,
                         self.shared.limits.idle_timeout,
+                        hold,
                     ));
                     return Ok(Response::from_parts(head, ProxyBody::empty()));
                 }

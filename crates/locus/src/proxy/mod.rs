@@ -106,6 +106,9 @@ struct ConnInfo {
     last_request_ms: std::sync::atomic::AtomicU64,
     /// `Some` on an HTTPS listener.
     tls: Option<ConnTls>,
+    /// The connection's place under `--max-connections`: held as long as the connection, and
+    /// handed to the tunnel when the connection is upgraded (WebSocket).
+    ticket: std::sync::Mutex<Option<connections::Ticket>>,
 }
 
 impl ConnInfo {
@@ -201,7 +204,7 @@ pub async fn serve(listener: TcpListener, port: Port, shared: Arc<Shared>) {
         let tls = port.tls.load_full();
         let number = port.number;
         tokio::spawn(async move {
-            let info = |tls| {
+            let info = move |tls| {
                 Arc::new(ConnInfo {
                     port: number,
                     peer,
@@ -209,6 +212,7 @@ pub async fn serve(listener: TcpListener, port: Port, shared: Arc<Shared>) {
                         .unwrap_or(http::HeaderValue::from_static("unknown")),
                     last_request_ms: crate::health::now_ms().into(),
                     tls,
+                    ticket: std::sync::Mutex::new(Some(ticket)),
                 })
             };
             let ended = match tls {
@@ -242,7 +246,6 @@ pub async fn serve(listener: TcpListener, port: Port, shared: Arc<Shared>) {
             if let Err(e) = ended {
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-            drop(ticket);
         });
     }
 }

@@ -8,7 +8,7 @@
 //! when sending it twice is harmless (RFC 9110 §9.2.2).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -60,8 +60,30 @@ impl PoolOptions {
     }
 }
 
+/// A worker's idle connections: per endpoint, oldest first (taken from the back, so the
+/// warmest is reused), and when the whole map was last swept.
+#[derive(Default)]
+struct IdleConns {
+    by_endpoint: HashMap<SocketAddr, VecDeque<Idle>>,
+    swept: Option<Instant>,
+}
+
+/// How often a worker's idle connections are swept (closed by the endpoint, too old, or of
+/// endpoints no longer used): without a task per connection, nothing else closes them.
+const SWEEP_EVERY: Duration = Duration::from_secs(5);
+
+impl IdleConns {
+    fn sweep(&mut self) {
+        self.by_endpoint.retain(|_, list| {
+            list.retain(|c| c.since.elapsed() < IDLE_TIMEOUT && c.conn.idle_ok());
+            !list.is_empty()
+        });
+        self.swept = Some(Instant::now());
+    }
+}
+
 thread_local! {
-    static IDLE: RefCell<HashMap<SocketAddr, Vec<Idle>>> = RefCell::new(HashMap::new());
+    static IDLE: RefCell<IdleConns> = RefCell::default();
 }
 
 /// Why a request could not be sent.
@@ -75,8 +97,8 @@ pub enum SendError {
 fn take_idle(addr: SocketAddr, idle_timeout: Duration) -> Option<Box<Conn>> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
-        let list = idle.get_mut(&addr)?;
-        while let Some(c) = list.pop() {
+        let list = idle.by_endpoint.get_mut(&addr)?;
+        while let Some(c) = list.pop_back() {
             if c.conn.idle_ok() && c.since.elapsed() < idle_timeout {
                 return Some(c.conn);
             }
@@ -91,9 +113,19 @@ fn put_idle(addr: SocketAddr, mut conn: Box<Conn>, max_uses: Option<u32>) {
     }
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
-        let list = idle.entry(addr).or_default();
+        if idle.swept.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
+            idle.sweep();
+        }
+        let list = idle.by_endpoint.entry(addr).or_default();
+        // The oldest is checked on every return: closed or expired ones do not pile up.
+        if list
+            .front()
+            .is_some_and(|c| c.since.elapsed() >= IDLE_TIMEOUT || !c.conn.idle_ok())
+        {
+            list.pop_front();
+        }
         if list.len() < MAX_IDLE_PER_ENDPOINT {
-            list.push(Idle {
+            list.push_back(Idle {
                 conn,
                 since: Instant::now(),
             });

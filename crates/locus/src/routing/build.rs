@@ -58,7 +58,7 @@ impl RouteTable {
             route_status: Vec::new(),
         };
         for gw in &gateways {
-            for l in &gw.listeners {
+            for l in gw.listeners.iter().filter(|l| l.served()) {
                 b.ports
                     .entry(l.port)
                     .or_default()
@@ -117,7 +117,9 @@ impl Builder<'_> {
                 "no listener matches the parentRef's sectionName/port".to_owned(),
             );
             let mut parent_attached = false;
-            for l in &gw.listeners {
+            // A listener that cannot be served takes no route: an HTTPS listener refused for a
+            // protocol conflict must not have its routes answered in plain text.
+            for l in gw.listeners.iter().filter(|l| l.served()) {
                 if parent.section.as_ref().is_some_and(|s| *s != l.name)
                     || parent.port.is_some_and(|p| p != l.port)
                 {

@@ -113,7 +113,7 @@ impl CertStore {
         for (port, listeners) in ports {
             if plain_ports.contains(&port) {
                 warnings.push(format!(
-                    "port {port} has both HTTP and HTTPS listeners; it serves plain HTTP and its HTTPS listeners ({}) are not served",
+                    "port {port} has both HTTP and HTTPS listeners; it serves plain HTTP, and its HTTPS listeners ({}) are not served and take no routes",
                     listeners.iter().map(|l| l.name.as_str()).collect::<Vec<_>>().join(", ")
                 ));
                 for gw in gateways.iter_mut().filter(|g| selector.selects(g)) {

@@ -9,11 +9,13 @@
 //!
 //! A connection carries no task while idle: whether it is still open is read from the
 //! reactor's readiness, without a syscall (an endpoint's close or stray bytes make it
-//! readable, and a readable idle connection is never reused).
+//! readable, and a readable idle connection is never reused). Reads go through `poll_read`,
+//! whose short reads clear readiness race-free, so nothing that arrives after a response is
+//! missed.
 
 pub mod codec;
 
-use std::future::poll_fn;
+use std::future::{poll_fn, Future};
 use std::io;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll, Waker};
@@ -21,7 +23,7 @@ use std::task::{ready, Context, Poll, Waker};
 use bytes::{Bytes, BytesMut};
 use http::{Method, Request};
 use hyper::body::{Body, Frame};
-use tokio::io::{AsyncWrite, AsyncWriteExt, Interest};
+use tokio::io::{AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use self::codec::{Chunk, ChunkedDecoder, Framing, ProtoError, RequestFraming, ResponseHead};
@@ -117,10 +119,18 @@ impl Conn {
     }
 
     /// Whether an idle connection can carry another request: nothing arrived on it since its
-    /// last response (no close, no stray bytes). Read from the reactor; no syscall.
+    /// last response (no close, no stray bytes). Read from the reactor; no syscall. Polled
+    /// outside the task's cooperative budget, which would otherwise answer "not ready" for a
+    /// connection that is.
     pub fn idle_ok(&self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
-        self.stream.poll_read_ready(&mut cx).is_pending()
+        let probe = tokio::task::unconstrained(std::future::poll_fn(|cx| {
+            Poll::Ready(self.stream.poll_read_ready(cx).is_pending())
+        }));
+        match std::pin::pin!(probe).poll(&mut cx) {
+            Poll::Ready(ok) => ok,
+            Poll::Pending => false,
+        }
     }
 
     /// Whether the connection can go back to the pool now that its response is read: the
@@ -137,10 +147,9 @@ impl Conn {
             self.wbuf = Vec::new();
         }
         if self.drained {
-            // The socket was empty after the last read; forget the readiness that read left.
-            let _ = self.stream.try_io(Interest::READABLE, || {
-                Err::<(), _>(io::ErrorKind::WouldBlock.into())
-            });
+            // The last read was short: tokio cleared the readiness it had seen before that read
+            // (`poll_read` on epoll), so anything that arrived since — a close, stray bytes —
+            // is still flagged and `idle_ok` will see it.
             return true;
         }
         // The last read filled its buffer: look once more (a close or extra bytes: not reused).
@@ -336,18 +345,16 @@ impl Conn {
         if self.rbuf.capacity() - self.rbuf.len() < READ_SIZE / 4 {
             self.rbuf.reserve(READ_SIZE);
         }
-        loop {
-            ready!(self.stream.poll_read_ready(cx))?;
-            let offered = self.rbuf.capacity() - self.rbuf.len();
-            match self.stream.try_read_buf(&mut self.rbuf) {
-                Ok(n) => {
-                    self.drained = n < offered;
-                    return Poll::Ready(Ok(n));
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
-        }
+        let offered = self.rbuf.capacity() - self.rbuf.len();
+        // `poll_read` (not `try_read`): on a short read tokio clears the readiness it saw
+        // before reading, race-free, so bytes arriving later still wake `idle_ok`.
+        let n = ready!(tokio_util::io::poll_read_buf(
+            Pin::new(&mut self.stream),
+            cx,
+            &mut self.rbuf
+        ))?;
+        self.drained = n < offered;
+        Poll::Ready(Ok(n))
     }
 
     /// The next piece of the response body.

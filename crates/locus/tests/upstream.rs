@@ -461,3 +461,71 @@ async fn only_websocket_upgrades_pass() {
     assert!(headers.get("upgrade").is_none(), "{headers}");
     assert!(headers.get("http2-settings").is_none(), "{headers}");
 }
+
+/// A full-duplex endpoint answers as soon as the head arrives and then echoes the upload as
+/// it reads it: the rest of the upload keeps flowing while the response is read, so the
+/// exchange completes instead of each side waiting on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uploads_keep_flowing_to_an_endpoint_that_answers_first() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = vec![0u8; 64 * 1024];
+                let end = loop {
+                    if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                };
+                let head = String::from_utf8_lossy(&got[..end]).into_owned();
+                let mut left: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length: "))
+                    .unwrap()
+                    .trim()
+                    .parse()
+                    .unwrap();
+                s.write_all(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut pending = got[end..].to_vec();
+                loop {
+                    if !pending.is_empty() {
+                        left -= pending.len();
+                        s.write_all(format!("{:x}\r\n", pending.len()).as_bytes())
+                            .await
+                            .unwrap();
+                        s.write_all(&pending).await.unwrap();
+                        s.write_all(b"\r\n").await.unwrap();
+                        pending.clear();
+                    }
+                    if left == 0 {
+                        break;
+                    }
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => pending.extend_from_slice(&buf[..n]),
+                    }
+                }
+                s.write_all(b"0\r\n\r\n").await.unwrap();
+            });
+        }
+    });
+    let (_dir, gw) = gateway(port);
+    let size = 4 * 1024 * 1024;
+    let upload = Bytes::from(vec![b'u'; size]);
+    let r = tokio::time::timeout(
+        Duration::from_secs(20),
+        HttpClient::default().request("PUT", gw.addr(8080), "svc.test", "/echo", &[], upload),
+    )
+    .await
+    .expect("the exchange completes");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body.len(), size);
+}

@@ -72,6 +72,23 @@ pub struct Conn {
     request_done: bool,
     /// The request in flight asked to switch protocols (`Upgrade`).
     upgrade_asked: bool,
+    /// A streamed request body still going out (while the response is read, when the
+    /// endpoint answered first).
+    upload: Option<Box<Upload>>,
+}
+
+/// A request body being written to the endpoint.
+#[derive(Debug)]
+struct Upload {
+    body: ProxyBody,
+    chunked: bool,
+    /// Bytes to write (the head, first), and how many are written.
+    out: Vec<u8>,
+    written: usize,
+    /// The head has gone out with the body's first piece.
+    started: bool,
+    /// The body ended; what is in `out` is its last piece.
+    done: bool,
 }
 
 /// How much of a response body is left to read.
@@ -109,6 +126,7 @@ impl Conn {
             drained: true,
             request_done: true,
             upgrade_asked: false,
+            upload: None,
         }
     }
 
@@ -213,89 +231,108 @@ impl Conn {
     }
 
     /// Streams the request body while watching for the response: an endpoint may answer
-    /// (and stop reading) before the upload ends, and must not be left waiting on it. The
-    /// head (already in the write buffer) goes out with the first piece of the body, so a
-    /// body that is broken from its first byte never reaches the endpoint at all.
+    /// before the upload ends. The upload then goes on while the response body is read (a
+    /// full-duplex endpoint, such as an echo, reads the rest only as it answers), and an
+    /// endpoint that stopped reading is never waited on. The head (already in the write
+    /// buffer) goes out with the first piece of the body, so a body that is broken from its
+    /// first byte never reaches the endpoint at all.
     async fn stream_body(
         &mut self,
-        mut body: ProxyBody,
+        body: ProxyBody,
         chunked: bool,
         method: &Method,
         max_head: usize,
     ) -> Result<ResponseHead, ExchangeError> {
-        let mut out = std::mem::take(&mut self.wbuf);
-        let mut written = 0;
-        let mut started = false;
-        let mut body_done = false;
+        self.upload = Some(Box::new(Upload {
+            body,
+            chunked,
+            out: std::mem::take(&mut self.wbuf),
+            written: 0,
+            started: false,
+            done: false,
+        }));
         let mut got_any = false;
-        let result = poll_fn(|cx| {
+        poll_fn(|cx| {
             if let Poll::Ready(head) = self.poll_head(cx, method, max_head, &mut got_any) {
                 return Poll::Ready(head);
             }
-            loop {
-                if started && written < out.len() {
-                    match Pin::new(&mut self.stream).poll_write(cx, &out[written..]) {
-                        Poll::Ready(Ok(0)) => {
-                            return Poll::Ready(Err(ExchangeError::Io(
-                                io::ErrorKind::WriteZero.into(),
-                            )))
-                        }
-                        Poll::Ready(Ok(n)) => written += n,
-                        Poll::Ready(Err(e)) => return Poll::Ready(Err(ExchangeError::Io(e))),
-                        Poll::Pending => return Poll::Pending,
-                    }
-                    continue;
-                }
-                if body_done {
-                    return Poll::Pending;
-                }
-                if started {
-                    out.clear();
-                    written = 0;
-                }
-                let frame = Pin::new(&mut body).poll_frame(cx);
-                started |= frame.is_ready();
-                match frame {
-                    Poll::Pending => return Poll::Pending,
-                    Poll::Ready(None) => {
-                        if chunked {
-                            out.extend_from_slice(b"0\r\n\r\n");
-                        }
-                        body_done = true;
-                    }
-                    Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                        Ok(data) if data.is_empty() => {}
-                        Ok(data) if chunked => {
-                            codec::encode_chunk_size(data.len(), &mut out);
-                            out.extend_from_slice(&data);
-                            out.extend_from_slice(b"\r\n");
-                        }
-                        Ok(data) => out.extend_from_slice(&data),
-                        Err(frame) => {
-                            if let (Ok(trailers), true) = (frame.into_trailers(), chunked) {
-                                out.extend_from_slice(b"0\r\n");
-                                for (name, value) in &trailers {
-                                    out.extend_from_slice(name.as_str().as_bytes());
-                                    out.extend_from_slice(b": ");
-                                    out.extend_from_slice(value.as_bytes());
-                                    out.extend_from_slice(b"\r\n");
-                                }
-                                out.extend_from_slice(b"\r\n");
-                                body_done = true;
-                            }
-                        }
-                    },
-                    Poll::Ready(Some(Err(e))) => {
-                        return Poll::Ready(Err(ExchangeError::RequestBody(e)))
-                    }
-                }
+            match self.poll_upload(cx) {
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                _ => Poll::Pending,
             }
         })
-        .await;
-        self.request_done = body_done && written == out.len();
-        out.clear();
-        self.wbuf = out;
-        result
+        .await
+    }
+
+    /// Moves the request body along: writes what is buffered, reads the next piece. Ready when
+    /// the whole body is written (or there is no upload).
+    fn poll_upload(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ExchangeError>> {
+        let Some(up) = self.upload.as_deref_mut() else {
+            return Poll::Ready(Ok(()));
+        };
+        loop {
+            if up.started && up.written < up.out.len() {
+                match Pin::new(&mut self.stream).poll_write(cx, &up.out[up.written..]) {
+                    Poll::Ready(Ok(0)) => {
+                        return Poll::Ready(Err(ExchangeError::Io(io::ErrorKind::WriteZero.into())))
+                    }
+                    Poll::Ready(Ok(n)) => up.written += n,
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(ExchangeError::Io(e))),
+                    Poll::Pending => return Poll::Pending,
+                }
+                continue;
+            }
+            if up.done {
+                // Written whole: the connection may carry another request.
+                let mut out = std::mem::take(&mut up.out);
+                out.clear();
+                self.wbuf = out;
+                self.upload = None;
+                self.request_done = true;
+                return Poll::Ready(Ok(()));
+            }
+            if up.started {
+                up.out.clear();
+                up.written = 0;
+            }
+            let frame = Pin::new(&mut up.body).poll_frame(cx);
+            up.started |= frame.is_ready();
+            let out = &mut up.out;
+            match frame {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => {
+                    if up.chunked {
+                        out.extend_from_slice(b"0\r\n\r\n");
+                    }
+                    up.done = true;
+                }
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => {}
+                    Ok(data) if up.chunked => {
+                        codec::encode_chunk_size(data.len(), out);
+                        out.extend_from_slice(&data);
+                        out.extend_from_slice(b"\r\n");
+                    }
+                    Ok(data) => out.extend_from_slice(&data),
+                    Err(frame) => {
+                        if let (Ok(trailers), true) = (frame.into_trailers(), up.chunked) {
+                            out.extend_from_slice(b"0\r\n");
+                            for (name, value) in &trailers {
+                                out.extend_from_slice(name.as_str().as_bytes());
+                                out.extend_from_slice(b": ");
+                                out.extend_from_slice(value.as_bytes());
+                                out.extend_from_slice(b"\r\n");
+                            }
+                            out.extend_from_slice(b"\r\n");
+                            up.done = true;
+                        }
+                    }
+                },
+                Poll::Ready(Some(Err(e))) => {
+                    return Poll::Ready(Err(ExchangeError::RequestBody(e)))
+                }
+            }
+        }
     }
 
     /// Reads until a final response head is complete, skipping informational ones.
@@ -363,6 +400,15 @@ impl Conn {
         state: &mut BodyState,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ExchangeError>>> {
+        // An upload the endpoint answered early goes on beside its response. When it fails
+        // (the endpoint stopped reading and closed, the client went away) it is dropped, and
+        // the connection with it once the response is read.
+        if self.upload.is_some() {
+            if let Poll::Ready(Err(e)) = self.poll_upload(cx) {
+                tracing::debug!(error = %e, "the rest of an upload answered early was not sent");
+                self.upload = None;
+            }
+        }
         loop {
             match state {
                 BodyState::Done | BodyState::Length(0) => {

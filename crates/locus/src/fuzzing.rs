@@ -18,3 +18,9 @@ pub fn manifest(data: &[u8]) {
 pub fn request_head(data: &[u8]) {
     crate::proxy::inspect_head(data);
 }
+
+/// An endpoint's response as Locus's upstream client reads it: the head (after a GET and after
+/// a HEAD), then a chunked body from what follows, fed in pieces of every size.
+pub fn upstream_response(data: &[u8]) {
+    crate::proxy::inspect_response(data);
+}

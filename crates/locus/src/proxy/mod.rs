@@ -351,6 +351,12 @@ pub fn inspect_head(data: &[u8]) {
     request::strip_hop_by_hop(&mut parts.headers);
 }
 
+/// For the fuzz target: an endpoint's response through the upstream client's codec.
+#[doc(hidden)]
+pub fn inspect_response(data: &[u8]) {
+    h1::codec::inspect(data);
+}
+
 /// Access log switch (`--access-log`): off by default, checked once per request.
 pub static ACCESS_LOG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 

@@ -416,6 +416,11 @@ fn chunk_size(line: &[u8]) -> Result<u64, ProtoError> {
 fn trailers(buf: &mut BytesMut, max: usize) -> Result<Option<HeaderMap>, ProtoError> {
     let mut slots = [httparse::EMPTY_HEADER; 32];
     match httparse::parse_headers(buf, &mut slots) {
+        // Bounded however the bytes arrive: a section that came whole is held to the same
+        // limit as one that came in pieces.
+        Ok(httparse::Status::Complete((len, _))) if len > max => {
+            Err(ProtoError::Chunk("trailer section too large"))
+        }
         Ok(httparse::Status::Complete((len, parsed))) => {
             let mut map = HeaderMap::with_capacity(parsed.len());
             for h in parsed {
@@ -434,6 +439,40 @@ fn trailers(buf: &mut BytesMut, max: usize) -> Result<Option<HeaderMap>, ProtoEr
         Ok(httparse::Status::Partial) => Ok(None),
         Err(_) => Err(ProtoError::Chunk("invalid trailer section")),
     }
+}
+
+/// The fuzz target's path through this module: a head after GET and after HEAD; the bytes
+/// after it as a chunked body, whole and one byte at a time (both must agree).
+pub fn inspect(data: &[u8]) {
+    for method in [Method::GET, Method::HEAD] {
+        let mut buf = BytesMut::from(data);
+        let _ = parse_response_head(&mut buf, &method, 16 * 1024, &mut Vec::new());
+    }
+    let whole = decode_in_pieces(data, data.len().max(1));
+    let bytewise = decode_in_pieces(data, 1);
+    assert_eq!(
+        whole, bytewise,
+        "chunked decoding depends on how bytes arrive"
+    );
+}
+
+/// Decodes `data` as a chunked body fed `piece` bytes at a time: the body and whether it ended
+/// (`None`: refused).
+fn decode_in_pieces(data: &[u8], piece: usize) -> Option<(Vec<u8>, bool)> {
+    let mut dec = ChunkedDecoder::default();
+    let mut buf = BytesMut::new();
+    let mut body = Vec::new();
+    for part in data.chunks(piece) {
+        buf.extend_from_slice(part);
+        loop {
+            match dec.decode(&mut buf, 4096).ok()? {
+                Chunk::Data(d) => body.extend_from_slice(&d),
+                Chunk::More => break,
+                Chunk::End(_) => return Some((body, true)),
+            }
+        }
+    }
+    Some((body, false))
 }
 
 #[cfg(test)]

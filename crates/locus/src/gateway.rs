@@ -331,9 +331,12 @@ impl Gateway {
         );
         self.generation.store(generation, Ordering::SeqCst);
         self.prober.reconcile(active_checks(&table));
-        // New certificates apply to the next handshake; connections already made keep theirs.
+        // Ports that no longer serve HTTPS lose their TLS configuration now that the table is
+        // published (HTTPS ones got theirs before); connections already made keep theirs.
         for (port, l) in self.listeners.lock().expect("listeners lock").iter() {
-            l.tls.store(tls.get(port).cloned());
+            if !tls.contains_key(port) {
+                l.tls.store(None);
+            }
         }
         self.close_unwanted(&wanted);
         *self.last_error.lock().expect("error lock") = None;

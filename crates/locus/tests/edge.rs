@@ -176,12 +176,7 @@ async fn long_targets_and_stalled_bodies_are_refused() {
         assert!(answer.contains("x-locus-error: client-timeout"), "{answer}");
         assert!(started.elapsed() >= Duration::from_millis(250));
     }
-    let metrics = c.get(gw.admin, "admin", "/metrics").await.body;
-    assert_eq!(
-        request_errors(&metrics, &["side=\"upstream\""]),
-        0.0,
-        "{metrics}"
-    );
+    assert_no_upstream_errors(gw.admin).await;
 }
 
 /// On a Gateway exposing only `/api`, no spelling of `..` reaches anything else: paths are
@@ -489,12 +484,7 @@ async fn smuggling_attempts_never_reach_the_backend() {
     }
     // The endpoint is still healthy and local: bad framing was never its fault.
     assert_eq!(c.get(addr, "svc.test", "/hostname").await.who(), "a");
-    let metrics = c.get(gw.admin, "admin", "/metrics").await.body;
-    assert_eq!(
-        request_errors(&metrics, &["side=\"upstream\""]),
-        0.0,
-        "{metrics}"
-    );
+    assert_no_upstream_errors(gw.admin).await;
 }
 
 /// An idle keep-alive connection is closed once the header read timeout passes with no new

@@ -291,13 +291,7 @@ async fn an_endpoint_may_answer_before_the_upload_ends() {
         String::from_utf8_lossy(&head)
     );
     upload.abort();
-    let c = HttpClient::default();
-    let metrics = c.get(gw.admin, "admin", "/metrics").await.body;
-    assert_eq!(
-        request_errors(&metrics, &["side=\"upstream\""]),
-        0.0,
-        "{metrics}"
-    );
+    assert_no_upstream_errors(gw.admin).await;
 }
 
 /// Framing the endpoint may choose: chunked (with extensions and trailers, after a

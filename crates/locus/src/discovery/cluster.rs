@@ -146,17 +146,11 @@ fn to_value(obj: DynamicObject, ar: &ApiResource) -> Value {
     v
 }
 
-fn is_forbidden(e: &watcher::Error) -> bool {
+/// Whether the first list of a kind failed with this HTTP status (403: RBAC, 404: no CRD).
+fn list_refused(e: &watcher::Error, code: u16) -> bool {
     matches!(
         e,
-        watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 403
-    )
-}
-
-fn is_not_found(e: &watcher::Error) -> bool {
-    matches!(
-        e,
-        watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == 404
+        watcher::Error::InitialListFailed(kube::Error::Api(s)) if s.code == code
     )
 }
 
@@ -497,7 +491,7 @@ pub async fn run(gateway: Arc<Gateway>, opts: ClusterOptions) -> anyhow::Result<
                     }
                     // Secrets are read only for HTTPS listeners: without RBAC for them, the
                     // rest of the cluster still routes (HTTPS listeners get no certificate).
-                    Err(e) if kind == "Secret" && is_forbidden(&e) => {
+                    Err(e) if kind == "Secret" && list_refused(&e, 403) => {
                         if !s.synced[k] {
                             tracing::warn!(
                                 kind,
@@ -508,7 +502,7 @@ pub async fn run(gateway: Arc<Gateway>, opts: ClusterOptions) -> anyhow::Result<
                         }
                         continue;
                     }
-                    Err(e) if optional && is_not_found(&e) => {
+                    Err(e) if optional && list_refused(&e, 404) => {
                         if !s.synced[k] {
                             tracing::info!(
                                 kind,

@@ -104,6 +104,8 @@ struct Upgrade {
 /// `Connection: upgrade` with `Upgrade: websocket` on HTTP/1.1 (an HTTP/2 upstream cannot take
 /// one: the request then goes as a plain request, its upgrade headers removed as hop-by-hop).
 fn upgrade_request(parts: &mut http::request::Parts, h2c_upstream: bool) -> Option<Upgrade> {
+    // The Upgrade header first: absent on nearly every request, one lookup and done.
+    let protocol = parts.headers.get(header::UPGRADE)?.clone();
     if parts.version != Version::HTTP_11 || h2c_upstream {
         return None;
     }
@@ -114,7 +116,6 @@ fn upgrade_request(parts: &mut http::request::Parts, h2c_upstream: bool) -> Opti
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
-    let protocol = parts.headers.get(header::UPGRADE)?.clone();
     // WebSocket only: a switch to anything else (`h2c` above all) would hand the client a
     // connection to the endpoint past every route and filter of the gateway.
     if !asked || !protocol.as_bytes().eq_ignore_ascii_case(b"websocket") {
@@ -500,41 +501,44 @@ impl Exchange<'_> {
                 continue;
             }
             let (mut head, mut body) = resp.into_parts();
-            if status == http::StatusCode::SWITCHING_PROTOCOLS {
-                // The endpoint took the upgrade: its connection and the client's are joined
-                // once hyper has written this 101 and handed the client's side over.
-                if let (Some(u), Some((stream, early))) = (upgrade.take(), body.take_upgraded()) {
-                    let protocol = head.headers.get(header::UPGRADE).cloned();
-                    strip_hop_by_hop(&mut head.headers);
-                    head.headers
-                        .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-                    head.headers
-                        .insert(header::UPGRADE, protocol.unwrap_or(u.protocol));
-                    if let Some(edits) = &self.action.filters.response_headers {
-                        edits.apply(&mut head.headers);
-                    }
-                    if let Some(cookie) = set_cookie.take() {
-                        head.headers.append(header::SET_COOKIE, cookie);
-                    }
-                    let hold = self.info.ticket.lock().ok().and_then(|mut t| t.take());
-                    tokio::spawn(super::tunnel::join(
-                        u.client,
-                        stream,
-                        early,
-                        self.shared.limits.idle_timeout,
-                        hold,
-                    ));
-                    return Ok(Response::from_parts(head, ProxyBody::empty()));
+            // The endpoint took the upgrade: its connection and the client's are joined once
+            // hyper has written this 101 and handed the client's side over.
+            let tunnel = match upgrade.take() {
+                Some(u) if status == http::StatusCode::SWITCHING_PROTOCOLS => {
+                    body.take_upgraded().map(|io| (u, io))
                 }
-            }
-            let body = UpstreamBody::new(body, attempt);
+                _ => None,
+            };
+            let protocol = tunnel.as_ref().map(|(u, _)| {
+                head.headers
+                    .get(header::UPGRADE)
+                    .unwrap_or(&u.protocol)
+                    .clone()
+            });
             strip_hop_by_hop(&mut head.headers);
+            if let Some(protocol) = protocol {
+                head.headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                head.headers.insert(header::UPGRADE, protocol);
+            }
             if let Some(edits) = &self.action.filters.response_headers {
                 edits.apply(&mut head.headers);
             }
             if let Some(cookie) = set_cookie.take() {
                 head.headers.append(header::SET_COOKIE, cookie);
             }
+            if let Some((u, (stream, early))) = tunnel {
+                let hold = self.info.ticket.lock().ok().and_then(|mut t| t.take());
+                tokio::spawn(super::tunnel::join(
+                    u.client,
+                    stream,
+                    early,
+                    self.shared.limits.idle_timeout,
+                    hold,
+                ));
+                return Ok(Response::from_parts(head, ProxyBody::empty()));
+            }
+            let body = UpstreamBody::new(body, attempt);
             return Ok(Response::from_parts(head, ProxyBody::Upstream(body)));
         }
         unreachable!("the last attempt always returns")

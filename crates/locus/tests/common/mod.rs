@@ -459,3 +459,17 @@ pub async fn served_again(c: &HttpClient, addr: SocketAddr) -> bool {
     }
     false
 }
+
+/// Asserts that `/metrics` of the admin API at `admin` blames no request error on an endpoint
+/// (`side="upstream"`): the client's faults stayed the client's.
+pub async fn assert_no_upstream_errors(admin: SocketAddr) {
+    let metrics = HttpClient::default()
+        .get(admin, "admin", "/metrics")
+        .await
+        .body;
+    assert_eq!(
+        request_errors(&metrics, &["side=\"upstream\""]),
+        0.0,
+        "{metrics}"
+    );
+}

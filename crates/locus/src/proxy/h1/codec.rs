@@ -98,7 +98,9 @@ fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
 
 /// Appends one chunk's size line; the data and its CRLF follow.
 pub fn encode_chunk_size(len: usize, out: &mut Vec<u8>) {
-    out.extend_from_slice(format!("{len:x}\r\n").as_bytes());
+    use std::io::Write;
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{len:x}\r\n");
 }
 
 /// How a response body is delimited (RFC 9112 §6.3).

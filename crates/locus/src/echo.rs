@@ -12,6 +12,9 @@
 //!
 //! Every response carries `x-backend: NAME`.
 //!
+//! With `--tls-cert` and `--tls-key` it serves HTTPS (HTTP/1.1, and HTTP/2 by ALPN), and the
+//! JSON echo says which server name (SNI) the client asked for.
+//!
 //! With `--work-ms W`, each request is answered after W × the number of requests in progress
 //! when it arrived (itself included), as if they shared one CPU: latency grows with load
 //! (W / (1 − ρ) on average at utilisation ρ = rate × W), which is what load-aware tests and
@@ -38,16 +41,19 @@ pub async fn serve(listener: TcpListener, name: Arc<str>) {
 
 /// Like [`serve`], answering every request with `fail_status` when it is not 0.
 pub async fn serve_with_status(listener: TcpListener, name: Arc<str>, fail_status: u16) {
-    serve_with(listener, name, fail_status, None).await
+    serve_with(listener, name, fail_status, None, None).await
 }
 
-/// Like [`serve_with_status`], with the simulated work per request (`--work-ms`).
+/// Like [`serve_with_status`], with the simulated work per request (`--work-ms`), over TLS
+/// when `tls` is given.
 pub async fn serve_with(
     listener: TcpListener,
     name: Arc<str>,
     fail_status: u16,
     work: Option<Duration>,
+    tls: Option<Arc<rustls::ServerConfig>>,
 ) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let state = Arc::new(State {
         fail: AtomicU16::new(fail_status),
         busy: AtomicU32::new(0),
@@ -63,13 +69,32 @@ pub async fn serve_with(
         let name = name.clone();
         let state = state.clone();
         let builder = builder.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let name = name.clone();
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(respond(&name, &state, req).await) }
-            });
-            let _ = builder.serve_connection(TokioIo::new(stream), svc).await;
+            let serve = |sni: Option<Arc<str>>| {
+                service_fn(move |req| {
+                    let name = name.clone();
+                    let state = state.clone();
+                    let sni = sni.clone();
+                    async move { Ok::<_, Infallible>(respond(&name, &state, sni, req).await) }
+                })
+            };
+            match acceptor {
+                None => {
+                    let _ = builder
+                        .serve_connection(TokioIo::new(stream), serve(None))
+                        .await;
+                }
+                Some(acceptor) => {
+                    let Ok(tls) = acceptor.accept(stream).await else {
+                        return;
+                    };
+                    let sni = tls.get_ref().1.server_name().map(Arc::from);
+                    let _ = builder
+                        .serve_connection(TokioIo::new(tls), serve(sni))
+                        .await;
+                }
+            }
         });
     }
 }
@@ -83,6 +108,29 @@ struct State {
     work: Option<Duration>,
 }
 
+/// A TLS server configuration for the echo backend from PEM files (HTTP/2 and HTTP/1.1 by
+/// ALPN).
+pub fn tls_config(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| anyhow::anyhow!("{}: {e}", cert.display()))?;
+    let key =
+        PrivateKeyDer::from_pem_file(key).map_err(|e| anyhow::anyhow!("{}: {e}", key.display()))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_no_client_auth()
+    .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
 /// Counts a request in progress for as long as it lives (also when the client goes away).
 struct Busy<'a>(&'a AtomicU32);
 
@@ -92,7 +140,12 @@ impl Drop for Busy<'_> {
     }
 }
 
-async fn respond(name: &str, state: &State, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn respond(
+    name: &str,
+    state: &State,
+    sni: Option<Arc<str>>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     let fail = &state.fail;
     let path = req.uri().path().to_owned();
     let _busy = match state.work {
@@ -165,6 +218,7 @@ async fn respond(name: &str, state: &State, req: Request<Incoming>) -> Response<
             "path": parts.uri.path(),
             "query": parts.uri.query().unwrap_or(""),
             "version": format!("{:?}", parts.version),
+            "sni": sni.as_deref(),
             "headers": headers,
             "bodyBytes": received,
         });

@@ -471,15 +471,25 @@ impl Gateway {
 /// Every endpoint that an active health check watches, with its check and health record.
 fn active_checks(
     table: &RouteTable,
-) -> std::collections::HashMap<crate::health::active::Key, Arc<locus_core::EndpointHealth>> {
+) -> std::collections::HashMap<crate::health::active::Key, crate::health::active::Wanted> {
     let mut wanted = std::collections::HashMap::new();
     for target in table.services.values() {
         let Some(check) = &target.health.active else {
             continue;
         };
+        // A port whose TLS is refused is not checked: its requests fail before any endpoint.
+        let tls = match target.health.upstream.tls.as_ref().map(|t| &t.client) {
+            Some(Err(_)) => continue,
+            Some(Ok(c)) => Some(c.clone()),
+            None => None,
+        };
+        let tls_id = tls.as_ref().map_or(0, |t| t.id);
         let snap = target.snapshot.load();
         for (ep, health) in snap.endpoints.iter().zip(&snap.health) {
-            wanted.insert((ep.addr, check.clone()), health.clone());
+            wanted.insert(
+                (ep.addr, check.clone(), tls_id),
+                (health.clone(), tls.clone()),
+            );
         }
     }
     wanted

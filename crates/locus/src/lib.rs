@@ -8,6 +8,7 @@
 
 pub mod admin;
 pub mod check;
+pub mod connect;
 pub mod data_plane;
 pub mod demo;
 pub mod discovery;

@@ -194,6 +194,12 @@ enum Command {
         /// requests in progress when it arrives, so latency grows with load.
         #[arg(long)]
         work_ms: Option<f64>,
+        /// Serve HTTPS with this certificate chain (PEM; needs --tls-key).
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The private key of --tls-cert (PEM).
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// What each routing policy would do to a topology: per-endpoint load, max/mean, traffic
     /// crossing zones and its cost.
@@ -331,6 +337,8 @@ fn main() -> ExitCode {
             listen,
             fail_status,
             work_ms,
+            tls_cert,
+            tls_key,
         } => {
             init_logging(cli.log_format, "info");
             let rt = runtime(Some(1)).expect("tokio runtime");
@@ -346,7 +354,17 @@ fn main() -> ExitCode {
                 println!("listening addr={addr}");
                 let work =
                     work_ms.map(|ms| std::time::Duration::from_secs_f64(ms.max(0.0) / 1000.0));
-                locus::echo::serve_with(listener, Arc::from(name), fail_status, work).await;
+                let tls = match (&tls_cert, &tls_key) {
+                    (Some(cert), Some(key)) => match locus::echo::tls_config(cert, key) {
+                        Ok(c) => Some(c),
+                        Err(e) => {
+                            eprintln!("error: {e:#}");
+                            return ExitCode::FAILURE;
+                        }
+                    },
+                    _ => None,
+                };
+                locus::echo::serve_with(listener, Arc::from(name), fail_status, work, tls).await;
                 ExitCode::SUCCESS
             })
         }

@@ -31,6 +31,8 @@ const KINDS: &[(&str, &str, &str, &str, bool)] = &[
     ("", "v1", "Namespace", "namespaces", false),
     // Only `kubernetes.io/tls` Secrets (a field selector), for HTTPS listeners.
     ("", "v1", "Secret", "secrets", false),
+    // CA bundles for upstream TLS (BackendTLSPolicy `caCertificateRefs`).
+    ("", "v1", "ConfigMap", "configmaps", false),
     (
         "discovery.k8s.io",
         "v1",
@@ -86,6 +88,13 @@ const KINDS: &[(&str, &str, &str, &str, bool)] = &[
         "v1alpha1",
         "BackendTrafficPolicy",
         "backendtrafficpolicies",
+        true,
+    ),
+    (
+        "gateway.networking.k8s.io",
+        "v1",
+        "BackendTLSPolicy",
+        "backendtlspolicies",
         true,
     ),
 ];
@@ -489,14 +498,15 @@ pub async fn run(gateway: Arc<Gateway>, opts: ClusterOptions) -> anyhow::Result<
                     Ok(Event::Delete(obj)) => {
                         s.objects[k].remove(&key(&obj));
                     }
-                    // Secrets are read only for HTTPS listeners: without RBAC for them, the
-                    // rest of the cluster still routes (HTTPS listeners get no certificate).
-                    Err(e) if kind == "Secret" && list_refused(&e, 403) => {
+                    // Secrets and ConfigMaps hold only certificates: without RBAC for them,
+                    // the rest of the cluster still routes (HTTPS listeners get no certificate,
+                    // TLS to endpoints with a CA reference answers 503).
+                    Err(e) if matches!(kind, "Secret" | "ConfigMap") && list_refused(&e, 403) => {
                         if !s.synced[k] {
                             tracing::warn!(
                                 kind,
                                 error = %e,
-                                "cannot list Secrets (RBAC); HTTPS listeners will have no certificates"
+                                "cannot list {kind}s (RBAC); certificates they hold cannot be used"
                             );
                             s.synced[k] = true;
                         }

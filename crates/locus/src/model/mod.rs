@@ -10,6 +10,7 @@ mod gateways;
 pub mod policies;
 pub mod routes;
 mod services;
+pub mod upstream_tls;
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -107,7 +108,7 @@ impl GrantModel {
 }
 
 /// A `kubernetes.io/tls` Secret: a certificate chain and its private key, as PEM.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct TlsSecret {
     pub cert_pem: Vec<u8>,
     pub key_pem: Vec<u8>,
@@ -230,6 +231,8 @@ impl Model {
         let mut entries = Vec::new();
         let mut rules = Vec::new();
         let mut traffic = Vec::new();
+        let mut backend_tls = Vec::new();
+        let mut tls_sources = upstream_tls::TlsSources::default();
         for doc in &set.documents {
             let ctx = DocCtx { doc };
             match &doc.resource {
@@ -255,14 +258,34 @@ impl Model {
                         namespace: namespace_of(&secret.metadata),
                         name: name_of(&ctx, &secret.metadata)?,
                     };
+                    tls_sources.secrets.insert(key.clone(), secret_data(secret));
                     model.secrets.insert(key, tls_secret(secret));
+                }
+                Resource::ConfigMap(cm) => {
+                    let key = ObjKey {
+                        namespace: namespace_of(&cm.metadata),
+                        name: name_of(&ctx, &cm.metadata)?,
+                    };
+                    tls_sources
+                        .config_maps
+                        .insert(key, cm.data.clone().unwrap_or_default());
+                }
+                Resource::BackendTlsPolicy(p) => {
+                    name_of(&ctx, &p.metadata)?;
+                    backend_tls.push((doc, &**p));
                 }
                 Resource::Node(_) | Resource::Namespace(_) | Resource::ReferenceGrant(_) => {}
             }
         }
         let endpoint_sources =
             services::EndpointSources::build(&slices, &entries, &model.nodes, &mut model.warnings)?;
-        let policies = policies::Policies::build(&rules, &traffic, &mut model.warnings)?;
+        let policies = policies::Policies::build(
+            &rules,
+            &traffic,
+            &backend_tls,
+            tls_sources,
+            &mut model.warnings,
+        )?;
         for (doc, svc) in services {
             let ctx = DocCtx { doc };
             let s = services::build(&ctx, svc, &endpoint_sources, &policies, &mut model.warnings)?;
@@ -300,6 +323,20 @@ fn tls_secret(secret: &k8s_openapi::api::core::v1::Secret) -> Result<TlsSecret, 
         cert_pem: field("tls.crt")?,
         key_pem: field("tls.key")?,
     })
+}
+
+/// Every key of a Secret (`stringData` over `data`), for CA bundles and client certificates.
+fn secret_data(secret: &k8s_openapi::api::core::v1::Secret) -> BTreeMap<String, Vec<u8>> {
+    let mut out: BTreeMap<String, Vec<u8>> = secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect();
+    for (k, v) in secret.string_data.iter().flatten() {
+        out.insert(k.clone(), v.as_bytes().to_vec());
+    }
+    out
 }
 
 /// Two documents defining the same object is almost always a mistake (an old copy of a file

@@ -9,6 +9,7 @@ use locus_core::policy::{DistributeRule, LocalityPattern, PriorityLabel};
 use locus_core::{Algorithm, BalancerConfig, HashOn, LocalityLbSetting, OutlierPolicy, Spillover};
 
 use super::routes::parse_duration;
+use super::upstream_tls::{self, TlsSources, UpstreamTls};
 use super::{name_of, namespace_of, DocCtx, ObjKey};
 use crate::resources::envoy_gateway::{
     ActiveHealthCheck, BackendTrafficPolicy, PassiveHealthCheck, Retry,
@@ -17,6 +18,7 @@ use crate::resources::istio::{
     ConnectionPool, DestinationRule, LoadBalancerSettings, OutlierDetection,
 };
 use crate::resources::{ConfigError, Document};
+use gateway_api::apis::standard::backendtlspolicies::BackendTlsPolicy;
 
 pub const ANNOTATION_SPILLOVER: &str = "locus.io/spillover";
 pub const ANNOTATION_OVERPROVISIONING: &str = "locus.io/overprovisioning-factor";
@@ -104,6 +106,8 @@ pub struct UpstreamPolicy {
     pub request_timeout: Option<Duration>,
     /// Where the settings came from, for `locus check`.
     pub source: Option<String>,
+    /// TLS to the endpoints (BackendTLSPolicy, DestinationRule `tls`).
+    pub tls: Option<super::upstream_tls::UpstreamTls>,
 }
 
 impl UpstreamPolicy {
@@ -135,6 +139,19 @@ impl UpstreamPolicy {
                 parts.push(format!("{name} {v:?}"));
             }
         }
+        if let Some(tls) = &self.tls {
+            // TLS names its own source.
+            return Some(if parts.is_empty() {
+                tls.describe()
+            } else {
+                format!(
+                    "{} (from {}); {}",
+                    parts.join(", "),
+                    self.source.as_deref().unwrap_or("?"),
+                    tls.describe()
+                )
+            });
+        }
         (!parts.is_empty()).then(|| {
             format!(
                 "{} (from {})",
@@ -165,6 +182,9 @@ impl Default for HealthConfig {
 pub(super) struct Policies<'a> {
     rules: BTreeMap<ObjKey, (&'a Document, &'a DestinationRule)>,
     traffic: BTreeMap<ObjKey, (&'a Document, &'a BackendTrafficPolicy)>,
+    /// BackendTLSPolicies, oldest first (the oldest wins a conflict, as the Gateway API says).
+    backend_tls: Vec<(&'a Document, &'a BackendTlsPolicy)>,
+    tls_sources: TlsSources,
 }
 
 /// The Service a DestinationRule `host` names: `name`, `name.ns`, `name.ns.svc` or
@@ -200,9 +220,36 @@ impl<'a> Policies<'a> {
     pub(super) fn build(
         rules: &[(&'a Document, &'a DestinationRule)],
         traffic: &[(&'a Document, &'a BackendTrafficPolicy)],
+        backend_tls: &[(&'a Document, &'a BackendTlsPolicy)],
+        tls_sources: TlsSources,
         warnings: &mut Vec<String>,
     ) -> Result<Self, ConfigError> {
-        let mut out = Policies::default();
+        let mut out = Policies {
+            tls_sources,
+            ..Policies::default()
+        };
+        out.backend_tls = backend_tls.to_vec();
+        out.backend_tls.sort_by_key(|(_, p)| {
+            (
+                p.metadata.creation_timestamp.clone().map(|t| t.0),
+                namespace_of(&p.metadata),
+                p.metadata.name.clone(),
+            )
+        });
+        for (doc, p) in &out.backend_tls {
+            let ctx = DocCtx { doc };
+            for r in &p.spec.target_refs {
+                if !((r.group.is_empty() || r.group == "core") && r.kind == "Service") {
+                    warnings.push(format!(
+                        "{}: targetRef {}/{} {} is not supported (Locus applies BackendTLSPolicy to Services); ignored",
+                        ctx.place(),
+                        r.group,
+                        r.kind,
+                        r.name
+                    ));
+                }
+            }
+        }
         for &(doc, dr) in rules {
             let ctx = DocCtx { doc };
             let ns = namespace_of(&dr.metadata);
@@ -266,6 +313,87 @@ impl<'a> Policies<'a> {
             }
         }
         Ok(out)
+    }
+
+    /// TLS to the endpoints of one Service port: the BackendTLSPolicy naming the port (or the
+    /// whole Service) that is oldest, else the DestinationRule's `tls` (port-level first).
+    pub(super) fn tls_for_port(
+        &self,
+        service: &ObjKey,
+        port: u16,
+        port_name: &str,
+        warnings: &mut Vec<String>,
+    ) -> Option<UpstreamTls> {
+        let targets = |p: &BackendTlsPolicy, section: bool| {
+            namespace_of(&p.metadata) == service.namespace
+                && p.spec.target_refs.iter().any(|r| {
+                    (r.group.is_empty() || r.group == "core")
+                        && r.kind == "Service"
+                        && r.name == service.name
+                        && match (&r.section_name, section) {
+                            (Some(s), true) => s == port_name,
+                            (None, false) => true,
+                            _ => false,
+                        }
+                })
+        };
+        // A policy naming the port is more specific than one for the whole Service.
+        let mut chosen = self
+            .backend_tls
+            .iter()
+            .filter(|(_, p)| targets(p, true))
+            .chain(self.backend_tls.iter().filter(|(_, p)| targets(p, false)));
+        let from_policy = chosen.next().map(|&(doc, p)| {
+            let ctx = DocCtx { doc };
+            for &(other, _) in chosen {
+                warnings.push(format!(
+                    "{}: BackendTLSPolicy {} also targets Service {service} port {port}; the older policy ({}) wins (Conflicted)",
+                    DocCtx { doc: other }.place(),
+                    other.doc.name_or_index(),
+                    doc.doc.name_or_index(),
+                ));
+            }
+            upstream_tls::from_backend_tls_policy(
+                p,
+                p.metadata.name.as_deref().unwrap_or_default(),
+                &self.tls_sources,
+                &ctx.place(),
+                warnings,
+            )
+        });
+        let Some(&(doc, dr)) = self.rules.get(service) else {
+            return from_policy;
+        };
+        let Some(tp) = dr.spec.traffic_policy.as_ref() else {
+            return from_policy;
+        };
+        let (field, tls) = tp
+            .port_level_settings
+            .iter()
+            .enumerate()
+            .find(|(_, p)| {
+                p.port.as_ref().and_then(|p| p.number) == Some(u32::from(port)) && p.tls.is_some()
+            })
+            .map(|(i, p)| {
+                (
+                    format!("spec.trafficPolicy.portLevelSettings[{i}].tls"),
+                    p.tls.as_ref(),
+                )
+            })
+            .unwrap_or(("spec.trafficPolicy.tls".to_owned(), tp.tls.as_ref()));
+        let Some(tls) = tls else {
+            return from_policy;
+        };
+        let ctx = DocCtx { doc };
+        if let Some(p) = from_policy {
+            warnings.push(format!(
+                "{}: {field} is overridden for Service {service} port {port} by {}",
+                ctx.place(),
+                p.source
+            ));
+            return Some(p);
+        }
+        upstream_tls::from_istio(tls, &field, dr, &self.tls_sources, &ctx.place(), warnings)
     }
 
     /// Locality and balancing settings of one Service port: the DestinationRule's

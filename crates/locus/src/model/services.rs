@@ -371,11 +371,15 @@ pub(super) fn build(
                     format!("{} is not a port", p.port),
                 )
             })?;
-        // `kubernetes.io/ws` needs nothing more (upgrades pass through); anything that means
-        // TLS to the endpoint is not spoken yet, and says so.
-        if let Some(proto @ ("kubernetes.io/wss" | "https")) = p.app_protocol.as_deref() {
+        let port_name = p.name.clone().unwrap_or_default();
+        let tls = policies.tls_for_port(&key, port, &port_name, warnings);
+        // `kubernetes.io/ws` needs nothing more (upgrades pass through); TLS needs a policy
+        // that says how to verify the endpoints.
+        if let (Some(proto @ ("kubernetes.io/wss" | "https")), None) =
+            (p.app_protocol.as_deref(), &tls)
+        {
             warnings.push(format!(
-                "{}: spec.ports[{i}].appProtocol {proto}: TLS to endpoints is not supported yet; Locus connects in plain text",
+                "{}: spec.ports[{i}].appProtocol {proto}: TLS to endpoints needs a BackendTLSPolicy or a DestinationRule tls saying how to verify them; Locus connects in plain text",
                 ctx.place()
             ));
         }
@@ -389,6 +393,7 @@ pub(super) fn build(
         };
         let annotations = svc.metadata.annotations.clone().unwrap_or_default();
         model.health = policies.for_port(&key, port, &annotations, ctx, warnings)?;
+        model.health.upstream.tls = tls;
         model.balancer = std::sync::Arc::new(policies.balancer_for_port(
             &key,
             port,

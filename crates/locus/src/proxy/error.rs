@@ -39,6 +39,10 @@ pub enum ProxyError {
         service: Arc<str>,
         reason: NoEndpoint,
     },
+    /// The Service port's TLS settings cannot be honoured (an unresolved CA reference, an
+    /// unsupported mode): its requests fail rather than go out in plain text.
+    #[error("service {service}: {why}")]
+    TlsRefused { service: Arc<str>, why: Arc<str> },
     #[error("invalid backend: {0}")]
     InvalidBackend(Arc<str>),
     #[error("every backendRef of route {0} has weight 0")]
@@ -78,9 +82,9 @@ impl ProxyError {
             ProxyError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ProxyError::TransferCoding(_) => StatusCode::NOT_IMPLEMENTED,
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
-            ProxyError::NoEndpoint { .. } | ProxyError::Overflow { .. } => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            ProxyError::NoEndpoint { .. }
+            | ProxyError::Overflow { .. }
+            | ProxyError::TlsRefused { .. } => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::InvalidBackend(_)
             | ProxyError::NoBackendWeight(_)
             | ProxyError::UnsupportedFilter { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -107,6 +111,7 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => "no-route",
             ProxyError::NoEndpoint { .. } => "no-endpoint",
             ProxyError::Overflow { .. } => "overflow",
+            ProxyError::TlsRefused { .. } => "upstream-tls-config",
             ProxyError::InvalidBackend(_) => "invalid-backend",
             ProxyError::NoBackendWeight(_) => "no-backend-weight",
             ProxyError::UnsupportedFilter { .. } => "unsupported-filter",
@@ -135,6 +140,9 @@ impl ProxyError {
                 "misdirected request: this host is not served on this connection".into()
             }
             ProxyError::NoEndpoint { .. } => "no healthy upstream".into(),
+            ProxyError::TlsRefused { .. } => {
+                "TLS to the upstream is misconfigured; see the gateway's log".into()
+            }
             ProxyError::Overflow { .. } => "upstream overflow: too many requests in flight".into(),
             ProxyError::InvalidBackend(_)
             | ProxyError::NoBackendWeight(_)
@@ -155,6 +163,7 @@ impl ProxyError {
             ProxyError::Timeout { .. } => 4,  // DEADLINE_EXCEEDED
             ProxyError::NoEndpoint { .. }
             | ProxyError::Overflow { .. }
+            | ProxyError::TlsRefused { .. }
             | ProxyError::UpstreamConnect { .. }
             | ProxyError::Upstream { .. }
             | ProxyError::Misdirected { .. } => 14, // UNAVAILABLE

@@ -22,6 +22,7 @@ use super::pool::{self, SendError};
 use super::request::{
     check_head, hash_key, idempotent, request_host, strip_hop_by_hop, upstream_uri,
 };
+use super::upstream_tls;
 use super::{mirror, ConnInfo, Shared};
 use crate::health::now_ms;
 use crate::routing::{Backend, RuleAction, ServiceTarget};
@@ -402,6 +403,12 @@ impl Exchange<'_> {
             (a, b) => a.or(b),
         };
         let up = &target.health.upstream;
+        if let Some(Err(why)) = up.tls.as_ref().map(|t| &t.client) {
+            return Err(ProxyError::TlsRefused {
+                service: target.name.clone(),
+                why: Arc::from(why.as_str()),
+            });
+        }
         if let Some(max) = up.max_requests {
             if target.in_flight.load(std::sync::atomic::Ordering::Relaxed) >= max {
                 return Err(self.overflow("requests"));
@@ -438,7 +445,8 @@ impl Exchange<'_> {
                     r
                 }
             };
-            *upstream.uri_mut() = upstream_uri(self.h2c(), addr, &self.path_and_query);
+            *upstream.uri_mut() =
+                upstream_uri(self.h2c(), self.tls().is_some(), addr, &self.path_and_query);
 
             let mut attempt = Attempt::start(target.clone(), idx, health, n > 1);
             attempt.set_request_bytes(body.len());
@@ -553,8 +561,14 @@ impl Exchange<'_> {
     ) -> Result<Response<pool::PooledBody>, SendFailure> {
         if self.h2c() {
             // Boxed: the HTTP/1.1 path, by far the common one, need not carry its state.
-            return Box::pin(self.shared.h2c_client.request(req))
-                .await
+            let sent = match self.tls() {
+                Some(tls) => {
+                    let client = upstream_tls::h2_client(tls, self.shared.limits.connect_timeout);
+                    Box::pin(async move { client.request(req).await }).await
+                }
+                None => Box::pin(self.shared.h2c_client.request(req)).await,
+            };
+            return sent
                 .map(|r| r.map(pool::PooledBody::unpooled))
                 .map_err(|e| SendFailure {
                     fault: if e.is_connect() {
@@ -588,6 +602,12 @@ impl Exchange<'_> {
     /// (`appProtocol: kubernetes.io/h2c`), or the route is a GRPCRoute.
     fn h2c(&self) -> bool {
         self.target.h2c || self.action.grpc
+    }
+
+    /// TLS to the endpoints, when the Service port has it.
+    fn tls(&self) -> Option<&Arc<crate::model::upstream_tls::TlsClient>> {
+        let tls = self.target.health.upstream.tls.as_ref()?;
+        tls.client.as_ref().ok()
     }
 
     /// Whether the Service's `maxRetries` leaves room for one more retry in flight.

@@ -44,17 +44,38 @@ pub(super) fn send_mirror(
     let mut req = Request::new(ProxyBody::text(body.clone()));
     *req.method_mut() = parts.method.clone();
     *req.headers_mut() = parts.headers.clone();
-    let h2c = mirror.h2c.then(|| shared.h2c_client.clone());
-    if h2c.is_some() {
+    let tls = match mirror.health.upstream.tls.as_ref().map(|t| &t.client) {
+        Some(Err(_)) => {
+            tracing::debug!(service = %mirror.name, "TLS to the mirror refused; not mirrored");
+            return;
+        }
+        Some(Ok(tls)) => Some(tls.clone()),
+        None => None,
+    };
+    if mirror.h2c {
         *req.version_mut() = Version::HTTP_2;
     }
-    *req.uri_mut() = upstream_uri(h2c.is_some(), addr, path_and_query);
-    let name = mirror.name.clone();
-    let opts = pool::PoolOptions::new(&shared.limits, &mirror.health.upstream);
+    *req.uri_mut() = upstream_uri(mirror.h2c, tls.is_some(), addr, path_and_query);
+    let limits = shared.limits;
+    let h2c = mirror.h2c.then(|| shared.h2c_client.clone());
+    let mirror = mirror.clone();
     tokio::spawn(async move {
+        let name = mirror.name.clone();
         let copy = async move {
-            match h2c {
-                Some(client) => match client.request(req).await {
+            let opts = pool::PoolOptions::new(&limits, &mirror.health.upstream);
+            match (h2c, tls) {
+                (Some(_), Some(tls)) => {
+                    let client = super::upstream_tls::h2_client(&tls, limits.connect_timeout);
+                    match client.request(req).await {
+                        Ok(resp) => {
+                            let status = resp.status();
+                            let _ = resp.into_body().collect().await;
+                            Ok(status)
+                        }
+                        Err(e) => Err(e.to_string()),
+                    }
+                }
+                (Some(client), None) => match client.request(req).await {
                     Ok(resp) => {
                         let status = resp.status();
                         let _ = resp.into_body().collect().await;
@@ -62,7 +83,7 @@ pub(super) fn send_mirror(
                     }
                     Err(e) => Err(e.to_string()),
                 },
-                None => match pool::send(addr, req, &opts).await {
+                (None, _) => match pool::send(addr, req, &opts).await {
                     Ok(resp) => {
                         let status = resp.status();
                         let _ = resp.into_body().collect().await;

@@ -12,6 +12,7 @@ mod outcome;
 mod pool;
 mod request;
 mod tunnel;
+mod upstream_tls;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;

@@ -17,13 +17,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::{Request, Response};
-use tokio::net::TcpStream;
 
 use super::body::ProxyBody;
 use super::h1::codec::ResponseHead;
 use super::h1::{BodyState, Conn, ExchangeError};
 use super::outcome::BoxError;
 use super::Limits;
+use crate::connect::{self, Stream};
+use crate::model::upstream_tls::TlsClient;
 
 /// Idle connections kept per endpoint and worker; more are closed when returned.
 const MAX_IDLE_PER_ENDPOINT: usize = 512;
@@ -37,19 +38,26 @@ struct Idle {
 
 /// How one Service's upstream connections are made and reused.
 #[derive(Clone, Copy, Debug)]
-pub struct PoolOptions {
+pub struct PoolOptions<'a> {
     pub connect_timeout: Duration,
     pub max_response_head: usize,
     /// Idle connections older than this are not reused.
     pub idle_timeout: Duration,
     /// A connection is closed after this many requests.
     pub max_uses: Option<u32>,
+    /// TLS to the endpoints (a port whose TLS was refused never gets here).
+    pub tls: Option<&'a TlsClient>,
 }
 
-impl PoolOptions {
+impl<'a> PoolOptions<'a> {
     /// The gateway's limits, with a Service's own settings where it has them.
-    pub fn new(limits: &Limits, up: &crate::model::UpstreamPolicy) -> Self {
+    pub fn new(limits: &Limits, up: &'a crate::model::UpstreamPolicy) -> Self {
         PoolOptions {
+            tls: up
+                .tls
+                .as_ref()
+                .and_then(|t| t.client.as_ref().ok())
+                .map(|c| &**c),
             connect_timeout: up.connect_timeout.unwrap_or(limits.connect_timeout),
             max_response_head: limits.max_response_head,
             idle_timeout: up
@@ -64,7 +72,7 @@ impl PoolOptions {
 /// warmest is reused), and when the whole map was last swept.
 #[derive(Default)]
 struct IdleConns {
-    by_endpoint: HashMap<SocketAddr, VecDeque<Idle>>,
+    by_endpoint: HashMap<PoolKey, VecDeque<Idle>>,
     swept: Option<Instant>,
 }
 
@@ -82,6 +90,14 @@ impl IdleConns {
     }
 }
 
+/// An endpoint and the TLS settings its connections were made with (0: plain): a connection
+/// is reused only for requests that would have made the same one.
+type PoolKey = (SocketAddr, u64);
+
+fn pool_key(addr: SocketAddr, opts: &PoolOptions<'_>) -> PoolKey {
+    (addr, opts.tls.map_or(0, |t| t.id))
+}
+
 thread_local! {
     static IDLE: RefCell<IdleConns> = RefCell::default();
 }
@@ -94,7 +110,7 @@ pub enum SendError {
     Exchange(ExchangeError),
 }
 
-fn take_idle(addr: SocketAddr, idle_timeout: Duration) -> Option<Box<Conn>> {
+fn take_idle(addr: PoolKey, idle_timeout: Duration) -> Option<Box<Conn>> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.by_endpoint.get_mut(&addr)?;
@@ -107,7 +123,7 @@ fn take_idle(addr: SocketAddr, idle_timeout: Duration) -> Option<Box<Conn>> {
     })
 }
 
-fn put_idle(addr: SocketAddr, mut conn: Box<Conn>, max_uses: Option<u32>) {
+fn put_idle(addr: PoolKey, mut conn: Box<Conn>, max_uses: Option<u32>) {
     if max_uses.is_some_and(|m| conn.uses >= m) || !conn.reusable() {
         return;
     }
@@ -133,18 +149,9 @@ fn put_idle(addr: SocketAddr, mut conn: Box<Conn>, max_uses: Option<u32>) {
     });
 }
 
-async fn connect(addr: SocketAddr, opts: &PoolOptions) -> std::io::Result<Box<Conn>> {
-    let timeout = opts.connect_timeout;
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(s) => s?,
-        Err(_) => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("connect timed out after {timeout:?}"),
-            ))
-        }
-    };
-    let _ = stream.set_nodelay(true);
+async fn connect(addr: SocketAddr, opts: &PoolOptions<'_>) -> std::io::Result<Box<Conn>> {
+    let tls = opts.tls.map(|t| (t, false));
+    let stream = connect::connect(addr, tls, opts.connect_timeout).await?;
     Ok(Box::new(Conn::new(stream)))
 }
 
@@ -152,13 +159,14 @@ async fn connect(addr: SocketAddr, opts: &PoolOptions) -> std::io::Result<Box<Co
 pub async fn send(
     addr: SocketAddr,
     mut req: Request<ProxyBody>,
-    opts: &PoolOptions,
+    opts: &PoolOptions<'_>,
 ) -> Result<Response<PooledBody>, SendError> {
+    let key = pool_key(addr, opts);
     loop {
         // Pooled connections first; a new one when none is left. Connecting is per
         // connection, not per request: boxed, so the request's future does not carry (and
         // move) the connect state every time.
-        let mut conn = match take_idle(addr, opts.idle_timeout) {
+        let mut conn = match take_idle(key, opts.idle_timeout) {
             Some(c) => c,
             None => match Box::pin(connect(addr, opts)).await {
                 Ok(c) => c,
@@ -167,7 +175,7 @@ pub async fn send(
         };
         conn.uses += 1;
         match conn.exchange(&mut req, opts.max_response_head).await {
-            Ok(head) => return Ok(respond(addr, conn, head, opts.max_uses)),
+            Ok(head) => return Ok(respond(key, conn, head, opts.max_uses)),
             // The endpoint had closed this idle connection: another one carries the request
             // (after it was written, only when sending it twice is harmless).
             Err(ExchangeError::Stale { written, error })
@@ -181,7 +189,7 @@ pub async fn send(
 }
 
 fn respond(
-    addr: SocketAddr,
+    addr: PoolKey,
     conn: Box<Conn>,
     head: ResponseHead,
     max_uses: Option<u32>,
@@ -217,7 +225,7 @@ pub struct H1Body {
     conn: Option<Box<Conn>>,
     state: BodyState,
     keep_alive: bool,
-    addr: SocketAddr,
+    addr: PoolKey,
     max_uses: Option<u32>,
 }
 
@@ -239,7 +247,7 @@ impl PooledBody {
 
     /// The connection of a `101 Switching Protocols` response: its socket and the bytes the
     /// endpoint sent after the head.
-    pub fn take_upgraded(&mut self) -> Option<(TcpStream, bytes::BytesMut)> {
+    pub fn take_upgraded(&mut self) -> Option<(Stream, bytes::BytesMut)> {
         match self {
             PooledBody::H1(b) => b.conn.take().map(|c| c.into_upgraded()),
             PooledBody::H2(_) => None,

@@ -239,12 +239,17 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// The request URI for an endpoint: absolute for HTTP/2 (hyper needs the authority there),
 /// origin-form for HTTP/1.1, as it is sent to an origin server.
-pub(super) fn upstream_uri(h2c: bool, addr: SocketAddr, path_and_query: &PathAndQuery) -> Uri {
+pub(super) fn upstream_uri(
+    h2c: bool,
+    tls: bool,
+    addr: SocketAddr,
+    path_and_query: &PathAndQuery,
+) -> Uri {
     if h2c {
         let authority =
             Authority::try_from(addr.to_string()).expect("a socket address is an authority");
         Uri::builder()
-            .scheme(Scheme::HTTP)
+            .scheme(if tls { Scheme::HTTPS } else { Scheme::HTTP })
             .authority(authority)
             .path_and_query(path_and_query.clone())
             .build()

@@ -12,7 +12,6 @@ use bytes::BytesMut;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::net::TcpStream;
 
 /// Waits for the client's side of the upgrade (hyper hands it over once the 101 is written)
 /// and joins it to the endpoint's connection. `early` is what the endpoint sent after its 101
@@ -20,7 +19,7 @@ use tokio::net::TcpStream;
 /// lives (the client connection's place under `--max-connections`).
 pub async fn join<H: Send + 'static>(
     client: OnUpgrade,
-    upstream: TcpStream,
+    upstream: crate::connect::Stream,
     early: BytesMut,
     idle: Option<Duration>,
     hold: H,

@@ -81,6 +81,8 @@ pub struct TrafficPolicy {
     pub connection_pool: Option<ConnectionPool>,
     #[serde(default)]
     pub port_level_settings: Vec<PortTrafficPolicy>,
+    #[serde(default)]
+    pub tls: Option<ClientTls>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
 }
@@ -96,6 +98,35 @@ pub struct PortTrafficPolicy {
     pub outlier_detection: Option<OutlierDetection>,
     #[serde(default)]
     pub connection_pool: Option<ConnectionPool>,
+    #[serde(default)]
+    pub tls: Option<ClientTls>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// `trafficPolicy.tls` (Istio's `ClientTLSSettings`): TLS from the gateway to the endpoints.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct ClientTls {
+    /// `DISABLE`, `SIMPLE`, `MUTUAL` or `ISTIO_MUTUAL`.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// Paths on the gateway's filesystem (PEM).
+    #[serde(default)]
+    pub client_certificate: Option<String>,
+    #[serde(default)]
+    pub private_key: Option<String>,
+    #[serde(default)]
+    pub ca_certificates: Option<String>,
+    /// A Secret holding `ca.crt` (and `tls.crt`/`tls.key` for `MUTUAL`).
+    #[serde(default)]
+    pub credential_name: Option<String>,
+    #[serde(default)]
+    pub subject_alt_names: Vec<String>,
+    #[serde(default)]
+    pub sni: Option<String>,
+    #[serde(default)]
+    pub insecure_skip_verify: Option<bool>,
     #[serde(flatten)]
     pub extra: BTreeMap<String, serde_json::Value>,
 }

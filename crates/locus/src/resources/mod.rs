@@ -13,11 +13,12 @@ mod load;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use gateway_api::apis::standard::backendtlspolicies::BackendTlsPolicy;
 use gateway_api::apis::standard::gateways::Gateway;
 use gateway_api::apis::standard::grpcroutes::GrpcRoute;
 use gateway_api::apis::standard::httproutes::HttpRoute;
 use gateway_api::apis::standard::referencegrants::ReferenceGrant;
-use k8s_openapi::api::core::v1::{Namespace, Node, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -49,8 +50,11 @@ pub enum Resource {
     DestinationRule(Box<DestinationRule>),
     BackendTrafficPolicy(Box<BackendTrafficPolicy>),
     ReferenceGrant(Box<ReferenceGrant>),
-    /// TLS certificates for HTTPS listeners.
+    /// TLS certificates for HTTPS listeners (and CA bundles for upstream TLS).
     Secret(Box<Secret>),
+    /// CA bundles for upstream TLS (`ca.crt`, BackendTLSPolicy `caCertificateRefs`).
+    ConfigMap(Box<ConfigMap>),
+    BackendTlsPolicy(Box<BackendTlsPolicy>),
 }
 
 impl Resource {
@@ -68,6 +72,8 @@ impl Resource {
             Resource::BackendTrafficPolicy(_) => "BackendTrafficPolicy",
             Resource::ReferenceGrant(_) => "ReferenceGrant",
             Resource::Secret(_) => "Secret",
+            Resource::ConfigMap(_) => "ConfigMap",
+            Resource::BackendTlsPolicy(_) => "BackendTLSPolicy",
         }
     }
 }
@@ -243,6 +249,13 @@ fn parse_value(origin: Origin, value: Value, out: &mut ResourceSet) -> Result<()
         ("", "Service") if version == "v1" => Resource::Service(typed(&origin, &doc, value)?),
         ("", "Node") if version == "v1" => Resource::Node(typed(&origin, &doc, value)?),
         ("", "Secret") if version == "v1" => Resource::Secret(typed(&origin, &doc, value)?),
+        ("", "ConfigMap") if version == "v1" => Resource::ConfigMap(typed(&origin, &doc, value)?),
+        // v1alpha3 has the shape of v1.
+        ("gateway.networking.k8s.io", "BackendTLSPolicy")
+            if matches!(version, "v1" | "v1alpha3") =>
+        {
+            Resource::BackendTlsPolicy(typed(&origin, &doc, with_version(value, "v1"))?)
+        }
         ("", "Namespace") if version == "v1" => Resource::Namespace(typed(&origin, &doc, value)?),
         ("discovery.k8s.io", "EndpointSlice") if version == "v1" => {
             Resource::EndpointSlice(typed(&origin, &doc, value)?)

@@ -48,6 +48,11 @@ impl Ca {
         })
     }
 
+    /// The CA's certificate as PEM (a `ca.crt` for those who verify with it).
+    pub fn cert_pem(&self) -> String {
+        self.cert.pem()
+    }
+
     /// A TLS client that trusts this CA only, offering `alpn`.
     pub fn connector(&self, alpn: &[&[u8]]) -> TlsConnector {
         let mut roots = rustls::RootCertStore::empty();

@@ -26,6 +26,36 @@ impl Ca {
     pub fn connector(&self, alpn: &[&[u8]]) -> TlsConnector {
         self.0.connector(alpn)
     }
+
+    pub fn cert_pem(&self) -> String {
+        self.0.cert_pem()
+    }
+}
+
+/// An echo backend serving HTTPS with `leaf` (its files written into `dir`).
+pub fn tls_echo(name: &str, leaf: &Leaf, dir: &std::path::Path) -> crate::common::Echo {
+    let (cert, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    std::fs::write(&cert, &leaf.cert_pem).unwrap();
+    std::fs::write(&key, &leaf.key_pem).unwrap();
+    crate::common::echo_with(
+        name,
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+    )
+}
+
+/// PEM indented to sit in a YAML block scalar at `indent` spaces.
+pub fn indent_pem(pem: &str, indent: usize) -> String {
+    pem.lines()
+        .map(|l| format!("{}{l}\n", " ".repeat(indent)))
+        .collect()
 }
 
 /// A Secret `apps/NAME` holding `leaf`.

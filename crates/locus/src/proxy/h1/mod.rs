@@ -23,12 +23,12 @@ use std::task::{ready, Context, Poll, Waker};
 use bytes::{Bytes, BytesMut};
 use http::{Method, Request};
 use hyper::body::{Body, Frame};
-use tokio::io::{AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use self::codec::{Chunk, ChunkedDecoder, Framing, ProtoError, RequestFraming, ResponseHead};
 use super::body::ProxyBody;
 use super::outcome::BoxError;
+use crate::connect::Stream;
 
 /// Spare room kept in the read buffer before each read.
 const READ_SIZE: usize = 16 * 1024;
@@ -59,7 +59,7 @@ pub enum ExchangeError {
 /// One upstream connection and its buffers, reused across requests.
 #[derive(Debug)]
 pub struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     rbuf: BytesMut,
     wbuf: Vec<u8>,
     /// Scratch space for parsing response heads.
@@ -116,7 +116,7 @@ impl BodyState {
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream) -> Self {
+    pub fn new(stream: Stream) -> Self {
         Conn {
             stream,
             rbuf: BytesMut::new(),
@@ -132,7 +132,7 @@ impl Conn {
 
     /// The socket and what was read past the response head, for a connection switched to
     /// another protocol.
-    pub fn into_upgraded(self) -> (TcpStream, BytesMut) {
+    pub fn into_upgraded(self) -> (Stream, BytesMut) {
         (self.stream, self.rbuf)
     }
 
@@ -143,7 +143,7 @@ impl Conn {
     pub fn idle_ok(&self) -> bool {
         let mut cx = Context::from_waker(Waker::noop());
         let probe = tokio::task::unconstrained(std::future::poll_fn(|cx| {
-            Poll::Ready(self.stream.poll_read_ready(cx).is_pending())
+            Poll::Ready(self.stream.tcp().poll_read_ready(cx).is_pending())
         }));
         match std::pin::pin!(probe).poll(&mut cx) {
             Poll::Ready(ok) => ok,
@@ -164,6 +164,16 @@ impl Conn {
         if self.wbuf.capacity() > KEEP_BUFFER {
             self.wbuf = Vec::new();
         }
+        if self.stream.is_tls() {
+            // TLS reads go through rustls's buffers, so a short read says nothing of the
+            // socket: look once (nothing there clears the readiness, race-free).
+            let mut cx = Context::from_waker(Waker::noop());
+            let mut byte = [0u8; 1];
+            let mut buf = tokio::io::ReadBuf::new(&mut byte);
+            return Pin::new(&mut self.stream)
+                .poll_read(&mut cx, &mut buf)
+                .is_pending();
+        }
         if self.drained {
             // The last read was short: tokio cleared the readiness it had seen before that read
             // (`poll_read` on epoll), so anything that arrived since — a close, stray bytes —
@@ -171,7 +181,7 @@ impl Conn {
             return true;
         }
         // The last read filled its buffer: look once more (a close or extra bytes: not reused).
-        matches!(self.stream.try_read_buf(&mut self.rbuf), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        matches!(self.stream.tcp().try_read_buf(&mut self.rbuf), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
     /// Sends `req` and reads the response head. The body stays in the request unless it is
@@ -220,6 +230,9 @@ impl Conn {
         }
         if let Some(b) = separate {
             self.stream.write_all(&b).await.map_err(ExchangeError::Io)?;
+        }
+        if self.stream.is_tls() {
+            self.stream.flush().await.map_err(ExchangeError::Io)?;
         }
         let mut got_any = false;
         poll_fn(|cx| self.poll_head(cx, &method, max_head, &mut got_any))
@@ -281,6 +294,14 @@ impl Conn {
                     Poll::Pending => return Poll::Pending,
                 }
                 continue;
+            }
+            if up.started && self.stream.is_tls() {
+                // What rustls still holds goes out before the next piece is awaited.
+                match Pin::new(&mut self.stream).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => {}
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err(ExchangeError::Io(e))),
+                    Poll::Pending => return Poll::Pending,
+                }
             }
             if up.done {
                 // Written whole: the connection may carry another request.

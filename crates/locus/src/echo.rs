@@ -71,12 +71,12 @@ pub async fn serve_with(
         let builder = builder.clone();
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let serve = |sni: Option<Arc<str>>| {
+            let serve = |tls: Option<Arc<TlsFacts>>| {
                 service_fn(move |req| {
                     let name = name.clone();
                     let state = state.clone();
-                    let sni = sni.clone();
-                    async move { Ok::<_, Infallible>(respond(&name, &state, sni, req).await) }
+                    let tls = tls.clone();
+                    async move { Ok::<_, Infallible>(respond(&name, &state, tls, req).await) }
                 })
             };
             match acceptor {
@@ -89,9 +89,13 @@ pub async fn serve_with(
                     let Ok(tls) = acceptor.accept(stream).await else {
                         return;
                     };
-                    let sni = tls.get_ref().1.server_name().map(Arc::from);
+                    let conn = tls.get_ref().1;
+                    let facts = TlsFacts {
+                        sni: conn.server_name().map(str::to_owned),
+                        resumed: conn.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+                    };
                     let _ = builder
-                        .serve_connection(TokioIo::new(tls), serve(sni))
+                        .serve_connection(TokioIo::new(tls), serve(Some(Arc::new(facts))))
                         .await;
                 }
             }
@@ -140,10 +144,17 @@ impl Drop for Busy<'_> {
     }
 }
 
+/// What a TLS connection's handshake was: the server name asked for, and whether an earlier
+/// session was resumed.
+struct TlsFacts {
+    sni: Option<String>,
+    resumed: bool,
+}
+
 async fn respond(
     name: &str,
     state: &State,
-    sni: Option<Arc<str>>,
+    tls: Option<Arc<TlsFacts>>,
     req: Request<Incoming>,
 ) -> Response<Full<Bytes>> {
     let fail = &state.fail;
@@ -218,7 +229,8 @@ async fn respond(
             "path": parts.uri.path(),
             "query": parts.uri.query().unwrap_or(""),
             "version": format!("{:?}", parts.version),
-            "sni": sni.as_deref(),
+            "sni": tls.as_ref().and_then(|t| t.sni.as_deref()),
+            "tls_resumed": tls.as_ref().map(|t| t.resumed),
             "headers": headers,
             "bodyBytes": received,
         });

@@ -139,7 +139,9 @@ async fn destination_rule_tls_and_grpc_over_tls() {
         service("drsvc", "", &[backend.addr]),
         // Active checks reach the endpoint the way requests do: over the same TLS.
         "apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: BackendTrafficPolicy\nmetadata: {name: hc, namespace: apps}\nspec:\n  targetRefs: [{group: \"\", kind: Service, name: drsvc}]\n  healthCheck:\n    active: {type: HTTP, interval: 50ms, timeout: 500ms, unhealthyThreshold: 1, healthyThreshold: 1, http: {path: /hostname, expectedStatuses: [200]}}\n---\n".to_owned(),
-        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: drsvc, namespace: apps}\nspec:\n  host: drsvc.apps.svc.cluster.local\n  trafficPolicy:\n    tls: {mode: SIMPLE, credentialName: dr-ca, sni: front.example, subjectAltNames: [dr.internal]}\n---\n".to_owned(),
+        // One request per connection: every request makes a handshake, which resumes the
+        // session of an earlier one.
+        "apiVersion: networking.istio.io/v1\nkind: DestinationRule\nmetadata: {name: drsvc, namespace: apps}\nspec:\n  host: drsvc.apps.svc.cluster.local\n  trafficPolicy:\n    connectionPool: {http: {maxRequestsPerConnection: 1}}\n    tls: {mode: SIMPLE, credentialName: dr-ca, sni: front.example, subjectAltNames: [dr.internal]}\n---\n".to_owned(),
         // A DestinationRule that asks for Istio's mesh certificates: refused, 503.
         route("mesh", "mesh.test", "mesh"),
         service("mesh", "", &[backend.addr]),
@@ -159,14 +161,19 @@ async fn destination_rule_tls_and_grpc_over_tls() {
     let addr = gw.addr(8080);
     let c = HttpClient::default();
 
-    for _ in 0..5 {
+    let mut resumed = 0;
+    for _ in 0..6 {
         let r = c.get(addr, "dr.test", "/echo").await;
         assert_eq!(r.status, 200, "{}", r.body);
         let doc = r.json();
         assert_eq!(doc["name"], "dr");
         assert_eq!(doc["sni"], "front.example");
         assert_eq!(doc["version"], "HTTP/1.1");
+        resumed += usize::from(doc["tls_resumed"] == true);
     }
+    // The first handshake is full; every one after it resumes (the session cache belongs to
+    // the TLS settings, shared by every worker and kept across reloads).
+    assert_eq!(resumed, 5, "{resumed} of 6 handshakes resumed");
     // The backend counts what it answered: wait for a few checks, then they must all have
     // passed (one failure marks the endpoint).
     let answered = || async {

@@ -153,7 +153,6 @@ pub struct Histogram {
 struct HistogramInner {
     /// One more than the bounds: the last counts observations above every bound.
     buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
-    count: AtomicU64,
     sum_micros: AtomicU64,
 }
 
@@ -161,7 +160,6 @@ impl Histogram {
     pub fn observe(&self, seconds: f64) {
         let i = LATENCY_BOUNDS.partition_point(|b| *b < seconds);
         self.inner.buckets[i].fetch_add(1, Ordering::Relaxed);
-        self.inner.count.fetch_add(1, Ordering::Relaxed);
         self.inner
             .sum_micros
             .fetch_add((seconds * 1e6) as u64, Ordering::Relaxed);
@@ -177,12 +175,15 @@ impl EncodeMetric for Histogram {
         let buckets: Vec<(f64, u64)> = LATENCY_BOUNDS
             .iter()
             .copied()
-            .chain([f64::MAX])
+            .chain([f64::INFINITY])
             .zip(self.inner.buckets.iter().map(|b| b.load(Ordering::Relaxed)))
             .collect();
+        // The count is the `+Inf` bucket, as Prometheus requires: summed from the buckets read
+        // here, not loaded apart (an observation landing between two loads would split them).
+        let count = buckets.iter().map(|(_, n)| n).sum();
         encoder.encode_histogram::<NoLabelSet>(
             self.inner.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
-            self.inner.count.load(Ordering::Relaxed),
+            count,
             &buckets,
             None,
         )
@@ -195,7 +196,10 @@ impl EncodeMetric for Histogram {
 
 impl Metrics {
     pub fn new(cost_cross_zone: f64, cost_cross_region: f64, imbalance_warn: f64) -> Self {
-        let mut registry = Registry::with_prefix("locus");
+        // `locus_*` for the gateway's own metrics; the standard `process_*` ones beside them.
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(ProcessCollector::new()));
+        let locus = registry.sub_registry_with_prefix("locus");
         let m = Metrics {
             requests: Family::default(),
             request_bytes: Family::default(),
@@ -222,105 +226,113 @@ impl Metrics {
             imbalance_warn,
             registry: Registry::default(),
         };
-        registry.register(
+        locus.register(
             "requests",
             "Requests forwarded, by source and destination locality and response class",
             m.requests.clone(),
         );
-        registry.register(
+        locus.register(
             "request_bytes",
             "Request body bytes sent upstream",
             m.request_bytes.clone(),
         );
-        registry.register(
+        locus.register(
             "response_bytes",
             "Response body bytes received from upstream",
             m.response_bytes.clone(),
         );
-        registry.register(
+        locus.register(
             "request_duration_seconds",
             "Time from picking an endpoint to its response headers",
             m.duration.clone(),
         );
-        registry.register(
+        locus.register(
             "upstream_connect_failures",
             "Upstream connections that could not be established",
             m.connect_failures.clone(),
         );
-        registry.register(
+        locus.register(
             "request_errors",
             "Attempts that got no response, by side (upstream: counted against the endpoint; client: the client's fault, never counted against it) and kind",
             m.request_errors.clone(),
         );
-        registry.register(
+        locus.register(
             "outlier_ejections",
             "Endpoints ejected by outlier detection",
             m.ejections.clone(),
         );
-        registry.register(
+        locus.register(
             "active_check_transitions",
             "Active health check verdict changes",
             m.active_transitions.clone(),
         );
-        registry.register(
+        locus.register(
             "bucket_in_use",
             "Index of the bucket taking most of a Service's traffic (0: the closest)",
             m.bucket_in_use.clone(),
         );
-        registry.register(
-            "spilled_fraction",
+        locus.register(
+            "spilled_ratio",
             "Share of a Service's traffic leaving its closest bucket",
             m.spilled.clone(),
         );
-        registry.register(
+        locus.register(
             "endpoints",
-            "Endpoints per Service and zone, by state (healthy, total)",
+            "Endpoints per Service and zone, by state (healthy: eligible for traffic; unhealthy: ejected, failing, not ready or draining); sum over state for the total",
             m.endpoints.clone(),
         );
-        registry.register(
+        locus.register(
             "config_reloads",
             "Configuration loads, by result",
             m.reloads.clone(),
         );
-        registry.register(
+        locus.register(
             "overflows",
             "Circuit breaking: requests refused (limit=requests: 503 overflow; limit=retries: not retried) or stepped over to another endpoint (limit=endpoint)",
             m.overflows.clone(),
         );
-        registry.register(
+        locus.register(
             "connections_refused",
             "Client connections closed at once because the listener port held --max-connections, or the gateway was draining",
             m.connections_refused.clone(),
         );
-        registry.register(
+        locus.register(
             "discovery_errors",
             "Failed list or watch calls to the Kubernetes API server, by kind",
             m.discovery_errors.clone(),
         );
-        registry.register(
+        locus.register(
             "estimated_transfer_cost_dollars",
             "Estimated cost of response and request bytes crossing zones and regions, at the configured prices",
             m.cost.clone(),
         );
-        registry.register(
+        locus.register(
             "zone_imbalance_ratio",
             "Max over mean of the load an endpoint is expected to get, given how endpoints are spread over zones",
             m.imbalance.clone(),
         );
-        registry.register(
-            "load_spill_fraction",
+        locus.register(
+            "load_spill_ratio",
             "Share of the closest bucket's traffic the load-aware controller sends to the next bucket (locus.io/load-spill)",
             m.load_spill.clone(),
         );
-        registry.register(
+        locus.register(
             "bucket_load",
             "Measured load of the closest and next buckets (mean latency over unloaded latency, minus one), smoothed",
             m.bucket_load.clone(),
         );
-        registry.register(
+        locus.register(
             "zone_balance_fallback",
             "1 while a Service asking for locus.io/zone-balance: capacity routes by its other settings, by reason",
             m.zone_balance_fallback.clone(),
+        );
+        locus.register(
+            "build",
+            "The running build: Locus's version",
+            prometheus_client::metrics::info::Info::new(vec![(
+                "version",
+                env!("CARGO_PKG_VERSION"),
+            )]),
         );
         Metrics { registry, ..m }
     }
@@ -500,5 +512,111 @@ impl OverflowCounters {
             endpoint: one("endpoint"),
             retries: one("retries"),
         }
+    }
+}
+
+/// The standard `process_*` metrics, read from `/proc` at each scrape (Linux; elsewhere none).
+#[derive(Debug)]
+struct ProcessCollector {
+    /// Seconds since the epoch at which the process started.
+    start_time: f64,
+}
+
+impl ProcessCollector {
+    fn new() -> Self {
+        let start_time = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+            - process_uptime().unwrap_or(0.0);
+        ProcessCollector { start_time }
+    }
+}
+
+/// `/proc/self/stat` fields after the command name (which may hold spaces).
+fn proc_stat() -> Option<Vec<String>> {
+    let text = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let rest = &text[text.rfind(')')? + 2..];
+    Some(rest.split_whitespace().map(str::to_owned).collect())
+}
+
+/// Linux reports process times in `USER_HZ` ticks, 100 per second on every architecture
+/// Locus builds for.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+/// Seconds since the process started (`starttime` against the system's uptime).
+fn process_uptime() -> Option<f64> {
+    let started = proc_stat()?.get(19)?.parse::<f64>().ok()? / TICKS_PER_SECOND;
+    let uptime: f64 = std::fs::read_to_string("/proc/uptime")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(uptime - started)
+}
+
+impl prometheus_client::collector::Collector for ProcessCollector {
+    fn encode(
+        &self,
+        mut encoder: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        let Some(stat) = proc_stat() else {
+            return Ok(());
+        };
+        let field = |i: usize| stat.get(i).and_then(|v| v.parse::<f64>().ok());
+        // utime and stime (fields 14 and 15 of the full line).
+        if let (Some(user), Some(system)) = (field(11), field(12)) {
+            let m = encoder.encode_descriptor(
+                "process_cpu_seconds_total",
+                "Total user and system CPU time spent in seconds",
+                None,
+                MetricType::Counter,
+            )?;
+            ConstCounter::new((user + system) / TICKS_PER_SECOND).encode(m)?;
+        }
+        let rss_kib = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+            });
+        if let Some(kib) = rss_kib {
+            let m = encoder.encode_descriptor(
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(kib * 1024.0).encode(m)?;
+        }
+        if let Some(vsize) = field(20) {
+            let m = encoder.encode_descriptor(
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(vsize).encode(m)?;
+        }
+        if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+            let m = encoder.encode_descriptor(
+                "process_open_fds",
+                "Number of open file descriptors",
+                None,
+                MetricType::Gauge,
+            )?;
+            ConstGauge::new(fds.count() as i64).encode(m)?;
+        }
+        let m = encoder.encode_descriptor(
+            "process_start_time_seconds",
+            "Start time of the process since unix epoch in seconds",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(self.start_time.round()).encode(m)?;
+        Ok(())
     }
 }

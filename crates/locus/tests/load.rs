@@ -156,7 +156,7 @@ async fn one_zone_with_twice_the_traffic_overloads_no_endpoint() {
     assert!((0.15..=0.35).contains(&spilled), "{per_gateway:?}");
     let metrics = client.get(gw_a.admin, "admin", "/metrics").await.body;
     assert!(
-        metrics.contains("locus_load_spill_fraction{service=\"apps/svc:80\"}"),
+        metrics.contains("locus_load_spill_ratio{service=\"apps/svc:80\"}"),
         "{metrics}"
     );
 

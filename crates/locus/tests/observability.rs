@@ -21,6 +21,54 @@ fn sample(metrics: &str, name: &str, parts: &[&str]) -> f64 {
         .unwrap_or_else(|| panic!("no sample {name} {parts:?} in:\n{metrics}"))
 }
 
+/// Every histogram is what PromQL's `histogram_quantile` needs: per series, `le` bounds
+/// increasing to `+Inf`, cumulative counts that never decrease, and `_count` equal to the
+/// `+Inf` bucket.
+fn assert_histograms_are_quantile_ready(text: &str) {
+    let mut series: std::collections::BTreeMap<String, Vec<(f64, f64)>> = Default::default();
+    let mut counts: std::collections::BTreeMap<String, f64> = Default::default();
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((name_labels, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let value: f64 = value.parse().unwrap();
+        if let Some((name, labels)) = name_labels.split_once("_bucket{") {
+            let (le, rest): (Vec<&str>, Vec<&str>) = labels
+                .trim_end_matches('}')
+                .split(',')
+                .partition(|l| l.starts_with("le="));
+            let le = le[0].trim_start_matches("le=").trim_matches('"');
+            let bound = if le == "+Inf" {
+                f64::INFINITY
+            } else {
+                le.parse().unwrap()
+            };
+            series
+                .entry(format!("{name}{{{}}}", rest.join(",")))
+                .or_default()
+                .push((bound, value));
+        } else if let Some((name, labels)) = name_labels.split_once("_count{") {
+            counts.insert(format!("{name}{{{}}}", labels.trim_end_matches('}')), value);
+        }
+    }
+    assert!(!series.is_empty(), "no histogram in:\n{text}");
+    for (key, buckets) in &series {
+        assert!(
+            buckets
+                .windows(2)
+                .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+            "{key}: {buckets:?}"
+        );
+        let last = buckets.last().unwrap();
+        assert_eq!(last.0, f64::INFINITY, "{key} ends in +Inf");
+        assert_eq!(
+            counts.get(key),
+            Some(&last.1),
+            "{key}: _count is the +Inf bucket"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_requests_and_bytes_by_locality() {
     let a = echo("same-zone");
@@ -90,13 +138,35 @@ async fn metrics_count_requests_and_bytes_by_locality() {
         sample(&text, "locus_config_reloads_total", &["result=\"success\""]),
         1.0
     );
+    // Endpoint gauges sum to the total: healthy plus unhealthy.
     assert_eq!(
         sample(
             &text,
             "locus_endpoints",
-            &["zone=\"zb\"", "state=\"total\""]
+            &["zone=\"zb\"", "state=\"healthy\""]
+        ) + sample(
+            &text,
+            "locus_endpoints",
+            &["zone=\"zb\"", "state=\"unhealthy\""]
         ),
         1.0
+    );
+    assert_histograms_are_quantile_ready(&text);
+    assert_eq!(
+        sample(&text, "locus_build_info", &[env!("CARGO_PKG_VERSION")]),
+        1.0
+    );
+    for name in [
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_cpu_seconds_total",
+        "process_start_time_seconds",
+    ] {
+        assert!(sample(&text, name, &[]) > 0.0, "{name}");
+    }
+    assert!(
+        !text.contains("_fraction"),
+        "ratios are named _ratio:\n{text}"
     );
 
     // The admin API answers readiness and explains the configuration.

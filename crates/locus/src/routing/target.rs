@@ -120,7 +120,7 @@ impl ServiceTarget {
             }
         }
         for (zone, (healthy, total)) in per_zone {
-            for (state, n) in [("healthy", healthy), ("total", total)] {
+            for (state, n) in [("healthy", healthy), ("unhealthy", total - healthy)] {
                 self.metrics
                     .endpoints
                     .get_or_create(&EndpointCountLabels {

@@ -31,6 +31,14 @@ pub fn run(paths: &[PathBuf], cfg: &IdentityConfig) -> Result<String, String> {
             now_ms: crate::health::now_ms(),
         },
     );
+    if !model.route_errors.is_empty() {
+        // `serve` would serve the other routes; a pipeline gate must still fail.
+        let errors: Vec<String> = model.route_errors.iter().map(|e| e.to_string()).collect();
+        return Err(format!(
+            "{}\n(these routes would not be served; the rest of the configuration is valid)",
+            errors.join("\nerror: ")
+        ));
+    }
     let mut out = report(&model, &table);
     if !tls.is_empty() {
         let ports: Vec<String> = tls.keys().map(u16::to_string).collect();

@@ -1,7 +1,7 @@
 //! HTTPRoute rule filters Locus applies: request and response header edits
-//! (`RequestHeaderModifier`, `ResponseHeaderModifier`), `RequestRedirect`, `URLRewrite` and
-//! `RequestMirror`. `ExtensionRef` and `CORS` are not applied: a rule using them answers 500
-//! (the Gateway API forbids skipping a filter silently) and the configuration says why.
+//! (`RequestHeaderModifier`, `ResponseHeaderModifier`), `RequestRedirect`, `URLRewrite`,
+//! `RequestMirror` and `CORS`. `ExtensionRef` is not applied: a rule using it answers 500 (the
+//! Gateway API forbids skipping a filter silently) and the configuration says why.
 
 use gateway_api::apis::standard::httproutes::{
     HttpRouteRulesFilters, HttpRouteRulesFiltersRequestRedirectPathType as RedirectPathType,
@@ -133,6 +133,88 @@ pub struct Mirror {
     pub fraction: f64,
 }
 
+/// `CORS`: the gateway answers preflight requests from allowed origins itself, and marks the
+/// responses to their actual requests as shareable with them.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Cors {
+    /// `*`, or `scheme://host[:port]` where `*` in the host matches any run of characters.
+    pub allow_origins: Vec<String>,
+    /// Method names, or `*` (the preflight's requested method is echoed).
+    pub allow_methods: Vec<String>,
+    /// Header names, or `*` (the preflight's requested headers are echoed).
+    pub allow_headers: Vec<String>,
+    pub expose_headers: Vec<String>,
+    pub max_age: Option<u32>,
+    pub allow_credentials: bool,
+}
+
+impl Cors {
+    /// Whether `origin` (the request's `Origin`) may share the responses.
+    pub fn allows(&self, origin: &str) -> bool {
+        let origin = origin.to_ascii_lowercase();
+        self.allow_origins.iter().any(|pattern| {
+            if pattern == "*" {
+                return true;
+            }
+            match pattern.split_once('*') {
+                None => *pattern == origin,
+                Some((before, after)) => {
+                    origin.len() > before.len() + after.len()
+                        && origin.starts_with(before)
+                        && origin.ends_with(after)
+                }
+            }
+        })
+    }
+
+    /// The answer to a preflight request (`OPTIONS` with `Access-Control-Request-Method`) from
+    /// an allowed `origin`.
+    pub fn preflight(&self, origin: &HeaderValue, request: &http::HeaderMap) -> http::HeaderMap {
+        let mut h = http::HeaderMap::new();
+        self.decorate(&mut h, origin);
+        let list = |configured: &[String], requested: Option<&HeaderValue>| {
+            if configured.iter().any(|m| m == "*") {
+                // The wildcard means "whatever was asked"; echoed, as `*` is not honoured by
+                // browsers for credentialed requests.
+                requested.cloned()
+            } else if configured.is_empty() {
+                None
+            } else {
+                HeaderValue::from_str(&configured.join(", ")).ok()
+            }
+        };
+        let method = request.get("access-control-request-method");
+        if let Some(v) = list(&self.allow_methods, method) {
+            h.insert("access-control-allow-methods", v);
+        }
+        let headers = request.get("access-control-request-headers");
+        if let Some(v) = list(&self.allow_headers, headers) {
+            h.insert("access-control-allow-headers", v);
+        }
+        if let Some(age) = self.max_age {
+            h.insert("access-control-max-age", HeaderValue::from(age));
+        }
+        h
+    }
+
+    /// The headers that let `origin` read a response.
+    pub fn decorate(&self, h: &mut http::HeaderMap, origin: &HeaderValue) {
+        h.insert("access-control-allow-origin", origin.clone());
+        h.append(http::header::VARY, HeaderValue::from_static("origin"));
+        if self.allow_credentials {
+            h.insert(
+                "access-control-allow-credentials",
+                HeaderValue::from_static("true"),
+            );
+        }
+        if !self.expose_headers.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&self.expose_headers.join(", ")) {
+                h.insert("access-control-expose-headers", v);
+            }
+        }
+    }
+}
+
 /// The filters of one rule.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Filters {
@@ -140,6 +222,7 @@ pub struct Filters {
     pub response_headers: Option<HeaderEdits>,
     pub redirect: Option<Redirect>,
     pub rewrite: Option<Rewrite>,
+    pub cors: Option<Cors>,
     pub mirrors: Vec<Mirror>,
     /// Mirrors not allowed (no ReferenceGrant): skipped, and reported as `RefNotPermitted`.
     pub refused_mirrors: Vec<String>,
@@ -351,10 +434,13 @@ pub(super) fn parse(
                 let status = match r.status_code.unwrap_or(302) {
                     301 => StatusCode::MOVED_PERMANENTLY,
                     302 => StatusCode::FOUND,
+                    303 => StatusCode::SEE_OTHER,
+                    307 => StatusCode::TEMPORARY_REDIRECT,
+                    308 => StatusCode::PERMANENT_REDIRECT,
                     other => {
                         return Err(ctx.error(
                             &format!("{here}.requestRedirect.statusCode"),
-                            format!("{other} is not 301 or 302"),
+                            format!("{other} is not one of 301, 302, 303, 307, 308"),
                         ))
                     }
                 };
@@ -488,7 +574,32 @@ pub(super) fn parse(
                     fraction,
                 });
             }
-            FilterType::ExtensionRef | FilterType::Cors => {
+            FilterType::Cors => {
+                let c = f.cors.as_ref().ok_or_else(|| missing("cors"))?;
+                let lower = |v: &Option<Vec<String>>| -> Vec<String> {
+                    v.iter().flatten().map(|s| s.to_ascii_lowercase()).collect()
+                };
+                let cors = Cors {
+                    allow_origins: lower(&c.allow_origins),
+                    allow_methods: c.allow_methods.clone().unwrap_or_default(),
+                    allow_headers: lower(&c.allow_headers),
+                    expose_headers: lower(&c.expose_headers),
+                    max_age: c.max_age.and_then(|a| u32::try_from(a).ok()),
+                    allow_credentials: c.allow_credentials == Some(true),
+                };
+                for (i, o) in cors.allow_origins.iter().enumerate() {
+                    if o != "*" && !(o.starts_with("http://") || o.starts_with("https://")) {
+                        return Err(ctx.error(
+                            &format!("{here}.cors.allowOrigins[{i}]"),
+                            format!("{o:?} is not * or an http(s) origin"),
+                        ));
+                    }
+                }
+                if out.cors.replace(cors).is_some() {
+                    return Err(twice());
+                }
+            }
+            FilterType::ExtensionRef => {
                 let name = format!("{:?}", f.r#type);
                 warnings.push(format!(
                     "{}: {here}: filter {name} is not supported yet; requests matching this rule get 500",

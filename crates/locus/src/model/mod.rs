@@ -76,6 +76,9 @@ pub struct Model {
     pub secrets: BTreeMap<ObjKey, Result<TlsSecret, String>>,
     /// Settings Locus read but cannot honour, skipped kinds, unresolved references.
     pub warnings: Vec<String>,
+    /// Routes refused for an invalid field: not served (the others are); `locus check` fails
+    /// on them.
+    pub route_errors: Vec<ConfigError>,
 }
 
 /// One ReferenceGrant: in `namespace`, objects of `to` (group, kind, optional name) may be
@@ -241,12 +244,12 @@ impl Model {
                     model.gateways.push(g);
                 }
                 Resource::HttpRoute(route) => {
-                    let r = routes::build(&ctx, route, &model.grants, &mut model.warnings)?;
-                    model.routes.push(r);
+                    let built = routes::build(&ctx, route, &model.grants, &mut model.warnings);
+                    model.add_route(&ctx, &**route, RouteKind::Http, built)?;
                 }
                 Resource::GrpcRoute(route) => {
-                    let r = routes::build_grpc(&ctx, route, &model.grants, &mut model.warnings)?;
-                    model.routes.push(r);
+                    let built = routes::build_grpc(&ctx, route, &model.grants, &mut model.warnings);
+                    model.add_route(&ctx, &**route, RouteKind::Grpc, built)?;
                 }
                 Resource::Service(svc) => services.push((doc, &**svc)),
                 Resource::EndpointSlice(slice) => slices.push((doc, &**slice)),
@@ -293,6 +296,35 @@ impl Model {
         }
         endpoint_sources.warn_orphans(&model.services, &mut model.warnings);
         Ok(model)
+    }
+}
+
+impl Model {
+    /// Adds a built route, or the refusal of one that could not be built: one bad route never
+    /// takes the others down.
+    fn add_route(
+        &mut self,
+        ctx: &DocCtx<'_>,
+        route: &impl serde::Serialize,
+        kind: RouteKind,
+        built: Result<RouteModel, ConfigError>,
+    ) -> Result<(), ConfigError> {
+        let route = match built {
+            Ok(r) => r,
+            Err(error) => {
+                let value = serde_json::to_value(route).unwrap_or_default();
+                let r = routes::refused(ctx, value, kind, error.clone())?;
+                self.warnings.push(format!(
+                    "{error}; {} {} is not served (Accepted=False), the other routes are",
+                    kind.as_str(),
+                    r.key
+                ));
+                self.route_errors.push(error);
+                r
+            }
+        };
+        self.routes.push(route);
+        Ok(())
     }
 }
 

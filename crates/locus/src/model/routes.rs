@@ -9,7 +9,7 @@ use gateway_api::apis::standard::httproutes::{
 };
 use regex::Regex;
 
-use super::{name_of, namespace_of, DocCtx, ObjKey};
+use super::{name_of, namespace_of, DocCtx, GrantModel, ObjKey};
 use crate::resources::{ConfigError, Origin};
 
 #[derive(Clone, Debug)]
@@ -64,6 +64,9 @@ pub struct BackendRefModel {
     /// Set when the reference cannot be honoured whatever exists (wrong kind, cross-namespace):
     /// requests sent to its share get a 500, as the Gateway API requires.
     pub invalid: Option<String>,
+    /// The backendRef's own filters (header edits and URL rewrite), applied after the rule's
+    /// to the requests sent to it.
+    pub filters: Option<super::Filters>,
 }
 
 #[derive(Clone, Debug)]
@@ -101,6 +104,9 @@ pub struct RouteModel {
     /// RFC 3339 creation time, for the Gateway API's tie-break (oldest wins).
     pub created: Option<String>,
     pub origin: Origin,
+    /// Why the route is not served (a field Locus cannot read or honour): it attaches to
+    /// nothing, its parents report `Accepted=False`, every other route keeps serving.
+    pub refused: Option<String>,
 }
 
 /// The kind of a route: what its requests are, and how the gateway speaks to its backends.
@@ -330,12 +336,29 @@ pub(super) fn build(
                 ));
             }
             let port = ctx.port(&format!("{f}.port"), br.port)?;
-            if br.filters.as_ref().is_some_and(|f| !f.is_empty()) {
-                warnings.push(format!(
-                    "{}: {f}.filters: backendRef filters are not supported yet; requests to this backend get 500",
-                    ctx.place()
-                ));
-            }
+            let (filters, invalid) = match br.filters.as_deref() {
+                None | Some([]) => (None, invalid),
+                Some(list) => {
+                    match backend_filters(
+                        ctx,
+                        &f,
+                        list,
+                        &matches,
+                        &key.namespace,
+                        grants,
+                        warnings,
+                    )? {
+                        Ok(filters) => (Some(filters), invalid),
+                        Err(why) => {
+                            warnings.push(format!(
+                                "{}: {f}.filters: {why}; its share of requests gets 500",
+                                ctx.place()
+                            ));
+                            (None, invalid.or(Some(why)))
+                        }
+                    }
+                }
+            };
             backends.push(BackendRefModel {
                 service: ObjKey {
                     namespace,
@@ -343,12 +366,8 @@ pub(super) fn build(
                 },
                 port,
                 weight: weight as u32,
-                invalid: invalid.or_else(|| {
-                    br.filters
-                        .as_ref()
-                        .filter(|f| !f.is_empty())
-                        .map(|_| "backendRef filters are not supported yet".to_owned())
-                }),
+                invalid,
+                filters,
             });
         }
         let mut unsupported_filters = Vec::new();
@@ -410,7 +429,104 @@ pub(super) fn build(
             .and_then(|t| serde_json::to_value(t).ok())
             .and_then(|v| v.as_str().map(str::to_owned)),
         origin: ctx.doc.origin.clone(),
+        refused: None,
     })
+}
+
+/// A route that cannot be built: kept with its parents only (read leniently from the route
+/// as JSON), so its status can say why while the other routes serve. A route without a name
+/// cannot be told apart at all: that stays an error of the whole configuration.
+pub(super) fn refused(
+    ctx: &DocCtx<'_>,
+    route: serde_json::Value,
+    kind: RouteKind,
+    error: ConfigError,
+) -> Result<RouteModel, ConfigError> {
+    let meta: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta =
+        serde_json::from_value(route["metadata"].clone()).unwrap_or_default();
+    let key = ObjKey {
+        namespace: namespace_of(&meta),
+        name: name_of(ctx, &meta)?,
+    };
+    let parents = route["spec"]["parentRefs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| {
+            p["group"].as_str().unwrap_or("gateway.networking.k8s.io")
+                == "gateway.networking.k8s.io"
+                && p["kind"].as_str().unwrap_or("Gateway") == "Gateway"
+        })
+        .filter_map(|p| {
+            Some(ParentRefModel {
+                gateway: ObjKey {
+                    namespace: p["namespace"].as_str().unwrap_or(&key.namespace).to_owned(),
+                    name: p["name"].as_str()?.to_owned(),
+                },
+                section: p["sectionName"].as_str().map(str::to_owned),
+                port: p["port"].as_u64().and_then(|n| u16::try_from(n).ok()),
+            })
+        })
+        .collect();
+    Ok(RouteModel {
+        key,
+        kind,
+        parents,
+        hostnames: Vec::new(),
+        rules: Vec::new(),
+        created: None,
+        origin: ctx.doc.origin.clone(),
+        refused: Some(error.to_string()),
+    })
+}
+
+/// A backendRef's filters: the rule's filter types, read with the same rules. Header edits and
+/// `URLRewrite` apply per backend; the others (`Err`: why) make the backend invalid.
+fn backend_filters(
+    ctx: &DocCtx<'_>,
+    field: &str,
+    list: &[gateway_api::apis::standard::httproutes::HttpRouteRulesBackendRefsFilters],
+    matches: &[MatchModel],
+    route_ns: &str,
+    grants: &[GrantModel],
+    warnings: &mut Vec<String>,
+) -> Result<Result<super::Filters, String>, ConfigError> {
+    // The backendRef filter types are the rule's, generated twice: read through JSON.
+    let as_rule: Vec<gateway_api::apis::standard::httproutes::HttpRouteRulesFilters> =
+        serde_json::to_value(list)
+            .and_then(serde_json::from_value)
+            .map_err(|e| ctx.error(&format!("{field}.filters"), format!("cannot be read: {e}")))?;
+    let mut unsupported = Vec::new();
+    let filters = super::filters::parse(
+        ctx,
+        &super::filters::RuleCtx {
+            field,
+            matches,
+            route_ns,
+            grants,
+        },
+        &as_rule,
+        warnings,
+        &mut unsupported,
+    )?;
+    let per_backend = super::Filters {
+        request_headers: filters.request_headers.clone(),
+        response_headers: filters.response_headers.clone(),
+        rewrite: filters.rewrite.clone(),
+        ..Default::default()
+    };
+    if !unsupported.is_empty() {
+        return Ok(Err(format!(
+            "filters not supported: {}",
+            unsupported.join(", ")
+        )));
+    }
+    if per_backend != filters {
+        return Ok(Err(
+            "on a backendRef Locus applies RequestHeaderModifier, ResponseHeaderModifier and URLRewrite only".to_owned(),
+        ));
+    }
+    Ok(Ok(per_backend))
 }
 
 /// A GRPCRoute, read as the HTTPRoute it is on the wire: gRPC calls are HTTP/2 POSTs to

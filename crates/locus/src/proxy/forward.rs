@@ -60,18 +60,25 @@ pub(super) async fn forward(
             });
         }
     }
-    let (action, target, prefix) = match route(shared, info, &host, &parts)? {
-        Routed::Answer(resp) => return Ok(*resp),
-        Routed::Forward {
-            action,
-            target,
-            prefix,
-        } => (action, target, prefix),
-    };
+    let (action, target, backend_filters, prefix, cors_origin) =
+        match route(shared, info, &host, &parts)? {
+            Routed::Answer(resp) => return Ok(*resp),
+            Routed::Forward {
+                action,
+                target,
+                backend_filters,
+                prefix,
+                cors_origin,
+            } => (action, target, backend_filters, prefix, cors_origin),
+        };
     // An HTTP/1.1 upgrade (WebSocket): the upgrade headers are hop-by-hop, so they are put back
     // after the head is made, and the client's side of the switch is kept for the tunnel.
     let upgrade = upgrade_request(&mut parts, target.h2c || action.grpc);
-    let path_and_query = upstream_head(&mut parts, info, &action, prefix.as_deref())?;
+    let mut path_and_query = upstream_head(&mut parts, info, &action.filters, prefix.as_deref())?;
+    if let Some(filters) = &backend_filters {
+        // The backendRef's edits come after the rule's (the Gateway API's order).
+        path_and_query = apply_edits(&mut parts, filters, path_and_query, prefix.as_deref())?;
+    }
     if let Some(u) = &upgrade {
         parts
             .headers
@@ -92,7 +99,17 @@ pub(super) async fn forward(
         target: &target,
         path_and_query,
     };
-    exchange.run(parts, body, upgrade).await
+    let mut resp = exchange.run(parts, body, upgrade).await?;
+    if let Some(edits) = backend_filters
+        .as_ref()
+        .and_then(|f| f.response_headers.as_ref())
+    {
+        edits.apply(resp.headers_mut());
+    }
+    if let (Some(cors), Some(origin)) = (&action.filters.cors, &cors_origin) {
+        cors.decorate(resp.headers_mut(), origin);
+    }
+    Ok(resp)
 }
 
 /// A client's request to switch protocols: what it asked for, and its side of the connection
@@ -157,8 +174,12 @@ enum Routed {
     Forward {
         action: Arc<RuleAction>,
         target: Arc<ServiceTarget>,
+        /// The backendRef's own filters.
+        backend_filters: Option<Arc<crate::model::Filters>>,
         /// The matched `PathPrefix`, kept only for the rules whose filters replace it.
         prefix: Option<String>,
+        /// The request's `Origin`, when the rule's CORS filter allows it.
+        cors_origin: Option<HeaderValue>,
     },
 }
 
@@ -186,6 +207,21 @@ fn route(
             why: why.clone(),
         });
     }
+    // CORS: an allowed origin's preflight is answered here; its actual requests go on, their
+    // responses marked as shareable with it.
+    let cors_origin = action.filters.cors.as_ref().and_then(|cors| {
+        let origin = parts.headers.get(header::ORIGIN)?;
+        cors.allows(origin.to_str().ok()?).then(|| origin.clone())
+    });
+    if let (Some(cors), Some(origin)) = (&action.filters.cors, &cors_origin) {
+        if parts.method == http::Method::OPTIONS
+            && parts.headers.contains_key("access-control-request-method")
+        {
+            let mut resp = Response::new(ProxyBody::empty());
+            *resp.headers_mut() = cors.preflight(origin, &parts.headers);
+            return Ok(Routed::Answer(Box::new(resp)));
+        }
+    }
     if let Some(redirect) = &action.filters.redirect {
         let location = redirect.location(
             info.scheme(),
@@ -205,15 +241,17 @@ fn route(
         }
         return Ok(Routed::Answer(Box::new(resp)));
     }
-    let target = match action.pick_backend() {
+    let (target, backend_filters) = match action.pick_backend() {
         None => return Err(ProxyError::NoBackendWeight(action.route.clone())),
         Some(Backend::Invalid(why)) => return Err(ProxyError::InvalidBackend(why.clone())),
-        Some(Backend::Service(t)) => t.clone(),
+        Some(Backend::Service(t, f)) => (t.clone(), f.clone()),
     };
     Ok(Routed::Forward {
         action: action.clone(),
         target,
+        backend_filters,
         prefix,
+        cors_origin,
     })
 }
 
@@ -222,7 +260,7 @@ fn route(
 fn upstream_head(
     parts: &mut http::request::Parts,
     info: &ConnInfo,
-    action: &RuleAction,
+    filters: &crate::model::Filters,
     prefix: Option<&str>,
 ) -> Result<PathAndQuery, ProxyError> {
     // The target's authority (h2's `:authority`, an absolute-form HTTP/1 target) is the host
@@ -232,26 +270,12 @@ fn upstream_head(
             parts.headers.insert(header::HOST, v);
         }
     }
-    let mut path_and_query = parts
+    let path_and_query = parts
         .uri
         .path_and_query()
         .cloned()
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
-    if let Some(rewrite) = &action.filters.rewrite {
-        if let Some(edit) = &rewrite.path {
-            let path = edit.apply(path_and_query.path(), prefix);
-            let full = match path_and_query.query() {
-                Some(q) => format!("{path}?{q}"),
-                None => path,
-            };
-            path_and_query = PathAndQuery::try_from(full).map_err(|e| {
-                ProxyError::BadRequest(format!("the rewritten path is not valid: {e}"))
-            })?;
-        }
-        if let Some(h) = &rewrite.hostname {
-            parts.headers.insert(header::HOST, h.clone());
-        }
-    }
+    let path_and_query = rewrite(parts, filters, path_and_query, prefix)?;
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
     // The peer's address is formatted once per connection; appended to a client's own list.
@@ -267,8 +291,47 @@ fn upstream_head(
         HeaderValue::from_static(info.scheme()),
     );
     // The route's edits come last, so they can override what the gateway adds.
-    if let Some(edits) = &action.filters.request_headers {
+    if let Some(edits) = &filters.request_headers {
         edits.apply(headers);
+    }
+    Ok(path_and_query)
+}
+
+/// A backendRef's own URL rewrite and request header edits, after the rule's.
+fn apply_edits(
+    parts: &mut http::request::Parts,
+    filters: &crate::model::Filters,
+    path_and_query: PathAndQuery,
+    prefix: Option<&str>,
+) -> Result<PathAndQuery, ProxyError> {
+    let path_and_query = rewrite(parts, filters, path_and_query, prefix)?;
+    if let Some(edits) = &filters.request_headers {
+        edits.apply(&mut parts.headers);
+    }
+    Ok(path_and_query)
+}
+
+/// `URLRewrite`: the path (and query) to send, and the `Host`.
+fn rewrite(
+    parts: &mut http::request::Parts,
+    filters: &crate::model::Filters,
+    mut path_and_query: PathAndQuery,
+    prefix: Option<&str>,
+) -> Result<PathAndQuery, ProxyError> {
+    if let Some(rewrite) = &filters.rewrite {
+        if let Some(edit) = &rewrite.path {
+            let path = edit.apply(path_and_query.path(), prefix);
+            let full = match path_and_query.query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path,
+            };
+            path_and_query = PathAndQuery::try_from(full).map_err(|e| {
+                ProxyError::BadRequest(format!("the rewritten path is not valid: {e}"))
+            })?;
+        }
+        if let Some(h) = &rewrite.hostname {
+            parts.headers.insert(header::HOST, h.clone());
+        }
     }
     Ok(path_and_query)
 }

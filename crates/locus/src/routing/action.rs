@@ -13,7 +13,8 @@ use super::target::{service_target, ServiceTarget};
 
 #[derive(Debug)]
 pub enum Backend {
-    Service(Arc<ServiceTarget>),
+    /// A Service port, and the backendRef's own filters (header edits, URL rewrite).
+    Service(Arc<ServiceTarget>, Option<Arc<crate::model::Filters>>),
     /// A backendRef that cannot be honoured; its share of requests gets a 500 saying why.
     Invalid(Arc<str>),
 }
@@ -101,7 +102,7 @@ pub(super) fn build_action(
                     }
                     Some(sp) => {
                         let target = service_target(ctx, svc, sp, port, services, warnings);
-                        Backend::Service(target)
+                        Backend::Service(target, b.filters.clone().map(Arc::new))
                     }
                 },
             }
@@ -146,7 +147,13 @@ pub(super) fn build_action(
                 .filters
                 .rewrite
                 .as_ref()
-                .is_some_and(|x| prefix_edit(&x.path)),
+                .is_some_and(|x| prefix_edit(&x.path))
+            || rule.backends.iter().any(|b| {
+                b.filters
+                    .as_ref()
+                    .and_then(|f| f.rewrite.as_ref())
+                    .is_some_and(|x| prefix_edit(&x.path))
+            }),
         filters: rule.filters.clone(),
         mirrors,
         grpc: route.kind == crate::model::RouteKind::Grpc,

@@ -105,6 +105,23 @@ impl Builder<'_> {
     /// Attaches a route to every listener its parentRefs select, and records each parent's
     /// status.
     fn attach(&mut self, route: &RouteModel) {
+        if let Some(why) = &route.refused {
+            for parent in &route.parents {
+                if !self.gateways.iter().any(|g| g.key == parent.gateway) {
+                    continue;
+                }
+                self.route_status.push(RouteParentStatus {
+                    kind: route.kind.as_str(),
+                    route: route.key.clone(),
+                    gateway: parent.gateway.clone(),
+                    section: parent.section.clone(),
+                    port: parent.port,
+                    accepted: Err(("UnsupportedValue", why.clone())),
+                    resolved: Ok(()),
+                });
+            }
+            return;
+        }
         let mut attached = false;
         let resolved = resolved_refs(self.ctx.model, route);
         for parent in &route.parents {

@@ -10,10 +10,57 @@ use crate::model::Model;
 use crate::resources::load_paths;
 use crate::routing::{GatewaySelector, RouteTable};
 
-/// Loads, validates and explains. `Err` carries the error text for invalid input.
-pub fn run(paths: &[PathBuf], cfg: &IdentityConfig) -> Result<String, String> {
-    let set = load_paths(paths).map_err(|e| e.to_string())?;
-    let mut model = Model::build(&set).map_err(|e| e.to_string())?;
+/// How `locus check` prints what it found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    /// A report for people.
+    #[default]
+    Text,
+    /// One JSON document (`valid`, `errors`, `warnings`, listeners, services), for tools.
+    Json,
+    /// The JSON document as YAML.
+    Yaml,
+}
+
+/// What `locus check` prints and whether it passes.
+pub struct Outcome {
+    pub stdout: String,
+    pub stderr: String,
+    /// `false`: exit 1 (an error; with `strict`, any warning).
+    pub ok: bool,
+}
+
+/// Loads, validates and explains. Errors fail the check; with `strict`, so do warnings (for
+/// CI gates: `helm template … | locus check -f - --strict`).
+pub fn run(paths: &[PathBuf], cfg: &IdentityConfig, format: Format, strict: bool) -> Outcome {
+    let fail = |errors: Vec<String>| {
+        let (stdout, stderr) = match format {
+            Format::Text => (
+                String::new(),
+                errors.iter().map(|e| format!("error: {e}\n")).collect(),
+            ),
+            _ => (
+                render(
+                    format,
+                    &serde_json::json!({"valid": false, "errors": errors, "warnings": []}),
+                ),
+                String::new(),
+            ),
+        };
+        Outcome {
+            stdout,
+            stderr,
+            ok: false,
+        }
+    };
+    let set = match load_paths(paths) {
+        Ok(s) => s,
+        Err(e) => return fail(vec![e.to_string()]),
+    };
+    let mut model = match Model::build(&set) {
+        Ok(m) => m,
+        Err(e) => return fail(vec![e.to_string()]),
+    };
     // Certificates are parsed as `serve` would: a bad Secret is a warning here too.
     let tls = crate::tls::CertStore::default().resolve(&mut model, &GatewaySelector::All);
     let resolved = identity::resolve(cfg, &model);
@@ -31,23 +78,122 @@ pub fn run(paths: &[PathBuf], cfg: &IdentityConfig) -> Result<String, String> {
             now_ms: crate::health::now_ms(),
         },
     );
-    if !model.route_errors.is_empty() {
-        // `serve` would serve the other routes; a pipeline gate must still fail.
-        let errors: Vec<String> = model.route_errors.iter().map(|e| e.to_string()).collect();
-        return Err(format!(
-            "{}\n(these routes would not be served; the rest of the configuration is valid)",
-            errors.join("\nerror: ")
+    // Routes refused alone: `serve` would serve the others, a pipeline gate must still fail.
+    let errors: Vec<String> = model.route_errors.iter().map(|e| e.to_string()).collect();
+    let ok = errors.is_empty() && (!strict || table.warnings.is_empty());
+    let mut stderr = String::new();
+    for e in &errors {
+        stderr.push_str(&format!("error: {e}\n"));
+    }
+    if !errors.is_empty() {
+        stderr.push_str(
+            "(those routes would not be served; the rest of the configuration is valid)\n",
+        );
+    }
+    if strict && !table.warnings.is_empty() {
+        stderr.push_str(&format!(
+            "error: {} warning(s), and --strict fails on warnings\n",
+            table.warnings.len()
         ));
     }
-    let mut out = report(&model, &table);
-    if !tls.is_empty() {
-        let ports: Vec<String> = tls.keys().map(u16::to_string).collect();
-        out.push_str(&format!(
-            "\nHTTPS (TLS terminated, certificates from Secrets) on port {}\n",
-            ports.join(", ")
-        ));
+    let stdout = match format {
+        Format::Text => {
+            let mut out = report(&model, &table);
+            if !tls.is_empty() {
+                let ports: Vec<String> = tls.keys().map(u16::to_string).collect();
+                out.push_str(&format!(
+                    "\nHTTPS (TLS terminated, certificates from Secrets) on port {}\n",
+                    ports.join(", ")
+                ));
+            }
+            out
+        }
+        _ => {
+            let mut doc = document(&model, &table);
+            doc["valid"] = ok.into();
+            doc["errors"] = errors.into();
+            render(format, &doc)
+        }
+    };
+    Outcome { stdout, stderr, ok }
+}
+
+fn render(format: Format, doc: &serde_json::Value) -> String {
+    match format {
+        Format::Yaml => serde_yaml_ng::to_string(doc).unwrap_or_default(),
+        _ => format!("{doc:#}\n"),
     }
-    Ok(out)
+}
+
+/// The check as data: the gateway's locality, listeners, each Service port's ranking, buckets
+/// and endpoints, and the warnings.
+pub fn document(model: &Model, table: &RouteTable) -> serde_json::Value {
+    use serde_json::json;
+    let id = &table.identity;
+    let listeners: Vec<_> = table
+        .ports
+        .iter()
+        .map(|(port, t)| json!({"port": port, "listeners": t.listeners, "hosts": t.hosts()}))
+        .collect();
+    let mut services = Vec::new();
+    for svc in model.services.values() {
+        for port in &svc.ports {
+            let target = table.services.get(&(svc.key.clone(), port.port));
+            let buckets: Vec<_> = target
+                .map(|t| {
+                    let snap = t.snapshot.load();
+                    let active = snap.active_bucket();
+                    snap.buckets
+                        .iter()
+                        .enumerate()
+                        .map(|(b, bucket)| {
+                            let endpoints: Vec<_> = bucket
+                                .members
+                                .iter()
+                                .map(|&i| {
+                                    let ep = &snap.endpoints[i as usize];
+                                    json!({
+                                        "address": ep.addr.to_string(),
+                                        "locality": ep.locality.to_string(),
+                                        "node": ep.node.as_deref(),
+                                        "weight": ep.weight,
+                                        "state": format!("{:?}", ep.state).to_lowercase(),
+                                    })
+                                })
+                                .collect();
+                            json!({
+                                "bucket": bucket.label,
+                                "healthy": bucket.healthy,
+                                "total": bucket.members.len(),
+                                "share": bucket.load,
+                                "active": active == Some(b),
+                                "endpoints": endpoints,
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            services.push(json!({
+                "service": svc.key.to_string(),
+                "port": port.port,
+                "routed": target.is_some(),
+                "ranking": target.map(|t| t.snapshot.load().rule.to_string()),
+                "upstream": port.health.upstream.describe(),
+                "outlier_detection_from": port.health.outlier_source,
+                "buckets": buckets,
+            }));
+        }
+    }
+    json!({
+        "gateway": {
+            "locality": id.identity.locality.to_string(),
+            "locality_from": id.source.to_string(),
+            "node": id.identity.node.as_deref(),
+        },
+        "listeners": listeners,
+        "services": services,
+        "warnings": table.warnings,
+    })
 }
 
 /// The text report for a model and the route table built from it.

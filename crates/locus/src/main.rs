@@ -81,10 +81,16 @@ fn parse_gateway(s: &str) -> Result<ObjKey, String> {
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
+    /// Print a shell completion script: `source <(locus completion bash)`.
+    Completion {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Serve the Gateways, routes and Services in the given manifests (reloading on change),
     /// or watched live from a cluster with `--kubernetes`.
     Serve {
-        /// Manifest files or directories (as `kubectl apply -f`); repeatable.
+        /// Manifest files or directories (as `kubectl apply -f`); repeatable; `-` reads standard
+        /// input once.
         #[arg(short = 'f', long = "filename", required_unless_present = "kubernetes")]
         files: Vec<PathBuf>,
         /// Watch the resources from the Kubernetes API server (in-cluster service account, or
@@ -176,10 +182,17 @@ enum Command {
     },
     /// Validate manifests and explain where each Service's traffic will go and why.
     Check {
+        /// Manifest files or directories; `-` reads them from standard input.
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<PathBuf>,
         #[command(flatten)]
         identity: IdentityArgs,
+        /// How to print the result.
+        #[arg(short = 'o', long = "output", value_enum, default_value_t = locus::check::Format::Text)]
+        output: locus::check::Format,
+        /// Fail (exit 1) on warnings too, not only on errors.
+        #[arg(long)]
+        strict: bool,
     },
     /// A tiny HTTP backend: `/hostname` returns NAME, other paths echo the request as JSON.
     Echo {
@@ -276,16 +289,26 @@ fn runtime(workers: Option<usize>) -> std::io::Result<tokio::runtime::Runtime> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { files, identity } => match locus::check::run(&files, &identity.config()) {
-            Ok(report) => {
-                print!("{report}");
+        Command::Check {
+            files,
+            identity,
+            output,
+            strict,
+        } => {
+            let outcome = locus::check::run(&files, &identity.config(), output, strict);
+            print!("{}", outcome.stdout);
+            eprint!("{}", outcome.stderr);
+            if outcome.ok {
                 ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("error: {e}");
+            } else {
                 ExitCode::FAILURE
             }
-        },
+        }
+        Command::Completion { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "locus", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
         Command::Plan {
             zones,
             files,
@@ -408,6 +431,14 @@ fn main() -> ExitCode {
             limits,
             metrics,
         } => {
+            // `-f -`: standard input, read once and kept as a file for reloads.
+            let (files, _stdin_copy) = match locus::resources::stdin_to_file(files) {
+                Ok(f) => f,
+                Err(e) => {
+                    eprintln!("error: cannot read manifests from standard input: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
             locus::metrics::REQUEST_METRICS
                 .store(metrics == "on", std::sync::atomic::Ordering::Relaxed);
             locus::proxy::ACCESS_LOG.store(access_log, std::sync::atomic::Ordering::Relaxed);

@@ -36,8 +36,21 @@ pub fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>, ConfigError> {
 
 /// Reads and parses every manifest under `paths`.
 pub fn load_paths(paths: &[PathBuf]) -> Result<ResourceSet, ConfigError> {
-    let files = collect_files(paths)?;
+    let stdin = Path::new("-");
     let mut set = ResourceSet::default();
+    // `-`: manifests on standard input (`helm template … | locus check -f -`), read once.
+    if paths.iter().any(|p| p == stdin) {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut text)
+            .map_err(|e| ConfigError::file(stdin, format!("cannot read standard input: {e}")))?;
+        parse_text(stdin, &text, &mut set)?;
+    }
+    let others: Vec<PathBuf> = paths.iter().filter(|p| *p != stdin).cloned().collect();
+    let files = if others.is_empty() {
+        Vec::new()
+    } else {
+        collect_files(&others)?
+    };
     for file in &files {
         let text = std::fs::read_to_string(file)
             .map_err(|e| ConfigError::file(file, format!("cannot read: {e}")))?;
@@ -45,4 +58,26 @@ pub fn load_paths(paths: &[PathBuf]) -> Result<ResourceSet, ConfigError> {
     }
     set.files = files;
     Ok(set)
+}
+
+/// For `serve -f -`: standard input read once into a file that stays for the life of the
+/// process (hold the returned handle), so reloads see the same manifests instead of an empty
+/// stream.
+pub fn stdin_to_file(
+    paths: Vec<PathBuf>,
+) -> std::io::Result<(Vec<PathBuf>, Option<tempfile::NamedTempFile>)> {
+    if !paths.iter().any(|p| p == Path::new("-")) {
+        return Ok((paths, None));
+    }
+    let mut file = tempfile::Builder::new()
+        .prefix("locus-stdin-")
+        .suffix(".yaml")
+        .tempfile()?;
+    std::io::copy(&mut std::io::stdin(), &mut file)?;
+    let path = file.path().to_owned();
+    let paths = paths
+        .into_iter()
+        .map(|p| if p == Path::new("-") { path.clone() } else { p })
+        .collect();
+    Ok((paths, Some(file)))
 }

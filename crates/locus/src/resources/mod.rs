@@ -26,7 +26,7 @@ use serde_json::Value;
 pub use envoy_gateway::BackendTrafficPolicy;
 pub use error::{ConfigError, DocRef};
 pub use istio::{DestinationRule, WorkloadEntry};
-pub use load::{collect_files, load_paths};
+pub use load::{collect_files, load_paths, stdin_to_file};
 
 /// Where a resource came from: a file and the document's position in it.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,0 +1,143 @@
+//! The command line as a CI pipeline uses it: manifests on standard input (`-f -`), `locus
+//! check -o json|yaml`, `--strict` failing on warnings, shell completions, and `serve -f -`.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use common::*;
+
+/// Runs `locus ARGS` with `input` on standard input: (exit success, stdout, stderr).
+fn run_with_stdin(args: &[&str], input: &str) -> (bool, String, String) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(input.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn manifest() -> String {
+    one_backend(9, "")
+}
+
+#[test]
+fn check_reads_stdin_prints_json_or_yaml_and_strict_fails_on_warnings() {
+    let m = manifest();
+    let (ok, stdout, stderr) = run_with_stdin(&["check", "-f", "-", "-o", "json"], &m);
+    assert!(ok, "{stderr}");
+    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(doc["valid"], true);
+    assert_eq!(doc["errors"], serde_json::json!([]));
+    assert_eq!(doc["listeners"][0]["port"], 8080);
+    assert_eq!(doc["services"][0]["service"], "apps/svc");
+    assert_eq!(
+        doc["services"][0]["buckets"][0]["endpoints"][0]["address"],
+        "127.0.0.1:9"
+    );
+
+    let (ok, stdout, _) = run_with_stdin(&["check", "-f", "-", "-o", "yaml"], &m);
+    assert!(ok);
+    let doc: serde_json::Value = serde_yaml_ng::from_str(&stdout).unwrap();
+    assert_eq!(doc["valid"], true);
+
+    // A warning (a kind Locus does not use): passes, unless --strict.
+    let warned = format!("{m}---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\n");
+    let (ok, stdout, _) = run_with_stdin(&["check", "-f", "-"], &warned);
+    assert!(ok);
+    assert!(
+        stdout.contains("kind Pod (v1) is not used by Locus"),
+        "{stdout}"
+    );
+    let (ok, _, stderr) = run_with_stdin(&["check", "-f", "-", "--strict"], &warned);
+    assert!(!ok);
+    assert!(stderr.contains("--strict fails on warnings"), "{stderr}");
+    let (ok, stdout, _) = run_with_stdin(&["check", "-f", "-", "--strict", "-o", "json"], &warned);
+    assert!(!ok);
+    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(doc["valid"], false);
+    assert!(doc["warnings"].to_string().contains("kind Pod"));
+
+    // Invalid input: the error names standard input, the document and the field.
+    let broken = m.replace("port: 80}]", "port: 0}]");
+    let (ok, stdout, _) = run_with_stdin(&["check", "-f", "-", "-o", "json"], &broken);
+    assert!(!ok);
+    let doc: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(doc["valid"], false);
+    let error = doc["errors"][0].as_str().unwrap();
+    assert!(
+        error.starts_with("-: document") && error.contains("spec.ports[0].port"),
+        "{error}"
+    );
+}
+
+#[test]
+fn shell_completions() {
+    for (shell, marker) in [
+        ("bash", "_locus()"),
+        ("zsh", "#compdef locus"),
+        ("fish", "complete -c locus"),
+    ] {
+        let out = run_ok(&["completion", shell]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains(marker), "{shell}: {text}");
+        assert!(text.contains("check"), "{shell} completes subcommands");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_reads_manifests_from_stdin() {
+    let backend = echo("stdin");
+    let m = one_backend(backend.addr.port(), "");
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "-f",
+            "-",
+            "--bind",
+            "127.0.0.1",
+            "--ephemeral-ports",
+            "--admin",
+            "off",
+            "--poll-ms",
+            "50",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(m.as_bytes()).unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut addr = None;
+    for line in std::io::BufRead::lines(std::io::BufReader::new(stdout)) {
+        let line = line.unwrap();
+        if let Some(rest) = line.strip_prefix("listening port=8080 addr=") {
+            addr = Some(rest.parse().unwrap());
+        }
+        if line.starts_with("applied generation=1") {
+            break;
+        }
+    }
+    let addr = addr.expect("the listener is printed before the first configuration");
+    let r = HttpClient::default()
+        .get(addr, "svc.test", "/hostname")
+        .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!((r.status, r.body.as_str()), (200, "stdin"));
+}

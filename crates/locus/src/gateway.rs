@@ -39,6 +39,9 @@ pub struct GatewayOptions {
     pub bind: IpAddr,
     /// Bind every listener to an ephemeral port instead of its configured one (tests, demo).
     pub ephemeral_ports: bool,
+    /// Listener ports below 1024 are bound this much higher (80 → 10080 with 10000), so a
+    /// non-root container needs no capability; its Service maps the port back.
+    pub privileged_port_offset: Option<u16>,
     /// Print events to stdout as `key=value` lines.
     pub events_to_stdout: bool,
     /// Prices per GB for the transfer cost estimate.
@@ -64,6 +67,7 @@ impl Default for GatewayOptions {
             selector: GatewaySelector::All,
             bind: IpAddr::from([0, 0, 0, 0]),
             ephemeral_ports: false,
+            privileged_port_offset: None,
             events_to_stdout: false,
             cost_per_gb_cross_zone: crate::metrics::DEFAULT_COST_CROSS_ZONE,
             cost_per_gb_cross_region: crate::metrics::DEFAULT_COST_CROSS_REGION,
@@ -404,10 +408,12 @@ impl Gateway {
                 .collect()
         };
         for port in missing {
-            let bind_port = if self.options.ephemeral_ports {
-                0
-            } else {
-                port
+            let bind_port = match (self.options.ephemeral_ports, self.options.privileged_port_offset) {
+                (true, _) => 0,
+                (false, Some(offset)) if port < 1024 => port.checked_add(offset).ok_or_else(|| {
+                    format!("listener port {port} plus --privileged-port-offset {offset} is not a port")
+                })?,
+                _ => port,
             };
             let socket = SocketAddr::new(self.options.bind, bind_port);
             let handles = match &self.options.data_plane {

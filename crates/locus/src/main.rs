@@ -120,6 +120,10 @@ enum Command {
         /// addresses are printed on stdout (`listening port=80 addr=127.0.0.1:41234`).
         #[arg(long)]
         ephemeral_ports: bool,
+        /// Bind listener ports below 1024 this much higher (80 → 10080 with 10000), so a
+        /// non-root container needs no capability; the Service maps the ports back.
+        #[arg(long, env = "LOCUS_PRIVILEGED_PORT_OFFSET")]
+        privileged_port_offset: Option<u16>,
         /// Threads serving requests (default: the number of cores). The control plane
         /// (reloads, health, admin API) runs on a thread of its own.
         #[arg(long)]
@@ -414,6 +418,7 @@ fn main() -> ExitCode {
             gateway,
             bind,
             ephemeral_ports,
+            privileged_port_offset,
             workers,
             threading,
             poll_ms,
@@ -474,6 +479,7 @@ fn main() -> ExitCode {
                     },
                     bind,
                     ephemeral_ports,
+                    privileged_port_offset,
                     events_to_stdout: true,
                     cost_per_gb_cross_zone,
                     cost_per_gb_cross_region,

@@ -141,3 +141,31 @@ async fn serve_reads_manifests_from_stdin() {
     let _ = child.wait();
     assert_eq!((r.status, r.body.as_str()), (200, "stdin"));
 }
+
+/// `--privileged-port-offset`: a listener on port 80 is bound 80 + offset (what lets the
+/// deploy manifest run without capabilities), and routes as port 80.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn privileged_ports_are_bound_at_an_offset() {
+    let backend = echo("offset");
+    let m = one_backend(backend.addr.port(), "").replace("port: 8080}", "port: 80}");
+    let dir = tempdir();
+    write(dir.path(), "all.yaml", &m);
+    let mut proc = Proc::spawn(&[
+        "serve",
+        "-f",
+        dir.path().to_str().unwrap(),
+        "--bind",
+        "127.0.0.1",
+        "--admin",
+        "off",
+        "--privileged-port-offset",
+        "31000",
+    ]);
+    let line = proc.wait_line("listener", |l| l.starts_with("listening port=80 "));
+    assert_eq!(line, "listening port=80 addr=127.0.0.1:31080");
+    proc.wait_line("applied", |l| l.starts_with("applied generation=1"));
+    let r = HttpClient::default()
+        .get("127.0.0.1:31080".parse().unwrap(), "svc.test", "/hostname")
+        .await;
+    assert_eq!((r.status, r.body.as_str()), (200, "offset"));
+}

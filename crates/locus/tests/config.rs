@@ -234,3 +234,117 @@ fn deploy_manifests_are_valid_and_read_the_node_name() {
         "resources: [gateways/status, httproutes/status, grpcroutes/status]\n  verbs: [patch]"
     ));
 }
+
+/// `deploy/locus.yaml` against Pod Security "restricted", read with the Kubernetes types:
+/// non-root, no privilege escalation, every capability dropped (none added but
+/// NET_BIND_SERVICE), RuntimeDefault seccomp, no host namespaces, ports or paths; and what
+/// makes it run: unprivileged ports the Service maps back, probes on the port the probe server
+/// listens on, resources, a PodDisruptionBudget.
+#[test]
+fn deploy_manifests_pass_pod_security_restricted() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::Service;
+    use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+    use serde::Deserialize;
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/locus.yaml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let docs: Vec<serde_json::Value> = serde_yaml_ng::Deserializer::from_str(&text)
+        .map(|d| serde_json::Value::deserialize(d).unwrap())
+        .collect();
+    let of_kind = |kind: &'static str| docs.iter().filter(move |d| d["kind"] == kind).cloned();
+    let deployment: Deployment =
+        serde_json::from_value(of_kind("Deployment").next().unwrap()).unwrap();
+    let pod = deployment.spec.unwrap().template.spec.unwrap();
+    assert!(
+        pod.host_network != Some(true) && pod.host_pid != Some(true) && pod.host_ipc != Some(true)
+    );
+    assert!(pod.volumes.iter().flatten().all(|v| v.host_path.is_none()));
+    let pod_sc = pod.security_context.clone().unwrap_or_default();
+    let labels = {
+        let d: Deployment = serde_json::from_value(of_kind("Deployment").next().unwrap()).unwrap();
+        d.spec.unwrap().selector.match_labels.unwrap()
+    };
+    for c in pod
+        .containers
+        .iter()
+        .chain(pod.init_containers.iter().flatten())
+    {
+        let sc = c.security_context.clone().unwrap_or_default();
+        assert_eq!(sc.allow_privilege_escalation, Some(false), "{}", c.name);
+        assert!(sc.privileged != Some(true));
+        let seccomp = sc
+            .seccomp_profile
+            .or(pod_sc.seccomp_profile.clone())
+            .map(|p| p.type_);
+        assert!(
+            matches!(seccomp.as_deref(), Some("RuntimeDefault" | "Localhost")),
+            "{}: seccomp {seccomp:?}",
+            c.name
+        );
+        assert_eq!(sc.run_as_non_root.or(pod_sc.run_as_non_root), Some(true));
+        assert!(sc.run_as_user.or(pod_sc.run_as_user).unwrap_or(1) != 0);
+        let caps = sc.capabilities.unwrap_or_default();
+        assert!(caps.drop.iter().flatten().any(|c| c == "ALL"));
+        assert!(caps.add.iter().flatten().all(|c| c == "NET_BIND_SERVICE"));
+        assert_eq!(sc.read_only_root_filesystem, Some(true));
+        for p in c.ports.iter().flatten() {
+            assert!(p.host_port.is_none(), "no host ports");
+            assert!(
+                p.container_port >= 1024,
+                "{}: port {} needs privileges a non-root container lacks",
+                c.name,
+                p.container_port
+            );
+        }
+        // Listeners on 80 and 443 are bound at +10000, where the container ports say.
+        let args = c.args.clone().unwrap_or_default();
+        let offset = args
+            .iter()
+            .position(|a| a == "--privileged-port-offset")
+            .map(|i| args[i + 1].parse::<i32>().unwrap())
+            .unwrap();
+        let port = |name: &str| {
+            c.ports
+                .iter()
+                .flatten()
+                .find(|p| p.name.as_deref() == Some(name))
+                .unwrap_or_else(|| panic!("no port {name}"))
+                .container_port
+        };
+        assert_eq!(port("http"), 80 + offset);
+        assert_eq!(port("https"), 443 + offset);
+        // Probes reach the probe server where --probe-addr puts it.
+        let probe_addr = &args[args.iter().position(|a| a == "--probe-addr").unwrap() + 1];
+        let probe_port: i32 = probe_addr.rsplit(':').next().unwrap().parse().unwrap();
+        for probe in [&c.readiness_probe, &c.liveness_probe] {
+            let target = &probe.as_ref().unwrap().http_get.as_ref().unwrap().port;
+            let n = match target {
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n) => *n,
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) => port(s),
+            };
+            assert_eq!(n, probe_port, "probes must reach --probe-addr");
+        }
+        let res = c.resources.clone().unwrap();
+        let requests = res.requests.unwrap();
+        assert!(requests.contains_key("cpu") && requests.contains_key("memory"));
+        assert!(res.limits.unwrap().contains_key("memory"));
+        // The Service's target ports are the container's.
+        let svc: Service = serde_json::from_value(of_kind("Service").next().unwrap()).unwrap();
+        for sp in svc.spec.unwrap().ports.unwrap() {
+            match sp.target_port.unwrap() {
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s) => {
+                    port(&s);
+                }
+                k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n) => {
+                    assert!(c.ports.iter().flatten().any(|p| p.container_port == n))
+                }
+            }
+        }
+    }
+    let pdb: PodDisruptionBudget =
+        serde_json::from_value(of_kind("PodDisruptionBudget").next().unwrap()).unwrap();
+    assert_eq!(
+        pdb.spec.unwrap().selector.unwrap().match_labels.unwrap(),
+        labels
+    );
+}

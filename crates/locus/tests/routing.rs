@@ -341,3 +341,64 @@ async fn cross_namespace_backend_refs_need_a_reference_grant() {
     let r = c.get(gw.addr(8080), "svc.test", "/hostname").await;
     assert_eq!((r.status, r.body.as_str()), (200, "in-backend-ns"));
 }
+
+/// Two Gateways on one port in one process: never merged. The older (then first by name) keeps
+/// the port; the other's listener is refused (`PortUnavailable`) and says so, and a request
+/// for a route attached only to it does not reach its backend. On another port it serves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_gateways_on_one_port_are_never_merged() {
+    let a = echo("a");
+    let b = echo("b");
+    let gw = |name: &str, port: u16| {
+        format!("apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: {name}, namespace: apps}}\nspec:\n  gatewayClassName: locus\n  listeners: [{{name: http, protocol: HTTP, port: {port}}}]\n---\n")
+    };
+    let route = |name: &str, gw: &str, host: &str, svc: &str| {
+        format!("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: {name}, namespace: apps}}\nspec:\n  parentRefs: [{{name: {gw}}}]\n  hostnames: [{host}]\n  rules: [{{backendRefs: [{{name: {svc}, port: 80}}]}}]\n---\n")
+    };
+    let svc = |name: &str, addr: SocketAddr| {
+        format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: apps}}\nspec:\n  selector: {{app: {name}}}\n  ports: [{{name: http, port: 80}}]\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}, namespace: apps, labels: {{app: {name}}}}}\nspec: {{address: 127.0.0.1, ports: {{http: {}}}}}\n---\n", addr.port())
+    };
+    let m = [
+        gw("gw-a", 8080),
+        gw("gw-b", 8080),
+        route("ra", "gw-a", "a.test", "svc-a"),
+        route("rb", "gw-b", "b.test", "svc-b"),
+        svc("svc-a", a.addr),
+        svc("svc-b", b.addr),
+    ]
+    .concat();
+    let dir = tempdir();
+    write(dir.path(), "all.yaml", &m);
+    let mut gateway = Gw::start(dir.path(), &[]);
+    let c = HttpClient::default();
+    let addr = gateway.addr(8080);
+    assert_eq!(c.get(addr, "a.test", "/hostname").await.body, "a");
+    assert_eq!(c.get(addr, "b.test", "/hostname").await.status, 404);
+    let config = c.get(gateway.admin, "admin", "/debug/config").await.json();
+    let problems = config["listener_problems"].to_string();
+    assert!(
+        problems.contains("apps/gw-b") && problems.contains("PortUnavailable"),
+        "{problems}"
+    );
+    assert!(config["warnings"]
+        .to_string()
+        .contains("held by Gateway apps/gw-a"));
+
+    // On a port of its own, gw-b serves its route.
+    gateway.apply("all.yaml", &m.replace(
+        "metadata: {name: gw-b, namespace: apps}\nspec:\n  gatewayClassName: locus\n  listeners: [{name: http, protocol: HTTP, port: 8080}]",
+        "metadata: {name: gw-b, namespace: apps}\nspec:\n  gatewayClassName: locus\n  listeners: [{name: http, protocol: HTTP, port: 8081}]",
+    ));
+    // Printed before the configuration applied (and read while waiting for it).
+    let line = gateway
+        .proc
+        .seen
+        .iter()
+        .find(|l| l.starts_with("listening port=8081 "))
+        .expect("port 8081 bound")
+        .clone();
+    let addr_b: SocketAddr = line.rsplit('=').next().unwrap().parse().unwrap();
+    assert_eq!(c.get(addr_b, "b.test", "/hostname").await.body, "b");
+    assert_eq!(c.get(addr_b, "a.test", "/hostname").await.status, 404);
+    assert_eq!(c.get(addr, "a.test", "/hostname").await.body, "a");
+}

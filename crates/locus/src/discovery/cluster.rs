@@ -238,12 +238,19 @@ async fn write_status(
                 ));
                 // The first refused certificate reference is the listener's ResolvedRefs; a
                 // protocol conflict also makes it Conflicted and not Programmed.
-                let resolved = match l.refused_refs.first() {
-                    Some((reason, why)) if *reason != "ProtocolConflict" => {
-                        Err((*reason, why.clone()))
-                    }
-                    _ => Ok(()),
-                };
+                let resolved =
+                    match l.refused_refs.iter().find(|(reason, _)| {
+                        !matches!(*reason, "ProtocolConflict" | "PortUnavailable")
+                    }) {
+                        Some((reason, why)) => Err((*reason, why.clone())),
+                        None => Ok(()),
+                    };
+                // Another Gateway of this process holds the port: not accepted.
+                let port_taken = l
+                    .refused_refs
+                    .iter()
+                    .find(|(reason, _)| *reason == "PortUnavailable")
+                    .map(|(_, why)| why.clone());
                 let conflict = l
                     .refused_refs
                     .iter()
@@ -269,9 +276,13 @@ async fn write_status(
                         )
                     }
                 };
-                let programmed = match &conflict {
-                    Some(why) => Err(("Invalid", why.clone())),
-                    None => programmed,
+                let (accepted, programmed) = match (&conflict, &port_taken) {
+                    (_, Some(why)) => (
+                        Err(("PortUnavailable", why.clone())),
+                        Err(("Invalid", why.clone())),
+                    ),
+                    (Some(why), None) => (accepted, Err(("Invalid", why.clone()))),
+                    (None, None) => (accepted, programmed),
                 };
                 let mut conditions = vec![
                     condition("Accepted", &accepted, "Accepted", generation, &now),

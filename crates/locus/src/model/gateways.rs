@@ -61,6 +61,8 @@ pub struct GatewayModel {
     /// for capacity-aware zone routing.
     pub fleet: Option<BTreeMap<String, f64>>,
     pub origin: Origin,
+    /// `metadata.creationTimestamp` (RFC 3339): the older Gateway keeps a contested port.
+    pub created: Option<String>,
 }
 
 pub const ANNOTATION_FLEET: &str = "locus.io/fleet";
@@ -174,6 +176,12 @@ pub(super) fn build(
         ));
     }
     Ok(GatewayModel {
+        created: gw
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .and_then(|t| serde_json::to_value(t).ok())
+            .and_then(|v| v.as_str().map(str::to_owned)),
         key,
         class: gw.spec.gateway_class_name.clone(),
         listeners,

@@ -56,9 +56,13 @@ impl RouteTable {
             seen: HashSet::new(),
             attachments: HashSet::new(),
             route_status: Vec::new(),
+            port_conflicts: HashMap::new(),
         };
+        b.port_conflicts = port_conflicts(&gateways, &mut b.warnings);
         for gw in &gateways {
-            for l in gw.listeners.iter().filter(|l| l.served()) {
+            let served: Vec<&ListenerModel> =
+                gw.listeners.iter().filter(|l| b.serves(gw, l)).collect();
+            for l in served {
                 b.ports
                     .entry(l.port)
                     .or_default()
@@ -72,7 +76,7 @@ impl RouteTable {
         for table in b.ports.values_mut() {
             table.finish();
         }
-        let listener_status = listener_status(&gateways, &b.attachments);
+        let listener_status = listener_status(&gateways, &b.attachments, &b.port_conflicts);
         RouteTable {
             generation,
             ports: b.ports,
@@ -99,6 +103,56 @@ struct Builder<'a> {
     /// (Gateway, listener, HTTPRoute) attachments, counted once each for status.
     attachments: HashSet<(ObjKey, String, ObjKey)>,
     route_status: Vec<RouteParentStatus>,
+    /// Listeners refused because another Gateway holds their port: (Gateway, listener) → why.
+    port_conflicts: HashMap<(ObjKey, String), String>,
+}
+
+/// One process serves every selected Gateway on one address, so a port belongs to one
+/// Gateway: the oldest (then the first by namespace/name, the Gateway API's tie-break) keeps
+/// it, and the other Gateways' listeners on it are refused (`Accepted=False`,
+/// `PortUnavailable`) instead of their routes being merged into it.
+fn port_conflicts(
+    gateways: &[&GatewayModel],
+    warnings: &mut Vec<String>,
+) -> HashMap<(ObjKey, String), String> {
+    let mut by_age: Vec<&GatewayModel> = gateways.to_vec();
+    by_age.sort_by(|a, b| {
+        (a.created.is_none(), &a.created, &a.key).cmp(&(b.created.is_none(), &b.created, &b.key))
+    });
+    let mut owner: BTreeMap<u16, &ObjKey> = BTreeMap::new();
+    let mut out = HashMap::new();
+    for gw in by_age {
+        for l in gw.listeners.iter().filter(|l| l.served()) {
+            match owner.get(&l.port) {
+                Some(other) if **other != gw.key => {
+                    let why = format!(
+                        "port {} is held by Gateway {other} in this gateway process; listeners of two Gateways are never merged",
+                        l.port
+                    );
+                    warnings.push(format!(
+                        "Gateway {} listener {}: {why} (PortUnavailable); its routes are not served there",
+                        gw.key, l.name
+                    ));
+                    out.insert((gw.key.clone(), l.name.clone()), why);
+                }
+                _ => {
+                    owner.insert(l.port, &gw.key);
+                }
+            }
+        }
+    }
+    out
+}
+
+impl Builder<'_> {
+    /// Whether a listener takes traffic: served by Locus, and its port not held by another
+    /// Gateway.
+    fn serves(&self, gw: &GatewayModel, l: &ListenerModel) -> bool {
+        l.served()
+            && !self
+                .port_conflicts
+                .contains_key(&(gw.key.clone(), l.name.clone()))
+    }
 }
 
 impl Builder<'_> {
@@ -136,7 +190,9 @@ impl Builder<'_> {
             let mut parent_attached = false;
             // A listener that cannot be served takes no route: an HTTPS listener refused for a
             // protocol conflict must not have its routes answered in plain text.
-            for l in gw.listeners.iter().filter(|l| l.served()) {
+            let served: Vec<&ListenerModel> =
+                gw.listeners.iter().filter(|l| self.serves(gw, l)).collect();
+            for l in served {
                 if parent.section.as_ref().is_some_and(|s| *s != l.name)
                     || parent.port.is_some_and(|p| p != l.port)
                 {

@@ -95,6 +95,7 @@ pub(super) fn resolved_refs(
 pub(super) fn listener_status(
     gateways: &[&GatewayModel],
     attachments: &HashSet<(ObjKey, String, ObjKey)>,
+    port_conflicts: &std::collections::HashMap<(ObjKey, String), String>,
 ) -> Vec<ListenerStatus> {
     let mut out = Vec::new();
     for g in gateways {
@@ -107,11 +108,12 @@ pub(super) fn listener_status(
                     .filter(|(gw, name, _)| *gw == g.key && *name == l.name)
                     .count(),
                 unsupported_protocol: None,
-                refused_refs: l
-                    .tls
-                    .as_ref()
-                    .map(|t| t.refused.clone())
-                    .unwrap_or_default(),
+                refused_refs: port_conflicts
+                    .get(&(g.key.clone(), l.name.clone()))
+                    .map(|why| ("PortUnavailable", why.clone()))
+                    .into_iter()
+                    .chain(l.tls.iter().flat_map(|t| t.refused.clone()))
+                    .collect(),
             }
         }));
         out.extend(

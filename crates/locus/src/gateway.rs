@@ -29,6 +29,8 @@ pub enum Event {
     Applied { generation: u64 },
     /// A configuration was refused; the previous one keeps serving.
     Rejected { error: String },
+    /// Cluster mode: this replica took (`true`) or lost the Lease of the status writer.
+    StatusLease { held: bool },
 }
 
 #[derive(Clone, Debug)]
@@ -143,6 +145,11 @@ impl Gateway {
         rx
     }
 
+    /// Cluster mode: whether this replica writes status (it holds the Lease).
+    pub fn note_status_lease(&self, held: bool) {
+        self.emit(Event::StatusLease { held });
+    }
+
     fn emit(&self, event: Event) {
         if self.options.events_to_stdout {
             use std::io::Write;
@@ -150,6 +157,7 @@ impl Gateway {
                 Event::Listening { port, addr } => format!("listening port={port} addr={addr}"),
                 Event::Applied { generation } => format!("applied generation={generation}"),
                 Event::Rejected { error } => format!("rejected error={error:?}"),
+                Event::StatusLease { held } => format!("status-lease held={held}"),
             };
             let mut out = std::io::stdout().lock();
             let _ = writeln!(out, "{line}");

@@ -522,10 +522,18 @@ fn main() -> ExitCode {
                     }
                 };
                 if kubernetes {
+                    // The Lease lives in the pod's namespace (POD_NAMESPACE, set by the
+                    // Deployment), else the watched one, else `default`.
+                    let lease_ns = std::env::var("POD_NAMESPACE")
+                        .ok()
+                        .or_else(|| namespace.clone())
+                        .unwrap_or_else(|| "default".to_owned());
                     let opts = locus::discovery::cluster::ClusterOptions {
                         kubeconfig,
                         namespace,
                         write_status: !no_status,
+                        address_service: identity.fleet_service.clone(),
+                        lease: Some((lease_ns, "locus-status-writer".to_owned())),
                     };
                     tokio::select! {
                         r = locus::discovery::cluster::run(gw.clone(), opts) => {

@@ -437,3 +437,143 @@ async fn https_certificates_come_from_watched_secrets() {
         .unwrap();
     assert_eq!(shown, second.der);
 }
+
+/// Locus as a well-behaved controller: it serves the Gateways whose GatewayClass names its
+/// controller (and accepts that class), writes `status.addresses` from the gateway Service's
+/// load balancer, keeps another controller's `status.parents` entry on a shared HTTPRoute
+/// (the stand-in applies merge patches as the API server does: lists replaced whole), puts
+/// `observedGeneration` on every condition, and of two replicas only the Lease holder writes;
+/// when it goes, the other takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_written_by_one_replica_and_keeps_other_controllers_entries() {
+    let a = echo("in-za");
+    let api = ApiServer::start().await;
+    let classes = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: locus, generation: 1}\nspec: {controllerName: locus.io/gateway}\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {name: other}\nspec: {controllerName: example.com/other}\n---\n";
+    // A Gateway of another controller's class, on the same port: never served by Locus.
+    let other_gw = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: other-gw, namespace: apps}\nspec:\n  gatewayClassName: other\n  listeners: [{name: http, protocol: HTTP, port: 8080}]\n---\n";
+    // The route is shared: its other parent belongs to the other controller, which wrote
+    // its entry already.
+    let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: apps, generation: 3}\nspec:\n  parentRefs: [{name: gw}, {name: other-gw}]\n  rules: [{backendRefs: [{name: svc, port: 80}]}]\nstatus:\n  parents:\n  - parentRef: {group: gateway.networking.k8s.io, kind: Gateway, namespace: apps, name: other-gw}\n    controllerName: example.com/other\n    conditions: [{type: Accepted, status: \"True\", reason: Accepted, message: \"\", observedGeneration: 3, lastTransitionTime: \"2026-01-01T00:00:00Z\"}]\n---\n";
+    let gateway_svc = "apiVersion: v1\nkind: Service\nmetadata: {name: locus, namespace: locus-system}\nspec: {type: LoadBalancer, clusterIP: 10.0.0.9, ports: [{name: http, port: 80}]}\nstatus: {loadBalancer: {ingress: [{ip: 203.0.113.7}]}}\n---\n";
+    let gateway = GATEWAY.split("---\n").next().unwrap().to_owned() + "---\n";
+    let service = GATEWAY.split("---\n").nth(2).unwrap().to_owned() + "---\n";
+    api.apply_yaml(
+        &[
+            classes,
+            &gateway,
+            other_gw,
+            route,
+            &service,
+            gateway_svc,
+            &node("gw-node", "za"),
+            &node("n-a", "za"),
+        ]
+        .concat(),
+    );
+    api.apply_yaml(&slice("a", a.addr, "n-a", true));
+    let dir = tempdir();
+    let config = kubeconfig(api.addr, dir.path());
+    let args = ["--node", "gw-node", "--fleet-service", "locus-system/locus"];
+    let mut first = Gw::start_cluster(&config, &args);
+    let mut second = Gw::start_cluster(&config, &args);
+
+    let get = |kind: &str, ns: &str, name: &str| {
+        api.get("gateway.networking.k8s.io/v1", kind, ns, name)
+            .unwrap()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let route_status = loop {
+        let r = get("HTTPRoute", "apps", "r");
+        let parents = r["status"]["parents"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if parents.len() == 2 {
+            break parents;
+        }
+        assert!(Instant::now() < deadline, "route status: {r:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let by = |controller: &str| {
+        route_status
+            .iter()
+            .find(|p| p["controllerName"] == controller)
+            .unwrap_or_else(|| panic!("no entry of {controller}: {route_status:#?}"))
+            .clone()
+    };
+    assert_eq!(by("example.com/other")["parentRef"]["name"], "other-gw");
+    let ours = by("locus.io/gateway");
+    assert_eq!(ours["parentRef"]["name"], "gw");
+    for c in ours["conditions"].as_array().unwrap() {
+        assert_eq!(c["status"], "True", "{c}");
+        assert_eq!(c["observedGeneration"], 3, "{c}");
+    }
+    // The Gateway: accepted, addressed by the gateway Service's load balancer.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let gw = loop {
+        let gw = get("Gateway", "apps", "gw");
+        if gw["status"]["addresses"].is_array() {
+            break gw;
+        }
+        assert!(Instant::now() < deadline, "{gw:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(
+        gw["status"]["addresses"],
+        serde_json::json!([{"type": "IPAddress", "value": "203.0.113.7"}])
+    );
+    // Locus's class is accepted; the other controller's class and Gateway are left alone.
+    let class = get("GatewayClass", "", "locus");
+    assert_eq!(class["status"]["conditions"][0]["type"], "Accepted");
+    assert_eq!(class["status"]["conditions"][0]["status"], "True");
+    assert_eq!(class["status"]["conditions"][0]["observedGeneration"], 1);
+    assert!(get("GatewayClass", "", "other")["status"].is_null());
+    assert!(get("Gateway", "apps", "other-gw")["status"].is_null());
+
+    // One writer: exactly one replica holds the Lease.
+    let lease_line = |g: &mut Gw| g.proc.seen.iter().any(|l| l == "status-lease held=true");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(lease_line(&mut first) || lease_line(&mut second)) {
+        for g in [&mut first, &mut second] {
+            let _ = g.proc.try_line();
+        }
+        assert!(Instant::now() < deadline, "no replica took the lease");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !(lease_line(&mut first) && lease_line(&mut second)),
+        "both replicas hold the lease"
+    );
+    let (mut leader, mut follower) = if lease_line(&mut first) {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    // The leader goes; the other takes the Lease once it expires, and writes what changes.
+    leader.proc.kill();
+    follower
+        .proc
+        .wait_line_for("the lease", Duration::from_secs(30), |l| {
+            l == "status-lease held=true"
+        });
+    api.apply_yaml(&route.replace("generation: 3", "generation: 4"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = get("HTTPRoute", "apps", "r");
+        let parents = r["status"]["parents"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let ours = parents
+            .iter()
+            .find(|p| p["controllerName"] == "locus.io/gateway");
+        if ours.is_some_and(|p| p["conditions"][0]["observedGeneration"] == 4) {
+            assert!(parents
+                .iter()
+                .any(|p| p["controllerName"] == "example.com/other"));
+            break;
+        }
+        assert!(Instant::now() < deadline, "{r:#}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

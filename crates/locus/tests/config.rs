@@ -224,15 +224,24 @@ fn deploy_manifests_are_valid_and_read_the_node_name() {
         .map(str::trim)
         .collect();
     assert!(
-        verbs
-            .iter()
-            .all(|v| *v == "verbs: [get, list, watch]" || *v == "verbs: [patch]"),
+        verbs.iter().all(|v| *v == "verbs: [get, list, watch]"
+            || *v == "verbs: [patch]"
+            || *v == "verbs: [get, create, update]"),
         "{verbs:?}"
     );
     assert_eq!(verbs.iter().filter(|v| **v == "verbs: [patch]").count(), 1);
     assert!(text.contains(
-        "resources: [gateways/status, httproutes/status, grpcroutes/status]\n  verbs: [patch]"
+        "resources: [gatewayclasses/status, gateways/status, httproutes/status, grpcroutes/status]\n  verbs: [patch]"
     ));
+    // Writing more than status: the status writer's Lease only, in Locus's own namespace.
+    assert!(text.contains("resources: [leases]\n  verbs: [get, create, update]"));
+    assert_eq!(
+        verbs
+            .iter()
+            .filter(|v| **v == "verbs: [get, create, update]")
+            .count(),
+        1
+    );
 }
 
 /// `deploy/locus.yaml` against Pod Security "restricted", read with the Kubernetes types:

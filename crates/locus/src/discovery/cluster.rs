@@ -21,6 +21,7 @@ use kube::{Api, Client, Config};
 use serde_json::Value;
 use tokio::sync::Notify;
 
+use super::lease;
 use crate::gateway::Gateway;
 use crate::resources::{parse_value_into, Origin, ResourceSet};
 
@@ -39,6 +40,13 @@ const KINDS: &[(&str, &str, &str, &str, bool)] = &[
         "EndpointSlice",
         "endpointslices",
         false,
+    ),
+    (
+        "gateway.networking.k8s.io",
+        "v1",
+        "GatewayClass",
+        "gatewayclasses",
+        true,
     ),
     (
         "gateway.networking.k8s.io",
@@ -102,6 +110,9 @@ const KINDS: &[(&str, &str, &str, &str, bool)] = &[
 /// How long changes are gathered before one configuration is built from them.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
 
+/// How soon status that could not be written (a conflict, not the leader yet) is tried again.
+const STATUS_RETRY: Duration = Duration::from_secs(1);
+
 #[derive(Clone, Debug, Default)]
 pub struct ClusterOptions {
     pub kubeconfig: Option<PathBuf>,
@@ -109,10 +120,14 @@ pub struct ClusterOptions {
     pub namespace: Option<String>,
     /// Write Gateway and HTTPRoute status conditions (off for read-only RBAC).
     pub write_status: bool,
+    /// The Service whose load balancer (else cluster IP) is the Gateways' address, for
+    /// `status.addresses` when a Gateway names none in `spec.addresses`.
+    pub address_service: Option<crate::model::ObjKey>,
+    /// The Lease that elects the one replica writing status (`namespace`, `name`).
+    pub lease: Option<(String, String)>,
 }
 
-/// The `controllerName` of the GatewayClass Locus implements.
-pub const CONTROLLER_NAME: &str = "locus.io/gateway";
+pub use crate::model::CONTROLLER_NAME;
 
 #[derive(Default)]
 struct Store {
@@ -163,21 +178,66 @@ fn list_refused(e: &watcher::Error, code: u16) -> bool {
     )
 }
 
-/// `metadata.generation` of Gateways and HTTPRoutes, keyed `Kind/ns/name`.
-fn generations(s: &Store) -> BTreeMap<String, i64> {
-    let mut out = BTreeMap::new();
-    for (k, objects) in s.objects.iter().enumerate() {
-        if !matches!(KINDS[k].2, "Gateway" | "HTTPRoute" | "GRPCRoute") {
-            continue;
+/// What status writing reads of the objects it writes: their metadata (generation,
+/// resourceVersion), spec and current status, keyed `Kind/ns/name` (`Kind//name` when
+/// cluster-scoped); and the Gateways' address.
+struct StatusView {
+    objects: BTreeMap<String, Value>,
+    addresses: Vec<Value>,
+}
+
+impl StatusView {
+    fn of(s: &Store, address_service: Option<&crate::model::ObjKey>) -> Self {
+        let mut objects = BTreeMap::new();
+        for (k, list) in s.objects.iter().enumerate() {
+            if !matches!(
+                KINDS[k].2,
+                "Gateway" | "HTTPRoute" | "GRPCRoute" | "GatewayClass"
+            ) {
+                continue;
+            }
+            for (key, v) in list {
+                objects.insert(format!("{}/{key}", KINDS[k].2), v.clone());
+            }
         }
-        for (key, v) in objects {
-            out.insert(
-                format!("{}/{key}", KINDS[k].2),
-                v["metadata"]["generation"].as_i64().unwrap_or(0),
-            );
-        }
+        let services = KINDS.iter().position(|k| k.2 == "Service");
+        let addresses = address_service
+            .zip(services)
+            .and_then(|(svc, k)| s.objects[k].get(&svc.to_string()))
+            .map(service_addresses)
+            .unwrap_or_default();
+        StatusView { objects, addresses }
     }
-    out
+
+    fn generation(&self, key: &str) -> i64 {
+        self.objects
+            .get(key)
+            .and_then(|v| v["metadata"]["generation"].as_i64())
+            .unwrap_or(0)
+    }
+}
+
+/// A Service's addresses as Gateway `status.addresses`: its load balancer's ingress, else its
+/// cluster IP.
+fn service_addresses(svc: &Value) -> Vec<Value> {
+    let ingress: Vec<Value> = svc["status"]["loadBalancer"]["ingress"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| match (i["ip"].as_str(), i["hostname"].as_str()) {
+            (Some(ip), _) => Some(serde_json::json!({"type": "IPAddress", "value": ip})),
+            (None, Some(h)) => Some(serde_json::json!({"type": "Hostname", "value": h})),
+            _ => None,
+        })
+        .collect();
+    if !ingress.is_empty() {
+        return ingress;
+    }
+    svc["spec"]["clusterIP"]
+        .as_str()
+        .filter(|ip| !ip.is_empty() && *ip != "None")
+        .map(|ip| vec![serde_json::json!({"type": "IPAddress", "value": ip})])
+        .unwrap_or_default()
 }
 
 fn condition(
@@ -201,14 +261,18 @@ fn condition(
     })
 }
 
-/// Writes `Accepted`/`Programmed` on the Gateways served and `Accepted`/`ResolvedRefs` on each
-/// HTTPRoute parentRef, as merge patches of the status subresource, only when they change.
+/// Writes `Accepted` on Locus's GatewayClasses, `Accepted`/`Programmed` and addresses on the
+/// Gateways served and `Accepted`/`ResolvedRefs` on each route parentRef, as merge patches of
+/// the status subresource, only when they change. A route's `status.parents` entries of other
+/// controllers are kept (the list is written whole, so it is rebuilt from the current object,
+/// under its resourceVersion: a concurrent change makes the write fail and retry, never
+/// clobber). `false` when a write failed (retried soon).
 async fn write_status(
     client: &Client,
     table: &crate::routing::RouteTable,
-    generations: &BTreeMap<String, i64>,
+    view: &StatusView,
     written: &mut std::collections::HashMap<String, String>,
-) {
+) -> bool {
     let now = jiff_now();
     let gvk = |kind: &str, plural: &str| {
         ApiResource::from_gvk_with_plural(
@@ -217,16 +281,40 @@ async fn write_status(
         )
     };
     let mut patches: Vec<(ApiResource, String, String, Value, String)> = Vec::new();
+    for (key, class) in &view.objects {
+        let Some(name) = key.strip_prefix("GatewayClass//") else {
+            continue;
+        };
+        if class["spec"]["controllerName"].as_str() != Some(CONTROLLER_NAME) {
+            continue;
+        }
+        let generation = view.generation(key);
+        patches.push((
+            gvk("GatewayClass", "gatewayclasses"),
+            String::new(),
+            name.to_owned(),
+            serde_json::json!({"status": {"conditions": [
+                condition("Accepted", &Ok(()), "Accepted", generation, &now),
+            ]}}),
+            format!("{generation}"),
+        ));
+    }
     for gw in &table.gateways {
-        let generation = generations
-            .get(&format!("Gateway/{gw}"))
-            .copied()
-            .unwrap_or(0);
+        let gw_key = format!("Gateway/{gw}");
+        let generation = view.generation(&gw_key);
+        // `spec.addresses` when the Gateway asks for some, else the gateway Service's.
+        let addresses: Vec<Value> = match view.objects.get(&gw_key).and_then(|g| g["spec"]["addresses"].as_array()) {
+            Some(asked) if !asked.is_empty() => asked
+                .iter()
+                .map(|a| serde_json::json!({"type": a["type"].as_str().unwrap_or("IPAddress"), "value": a["value"]}))
+                .collect(),
+            _ => view.addresses.clone(),
+        };
         let conditions = vec![
             condition("Accepted", &Ok(()), "Accepted", generation, &now),
             condition("Programmed", &Ok(()), "Programmed", generation, &now),
         ];
-        let mut fingerprint = format!("{generation}");
+        let mut fingerprint = format!("{generation}|{addresses:?}");
         let listeners: Vec<Value> = table
             .listener_status
             .iter()
@@ -313,7 +401,7 @@ async fn write_status(
             gvk("Gateway", "gateways"),
             gw.namespace.clone(),
             gw.name.clone(),
-            serde_json::json!({"status": {"conditions": conditions, "listeners": listeners}}),
+            serde_json::json!({"status": {"conditions": conditions, "listeners": listeners, "addresses": addresses}}),
             fingerprint,
         ));
     }
@@ -325,10 +413,8 @@ async fn write_status(
         by_route.entry((s.kind, &s.route)).or_default().push(s);
     }
     for ((kind, route), parents) in by_route {
-        let generation = generations
-            .get(&format!("{kind}/{route}"))
-            .copied()
-            .unwrap_or(0);
+        let route_key = format!("{kind}/{route}");
+        let generation = view.generation(&route_key);
         let mut fingerprint = format!("{generation}");
         let parents: Vec<Value> = parents
             .iter()
@@ -361,20 +447,39 @@ async fn write_status(
         } else {
             gvk("HTTPRoute", "httproutes")
         };
+        // Other controllers' entries stay as they are.
+        let current = view.objects.get(&route_key);
+        let mut all: Vec<Value> = current
+            .and_then(|r| r["status"]["parents"].as_array())
+            .into_iter()
+            .flatten()
+            .filter(|p| p["controllerName"].as_str() != Some(CONTROLLER_NAME))
+            .cloned()
+            .collect();
+        all.extend(parents);
+        let mut body = serde_json::json!({"status": {"parents": all}});
+        if let Some(rv) = current.and_then(|r| r["metadata"]["resourceVersion"].as_str()) {
+            body["metadata"] = serde_json::json!({"resourceVersion": rv});
+        }
         patches.push((
             ar,
             route.namespace.clone(),
             route.name.clone(),
-            serde_json::json!({"status": {"parents": parents}}),
+            body,
             fingerprint,
         ));
     }
+    let mut all_written = true;
     for (ar, ns, name, body, fingerprint) in patches {
         let key = format!("{}/{ns}/{name}", ar.kind);
         if written.get(&key) == Some(&fingerprint) {
             continue;
         }
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
+        let api: Api<DynamicObject> = if ns.is_empty() {
+            Api::all_with(client.clone(), &ar)
+        } else {
+            Api::namespaced_with(client.clone(), &ns, &ar)
+        };
         match api
             .patch_status(
                 &name,
@@ -386,11 +491,18 @@ async fn write_status(
             Ok(_) => {
                 written.insert(key, fingerprint);
             }
+            // Changed since it was read (another controller wrote its entries): read again.
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                tracing::debug!(object = %key, "status changed meanwhile; writing again after the next read");
+                all_written = false;
+            }
             Err(e) => {
-                tracing::warn!(object = %key, error = %e, "could not write status (use --no-status with read-only RBAC)")
+                tracing::warn!(object = %key, error = %e, "could not write status (use --no-status with read-only RBAC)");
+                all_written = false;
             }
         }
     }
+    all_written
 }
 
 /// Now, RFC 3339 in UTC (condition `lastTransitionTime`).
@@ -464,7 +576,7 @@ pub async fn run(gateway: Arc<Gateway>, opts: ClusterOptions) -> anyhow::Result<
     for (k, &(group, version, kind, plural, optional)) in KINDS.iter().enumerate() {
         let ar =
             ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
-        let cluster_scoped = matches!(kind, "Node" | "Namespace");
+        let cluster_scoped = matches!(kind, "Node" | "Namespace" | "GatewayClass");
         let api: Api<DynamicObject> = match (&opts.namespace, cluster_scoped) {
             (Some(ns), false) => Api::namespaced_with(client.clone(), ns, &ar),
             _ => Api::all_with(client.clone(), &ar),
@@ -550,20 +662,55 @@ pub async fn run(gateway: Arc<Gateway>, opts: ClusterOptions) -> anyhow::Result<
             }
         });
     }
+    // One replica writes status: the holder of the Lease.
+    let leadership = Arc::new(lease::Leadership::default());
+    if let (true, Some((ns, name))) = (opts.write_status, opts.lease.clone()) {
+        let announce = gateway.clone();
+        tokio::spawn(lease::run(
+            client.clone(),
+            ns,
+            name,
+            lease::identity(),
+            leadership.clone(),
+            move |held| announce.note_status_lease(held),
+        ));
+    }
+    let may_write = |leadership: &lease::Leadership| {
+        opts.write_status && (opts.lease.is_none() || leadership.is_leader())
+    };
+    // Status still to write: a failed write, or a replica that was not the leader.
+    let mut status_pending = false;
     // The applier: waits for every kind's first list, then applies debounced changes.
     loop {
-        changed.notified().await;
+        if status_pending {
+            let _ = tokio::time::timeout(STATUS_RETRY, changed.notified()).await;
+        } else {
+            changed.notified().await;
+        }
         tokio::time::sleep(DEBOUNCE).await;
-        let (set, generations) = {
+        let (set, view) = {
             let s = store.lock().expect("cluster store lock");
-            if !s.synced.iter().all(|x| *x) || applied_version == Some(s.version) {
+            if !s.synced.iter().all(|x| *x) {
+                continue;
+            }
+            let set = (applied_version != Some(s.version)).then(|| resource_set(&s));
+            if set.is_none() && !status_pending {
                 continue;
             }
             applied_version = Some(s.version);
-            (resource_set(&s), generations(&s))
+            (set, StatusView::of(&s, opts.address_service.as_ref()))
         };
-        if gateway.apply(set).await.is_ok() && opts.write_status {
-            write_status(&client, &gateway.table(), &generations, &mut written).await;
+        if let Some(set) = set {
+            if gateway.apply(set).await.is_err() {
+                continue;
+            }
+        }
+        status_pending = opts.write_status;
+        if may_write(&leadership) {
+            status_pending = !write_status(&client, &gateway.table(), &view, &mut written).await;
+        } else {
+            // Another replica writes; if this one becomes the leader it writes then.
+            written.clear();
         }
     }
 }

@@ -63,7 +63,12 @@ pub struct GatewayModel {
     pub origin: Origin,
     /// `metadata.creationTimestamp` (RFC 3339): the older Gateway keeps a contested port.
     pub created: Option<String>,
+    /// The `controllerName` of its GatewayClass, when that GatewayClass is known.
+    pub controller: Option<String>,
 }
+
+/// The `controllerName` of the GatewayClasses Locus implements.
+pub const CONTROLLER_NAME: &str = "locus.io/gateway";
 
 pub const ANNOTATION_FLEET: &str = "locus.io/fleet";
 
@@ -176,6 +181,7 @@ pub(super) fn build(
         ));
     }
     Ok(GatewayModel {
+        controller: None,
         created: gw
             .metadata
             .creation_timestamp

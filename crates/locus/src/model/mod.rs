@@ -20,7 +20,7 @@ use locus_core::Locality;
 use crate::resources::{ConfigError, Document, Resource, ResourceSet};
 
 pub use filters::{Filters, HeaderEdits, Mirror, PathEdit, Redirect, Rewrite};
-pub use gateways::{AllowedRoutes, GatewayModel, ListenerModel};
+pub use gateways::{AllowedRoutes, GatewayModel, ListenerModel, CONTROLLER_NAME};
 pub use policies::{ActiveCheck, HealthConfig, RetryPolicy, UpstreamPolicy};
 pub use routes::{
     BackendRefModel, MatchModel, ParentRefModel, PathMatch, RouteKind, RouteModel, RuleModel,
@@ -66,6 +66,8 @@ pub const LABEL_SUBZONE: &str = "topology.istio.io/subzone";
 #[derive(Clone, Debug, Default)]
 pub struct Model {
     pub gateways: Vec<GatewayModel>,
+    /// GatewayClass name → its `spec.controllerName`.
+    pub gateway_classes: BTreeMap<String, String>,
     pub routes: Vec<RouteModel>,
     pub services: BTreeMap<ObjKey, ServiceModel>,
     pub nodes: BTreeMap<String, NodeModel>,
@@ -208,6 +210,12 @@ impl Model {
                     labels.insert("kubernetes.io/metadata.name".into(), name.clone());
                     model.namespaces.insert(name, labels);
                 }
+                Resource::GatewayClass(c) => {
+                    let name = name_of(&ctx, &c.metadata)?;
+                    model
+                        .gateway_classes
+                        .insert(name, c.spec.controller_name.clone());
+                }
                 Resource::ReferenceGrant(g) => {
                     name_of(&ctx, &g.metadata)?;
                     model.grants.push(GrantModel {
@@ -240,7 +248,8 @@ impl Model {
             let ctx = DocCtx { doc };
             match &doc.resource {
                 Resource::Gateway(gw) => {
-                    let g = gateways::build(&ctx, gw, &model.grants, &mut model.warnings)?;
+                    let mut g = gateways::build(&ctx, gw, &model.grants, &mut model.warnings)?;
+                    g.controller = model.gateway_classes.get(&g.class).cloned();
                     model.gateways.push(g);
                 }
                 Resource::HttpRoute(route) => {
@@ -277,7 +286,10 @@ impl Model {
                     name_of(&ctx, &p.metadata)?;
                     backend_tls.push((doc, &**p));
                 }
-                Resource::Node(_) | Resource::Namespace(_) | Resource::ReferenceGrant(_) => {}
+                Resource::Node(_)
+                | Resource::Namespace(_)
+                | Resource::ReferenceGrant(_)
+                | Resource::GatewayClass(_) => {}
             }
         }
         let endpoint_sources =

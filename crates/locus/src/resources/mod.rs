@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use gateway_api::apis::standard::backendtlspolicies::BackendTlsPolicy;
+use gateway_api::apis::standard::gatewayclasses::GatewayClass;
 use gateway_api::apis::standard::gateways::Gateway;
 use gateway_api::apis::standard::grpcroutes::GrpcRoute;
 use gateway_api::apis::standard::httproutes::HttpRoute;
@@ -39,6 +40,7 @@ pub struct Origin {
 /// A resource of a kind Locus understands.
 #[derive(Clone, Debug)]
 pub enum Resource {
+    GatewayClass(Box<GatewayClass>),
     Gateway(Box<Gateway>),
     HttpRoute(Box<HttpRoute>),
     GrpcRoute(Box<GrpcRoute>),
@@ -60,6 +62,7 @@ pub enum Resource {
 impl Resource {
     pub fn kind(&self) -> &'static str {
         match self {
+            Resource::GatewayClass(_) => "GatewayClass",
             Resource::Gateway(_) => "Gateway",
             Resource::HttpRoute(_) => "HTTPRoute",
             Resource::GrpcRoute(_) => "GRPCRoute",
@@ -233,6 +236,9 @@ fn parse_value(origin: Origin, value: Value, out: &mut ResourceSet) -> Result<()
                 parse_value(origin.clone(), item, out)?;
             }
             return Ok(());
+        }
+        ("gateway.networking.k8s.io", "GatewayClass") if matches!(version, "v1" | "v1beta1") => {
+            Resource::GatewayClass(typed(&origin, &doc, with_version(value, "v1"))?)
         }
         ("gateway.networking.k8s.io", "Gateway") if matches!(version, "v1" | "v1beta1") => {
             Resource::Gateway(typed(&origin, &doc, with_version(value, "v1"))?)

@@ -153,7 +153,13 @@ impl GatewaySelector {
         match self {
             GatewaySelector::All => true,
             GatewaySelector::One(k) => *k == gw.key,
-            GatewaySelector::Class(c) => *c == gw.class,
+            // The GatewayClass's controllerName decides when the class is known (a class of
+            // another controller is never served, whatever its name); the name alone when not
+            // (files without GatewayClasses, clusters that have not created it).
+            GatewaySelector::Class(c) => match &gw.controller {
+                Some(controller) => controller == crate::model::CONTROLLER_NAME,
+                None => *c == gw.class,
+            },
         }
     }
 }

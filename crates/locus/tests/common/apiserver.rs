@@ -36,6 +36,9 @@ fn path_of(api_version: &str, kind: &str) -> Option<String> {
         "WorkloadEntry" => "workloadentries",
         "DestinationRule" => "destinationrules",
         "BackendTrafficPolicy" => "backendtrafficpolicies",
+        "GatewayClass" => "gatewayclasses",
+        "GRPCRoute" => "grpcroutes",
+        "Lease" => "leases",
         _ => return None,
     };
     Some(if api_version.contains('/') {
@@ -102,6 +105,14 @@ impl ApiServer {
                             if req.method() == hyper::Method::PATCH {
                                 return Ok::<_, Infallible>(
                                     patch_status(req, &state, &events).await,
+                                );
+                            }
+                            if matches!(*req.method(), hyper::Method::POST | hyper::Method::PUT)
+                                || (req.method() == hyper::Method::GET
+                                    && single_object(req.uri().path()).is_some())
+                            {
+                                return Ok::<_, Infallible>(
+                                    object_call(req, &state, &events).await,
                                 );
                             }
                             Ok::<_, Infallible>(handle(req, &state, &events))
@@ -205,7 +216,114 @@ impl ApiServer {
     }
 }
 
-/// `PATCH …/namespaces/NS/PLURAL/NAME/status` with a merge patch of `status`.
+/// RFC 7386 JSON merge patch, as the API server applies `application/merge-patch+json`:
+/// objects merge key by key, `null` deletes, anything else (lists included) replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    match (target.as_object_mut(), patch.as_object()) {
+        (Some(t), Some(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (_, Some(p)) => {
+            *target = json!({});
+            merge_patch(target, &Value::Object(p.clone()));
+        }
+        _ => *target = patch.clone(),
+    }
+}
+
+fn conflict() -> Response<Body> {
+    full(
+        409,
+        json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 409, "reason": "Conflict", "message": "the object has been modified; please apply your changes to the latest version and try again"}),
+    )
+}
+
+/// `apis/G/V/namespaces/NS/PLURAL/NAME` → (list path, `ns/name`): one namespaced object.
+fn single_object(path: &str) -> Option<(String, String)> {
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["apis", g, v, "namespaces", ns, plural, name] => {
+            Some((format!("/apis/{g}/{v}/{plural}"), format!("{ns}/{name}")))
+        }
+        _ => None,
+    }
+}
+
+/// GET, POST (create) and PUT (replace, with the resourceVersion precondition) of one
+/// namespaced object: what a client of Leases needs.
+async fn object_call(
+    req: Request<hyper::body::Incoming>,
+    state: &Arc<Mutex<State>>,
+    events: &broadcast::Sender<(u64, String, Value)>,
+) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let mut obj: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let mut s = state.lock().unwrap();
+    let (prefix, key) = if method == hyper::Method::POST {
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let ["apis", g, v, "namespaces", ns, plural] = parts.as_slice() else {
+            return full(404, json!({"kind": "Status", "code": 404}));
+        };
+        let name = obj["metadata"]["name"].as_str().unwrap_or("").to_owned();
+        (format!("/apis/{g}/{v}/{plural}"), format!("{ns}/{name}"))
+    } else {
+        match single_object(&path) {
+            Some(k) => k,
+            None => return full(404, json!({"kind": "Status", "code": 404})),
+        }
+    };
+    let current = s.objects.get(&prefix).and_then(|m| m.get(&key)).cloned();
+    match (&method, &current) {
+        (&hyper::Method::GET, Some(c)) => return full(200, c.clone()),
+        (&hyper::Method::GET, None) | (&hyper::Method::PUT, None) => {
+            return full(
+                404,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound"}),
+            )
+        }
+        (&hyper::Method::POST, Some(_)) => {
+            return full(
+                409,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 409, "reason": "AlreadyExists"}),
+            )
+        }
+        (&hyper::Method::PUT, Some(c))
+            if obj["metadata"]["resourceVersion"] != c["metadata"]["resourceVersion"] =>
+        {
+            return conflict()
+        }
+        _ => {}
+    }
+    s.rv += 1;
+    let rv = s.rv;
+    obj["metadata"]["resourceVersion"] = json!(rv.to_string());
+    s.objects
+        .entry(prefix.clone())
+        .or_default()
+        .insert(key, obj.clone());
+    let event =
+        json!({"type": if current.is_some() { "MODIFIED" } else { "ADDED" }, "object": obj});
+    s.history.push((rv, prefix.clone(), event.clone()));
+    let _ = events.send((rv, prefix, event));
+    full(if current.is_some() { 200 } else { 201 }, obj)
+}
+
+/// `PATCH …/PLURAL/NAME/status` (namespaced or cluster-scoped) with a JSON merge patch,
+/// applied as the API server does: merged into the object (lists replaced whole), refused with
+/// 409 when it carries a `metadata.resourceVersion` that is not the object's.
 async fn patch_status(
     req: Request<hyper::body::Incoming>,
     state: &Arc<Mutex<State>>,
@@ -220,6 +338,11 @@ async fn patch_status(
             ns.to_string(),
             name.to_string(),
         ),
+        ["apis", g, v, plural, name, "status"] => (
+            format!("/apis/{g}/{v}/{plural}"),
+            String::new(),
+            name.to_string(),
+        ),
         _ => return full(404, json!({"kind": "Status", "code": 404})),
     };
     let body = req
@@ -230,8 +353,7 @@ async fn patch_status(
         .unwrap_or_default();
     let patch: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let mut s = state.lock().unwrap();
-    s.rv += 1;
-    let rv = s.rv;
+    let next = s.rv + 1;
     let Some(obj) = s
         .objects
         .get_mut(&prefix)
@@ -239,9 +361,17 @@ async fn patch_status(
     else {
         return full(404, json!({"kind": "Status", "code": 404}));
     };
-    obj["status"] = patch["status"].clone();
-    obj["metadata"]["resourceVersion"] = json!(rv.to_string());
-    let obj = obj.clone();
+    if let Some(want) = patch["metadata"]["resourceVersion"].as_str() {
+        if obj["metadata"]["resourceVersion"].as_str() != Some(want) {
+            return conflict();
+        }
+    }
+    // The status subresource changes status only.
+    merge_patch(&mut obj["status"], &patch["status"]);
+    obj["metadata"]["resourceVersion"] = json!(next.to_string());
+    s.rv = next;
+    let rv = next;
+    let obj = s.objects[&prefix][&format!("{ns}/{name}")].clone();
     let event = json!({"type": "MODIFIED", "object": obj});
     s.history.push((rv, prefix.clone(), event.clone()));
     let _ = events.send((rv, prefix, event));
@@ -357,6 +487,8 @@ fn kind_of(path: &str) -> (String, String) {
         ("networking.istio.io/v1", "WorkloadEntry"),
         ("networking.istio.io/v1", "DestinationRule"),
         ("gateway.envoyproxy.io/v1alpha1", "BackendTrafficPolicy"),
+        ("gateway.networking.k8s.io/v1", "GatewayClass"),
+        ("gateway.networking.k8s.io/v1", "GRPCRoute"),
     ];
     kinds
         .iter()
@@ -375,6 +507,8 @@ fn path_of_known(path: &str) -> Option<()> {
         "/apis/discovery.k8s.io/v1/endpointslices",
         "/apis/gateway.networking.k8s.io/v1/gateways",
         "/apis/gateway.networking.k8s.io/v1/httproutes",
+        "/apis/gateway.networking.k8s.io/v1/gatewayclasses",
+        "/apis/gateway.networking.k8s.io/v1/grpcroutes",
         "/apis/gateway.networking.k8s.io/v1beta1/referencegrants",
         "/apis/networking.istio.io/v1/workloadentries",
         "/apis/networking.istio.io/v1/destinationrules",

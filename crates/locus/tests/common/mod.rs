@@ -62,7 +62,24 @@ impl Proc {
 
     /// Waits for a stdout line satisfying `pred` and returns it.
     pub fn wait_line(&mut self, what: &str, pred: impl Fn(&str) -> bool) -> String {
-        let deadline = std::time::Instant::now() + WAIT;
+        self.wait_line_for(what, WAIT, pred)
+    }
+
+    /// Takes the next stdout line if one is there (into `seen`), without waiting.
+    pub fn try_line(&mut self) -> Option<String> {
+        let line = self.lines.try_recv().ok()?;
+        self.seen.push(line.clone());
+        Some(line)
+    }
+
+    /// Like [`Proc::wait_line`], waiting at most `wait`.
+    pub fn wait_line_for(
+        &mut self,
+        what: &str,
+        wait: Duration,
+        pred: impl Fn(&str) -> bool,
+    ) -> String {
+        let deadline = std::time::Instant::now() + wait;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match self.lines.recv_timeout(left) {

@@ -238,46 +238,86 @@ fn parse_value(origin: Origin, value: Value, out: &mut ResourceSet) -> Result<()
             return Ok(());
         }
         ("gateway.networking.k8s.io", "GatewayClass") if matches!(version, "v1" | "v1beta1") => {
-            Resource::GatewayClass(typed(&origin, &doc, with_version(value, "v1"))?)
+            Resource::GatewayClass(typed(
+                &origin,
+                &doc,
+                with_version(value, "v1"),
+                &mut out.warnings,
+            )?)
         }
         ("gateway.networking.k8s.io", "Gateway") if matches!(version, "v1" | "v1beta1") => {
-            Resource::Gateway(typed(&origin, &doc, with_version(value, "v1"))?)
+            Resource::Gateway(typed(
+                &origin,
+                &doc,
+                with_version(value, "v1"),
+                &mut out.warnings,
+            )?)
         }
         ("gateway.networking.k8s.io", "HTTPRoute") if matches!(version, "v1" | "v1beta1") => {
-            Resource::HttpRoute(typed(&origin, &doc, with_version(value, "v1"))?)
+            Resource::HttpRoute(typed(
+                &origin,
+                &doc,
+                with_version(value, "v1"),
+                &mut out.warnings,
+            )?)
         }
         ("gateway.networking.k8s.io", "GRPCRoute") if matches!(version, "v1" | "v1alpha2") => {
-            Resource::GrpcRoute(typed(&origin, &doc, with_version(value, "v1"))?)
+            Resource::GrpcRoute(typed(
+                &origin,
+                &doc,
+                with_version(value, "v1"),
+                &mut out.warnings,
+            )?)
         }
         ("gateway.networking.k8s.io", "ReferenceGrant") if matches!(version, "v1" | "v1beta1") => {
-            Resource::ReferenceGrant(typed(&origin, &doc, with_version(value, "v1"))?)
+            Resource::ReferenceGrant(typed(
+                &origin,
+                &doc,
+                with_version(value, "v1"),
+                &mut out.warnings,
+            )?)
         }
-        ("", "Service") if version == "v1" => Resource::Service(typed(&origin, &doc, value)?),
-        ("", "Node") if version == "v1" => Resource::Node(typed(&origin, &doc, value)?),
-        ("", "Secret") if version == "v1" => Resource::Secret(typed(&origin, &doc, value)?),
-        ("", "ConfigMap") if version == "v1" => Resource::ConfigMap(typed(&origin, &doc, value)?),
+        ("", "Service") if version == "v1" => {
+            Resource::Service(typed(&origin, &doc, value, &mut out.warnings)?)
+        }
+        ("", "Node") if version == "v1" => {
+            Resource::Node(typed(&origin, &doc, value, &mut out.warnings)?)
+        }
+        ("", "Secret") if version == "v1" => {
+            Resource::Secret(typed(&origin, &doc, value, &mut out.warnings)?)
+        }
+        ("", "ConfigMap") if version == "v1" => {
+            Resource::ConfigMap(typed(&origin, &doc, value, &mut out.warnings)?)
+        }
         // v1alpha3 has the shape of v1.
         ("gateway.networking.k8s.io", "BackendTLSPolicy")
             if matches!(version, "v1" | "v1alpha3") =>
         {
-            Resource::BackendTlsPolicy(typed(&origin, &doc, with_version(value, "v1"))?)
+            Resource::BackendTlsPolicy(typed(
+                &origin,
+                &doc,
+                with_version(value, "v1"),
+                &mut out.warnings,
+            )?)
         }
-        ("", "Namespace") if version == "v1" => Resource::Namespace(typed(&origin, &doc, value)?),
+        ("", "Namespace") if version == "v1" => {
+            Resource::Namespace(typed(&origin, &doc, value, &mut out.warnings)?)
+        }
         ("discovery.k8s.io", "EndpointSlice") if version == "v1" => {
-            Resource::EndpointSlice(typed(&origin, &doc, value)?)
+            Resource::EndpointSlice(typed(&origin, &doc, value, &mut out.warnings)?)
         }
         ("networking.istio.io", "WorkloadEntry")
             if matches!(version, "v1" | "v1beta1" | "v1alpha3") =>
         {
-            Resource::WorkloadEntry(typed(&origin, &doc, value)?)
+            Resource::WorkloadEntry(typed(&origin, &doc, value, &mut out.warnings)?)
         }
         ("networking.istio.io", "DestinationRule")
             if matches!(version, "v1" | "v1beta1" | "v1alpha3") =>
         {
-            Resource::DestinationRule(typed(&origin, &doc, value)?)
+            Resource::DestinationRule(typed(&origin, &doc, value, &mut out.warnings)?)
         }
         ("gateway.envoyproxy.io", "BackendTrafficPolicy") if version == "v1alpha1" => {
-            Resource::BackendTrafficPolicy(typed(&origin, &doc, value)?)
+            Resource::BackendTrafficPolicy(typed(&origin, &doc, value, &mut out.warnings)?)
         }
         _ => {
             out.warnings.push(format!(
@@ -309,18 +349,51 @@ fn with_version(mut value: Value, version: &str) -> Value {
     value
 }
 
+/// Deserializes a document into its kind's type. Fields the type does not have (a typo, or a
+/// field of a newer or experimental API version, such as HTTPRoute `sessionPersistence`) are
+/// reported as warnings, never dropped silently.
 fn typed<T: DeserializeOwned>(
     origin: &Origin,
     doc: &DocRef,
     value: Value,
+    warnings: &mut Vec<String>,
 ) -> Result<Box<T>, ConfigError> {
-    serde_path_to_error::deserialize::<_, T>(value)
-        .map(Box::new)
-        .map_err(|e| {
-            let path = e.path().to_string();
-            let path = if path == "." { String::new() } else { path };
-            ConfigError::new(&origin.file, doc.clone(), &path, e.into_inner().to_string())
-        })
+    let mut ignored: Vec<String> = Vec::new();
+    let result = {
+        let mut note = |path: serde_ignored::Path<'_>| ignored.push(path.to_string());
+        let de = serde_ignored::Deserializer::new(value, &mut note);
+        serde_path_to_error::deserialize::<_, T>(de)
+    };
+    // The typed roots take `apiVersion` and `kind` as given, without reading them.
+    for path in ignored.iter().filter(|p| !matches!(p.as_str(), "apiVersion" | "kind")) {
+        warnings.push(format!(
+            "{}: {doc}: field {} is not one Locus reads (misspelt, or not in the API version Locus implements); ignored",
+            origin.file.display(),
+            field_path(path)
+        ));
+    }
+    result.map(Box::new).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        ConfigError::new(&origin.file, doc.clone(), &path, e.into_inner().to_string())
+    })
+}
+
+/// `spec.rules.0.x` (serde_ignored's path) as `spec.rules[0].x`, the way errors name fields.
+fn field_path(path: &str) -> String {
+    let mut out = String::new();
+    // `?` marks an `Option` layer: not part of the field's name.
+    for part in path.split('.').filter(|p| *p != "?") {
+        if !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()) {
+            out.push_str(&format!("[{part}]"));
+        } else {
+            if !out.is_empty() {
+                out.push('.');
+            }
+            out.push_str(part);
+        }
+    }
+    out
 }
 
 #[cfg(test)]
@@ -331,6 +404,24 @@ mod tests {
         let mut set = ResourceSet::default();
         parse_text(Path::new("test.yaml"), text, &mut set)?;
         Ok(set)
+    }
+
+    #[test]
+    fn fields_no_type_has_are_reported_not_dropped() {
+        let set = parse(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: apps}\nspec:\n  rules:\n  - backendRef: [{name: svc, port: 80}]\n    sessionPersistence: {sessionName: s}\n",
+        )
+        .unwrap();
+        let all = set.warnings.join("\n");
+        for field in [
+            "spec.rules[0].backendRef",
+            "spec.rules[0].sessionPersistence",
+        ] {
+            assert!(
+                all.contains(&format!("field {field} is not one Locus reads")),
+                "{all}"
+            );
+        }
     }
 
     #[test]

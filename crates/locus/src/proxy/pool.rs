@@ -72,7 +72,7 @@ impl<'a> PoolOptions<'a> {
 /// warmest is reused), and when the whole map was last swept.
 #[derive(Default)]
 struct IdleConns {
-    by_endpoint: HashMap<PoolKey, VecDeque<Idle>>,
+    by_endpoint: HashMap<PoolKey, VecDeque<Idle>, BuildPoolHasher>,
     swept: Option<Instant>,
 }
 
@@ -93,6 +93,56 @@ impl IdleConns {
 /// An endpoint and the TLS settings its connections were made with (0: plain): a connection
 /// is reused only for requests that would have made the same one.
 type PoolKey = (SocketAddr, u64);
+
+/// The pool's keys are the gateway's own endpoint addresses, looked up twice per request
+/// (take and return), never chosen by a client: a multiply-rotate hash (FxHash's) instead of
+/// SipHash, whose flooding resistance buys nothing here.
+#[derive(Clone, Copy, Default)]
+struct BuildPoolHasher;
+
+#[derive(Default)]
+struct PoolHasher(u64);
+
+impl std::hash::BuildHasher for BuildPoolHasher {
+    type Hasher = PoolHasher;
+    fn build_hasher(&self) -> PoolHasher {
+        PoolHasher::default()
+    }
+}
+
+impl std::hash::Hasher for PoolHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut word = [0u8; 8];
+            word[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(word));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u8(&mut self, n: u8) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_usize(&mut self, n: usize) {
+        self.write_u64(n as u64);
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 fn pool_key(addr: SocketAddr, opts: &PoolOptions<'_>) -> PoolKey {
     (addr, opts.tls.map_or(0, |t| t.id))

@@ -181,12 +181,25 @@ pub fn parse_response_head(
             lengths.content_length(value.as_bytes())?;
         } else if name == header::TRANSFER_ENCODING {
             lengths.transfer_encoding(value.as_bytes())?;
+            // Hop-by-hop, read here for framing: never forwarded, so never stored.
+            continue;
         } else if name == header::CONNECTION {
+            let mut others = false;
             for token in value.as_bytes().split(|&b| b == b',') {
                 let token = token.trim_ascii();
-                close |= token.eq_ignore_ascii_case(b"close");
-                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+                let is_close = token.eq_ignore_ascii_case(b"close");
+                let is_keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
+                close |= is_close;
+                keep_alive_token |= is_keep_alive;
+                others |= !(is_close || is_keep_alive || token.is_empty());
             }
+            // `Connection: keep-alive` (or `close`), the usual case, is consumed here; one that
+            // names other headers (or `upgrade`) stays, for the hop-by-hop strip to act on.
+            if !others {
+                continue;
+            }
+        } else if name.as_str() == "keep-alive" {
+            continue;
         }
         headers.append(name, value);
     }

@@ -311,6 +311,29 @@ fn config(gateway: &Gateway) -> Value {
         },
         "listeners": listeners,
         "listener_problems": refused,
+        // The Gateway API status Locus would write (and writes, in cluster mode).
+        "listener_status": table.listener_status.iter().map(|l| json!({
+            "gateway": l.gateway.to_string(),
+            "listener": l.name,
+            "attached_routes": l.attached_routes,
+            "unsupported_protocol": l.unsupported_protocol,
+            "refused": l.refused_refs.iter().map(|(reason, why)| json!({"reason": reason, "message": why})).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+        "route_status": table.route_status.iter().map(|r| {
+            let condition = |c: &Result<(), (&'static str, String)>| match c {
+                Ok(()) => json!({"status": "True"}),
+                Err((reason, why)) => json!({"status": "False", "reason": reason, "message": why}),
+            };
+            json!({
+                "kind": r.kind,
+                "route": r.route.to_string(),
+                "gateway": r.gateway.to_string(),
+                "section": r.section,
+                "port": r.port,
+                "accepted": condition(&r.accepted),
+                "resolved_refs": condition(&r.resolved),
+            })
+        }).collect::<Vec<_>>(),
         "limits": limits(&gateway.limits()),
         "services": table.services.values().map(|t| t.name.to_string()).collect::<Vec<_>>(),
         "warnings": table.warnings,

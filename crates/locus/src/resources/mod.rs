@@ -365,7 +365,10 @@ fn typed<T: DeserializeOwned>(
         serde_path_to_error::deserialize::<_, T>(de)
     };
     // The typed roots take `apiVersion` and `kind` as given, without reading them.
-    for path in ignored.iter().filter(|p| !matches!(p.as_str(), "apiVersion" | "kind")) {
+    for path in ignored
+        .iter()
+        .filter(|p| !matches!(p.as_str(), "apiVersion" | "kind"))
+    {
         warnings.push(format!(
             "{}: {doc}: field {} is not one Locus reads (misspelt, or not in the API version Locus implements); ignored",
             origin.file.display(),

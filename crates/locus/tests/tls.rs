@@ -196,3 +196,71 @@ async fn https_routes_never_leak_onto_a_plain_port() {
         .to_string()
         .contains("ProtocolConflict"));
 }
+
+/// Client certificates (Gateway `spec.tls.frontend`, mTLS): with `AllowValidOnly` a client
+/// without a certificate, or with one of another CA, gets no connection, one with a
+/// certificate of the ConfigMap's CA is served; a port in `perPort` with
+/// `AllowInsecureFallback` serves clients without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_certificates_are_validated_against_the_gateway_ca() {
+    let backend = echo("a");
+    let (server_ca, client_ca, stranger) = (Ca::new(), Ca::new(), Ca::new());
+    let a = server_ca.leaf(&["a.test"]);
+    let indented: String = client_ca
+        .cert_pem()
+        .lines()
+        .map(|l| format!("    {l}\n"))
+        .collect();
+    let m = manifest(backend.addr, &secret("a", &a))
+        .replace(
+            "  listeners:\n  - {name: a, protocol: HTTPS, port: 8443, hostname: a.test, tls: {certificateRefs: [{name: a}]}}\n  - {name: b, protocol: HTTPS, port: 8443, hostname: \"*.b.test\", tls: {certificateRefs: [{name: b}]}}\n",
+            "  listeners:\n  - {name: a, protocol: HTTPS, port: 8443, hostname: a.test, tls: {certificateRefs: [{name: a}]}}\n  - {name: lax, protocol: HTTPS, port: 9443, hostname: a.test, tls: {certificateRefs: [{name: a}]}}\n  tls:\n    frontend:\n      default:\n        validation: {caCertificateRefs: [{group: \"\", kind: ConfigMap, name: client-ca}]}\n      perPort:\n      - {port: 9443, tls: {validation: {caCertificateRefs: [{group: \"\", kind: ConfigMap, name: client-ca}], mode: AllowInsecureFallback}}}\n",
+        )
+        + &format!("---\napiVersion: v1\nkind: ConfigMap\nmetadata: {{name: client-ca, namespace: apps}}\ndata:\n  ca.crt: |\n{indented}");
+    assert!(m.contains("frontend"), "the listeners were replaced");
+    let dir = tempdir();
+    write(dir.path(), "all.yaml", &m);
+    let gw = Gw::start(dir.path(), &[]);
+    let connect_with = |port: u16, client: Option<&Leaf>| {
+        let connector = match client {
+            Some(c) => server_ca.connector_with_client_cert(&[b"http/1.1"], c),
+            None => server_ca.connector(&[b"http/1.1"]),
+        };
+        let addr = gw.addr(port);
+        async move {
+            let tcp = tokio::net::TcpStream::connect(addr).await?;
+            let tls = connector
+                .connect(
+                    rustls::pki_types::ServerName::try_from("a.test").unwrap(),
+                    tcp,
+                )
+                .await?;
+            let mut send = http1(tls).await;
+            send.ready().await.map_err(std::io::Error::other)?;
+            let req = http::Request::builder()
+                .uri("/hostname")
+                .header("host", "a.test")
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let resp = send
+                .send_request(req)
+                .await
+                .map_err(std::io::Error::other)?;
+            Ok::<u16, std::io::Error>(resp.status().as_u16())
+        }
+    };
+    let trusted = client_ca.leaf(&["client.test"]);
+    let untrusted = stranger.leaf(&["client.test"]);
+    assert_eq!(connect_with(8443, Some(&trusted)).await.unwrap(), 200);
+    assert!(
+        connect_with(8443, None).await.is_err(),
+        "no certificate, no service"
+    );
+    assert!(
+        connect_with(8443, Some(&untrusted)).await.is_err(),
+        "another CA's certificate"
+    );
+    // The lax port: served without a certificate, and with a valid one.
+    assert_eq!(connect_with(9443, None).await.unwrap(), 200);
+    assert_eq!(connect_with(9443, Some(&trusted)).await.unwrap(), 200);
+}

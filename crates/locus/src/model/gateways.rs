@@ -65,6 +65,104 @@ pub struct GatewayModel {
     pub created: Option<String>,
     /// The `controllerName` of its GatewayClass, when that GatewayClass is known.
     pub controller: Option<String>,
+    /// `spec.tls.frontend`: client certificates asked of HTTPS clients (mTLS), by port.
+    pub client_validation: ClientValidation,
+}
+
+/// `spec.tls.frontend`: how HTTPS clients' certificates are validated, for every port
+/// (`default`) or some (`perPort`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ClientValidation {
+    pub default: Option<ClientCa>,
+    pub per_port: BTreeMap<u16, ClientCa>,
+}
+
+impl ClientValidation {
+    pub fn for_port(&self, port: u16) -> Option<&ClientCa> {
+        self.per_port.get(&port).or(self.default.as_ref())
+    }
+}
+
+/// The CAs client certificates must chain to (ConfigMaps, `ca.crt`), and whether a client
+/// without a valid one is still served (`AllowInsecureFallback`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientCa {
+    pub config_maps: Vec<ObjKey>,
+    pub allow_insecure_fallback: bool,
+    /// Where it was set, for messages.
+    pub field: String,
+}
+
+/// `frontend.default.validation` and `frontend.perPort[].tls.validation` (the same shape,
+/// generated twice: read through JSON).
+fn client_validation(
+    ctx: &DocCtx<'_>,
+    gw: &Gateway,
+    warnings: &mut Vec<String>,
+) -> ClientValidation {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Validation {
+        #[serde(default)]
+        ca_certificate_refs: Vec<Ref>,
+        #[serde(default)]
+        mode: Option<String>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Ref {
+        #[serde(default)]
+        group: String,
+        #[serde(default)]
+        kind: String,
+        name: String,
+        #[serde(default)]
+        namespace: Option<String>,
+    }
+    let mut out = ClientValidation::default();
+    let Some(frontend) = gw.spec.tls.as_ref().and_then(|t| t.frontend.as_ref()) else {
+        return out;
+    };
+    let gw_ns = super::namespace_of(&gw.metadata);
+    let mut read = |field: String, v: serde_json::Value| -> Option<ClientCa> {
+        let v: Validation = serde_json::from_value(v).ok()?;
+        let mut config_maps = Vec::new();
+        for (i, r) in v.ca_certificate_refs.iter().enumerate() {
+            let ns = r.namespace.clone().unwrap_or_else(|| gw_ns.clone());
+            if !(r.group.is_empty() || r.group == "core") || r.kind != "ConfigMap" || ns != gw_ns {
+                warnings.push(format!(
+                    "{}: {field}.caCertificateRefs[{i}]: {}/{} {ns}/{} is not supported (a ConfigMap in the Gateway's namespace); client certificates cannot be validated against it",
+                    ctx.place(),
+                    r.group,
+                    r.kind,
+                    r.name
+                ));
+            }
+            config_maps.push(ObjKey::new(&ns, &r.name));
+        }
+        Some(ClientCa {
+            config_maps,
+            allow_insecure_fallback: v.mode.as_deref() == Some("AllowInsecureFallback"),
+            field,
+        })
+    };
+    if let Some(v) = &frontend.default.validation {
+        out.default = read(
+            "spec.tls.frontend.default.validation".into(),
+            serde_json::to_value(v).unwrap_or_default(),
+        );
+    }
+    for (i, p) in frontend.per_port.iter().flatten().enumerate() {
+        let (Ok(port), Some(v)) = (u16::try_from(p.port), &p.tls.validation) else {
+            continue;
+        };
+        if let Some(ca) = read(
+            format!("spec.tls.frontend.perPort[{i}].tls.validation"),
+            serde_json::to_value(v).unwrap_or_default(),
+        ) {
+            out.per_port.insert(port, ca);
+        }
+    }
+    out
 }
 
 /// The `controllerName` of the GatewayClasses Locus implements.
@@ -174,13 +272,15 @@ pub(super) fn build(
             tls,
         });
     }
-    if gw.spec.tls.is_some() {
+    if gw.spec.tls.as_ref().is_some_and(|t| t.backend.is_some()) {
         warnings.push(format!(
-            "{}: spec.tls (client certificate validation, backend client certificates) is not supported yet; clients are not asked for certificates",
+            "{}: spec.tls.backend (a client certificate for backends) is not supported yet; use a DestinationRule tls mode MUTUAL",
             ctx.place()
         ));
     }
+    let client_validation = client_validation(ctx, gw, warnings);
     Ok(GatewayModel {
+        client_validation,
         controller: None,
         created: gw
             .metadata

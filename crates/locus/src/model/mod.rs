@@ -20,7 +20,9 @@ use locus_core::Locality;
 use crate::resources::{ConfigError, Document, Resource, ResourceSet};
 
 pub use filters::{Filters, HeaderEdits, Mirror, PathEdit, Redirect, Rewrite};
-pub use gateways::{AllowedRoutes, GatewayModel, ListenerModel, CONTROLLER_NAME};
+pub use gateways::{
+    AllowedRoutes, ClientCa, ClientValidation, GatewayModel, ListenerModel, CONTROLLER_NAME,
+};
 pub use policies::{ActiveCheck, HealthConfig, RetryPolicy, UpstreamPolicy};
 pub use routes::{
     BackendRefModel, MatchModel, ParentRefModel, PathMatch, RouteKind, RouteModel, RuleModel,
@@ -76,6 +78,8 @@ pub struct Model {
     pub grants: Vec<GrantModel>,
     /// TLS Secrets (`type: kubernetes.io/tls`); `Err` says what is wrong with one.
     pub secrets: BTreeMap<ObjKey, Result<TlsSecret, String>>,
+    /// ConfigMaps' data (CA bundles for client certificate validation).
+    pub config_maps: BTreeMap<ObjKey, BTreeMap<String, String>>,
     /// Settings Locus read but cannot honour, skipped kinds, unresolved references.
     pub warnings: Vec<String>,
     /// Routes refused for an invalid field: not served (the others are); `locus check` fails
@@ -278,9 +282,9 @@ impl Model {
                         namespace: namespace_of(&cm.metadata),
                         name: name_of(&ctx, &cm.metadata)?,
                     };
-                    tls_sources
-                        .config_maps
-                        .insert(key, cm.data.clone().unwrap_or_default());
+                    let data = cm.data.clone().unwrap_or_default();
+                    model.config_maps.insert(key.clone(), data.clone());
+                    tls_sources.config_maps.insert(key, data);
                 }
                 Resource::BackendTlsPolicy(p) => {
                     name_of(&ctx, &p.metadata)?;

@@ -53,6 +53,28 @@ impl Ca {
         self.cert.pem()
     }
 
+    /// A TLS client that trusts this CA only, offering `alpn`, and showing `client` (a leaf of
+    /// any CA) when the server asks for a certificate.
+    pub fn connector_with_client_cert(&self, alpn: &[&[u8]], client: &Leaf) -> TlsConnector {
+        use rustls::pki_types::pem::PemObject;
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(self.cert.der().clone())
+            .expect("a CA made here is a valid trust anchor");
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(client.key_pem.as_bytes())
+            .expect("a key made here is PEM");
+        let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports TLS 1.2 and 1.3")
+        .with_root_certificates(roots)
+        .with_client_auth_cert(vec![client.der.clone()], key)
+        .expect("a certificate and key made here belong together");
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+        TlsConnector::from(Arc::new(config))
+    }
+
     /// A TLS client that trusts this CA only, offering `alpn`.
     pub fn connector(&self, alpn: &[&[u8]]) -> TlsConnector {
         let mut roots = rustls::RootCertStore::empty();

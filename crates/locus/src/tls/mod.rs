@@ -63,12 +63,23 @@ impl CertStore {
         let mut ports: BTreeMap<u16, Vec<SniListener>> = BTreeMap::new();
         let mut plain_ports: Vec<u16> = Vec::new();
         let mut used: HashMap<ObjKey, (TlsSecret, Arc<CertifiedKey>)> = HashMap::new();
+        // Client certificate validation (mTLS) per HTTPS port, from the first Gateway that
+        // serves the port and asks for it.
+        let mut client_cas: BTreeMap<u16, crate::model::ClientCa> = BTreeMap::new();
         let Model {
             gateways,
             secrets,
             warnings,
+            config_maps,
             ..
         } = model;
+        for gw in gateways.iter().filter(|g| selector.selects(g)) {
+            for l in gw.listeners.iter().filter(|l| l.tls.is_some()) {
+                if let Some(ca) = gw.client_validation.for_port(l.port) {
+                    client_cas.entry(l.port).or_insert_with(|| ca.clone());
+                }
+            }
+        }
         for gw in gateways.iter_mut().filter(|g| selector.selects(g)) {
             for l in &mut gw.listeners {
                 let Some(tls) = &mut l.tls else {
@@ -128,10 +139,76 @@ impl CertStore {
                 }
                 continue;
             }
+            let verifier = match client_cas.get(&port) {
+                None => None,
+                Some(ca) => Some(match self.client_verifier(ca, config_maps) {
+                    Ok(v) => v,
+                    Err(why) => {
+                        // Fail closed: no client certificate is accepted (unless the fallback
+                        // lets clients in without one), never a silent no-validation.
+                        warnings.push(format!(
+                            "port {port}: {}: {why}; {}",
+                            ca.field,
+                            if ca.allow_insecure_fallback {
+                                "clients are served without a validated certificate (AllowInsecureFallback)"
+                            } else {
+                                "no client can connect until it is fixed"
+                            }
+                        ));
+                        for gw in gateways.iter_mut().filter(|g| selector.selects(g)) {
+                            for l in gw.listeners.iter_mut().filter(|l| l.port == port) {
+                                if let Some(tls) = &mut l.tls {
+                                    tls.refused.push(("InvalidCACertificateRef", why.clone()));
+                                }
+                            }
+                        }
+                        if ca.allow_insecure_fallback {
+                            rustls::server::WebPkiClientVerifier::no_client_auth()
+                        } else {
+                            Arc::new(RefuseEveryClient(self.provider.clone()))
+                        }
+                    }
+                }),
+            };
             let sni = Arc::new(SniResolver::new(listeners));
-            out.insert(port, Arc::new(self.server_config(sni)));
+            out.insert(port, Arc::new(self.server_config(sni, verifier)));
         }
         out
+    }
+
+    /// A verifier of client certificates against the CAs in `ca`'s ConfigMaps (`ca.crt`).
+    fn client_verifier(
+        &self,
+        ca: &crate::model::ClientCa,
+        config_maps: &BTreeMap<ObjKey, BTreeMap<String, String>>,
+    ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, String> {
+        let mut roots = rustls::RootCertStore::empty();
+        for key in &ca.config_maps {
+            let pem = config_maps
+                .get(key)
+                .ok_or_else(|| format!("ConfigMap {key} not found"))?
+                .get("ca.crt")
+                .ok_or_else(|| format!("ConfigMap {key} has no ca.crt"))?;
+            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                let cert = cert.map_err(|e| format!("ConfigMap {key}: ca.crt: {e}"))?;
+                roots
+                    .add(cert)
+                    .map_err(|e| format!("ConfigMap {key}: ca.crt: {e}"))?;
+            }
+        }
+        if roots.is_empty() {
+            return Err("no CA certificate to validate clients with".into());
+        }
+        let builder = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        );
+        let builder = if ca.allow_insecure_fallback {
+            builder.allow_unauthenticated()
+        } else {
+            builder
+        };
+        builder.build().map_err(|e| e.to_string())
     }
 
     /// A Secret's certificate: parsed again only when its content changed. `Err` carries what
@@ -160,12 +237,19 @@ impl CertStore {
         }
     }
 
-    fn server_config(&self, sni: Arc<SniResolver>) -> PortTls {
-        let mut config = rustls::ServerConfig::builder_with_provider(self.provider.clone())
+    fn server_config(
+        &self,
+        sni: Arc<SniResolver>,
+        clients: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
+    ) -> PortTls {
+        let builder = rustls::ServerConfig::builder_with_provider(self.provider.clone())
             .with_safe_default_protocol_versions()
-            .expect("the ring provider supports TLS 1.2 and 1.3")
-            .with_no_client_auth()
-            .with_cert_resolver(sni.clone());
+            .expect("the ring provider supports TLS 1.2 and 1.3");
+        let builder = match clients {
+            Some(verifier) => builder.with_client_cert_verifier(verifier),
+            None => builder.with_no_client_auth(),
+        };
+        let mut config = builder.with_cert_resolver(sni.clone());
         // Browsers get HTTP/2; the connection's protocol is then told apart by its preface.
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         config.session_storage = self.sessions.clone();
@@ -198,4 +282,58 @@ pub fn certified_key(
         .keys_match()
         .map_err(|e| format!("has a tls.key that does not match its tls.crt ({e})"))?;
     Ok(Arc::new(certified))
+}
+
+/// Asks every client for a certificate and accepts none: mTLS whose CAs cannot be read fails
+/// closed.
+#[derive(Debug)]
+struct RefuseEveryClient(Arc<CryptoProvider>);
+
+impl rustls::server::danger::ClientCertVerifier for RefuseEveryClient {
+    fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: rustls_pki_types::UnixTime,
+    ) -> Result<rustls::server::danger::ClientCertVerified, rustls::Error> {
+        Err(rustls::Error::General(
+            "client certificate validation is misconfigured on this listener".into(),
+        ))
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
 }

@@ -30,6 +30,10 @@ impl Ca {
     pub fn cert_pem(&self) -> String {
         self.0.cert_pem()
     }
+
+    pub fn connector_with_client_cert(&self, alpn: &[&[u8]], client: &Leaf) -> TlsConnector {
+        self.0.connector_with_client_cert(alpn, client)
+    }
 }
 
 /// An echo backend serving HTTPS with `leaf` (its files written into `dir`).

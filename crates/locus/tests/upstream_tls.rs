@@ -66,6 +66,8 @@ async fn backend_tls_policy_verifies_endpoints_and_ejects_those_that_fail() {
         backend_tls_policy("broken", "broken", "missing", "backend.internal"),
         route("plain", "plain.test", "plain"),
         service("plain", "", &[plain.addr]),
+        // A sectionName that is no port of the Service: reported, applied nowhere.
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy\nmetadata: {name: typo, namespace: apps}\nspec:\n  targetRefs: [{group: \"\", kind: Service, name: plain, sectionName: https}]\n  validation: {wellKnownCACertificates: System, hostname: plain.internal}\n---\n".to_owned(),
     ]
     .concat();
     write(dir.path(), "all.yaml", &m);
@@ -119,6 +121,10 @@ async fn backend_tls_policy_verifies_endpoints_and_ejects_those_that_fail() {
         "{text}"
     );
     assert!(text.contains("ConfigMap apps/missing not found"), "{text}");
+    assert!(
+        text.contains("targetRef Service apps/plain sectionName \"https\": no such port name"),
+        "{text}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

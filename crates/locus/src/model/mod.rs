@@ -311,6 +311,7 @@ impl Model {
             model.services.insert(s.key.clone(), s);
         }
         endpoint_sources.warn_orphans(&model.services, &mut model.warnings);
+        policies.warn_unmatched_tls_sections(&model.services, &mut model.warnings);
         Ok(model)
     }
 }

@@ -315,6 +315,33 @@ impl<'a> Policies<'a> {
         Ok(out)
     }
 
+    /// BackendTLSPolicy targetRefs whose `sectionName` is no port of the Service: the policy
+    /// does not attach there, and says so (as the Gateway API asks).
+    pub(super) fn warn_unmatched_tls_sections(
+        &self,
+        services: &BTreeMap<ObjKey, super::ServiceModel>,
+        warnings: &mut Vec<String>,
+    ) {
+        for (doc, p) in &self.backend_tls {
+            let ns = namespace_of(&p.metadata);
+            for r in &p.spec.target_refs {
+                let Some(section) = &r.section_name else {
+                    continue;
+                };
+                let found = services
+                    .get(&ObjKey::new(&ns, &r.name))
+                    .is_some_and(|s| s.ports.iter().any(|port| port.name == *section));
+                if !found {
+                    warnings.push(format!(
+                        "{}: targetRef Service {ns}/{} sectionName {section:?}: no such port name; the policy does not apply there",
+                        DocCtx { doc }.place(),
+                        r.name
+                    ));
+                }
+            }
+        }
+    }
+
     /// TLS to the endpoints of one Service port: the BackendTLSPolicy naming the port (or the
     /// whole Service) that is oldest, else the DestinationRule's `tls` (port-level first).
     pub(super) fn tls_for_port(

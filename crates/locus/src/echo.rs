@@ -12,6 +12,12 @@
 //!
 //! Every response carries `x-backend: NAME`.
 //!
+//! As the Gateway API conformance suite's echo backend does:
+//! - a request header `X-Echo-Set-Header: Name:value,Name2:value2` makes the response carry
+//!   those headers (how response header filters are tested);
+//! - a query parameter `delay=DURATION` (`500ms`, `1s`) delays the answer (how timeouts are
+//!   tested).
+//!
 //! With `--tls-cert` and `--tls-key` it serves HTTPS (HTTP/1.1, and HTTP/2 by ALPN), and the
 //! JSON echo says which server name (SNI) the client asked for.
 //!
@@ -175,6 +181,13 @@ async fn respond(
         tokio::time::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(0))).await;
         return Response::new(Full::new(Bytes::from(name.to_owned())));
     }
+    if let Some(delay) = query_delay(req.uri().query()) {
+        tokio::time::sleep(delay).await;
+    }
+    let set_headers = req
+        .headers()
+        .get("x-echo-set-header")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     let mut status = StatusCode::OK;
     let forced = fail.load(Ordering::Relaxed);
     if !path.starts_with("/_echo/") {
@@ -242,5 +255,28 @@ async fn respond(
         "x-backend",
         http::HeaderValue::from_str(name).unwrap_or(http::HeaderValue::from_static("invalid")),
     );
+    for pair in set_headers.iter().flat_map(|v| v.split(',')) {
+        let Some((k, v)) = pair.split_once(':') else {
+            continue;
+        };
+        if let (Ok(k), Ok(v)) = (
+            http::HeaderName::from_bytes(k.trim().as_bytes()),
+            http::HeaderValue::from_str(v.trim()),
+        ) {
+            resp.headers_mut().append(k, v);
+        }
+    }
     resp
+}
+
+/// The `delay` query parameter: `250ms`, `1s` (a bare number is milliseconds).
+fn query_delay(query: Option<&str>) -> Option<Duration> {
+    let value = query?.split('&').find_map(|kv| kv.strip_prefix("delay="))?;
+    if let Some(ms) = value.strip_suffix("ms") {
+        return ms.parse().ok().map(Duration::from_millis);
+    }
+    if let Some(s) = value.strip_suffix('s') {
+        return s.parse().ok().map(Duration::from_secs_f64);
+    }
+    value.parse().ok().map(Duration::from_millis)
 }

@@ -316,6 +316,7 @@ fn config(gateway: &Gateway) -> Value {
             "gateway": l.gateway.to_string(),
             "listener": l.name,
             "attached_routes": l.attached_routes,
+            "supported_kinds": l.supported_kinds,
             "unsupported_protocol": l.unsupported_protocol,
             "refused": l.refused_refs.iter().map(|(reason, why)| json!({"reason": reason, "message": why})).collect::<Vec<_>>(),
         })).collect::<Vec<_>>(),

@@ -640,10 +640,11 @@ async fn httproute_hostname_intersection() {
         gw,
         "NoMatchingListenerHostname",
     );
-    // Not checked: upstream expects attachedRoutes 2, 1 and 1 (only routes sharing a hostname
-    // with the listener, and Accepted ones, count); Locus reports 5 on each listener (see
-    // docs/conformance.md).
-    assert_eq!(attached(&cfg, gw).len(), 3);
+    // attachedRoutes counts the routes sharing a hostname with the listener.
+    assert_eq!(
+        attached(&cfg, gw),
+        listeners(&[("listener-1", 2), ("listener-2", 1), ("listener-3", 1)])
+    );
     let mut cases = vec![
         ("very.specific.com", "/s1", V1),
         ("very.specific.com:1234", "/s1", V1),
@@ -1683,11 +1684,9 @@ async fn httproute_cors() {
         )
         .await;
     assert!(matches!(r.status, 200 | 204 | 403), "{}", r.status);
-    if r.status != 403 {
-        // Not checked: that this preflight is not forwarded (upstream); Locus forwards it to
-        // the backend (see docs/conformance.md).
-        assert_eq!(h(&r, "access-control-allow-origin"), None);
-    }
+    assert_eq!(h(&r, "access-control-allow-origin"), None);
+    // Answered by the gateway, not forwarded.
+    assert_eq!(h(&r, "x-backend"), None);
     // Cases 5-7: actual requests are forwarded; only allowed origins are echoed.
     for (origin, allowed) in [
         ("https://www.foo.com", true),
@@ -2922,9 +2921,8 @@ async fn gateway_http_listener_isolation() {
             ("bar.foo.example.com", 2),
             ("abc.foo.example.com", 3),
         ] {
-            // Not checked: the routes of the *less* specific listeners must not be reachable
-            // either (upstream); Locus falls back to them (see docs/conformance.md).
-            for (i, n) in names.iter().enumerate().skip(reachable) {
+            // Only the most specific listener's route answers; the others' are isolated.
+            for (i, n) in names.iter().enumerate() {
                 let path = format!("/{n}");
                 let r = w.c.get(addr, host, &path).await;
                 check(
@@ -2937,6 +2935,60 @@ async fn gateway_http_listener_isolation() {
             }
         }
     }
+}
+
+/// GatewayInvalidRouteKind: a listener whose `allowedRoutes.kinds` names only kinds Locus does
+/// not serve supports none (`supportedKinds` empty) and reports `ResolvedRefs=False`,
+/// `InvalidRouteKinds`; with a valid kind beside an invalid one it supports the valid one and
+/// still reports the invalid one. Neither takes routes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gateway_invalid_route_kind() {
+    let l = |kinds: &str| {
+        format!(
+            "  - {{name: http, port: 80, protocol: HTTP, allowedRoutes: {{kinds: [{kinds}]}}}}\n"
+        )
+    };
+    let m = gateway("gateway-only-invalid-route-kind", &l("{kind: InvalidRoute}"))
+        + &gateway(
+            "gateway-supported-and-invalid-route-kind",
+            &l("{kind: InvalidRoute}, {kind: HTTPRoute}"),
+        )
+        // A route for either: the first takes it not (no kind), the second would.
+        + &route_in(INFRA, "any", &format!("  parentRefs: [{{name: gateway-only-invalid-route-kind}}]\n  rules: [{{backendRefs: [{{name: {V1}, port: 8080}}]}}]\n"));
+    let w = World::start("gateway-only-invalid-route-kind", &m);
+    let second = w.serve("gateway-supported-and-invalid-route-kind");
+    for (gw, cfg, supported) in [
+        ("gateway-only-invalid-route-kind", w.config().await, vec![]),
+        (
+            "gateway-supported-and-invalid-route-kind",
+            config(&second).await,
+            vec!["HTTPRoute"],
+        ),
+    ] {
+        let status = cfg["listener_status"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["gateway"] == format!("{INFRA}/{gw}").as_str())
+            .unwrap()
+            .clone();
+        assert_eq!(
+            status["supported_kinds"],
+            serde_json::json!(supported),
+            "{status}"
+        );
+        assert_eq!(status["attached_routes"], 0, "{status}");
+        assert_eq!(
+            status["refused"][0]["reason"], "InvalidRouteKinds",
+            "{status}"
+        );
+    }
+    assert_not_accepted(
+        &w.config().await,
+        "any",
+        "gateway-only-invalid-route-kind",
+        "NotAllowedByListeners",
+    );
 }
 
 /// GatewayModifyListeners: a listener added to a Gateway gets the routes attached to the
@@ -3015,9 +3067,11 @@ async fn gateway_with_attached_routes() {
     );
     let two = w.serve("gateway-with-two-attached-routes");
     let cfg = config(&two).await;
-    // Not checked: upstream expects attachedRoutes 2 (the route that is not Accepted does not
-    // count); Locus reports 3 (see docs/conformance.md).
-    assert_eq!(attached(&cfg, "gateway-with-two-attached-routes").len(), 1);
+    // The route that is not Accepted (no hostname in common) does not count.
+    assert_eq!(
+        attached(&cfg, "gateway-with-two-attached-routes"),
+        listeners(&[("http", 2)])
+    );
     assert_not_accepted(
         &cfg,
         "http-route-not-accepted",

@@ -346,10 +346,11 @@ async fn write_status(
                     .map(|(_, why)| why.clone());
                 let (kinds, accepted, programmed) = match &l.unsupported_protocol {
                     None => (
-                        serde_json::json!([
-                            {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"},
-                            {"group": "gateway.networking.k8s.io", "kind": "GRPCRoute"}
-                        ]),
+                        serde_json::json!(l
+                            .supported_kinds
+                            .iter()
+                            .map(|k| serde_json::json!({"group": "gateway.networking.k8s.io", "kind": k}))
+                            .collect::<Vec<_>>()),
                         Ok(()),
                         Ok(()),
                     ),

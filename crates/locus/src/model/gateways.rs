@@ -24,6 +24,10 @@ pub struct ListenerModel {
     pub port: u16,
     pub hostname: Option<String>,
     pub allowed: AllowedRoutes,
+    /// `allowedRoutes.kinds`: the route kinds it takes (`HTTPRoute`, `GRPCRoute`), and the
+    /// kinds asked for that Locus does not serve (`InvalidRouteKinds`).
+    pub kinds: Vec<&'static str>,
+    pub invalid_kinds: Vec<String>,
     /// `Some` for an HTTPS listener (TLS terminated by Locus).
     pub tls: Option<ListenerTls>,
 }
@@ -260,7 +264,32 @@ pub(super) fn build(
                 }
             },
         };
+        // Without `kinds`, every route kind the protocol supports.
+        let (mut kinds, mut invalid_kinds) = (Vec::new(), Vec::new());
+        match l.allowed_routes.as_ref().and_then(|a| a.kinds.as_ref()) {
+            None => kinds = vec!["HTTPRoute", "GRPCRoute"],
+            Some(asked) => {
+                for k in asked {
+                    let group = k.group.as_deref().unwrap_or("gateway.networking.k8s.io");
+                    match (group, k.kind.as_str()) {
+                        ("gateway.networking.k8s.io", "HTTPRoute") => kinds.push("HTTPRoute"),
+                        ("gateway.networking.k8s.io", "GRPCRoute") => kinds.push("GRPCRoute"),
+                        (g, kind) => invalid_kinds.push(format!("{g}/{kind}")),
+                    }
+                }
+            }
+        }
+        if !invalid_kinds.is_empty() {
+            warnings.push(format!(
+                "{}: listener {:?}: allowedRoutes.kinds {} are not route kinds Locus serves (InvalidRouteKinds)",
+                ctx.place(),
+                l.name,
+                invalid_kinds.join(", ")
+            ));
+        }
         listeners.push(ListenerModel {
+            kinds,
+            invalid_kinds,
             name: l.name.clone(),
             port,
             hostname: l

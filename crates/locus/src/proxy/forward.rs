@@ -213,12 +213,17 @@ fn route(
         let origin = parts.headers.get(header::ORIGIN)?;
         cors.allows(origin.to_str().ok()?).then(|| origin.clone())
     });
-    if let (Some(cors), Some(origin)) = (&action.filters.cors, &cors_origin) {
+    if let Some(cors) = &action.filters.cors {
         if parts.method == http::Method::OPTIONS
+            && parts.headers.contains_key(header::ORIGIN)
             && parts.headers.contains_key("access-control-request-method")
         {
+            // A preflight is the gateway's to answer: with the CORS headers for an allowed
+            // origin, without them (so the browser refuses) for another.
             let mut resp = Response::new(ProxyBody::empty());
-            *resp.headers_mut() = cors.preflight(origin, &parts.headers);
+            if let Some(origin) = &cors_origin {
+                *resp.headers_mut() = cors.preflight(origin, &parts.headers);
+            }
             return Ok(Routed::Answer(Box::new(resp)));
         }
     }

@@ -63,11 +63,10 @@ impl RouteTable {
             let served: Vec<&ListenerModel> =
                 gw.listeners.iter().filter(|l| b.serves(gw, l)).collect();
             for l in served {
-                b.ports
-                    .entry(l.port)
-                    .or_default()
-                    .listeners
-                    .push(format!("{}/{}", gw.key, l.name));
+                let port = b.ports.entry(l.port).or_default();
+                port.listeners.push(format!("{}/{}", gw.key, l.name));
+                // Every listener claims its hostnames, routes or not (listener isolation).
+                port.listener_index(l.hostname.as_deref());
             }
         }
         for route in &model.routes {
@@ -99,7 +98,7 @@ struct Builder<'a> {
     ports: BTreeMap<u16, PortTable>,
     /// (port, host, route, rule, match) already inserted: a route attached to two listeners
     /// of one port is matched once.
-    seen: HashSet<(u16, HostKey, String, usize, usize)>,
+    seen: HashSet<(u16, u16, HostKey, String, usize, usize)>,
     /// (Gateway, listener, HTTPRoute) attachments, counted once each for status.
     attachments: HashSet<(ObjKey, String, ObjKey)>,
     route_status: Vec<RouteParentStatus>,
@@ -233,6 +232,16 @@ impl Builder<'_> {
         gw: &GatewayModel,
         l: &ListenerModel,
     ) -> Result<(), (&'static str, String)> {
+        if !l.kinds.contains(&route.kind.as_str()) {
+            return Err((
+                "NotAllowedByListeners",
+                format!(
+                    "listener {} does not take {} (allowedRoutes.kinds)",
+                    l.name,
+                    route.kind.as_str()
+                ),
+            ));
+        }
         if !namespace_allowed(
             self.ctx.model,
             &l.allowed,
@@ -251,10 +260,6 @@ impl Builder<'_> {
                 ),
             ));
         }
-        // attachedRoutes counts what parentRefs and allowedRoutes select, whatever the
-        // hostnames (the Gateway API's definition).
-        self.attachments
-            .insert((gw.key.clone(), l.name.clone(), route.key.clone()));
         let Some(hosts) = intersect(l.hostname.as_deref(), &route.hostnames) else {
             self.warnings.push(format!(
                 "HTTPRoute {}: none of its hostnames matches listener {}/{} hostname {}; not attached there",
@@ -268,6 +273,15 @@ impl Builder<'_> {
                 format!("no hostname of the route matches listener {}", l.name),
             ));
         };
+        // attachedRoutes counts the routes the listener takes: selected by parentRefs and
+        // allowedRoutes, with a hostname in common (as the conformance suite checks).
+        self.attachments
+            .insert((gw.key.clone(), l.name.clone(), route.key.clone()));
+        let listener = self
+            .ports
+            .entry(l.port)
+            .or_default()
+            .listener_index(l.hostname.as_deref());
         for (r, rule) in route.rules.iter().enumerate() {
             let action = Arc::new(build_action(
                 self.ctx,
@@ -279,10 +293,14 @@ impl Builder<'_> {
             ));
             for host in &hosts {
                 for (i, m) in rule.matches.iter().enumerate() {
-                    if !self
-                        .seen
-                        .insert((l.port, host.clone(), route.key.to_string(), r, i))
-                    {
+                    if !self.seen.insert((
+                        l.port,
+                        listener,
+                        host.clone(),
+                        route.key.to_string(),
+                        r,
+                        i,
+                    )) {
                         continue;
                     }
                     let precedence =
@@ -293,6 +311,7 @@ impl Builder<'_> {
                             matcher: m.clone(),
                             precedence,
                             action: action.clone(),
+                            listener,
                         },
                     );
                 }

@@ -14,8 +14,11 @@ pub struct ListenerStatus {
     /// The protocol, when Locus does not serve it.
     pub unsupported_protocol: Option<String>,
     /// `ResolvedRefs`: an HTTPS listener's certificate references that cannot be used, as
-    /// (reason, message): `InvalidCertificateRef`, `RefNotPermitted`, `ProtocolConflict`.
+    /// (reason, message): `InvalidCertificateRef`, `RefNotPermitted`, `ProtocolConflict`,
+    /// `InvalidRouteKinds`.
     pub refused_refs: Vec<(&'static str, String)>,
+    /// `supportedKinds`: the route kinds it takes.
+    pub supported_kinds: Vec<&'static str>,
 }
 
 /// The Gateway API's view of one parentRef of one HTTPRoute: `Accepted` and `ResolvedRefs`,
@@ -112,8 +115,18 @@ pub(super) fn listener_status(
                     .get(&(g.key.clone(), l.name.clone()))
                     .map(|why| ("PortUnavailable", why.clone()))
                     .into_iter()
+                    .chain((!l.invalid_kinds.is_empty()).then(|| {
+                        (
+                            "InvalidRouteKinds",
+                            format!(
+                                "route kinds {} are not supported",
+                                l.invalid_kinds.join(", ")
+                            ),
+                        )
+                    }))
                     .chain(l.tls.iter().flat_map(|t| t.refused.clone()))
                     .collect(),
+                supported_kinds: l.kinds.clone(),
             }
         }));
         out.extend(
@@ -125,6 +138,7 @@ pub(super) fn listener_status(
                     attached_routes: 0,
                     unsupported_protocol: Some(protocol.clone()),
                     refused_refs: Vec::new(),
+                    supported_kinds: Vec::new(),
                 }),
         );
     }

@@ -18,6 +18,9 @@ pub(super) struct Entry {
     pub matcher: MatchModel,
     pub precedence: Precedence,
     pub action: Arc<RuleAction>,
+    /// The listener hostname (index in [`PortTable::listener_hosts`]) the route attached
+    /// through.
+    pub listener: u16,
 }
 
 /// Everything served on one port.
@@ -25,6 +28,8 @@ pub(super) struct Entry {
 pub struct PortTable {
     /// `namespace/gateway/listener` names bound to this port.
     pub listeners: Vec<String>,
+    /// The distinct hostnames of the port's listeners (exact, wildcard, none).
+    listener_hosts: Vec<HostKey>,
     exact: HashMap<String, Vec<Entry>>,
     /// Longest suffix first.
     wildcard: Vec<(HostKey, Vec<Entry>)>,
@@ -34,10 +39,10 @@ pub struct PortTable {
 /// A matched rule, and the `PathPrefix` of the match that took the request (when it was one).
 pub type Routed<'a> = (&'a Arc<RuleAction>, Option<&'a str>);
 
-fn first<'a>(entries: &'a [Entry], req: &Parts) -> Option<Routed<'a>> {
+fn first<'a>(entries: &'a [Entry], req: &Parts, listener: Option<u16>) -> Option<Routed<'a>> {
     entries
         .iter()
-        .find(|e| matching::matches(&e.matcher, req))
+        .find(|e| listener.is_none_or(|l| e.listener == l) && matching::matches(&e.matcher, req))
         .map(|e| {
             let prefix = match &e.matcher.path {
                 crate::model::PathMatch::Prefix(p) => Some(p.as_str()),
@@ -50,18 +55,55 @@ fn first<'a>(entries: &'a [Entry], req: &Parts) -> Option<Routed<'a>> {
 impl PortTable {
     /// The rule for a request, by host (exact, then wildcard, then catch-all) and then by
     /// match precedence.
+    ///
+    /// Listener isolation (the Gateway API's): a request belongs to the most specific
+    /// listener whose hostname covers its host, and only the routes attached through that
+    /// listener may take it, never a less specific listener's.
     pub fn route(&self, host: &str, req: &Parts) -> Option<Routed<'_>> {
-        if let Some(found) = self.exact.get(host).and_then(|e| first(e, req)) {
+        let listener = if self.listener_hosts.len() > 1 {
+            Some(self.listener_for(host)?)
+        } else {
+            None
+        };
+        if let Some(found) = self.exact.get(host).and_then(|e| first(e, req, listener)) {
             return Some(found);
         }
         for (key, entries) in &self.wildcard {
             if key.covers(host) {
-                if let Some(found) = first(entries, req) {
+                if let Some(found) = first(entries, req, listener) {
                     return Some(found);
                 }
             }
         }
-        first(&self.any, req)
+        first(&self.any, req, listener)
+    }
+
+    /// The most specific listener hostname covering `host`: exact, then the longest wildcard,
+    /// then a listener without hostname.
+    fn listener_for(&self, host: &str) -> Option<u16> {
+        let rank = |k: &HostKey| match k {
+            HostKey::Exact(_) => usize::MAX,
+            HostKey::Wildcard(s) => s.len(),
+            HostKey::Any => 0,
+        };
+        self.listener_hosts
+            .iter()
+            .enumerate()
+            .filter(|(_, k)| k.covers(host))
+            .max_by_key(|(_, k)| rank(k))
+            .map(|(i, _)| i as u16)
+    }
+
+    /// The index of a listener hostname, added when new.
+    pub(super) fn listener_index(&mut self, hostname: Option<&str>) -> u16 {
+        let key = hostname.map_or(HostKey::Any, HostKey::parse);
+        match self.listener_hosts.iter().position(|k| *k == key) {
+            Some(i) => i as u16,
+            None => {
+                self.listener_hosts.push(key);
+                (self.listener_hosts.len() - 1) as u16
+            }
+        }
     }
 
     pub(super) fn insert(&mut self, key: HostKey, entry: Entry) {

@@ -1531,6 +1531,77 @@ async fn httproute_backend_protocol_h2c() {
     assert_eq!(r.json()["version"], "HTTP/2.0");
 }
 
+/// HTTPRouteBackendProtocolWebSocket: a WebSocket opened through the gateway to a Service
+/// port of `appProtocol: kubernetes.io/ws` echoes a text and a binary message, three times
+/// over. (The upstream echo serves WebSocket at `/ws`; here a WebSocket echo of its own, in
+/// the test, stands behind the Service.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_backend_protocol_websocket() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    let m = format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: ws-backend, namespace: {INFRA}}}\nspec:\n  selector: {{app: ws-backend}}\n  ports: [{{name: ws, port: 8082, appProtocol: kubernetes.io/ws}}]\n---\n\
+apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: ws-backend, namespace: {INFRA}, labels: {{app: ws-backend}}}}\nspec: {{address: 127.0.0.1, ports: {{ws: {port}}}}}\n---\n"
+    ) + &route(
+        "backend-protocol-ws",
+        "same-namespace",
+        "  - backendRefs: [{name: ws-backend, port: 8082}]\n",
+    );
+    let w = World::start("same-namespace", &m);
+    assert_accepted(
+        &w.config().await,
+        "backend-protocol-ws",
+        "same-namespace",
+        None,
+    );
+    for _ in 0..3 {
+        let tcp = tokio::net::TcpStream::connect(w.addr).await.unwrap();
+        let req = http::Request::builder()
+            .uri(format!("ws://{}/ws", w.addr))
+            .header("host", "example.com")
+            .header(
+                "origin",
+                "ws://gateway/httproute-backend-protocol-websocket",
+            )
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header(
+                "sec-websocket-key",
+                tokio_tungstenite::tungstenite::handshake::client::generate_key(),
+            )
+            .body(())
+            .unwrap();
+        let (mut ws, resp) = tokio_tungstenite::client_async(req, tcp).await.unwrap();
+        assert_eq!(resp.status(), 101);
+        ws.send(Message::text("Websocket Support!")).await.unwrap();
+        assert_eq!(
+            ws.next().await.unwrap().unwrap(),
+            Message::text("Websocket Support!")
+        );
+        let bytes = vec![1u8, 2, 3, 4, 5, 6, 7];
+        ws.send(Message::binary(bytes.clone())).await.unwrap();
+        assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(bytes));
+        ws.close(None).await.unwrap();
+    }
+}
+
 /// HTTPRouteBackendRequestHeaderModifier: the same seven cases as
 /// HTTPRouteRequestHeaderModifier, with each RequestHeaderModifier on the backendRef.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

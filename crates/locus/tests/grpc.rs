@@ -175,3 +175,127 @@ fn bad_grpc_method_matches_are_refused_with_the_field() {
     assert!(!out.status.success(), "{text}");
     assert!(text.contains("spec.rules[0].matches[0].method"), "{text}");
 }
+
+/// A real gRPC server and client (tonic, with protobuf messages): a GRPCRoute sends two
+/// methods of one service to two backends; the client gets each backend's typed answer, and a
+/// method no backend serves gets the gateway's own UNAVAILABLE as a tonic `Status`.
+mod tonic_end_to_end {
+    use super::*;
+    use std::future::{ready, Ready};
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    #[derive(Clone, PartialEq, prost::Message)]
+    pub struct Greeting {
+        #[prost(string, tag = "1")]
+        pub text: String,
+    }
+
+    /// `test.Greeter`, answering every method with its backend's name, the method's path and
+    /// the request's text.
+    #[derive(Clone)]
+    struct Greeter(&'static str);
+
+    impl tonic::server::NamedService for Greeter {
+        const NAME: &'static str = "test.Greeter";
+    }
+
+    struct Answer(&'static str, String);
+
+    impl tonic::server::UnaryService<Greeting> for Answer {
+        type Response = Greeting;
+        type Future = Ready<Result<tonic::Response<Greeting>, tonic::Status>>;
+        fn call(&mut self, req: tonic::Request<Greeting>) -> Self::Future {
+            let text = format!("{} {} {}", self.0, self.1, req.into_inner().text);
+            ready(Ok(tonic::Response::new(Greeting { text })))
+        }
+    }
+
+    impl tower_service::Service<http::Request<tonic::body::Body>> for Greeter {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = Infallible;
+        type Future =
+            Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, req: http::Request<tonic::body::Body>) -> Self::Future {
+            let answer = Answer(self.0, req.uri().path().to_owned());
+            Box::pin(async move {
+                let mut grpc = tonic::server::Grpc::new(tonic_prost::ProstCodec::<
+                    Greeting,
+                    Greeting,
+                >::default());
+                Ok(grpc.unary(answer, req).await)
+            })
+        }
+    }
+
+    async fn server(name: &'static str) -> SocketAddr {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(Greeter(name))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        );
+        addr
+    }
+
+    async fn greet(gateway: SocketAddr, method: &'static str) -> Result<String, tonic::Status> {
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{gateway}"))
+            .unwrap()
+            .origin("http://grpc.test".parse().unwrap())
+            .connect()
+            .await
+            .unwrap();
+        let mut client = tonic::client::Grpc::new(channel);
+        client.ready().await.unwrap();
+        let path = http::uri::PathAndQuery::from_static(method);
+        client
+            .unary(
+                tonic::Request::new(Greeting { text: "hi".into() }),
+                path,
+                tonic_prost::ProstCodec::<Greeting, Greeting>::default(),
+            )
+            .await
+            .map(|r| r.into_inner().text)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_tonic_client_reaches_tonic_servers_by_method() {
+        let (a, b) = (server("a").await, server("b").await);
+        let service = |name: &str, addr: SocketAddr| {
+            format!(
+                "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: apps}}\nspec:\n  selector: {{app: {name}}}\n  ports: [{{name: grpc, port: 50051}}]\n---\n\
+apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {name}, namespace: apps, labels: {{app: {name}}}}}\nspec: {{address: 127.0.0.1, ports: {{grpc: {}}}}}\n---\n",
+                addr.port()
+            )
+        };
+        let routes = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: apps}\nspec:\n  gatewayClassName: locus\n  listeners: [{name: grpc, protocol: HTTP, port: 8080}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: GRPCRoute\nmetadata: {name: greeter, namespace: apps}\nspec:\n  parentRefs: [{name: gw}]\n  hostnames: [grpc.test]\n  rules:\n  - matches: [{method: {service: test.Greeter, method: Hello}}]\n    backendRefs: [{name: a, port: 50051}]\n  - matches: [{method: {service: test.Greeter, method: Bye}}]\n    backendRefs: [{name: b, port: 50051}]\n  - matches: [{method: {service: test.Greeter, method: Nobody}}]\n    backendRefs: [{name: none, port: 50051}]\n---\napiVersion: v1\nkind: Service\nmetadata: {name: none, namespace: apps}\nspec:\n  selector: {app: none}\n  ports: [{name: grpc, port: 50051}]\n---\n";
+        let dir = tempdir();
+        write(
+            dir.path(),
+            "all.yaml",
+            &format!("{routes}{}{}", service("a", a), service("b", b)),
+        );
+        let gw = Gw::start(dir.path(), &[]);
+        let addr = gw.addr(8080);
+        for _ in 0..3 {
+            assert_eq!(
+                greet(addr, "/test.Greeter/Hello").await.unwrap(),
+                "a /test.Greeter/Hello hi"
+            );
+            assert_eq!(
+                greet(addr, "/test.Greeter/Bye").await.unwrap(),
+                "b /test.Greeter/Bye hi"
+            );
+        }
+        let status = greet(addr, "/test.Greeter/Nobody").await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status:?}");
+        let status = greet(addr, "/test.Greeter/Unknown").await.unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+    }
+}

@@ -364,11 +364,12 @@ fn typed<T: DeserializeOwned>(
         let de = serde_ignored::Deserializer::new(value, &mut note);
         serde_path_to_error::deserialize::<_, T>(de)
     };
-    // The typed roots take `apiVersion` and `kind` as given, without reading them.
-    for path in ignored
-        .iter()
-        .filter(|p| !matches!(p.as_str(), "apiVersion" | "kind"))
-    {
+    // The typed roots take `apiVersion` and `kind` as given, without reading them; `status`
+    // (of objects read from a cluster) is never configuration.
+    let configuration = |p: &&String| {
+        !matches!(p.as_str(), "apiVersion" | "kind" | "status") && !p.starts_with("status.")
+    };
+    for path in ignored.iter().filter(configuration) {
         warnings.push(format!(
             "{}: {doc}: field {} is not one Locus reads (misspelt, or not in the API version Locus implements); ignored",
             origin.file.display(),
@@ -412,10 +413,12 @@ mod tests {
     #[test]
     fn fields_no_type_has_are_reported_not_dropped() {
         let set = parse(
-            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: apps}\nspec:\n  rules:\n  - backendRef: [{name: svc, port: 80}]\n    sessionPersistence: {sessionName: s}\n",
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: apps}\nspec:\n  rules:\n  - backendRef: [{name: svc, port: 80}]\n    sessionPersistence: {sessionName: s}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: w, namespace: apps}\nspec: {address: 10.0.0.1}\nstatus: {conditions: []}\n",
         )
         .unwrap();
         let all = set.warnings.join("\n");
+        // A cluster object's status is not configuration: no warning for it.
+        assert!(!all.contains("field status"), "{all}");
         for field in [
             "spec.rules[0].backendRef",
             "spec.rules[0].sessionPersistence",

@@ -31,6 +31,7 @@ fn gateway() -> GatewayIdentity {
         locality: Locality::new("r1", "z0", ""),
         node: None,
         labels: Default::default(),
+        cluster: None,
     }
 }
 

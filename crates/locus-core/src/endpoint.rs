@@ -34,6 +34,11 @@ pub struct Endpoint {
     pub labels: Option<Arc<BTreeMap<String, String>>>,
     /// EndpointSlice `hints.forZones`, for topology-aware routing.
     pub zone_hints: Option<Arc<[String]>>,
+    /// The cluster the endpoint runs in, when it is not the gateway's own: an MCS
+    /// EndpointSlice's `multicluster.kubernetes.io/source-cluster`, a WorkloadEntry's
+    /// `topology.istio.io/cluster`, or the remote cluster it was read from. `None`: the
+    /// gateway's own cluster (a plain EndpointSlice).
+    pub cluster: Option<Arc<str>>,
 }
 
 impl Endpoint {
@@ -48,7 +53,13 @@ impl Endpoint {
             origin: Arc::from(addr.to_string()),
             labels: None,
             zone_hints: None,
+            cluster: None,
         }
+    }
+
+    pub fn with_cluster(mut self, cluster: &str) -> Self {
+        self.cluster = Some(Arc::from(cluster));
+        self
     }
 
     pub fn with_node(mut self, node: &str) -> Self {

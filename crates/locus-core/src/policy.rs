@@ -73,6 +73,8 @@ pub enum PriorityLabel {
 pub const REGION_LABEL: &str = "topology.kubernetes.io/region";
 pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 pub const SUBZONE_LABEL: &str = "topology.istio.io/subzone";
+/// Istio's cluster label: a `failoverPriority` key, compared with the gateway's cluster.
+pub const CLUSTER_LABEL: &str = "topology.istio.io/cluster";
 
 impl PriorityLabel {
     pub fn parse(s: &str) -> Self {
@@ -240,11 +242,14 @@ fn from_tiers(
         .collect()
 }
 
-fn label_value<'a>(ep: &'a Endpoint, key: &str) -> Option<&'a str> {
+/// An endpoint's value for a `failoverPriority` key. One without a cluster of its own is in
+/// the gateway's (`gw_cluster`).
+fn label_value<'a>(ep: &'a Endpoint, gw_cluster: Option<&'a str>, key: &str) -> Option<&'a str> {
     match key {
         REGION_LABEL => Some(ep.locality.region.as_str()).filter(|s| !s.is_empty()),
         ZONE_LABEL => Some(ep.locality.zone.as_str()).filter(|s| !s.is_empty()),
         SUBZONE_LABEL => Some(ep.locality.subzone.as_str()).filter(|s| !s.is_empty()),
+        CLUSTER_LABEL => ep.cluster.as_deref().or(gw_cluster),
         _ => ep
             .labels
             .as_ref()
@@ -262,6 +267,7 @@ fn gateway_value<'a>(
         REGION_LABEL => Some(gw.locality.region.as_str()).filter(|s| !s.is_empty()),
         ZONE_LABEL => Some(gw.locality.zone.as_str()).filter(|s| !s.is_empty()),
         SUBZONE_LABEL => Some(gw.locality.subzone.as_str()).filter(|s| !s.is_empty()),
+        CLUSTER_LABEL => gw.cluster.as_deref(),
         _ => labels.get(key).map(String::as_str),
     }
 }
@@ -294,10 +300,13 @@ pub fn rank_buckets(
         if let Some(note) = hints_note {
             return (vec![one_bucket("all", all(endpoints))], note);
         }
-        return (
-            from_tiers(gw, policy, endpoints, None),
-            RankingRule::TrafficDistribution,
-        );
+        let tiers = from_tiers(gw, policy, endpoints, None);
+        let tiers = if policy.distribution.uses_locality() {
+            prefer_own_cluster(gw, endpoints, tiers)
+        } else {
+            tiers
+        };
+        return (tiers, RankingRule::TrafficDistribution);
     };
     if !lb.enabled {
         return (
@@ -323,9 +332,43 @@ pub fn rank_buckets(
         );
     }
     (
-        istio_priorities(gw, failover_to, endpoints),
+        prefer_own_cluster(gw, endpoints, istio_priorities(gw, failover_to, endpoints)),
         RankingRule::IstioLocality,
     )
+}
+
+/// Cluster is part of locality: within each locality bucket, endpoints in the gateway's own
+/// cluster come first, then those of other clusters. So a remote cluster in the gateway's
+/// zone (clusters can share zones) still ranks ahead of the gateway's own cluster in a far
+/// region, and traffic only leaves the cluster when its own bucket has nothing healthy.
+/// Locality-blind rankings, `distribute` shares and `failoverPriority` (which can name
+/// `topology.istio.io/cluster` itself) are left as they are.
+fn prefer_own_cluster(
+    gw: &GatewayIdentity,
+    endpoints: &[Endpoint],
+    buckets: Vec<RankedBucket>,
+) -> Vec<RankedBucket> {
+    if endpoints.iter().all(|e| gw.in_own_cluster(e)) {
+        return buckets;
+    }
+    let mut out = Vec::with_capacity(buckets.len() * 2);
+    for mut b in buckets {
+        let (own, other): (Vec<u32>, Vec<u32>) = std::mem::take(&mut b.members)
+            .into_iter()
+            .partition(|&i| gw.in_own_cluster(&endpoints[i as usize]));
+        let other_label = format!("{}, other clusters", b.label);
+        let (tier, weight) = (b.tier, b.weight);
+        out.push(RankedBucket { members: own, ..b });
+        if !other.is_empty() {
+            out.push(RankedBucket {
+                tier,
+                label: other_label,
+                members: other,
+                weight,
+            });
+        }
+    }
+    out
 }
 
 fn all(endpoints: &[Endpoint]) -> Vec<u32> {
@@ -489,9 +532,14 @@ fn failover_priority(
         priority
             .iter()
             .take_while(|p| match p {
-                PriorityLabel::KeyValue(k, v) => label_value(ep, k) == Some(v.as_str()),
+                PriorityLabel::KeyValue(k, v) => {
+                    label_value(ep, gw.cluster.as_deref(), k) == Some(v.as_str())
+                }
                 PriorityLabel::Key(k) => {
-                    match (label_value(ep, k), gateway_value(gw, &gw.labels, k)) {
+                    match (
+                        label_value(ep, gw.cluster.as_deref(), k),
+                        gateway_value(gw, &gw.labels, k),
+                    ) {
                         (Some(a), Some(b)) => a == b,
                         _ => false,
                     }
@@ -590,6 +638,7 @@ mod tests {
             locality: Locality::parse(l).unwrap(),
             node: None,
             labels: BTreeMap::new(),
+            cluster: None,
         }
     }
 
@@ -785,5 +834,88 @@ mod tests {
         // No endpoint for the gateway's zone: cluster-wide.
         let (_, rule) = rank_buckets(&gw("r/zq"), RoutingPolicy::default(), &cfg, &eps);
         assert!(matches!(rule, RankingRule::TopologyHintsIgnored(_)));
+    }
+
+    fn in_cluster(port: u16, locality: &str, cluster: &str) -> Endpoint {
+        ep(port, locality).with_cluster(cluster)
+    }
+
+    /// The cluster rule: own cluster before others within each locality level, and a remote
+    /// cluster in the gateway's zone ahead of the gateway's own cluster in another region.
+    #[test]
+    fn own_cluster_first_within_each_locality_level() {
+        let mut me = gw("r1/z1");
+        me.cluster = Some("local".into());
+        let eps = vec![
+            in_cluster(1, "r2/z9", "local"),  // own cluster, far region
+            in_cluster(2, "r1/z1", "remote"), // other cluster, same zone
+            ep(3, "r1/z1"),                   // no cluster: the gateway's own
+            in_cluster(4, "r1/z2", "remote"), // other cluster, same region
+            in_cluster(5, "r1/z2", "local"),  // own cluster, same region
+        ];
+        let close = RoutingPolicy {
+            distribution: crate::ranking::Distribution::PreferClose,
+            strict_local: false,
+        };
+        let (b, rule) = rank_buckets(&me, close, &BalancerConfig::default(), &eps);
+        assert_eq!(rule, RankingRule::TrafficDistribution);
+        assert_eq!(
+            members(&b),
+            vec![vec![2], vec![1], vec![4], vec![3], vec![0]]
+        );
+        assert_eq!(b[1].label, "same-zone, other clusters");
+        assert_eq!(b[1].tier, Tier::SameZone);
+        // Istio's priorities split the same way.
+        let istio = BalancerConfig {
+            locality: Some(LocalityLbSetting::default()),
+            ..Default::default()
+        };
+        let (b, _) = rank_buckets(&me, RoutingPolicy::default(), &istio, &eps);
+        assert_eq!(
+            members(&b),
+            vec![vec![2], vec![1], vec![], vec![4], vec![3], vec![0]]
+        );
+        // Locality-blind stays one bucket: Istio spreads over clusters without a policy.
+        let (b, _) = rank_buckets(&me, RoutingPolicy::default(), &Default::default(), &eps);
+        assert_eq!(members(&b), vec![vec![0, 1, 2, 3, 4]]);
+        // The gateway's own cluster unknown: nothing to prefer.
+        let (b, _) = rank_buckets(&gw("r1/z1"), close, &BalancerConfig::default(), &eps);
+        assert_eq!(members(&b), vec![vec![1, 2], vec![3, 4], vec![0]]);
+    }
+
+    #[test]
+    fn failover_priority_accepts_the_cluster_label() {
+        let mut me = gw("r1/z1");
+        me.cluster = Some("local".into());
+        let eps = vec![
+            in_cluster(1, "r1/z1", "remote"),
+            in_cluster(2, "r2/z2", "local"),
+            ep(3, "r1/z1"),
+        ];
+        let cfg = BalancerConfig {
+            locality: Some(LocalityLbSetting {
+                failover_priority: vec![
+                    PriorityLabel::parse(CLUSTER_LABEL),
+                    PriorityLabel::parse(ZONE_LABEL),
+                ],
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let (b, rule) = rank_buckets(&me, RoutingPolicy::default(), &cfg, &eps);
+        assert_eq!(rule, RankingRule::FailoverPriority);
+        assert_eq!(members(&b), vec![vec![2], vec![1], vec![0]]);
+    }
+
+    #[test]
+    fn a_node_name_in_another_cluster_is_not_the_gateway_node() {
+        let mut me = gw("r1/z1");
+        me.node = Some("node-1".into());
+        me.cluster = Some("local".into());
+        let here = ep(1, "r1/z1").with_node("node-1");
+        let there = in_cluster(2, "r1/z1", "remote").with_node("node-1");
+        use crate::locality::Relation;
+        assert_eq!(me.relation(&here), Relation::SameNode);
+        assert_eq!(me.relation(&there), Relation::SameZone);
     }
 }

@@ -18,15 +18,40 @@ pub struct GatewayIdentity {
     pub node: Option<String>,
     /// The gateway's own labels, for `failoverPriority` keys other than the topology ones.
     pub labels: std::collections::BTreeMap<String, String>,
+    /// The cluster the gateway runs in (`--cluster`, `CLUSTER_NAME`, or the MCS
+    /// ClusterProperty `cluster.clusterset.k8s.io`).
+    pub cluster: Option<String>,
 }
 
 impl GatewayIdentity {
-    /// How an endpoint relates to this gateway, node included.
+    /// How an endpoint relates to this gateway, node included. Node names are unique only
+    /// within a cluster: an endpoint in another cluster is never on the gateway's node.
     pub fn relation(&self, ep: &Endpoint) -> Relation {
         match (&self.node, &ep.node) {
-            (Some(mine), Some(theirs)) if mine.as_str() == &**theirs => Relation::SameNode,
+            (Some(mine), Some(theirs)) if mine.as_str() == &**theirs && self.in_own_cluster(ep) => {
+                Relation::SameNode
+            }
             _ => self.locality.relation(&ep.locality),
         }
+    }
+
+    /// Whether `ep` runs in the gateway's own cluster. An endpoint without a cluster is
+    /// local (it came from the gateway's own API server or manifests); one naming a cluster
+    /// is local when that is the gateway's, or when the gateway's own cluster is unknown
+    /// (then nothing can be preferred, and `locus check` says so).
+    pub fn in_own_cluster(&self, ep: &Endpoint) -> bool {
+        match (&ep.cluster, &self.cluster) {
+            (None, _) | (_, None) => true,
+            (Some(theirs), Some(mine)) => &**theirs == mine.as_str(),
+        }
+    }
+
+    /// The cluster `ep` runs in, by name (`""` when neither side knows).
+    pub fn cluster_of<'a>(&'a self, ep: &'a Endpoint) -> &'a str {
+        ep.cluster
+            .as_deref()
+            .or(self.cluster.as_deref())
+            .unwrap_or("")
     }
 }
 
@@ -204,6 +229,7 @@ mod tests {
             locality: Locality::parse(locality).unwrap(),
             node: node.map(str::to_owned),
             labels: Default::default(),
+            cluster: None,
         }
     }
 

@@ -53,10 +53,11 @@ pub fn run(paths: &[PathBuf], cfg: &IdentityConfig, format: Format, strict: bool
             ok: false,
         }
     };
-    let set = match load_paths(paths) {
+    let mut set = match load_paths(paths) {
         Ok(s) => s,
         Err(e) => return fail(vec![e.to_string()]),
     };
+    set.local_cluster = cfg.cluster.clone();
     let mut model = match Model::build(&set) {
         Ok(m) => m,
         Err(e) => return fail(vec![e.to_string()]),
@@ -155,6 +156,7 @@ pub fn document(model: &Model, table: &RouteTable) -> serde_json::Value {
                                     json!({
                                         "address": ep.addr.to_string(),
                                         "locality": ep.locality.to_string(),
+                                        "cluster": id.identity.cluster_of(ep),
                                         "node": ep.node.as_deref(),
                                         "weight": ep.weight,
                                         "state": format!("{:?}", ep.state).to_lowercase(),
@@ -175,6 +177,7 @@ pub fn document(model: &Model, table: &RouteTable) -> serde_json::Value {
                 .unwrap_or_default();
             services.push(json!({
                 "service": svc.key.to_string(),
+                "kind": svc.kind,
                 "port": port.port,
                 "routed": target.is_some(),
                 "ranking": target.map(|t| t.snapshot.load().rule.to_string()),
@@ -189,6 +192,8 @@ pub fn document(model: &Model, table: &RouteTable) -> serde_json::Value {
             "locality": id.identity.locality.to_string(),
             "locality_from": id.source.to_string(),
             "node": id.identity.node.as_deref(),
+            "cluster": id.identity.cluster.as_deref(),
+            "cluster_from": id.cluster_source.as_deref(),
         },
         "listeners": listeners,
         "services": services,
@@ -202,10 +207,15 @@ pub fn report(model: &Model, table: &RouteTable) -> String {
     let id = &table.identity;
     let _ = writeln!(
         out,
-        "Gateway locality: {} (from {}); node: {}",
+        "Gateway locality: {} (from {}); node: {}; cluster: {}",
         id.identity.locality,
         id.source,
-        id.identity.node.as_deref().unwrap_or("<unknown>")
+        id.identity.node.as_deref().unwrap_or("<unknown>"),
+        match (&id.identity.cluster, &id.cluster_source) {
+            (Some(c), Some(from)) => format!("{c} (from {from})"),
+            (Some(c), None) => c.clone(),
+            _ => "<unknown>".to_owned(),
+        }
     );
     let _ = writeln!(out, "\nListeners:");
     if table.ports.is_empty() {
@@ -228,7 +238,8 @@ pub fn report(model: &Model, table: &RouteTable) -> String {
             let routed = table.services.contains_key(&(svc.key.clone(), port.port));
             let _ = writeln!(
                 out,
-                "\nService {} port {}{}{}",
+                "\n{} {} port {}{}{}",
+                svc.kind,
                 svc.key,
                 port.port,
                 if port.name.is_empty() {
@@ -374,9 +385,13 @@ pub fn report(model: &Model, table: &RouteTable) -> String {
                     let ep = &snap.endpoints[i as usize];
                     let _ = writeln!(
                         out,
-                        "      {:<22} {:<24} node {:<12} weight {:<3} {:<10} {}",
+                        "      {:<22} {:<24} {}node {:<12} weight {:<3} {:<10} {}",
                         ep.addr.to_string(),
                         ep.locality.to_string(),
+                        match id.identity.cluster_of(ep) {
+                            "" => String::new(),
+                            c => format!("cluster {c:<14} "),
+                        },
                         ep.node.as_deref().unwrap_or("-"),
                         ep.weight,
                         format!("{:?}", ep.state).to_lowercase(),

@@ -283,8 +283,9 @@ impl Gateway {
     /// Validates and applies a resource set. On error nothing changes: the last good
     /// configuration keeps serving. The model and the table are built on blocking threads,
     /// never on a thread that serves requests.
-    pub async fn apply(&self, set: ResourceSet) -> Result<u64, String> {
+    pub async fn apply(&self, mut set: ResourceSet) -> Result<u64, String> {
         let started = std::time::Instant::now();
+        set.local_cluster = self.options.identity.cluster.clone();
         let files: Vec<String> = set.files.iter().map(|f| f.display().to_string()).collect();
         // Certificates are parsed there too; their problems become listener status and
         // warnings in the model, never a rejected configuration.

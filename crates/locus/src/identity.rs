@@ -16,6 +16,8 @@ pub struct IdentityConfig {
     pub locality: Option<Locality>,
     /// From `--node` or `NODE_NAME`.
     pub node: Option<String>,
+    /// From `--cluster` or `CLUSTER_NAME`.
+    pub cluster: Option<String>,
     /// `--fleet-service ns/name`: the Service in front of the gateway replicas; its ready
     /// endpoints per zone are the fleet for capacity-aware routing.
     pub fleet_service: Option<crate::model::ObjKey>,
@@ -27,6 +29,8 @@ pub struct ResolvedIdentity {
     pub identity: GatewayIdentity,
     /// Human-readable: where the locality came from.
     pub source: String,
+    /// Human-readable: where the cluster name came from (`None`: unknown).
+    pub cluster_source: Option<String>,
     pub warnings: Vec<String>,
     /// Gateway replicas per zone, from `fleet_service`.
     pub fleet: Option<std::collections::BTreeMap<String, f64>>,
@@ -84,6 +88,29 @@ pub fn resolve(cfg: &IdentityConfig, model: &Model) -> ResolvedIdentity {
             ));
         }
     }
+    let (cluster, cluster_source) = match cfg.cluster.clone().filter(|c| !c.is_empty()) {
+        Some(c) => (Some(c), Some("--cluster / CLUSTER_NAME".to_owned())),
+        None => match &model.cluster {
+            Some((c, from)) => (Some(c.clone()), Some(from.clone())),
+            None => (None, None),
+        },
+    };
+    if cluster.is_none() {
+        let mut remote: Vec<&str> = model
+            .services
+            .values()
+            .flat_map(|s| s.ports.iter().flat_map(|p| &p.endpoints))
+            .filter_map(|e| e.cluster.as_deref())
+            .collect();
+        remote.sort_unstable();
+        remote.dedup();
+        if !remote.is_empty() {
+            warnings.push(format!(
+                "endpoints run in clusters {}, but the gateway's own cluster is unknown, so no cluster can be preferred. Set --cluster, CLUSTER_NAME, or the ClusterProperty cluster.clusterset.k8s.io",
+                remote.join(", ")
+            ));
+        }
+    }
     let fleet = cfg.fleet_service.as_ref().and_then(|key| {
         let Some(svc) = model.services.get(key) else {
             warnings.push(format!("--fleet-service {key} is not among the resources"));
@@ -113,8 +140,10 @@ pub fn resolve(cfg: &IdentityConfig, model: &Model) -> ResolvedIdentity {
             locality,
             node,
             labels,
+            cluster,
         },
         source,
+        cluster_source,
         warnings,
         fleet,
     }

@@ -49,6 +49,11 @@ struct IdentityArgs {
     /// locality when none is given).
     #[arg(long, env = "NODE_NAME")]
     node: Option<String>,
+    /// The cluster the gateway runs in (else the MCS ClusterProperty
+    /// `cluster.clusterset.k8s.io`): its endpoints are preferred over other clusters' at each
+    /// locality level.
+    #[arg(long, env = "CLUSTER_NAME")]
+    cluster: Option<String>,
     /// The Service in front of the gateway replicas (`namespace/name`): its ready endpoints per
     /// zone are the fleet for `locus.io/zone-balance: capacity` (a Gateway's `locus.io/fleet`
     /// annotation wins).
@@ -61,6 +66,7 @@ impl IdentityArgs {
         IdentityConfig {
             locality: self.locality.clone(),
             node: self.node.clone(),
+            cluster: self.cluster.clone(),
             fleet_service: self.fleet_service.clone(),
         }
     }

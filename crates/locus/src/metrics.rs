@@ -28,6 +28,8 @@ pub struct TrafficLabels {
     pub destination_zone: String,
     pub destination_region: String,
     pub locality_relation: String,
+    pub source_cluster: String,
+    pub destination_cluster: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -39,6 +41,8 @@ pub struct RequestLabels {
     pub destination_region: String,
     pub locality_relation: String,
     pub code_class: String,
+    pub source_cluster: String,
+    pub destination_cluster: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -359,6 +363,8 @@ impl Metrics {
             destination_zone: ep.locality.zone.clone(),
             destination_region: ep.locality.region.clone(),
             locality_relation: rel.clone(),
+            source_cluster: gw.cluster.clone().unwrap_or_default(),
+            destination_cluster: gw.cluster_of(ep).to_owned(),
         };
         let class = |c: &str| {
             self.requests
@@ -370,6 +376,8 @@ impl Metrics {
                     destination_region: traffic.destination_region.clone(),
                     locality_relation: rel.clone(),
                     code_class: c.to_owned(),
+                    source_cluster: traffic.source_cluster.clone(),
+                    destination_cluster: traffic.destination_cluster.clone(),
                 })
                 .clone()
         };

@@ -694,6 +694,7 @@ mod tests {
             locality: Locality::parse("region/zone").unwrap(),
             node: Some("n1".into()),
             labels: Default::default(),
+            cluster: None,
         }
     }
 

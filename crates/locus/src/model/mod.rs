@@ -7,6 +7,7 @@
 
 pub mod filters;
 mod gateways;
+pub mod multicluster;
 pub mod policies;
 pub mod routes;
 mod services;
@@ -17,6 +18,7 @@ use std::fmt;
 
 use locus_core::Locality;
 
+use crate::resources::multicluster as multicluster_res;
 use crate::resources::{ConfigError, Document, Resource, ResourceSet};
 
 pub use filters::{Filters, HeaderEdits, Mirror, PathEdit, Redirect, Rewrite};
@@ -73,6 +75,11 @@ pub struct Model {
     pub routes: Vec<RouteModel>,
     pub services: BTreeMap<ObjKey, ServiceModel>,
     pub nodes: BTreeMap<String, NodeModel>,
+    /// Nodes read from other clusters, by (cluster, node name).
+    pub remote_nodes: BTreeMap<(String, String), NodeModel>,
+    /// The gateway's own cluster as the resources name it (`--cluster` given to the source,
+    /// else the MCS ClusterProperty `cluster.clusterset.k8s.io`), and where that came from.
+    pub cluster: Option<(String, String)>,
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     /// ReferenceGrants, which let HTTPRoutes reference Services in other namespaces.
     pub grants: Vec<GrantModel>,
@@ -99,10 +106,19 @@ pub struct GrantModel {
 impl GrantModel {
     /// Whether an HTTPRoute in `route_ns` may reference Service `name` in this namespace.
     pub fn allows_route_to_service(&self, route_ns: &str, name: &str) -> bool {
+        self.allows_route_to(route_ns, "", "Service", name)
+    }
+
+    /// Whether an HTTPRoute in `route_ns` may reference the `group`/`kind` object `name` in
+    /// this namespace.
+    pub fn allows_route_to(&self, route_ns: &str, group: &str, kind: &str, name: &str) -> bool {
+        let core = |g: &str| g.is_empty() || g == "core";
         self.from.iter().any(|(g, k, ns)| {
             g == "gateway.networking.k8s.io" && k == "HTTPRoute" && ns == route_ns
         }) && self.to.iter().any(|(g, k, n)| {
-            (g.is_empty() || g == "core") && k == "Service" && n.as_ref().is_none_or(|n| n == name)
+            (g == group || core(g) && core(group))
+                && k == kind
+                && n.as_ref().is_none_or(|n| n == name)
         })
     }
 
@@ -191,6 +207,28 @@ impl Model {
             ..Model::default()
         };
         check_duplicates(&set.documents)?;
+        model.cluster = set
+            .local_cluster
+            .clone()
+            .filter(|c| !c.is_empty())
+            .map(|c| (c, "--cluster / CLUSTER_NAME".to_owned()))
+            .or_else(|| {
+                set.documents.iter().find_map(|d| match &d.resource {
+                    Resource::ClusterProperty(p)
+                        if p.metadata.name.as_deref()
+                            == Some(multicluster_res::CLUSTER_ID_PROPERTY)
+                            && !p.spec.value.is_empty() =>
+                    {
+                        Some((
+                            p.spec.value.clone(),
+                            format!("ClusterProperty {}", multicluster_res::CLUSTER_ID_PROPERTY),
+                        ))
+                    }
+                    _ => None,
+                })
+            });
+        let local_cluster = model.cluster.as_ref().map(|(c, _)| c.clone());
+        let local_cluster = local_cluster.as_deref();
 
         // Nodes and namespaces first: endpoints and routes refer to them.
         for doc in &set.documents {
@@ -199,14 +237,17 @@ impl Model {
                 Resource::Node(node) => {
                     let name = name_of(&ctx, &node.metadata)?;
                     let labels = node.metadata.labels.clone().unwrap_or_default();
-                    model.nodes.insert(
-                        name.clone(),
-                        NodeModel {
-                            name,
-                            locality: locality_from_labels(&labels),
-                            labels,
-                        },
-                    );
+                    let cluster =
+                        services::cluster_of(Some(&labels), services::CLUSTER_LABEL, local_cluster);
+                    let node = NodeModel {
+                        name: name.clone(),
+                        locality: locality_from_labels(&labels),
+                        labels,
+                    };
+                    match cluster {
+                        None => model.nodes.insert(name, node),
+                        Some(c) => model.remote_nodes.insert((c.to_string(), name), node),
+                    };
                 }
                 Resource::Namespace(ns) => {
                     let name = name_of(&ctx, &ns.metadata)?;
@@ -248,6 +289,9 @@ impl Model {
         let mut traffic = Vec::new();
         let mut backend_tls = Vec::new();
         let mut tls_sources = upstream_tls::TlsSources::default();
+        let mut imports = Vec::new();
+        let mut virtual_destinations = Vec::new();
+        let mut shifts = Vec::new();
         for doc in &set.documents {
             let ctx = DocCtx { doc };
             match &doc.resource {
@@ -290,14 +334,26 @@ impl Model {
                     name_of(&ctx, &p.metadata)?;
                     backend_tls.push((doc, &**p));
                 }
+                Resource::ServiceImport(i) => imports.push((doc, &**i)),
+                Resource::VirtualDestination(vd) => virtual_destinations.push((doc, &**vd)),
+                Resource::GlooTrafficPolicy(tp) => shifts.push((doc, &**tp)),
                 Resource::Node(_)
                 | Resource::Namespace(_)
                 | Resource::ReferenceGrant(_)
-                | Resource::GatewayClass(_) => {}
+                | Resource::GatewayClass(_)
+                | Resource::ClusterProperty(_) => {}
             }
         }
-        let endpoint_sources =
-            services::EndpointSources::build(&slices, &entries, &model.nodes, &mut model.warnings)?;
+        let endpoint_sources = services::EndpointSources::build(
+            &slices,
+            &entries,
+            &services::NodeViews {
+                local: &model.nodes,
+                remote: &model.remote_nodes,
+            },
+            local_cluster,
+            &mut model.warnings,
+        )?;
         let policies = policies::Policies::build(
             &rules,
             &traffic,
@@ -305,12 +361,73 @@ impl Model {
             tls_sources,
             &mut model.warnings,
         )?;
-        for (doc, svc) in services {
+        // Every Service as each cluster defines it. One name in one namespace is one Service
+        // across clusters (Istio's namespace sameness): the gateway's own cluster's definition
+        // wins, and its endpoints are those of every cluster.
+        let mut catalog = Vec::new();
+        for &(doc, svc) in &services {
+            let ctx = DocCtx { doc };
+            let key = ObjKey::new(&namespace_of(&svc.metadata), &name_of(&ctx, &svc.metadata)?);
+            let cluster = services::cluster_of(
+                svc.metadata.labels.as_ref(),
+                services::CLUSTER_LABEL,
+                local_cluster,
+            );
+            catalog.push(multicluster::ClusterService { svc, key, cluster });
+        }
+        let mut order: Vec<usize> = (0..services.len()).collect();
+        order.sort_by_key(|&i| catalog[i].cluster.is_some());
+        for i in order {
+            let (doc, svc) = services[i];
+            if model.services.contains_key(&catalog[i].key) {
+                continue;
+            }
             let ctx = DocCtx { doc };
             let s = services::build(&ctx, svc, &endpoint_sources, &policies, &mut model.warnings)?;
             model.services.insert(s.key.clone(), s);
         }
-        endpoint_sources.warn_orphans(&model.services, &mut model.warnings);
+        let service_keys: std::collections::BTreeSet<ObjKey> =
+            model.services.keys().cloned().collect();
+        let mut import_keys = std::collections::BTreeSet::new();
+        for (doc, import) in imports {
+            let ctx = DocCtx { doc };
+            let exported = catalog
+                .iter()
+                .find(|cs| {
+                    cs.cluster.is_none()
+                        && cs.key.namespace == namespace_of(&import.metadata)
+                        && Some(cs.key.name.as_str()) == import.metadata.name.as_deref()
+                })
+                .map(|cs| cs.svc);
+            let s = multicluster::build_import(
+                &ctx,
+                import,
+                exported,
+                &endpoint_sources,
+                &policies,
+                &mut model.warnings,
+            )?;
+            import_keys.insert(ObjKey::new(
+                &s.key.namespace,
+                s.key.name.trim_end_matches(multicluster::IMPORT_SUFFIX),
+            ));
+            model.services.insert(s.key.clone(), s);
+        }
+        for (doc, vd) in virtual_destinations {
+            let ctx = DocCtx { doc };
+            let s = multicluster::build_virtual_destination(
+                &ctx,
+                vd,
+                &catalog,
+                &endpoint_sources,
+                &policies,
+                local_cluster,
+                &mut model.warnings,
+            )?;
+            model.services.insert(s.key.clone(), s);
+        }
+        multicluster::apply_traffic_shifts(&mut model, &shifts, &catalog, local_cluster);
+        endpoint_sources.warn_orphans(&service_keys, &import_keys, &mut model.warnings);
         policies.warn_unmatched_tls_sections(&model.services, &mut model.warnings);
         Ok(model)
     }
@@ -391,12 +508,17 @@ fn secret_data(secret: &k8s_openapi::api::core::v1::Secret) -> BTreeMap<String, 
 /// Two documents defining the same object is almost always a mistake (an old copy of a file
 /// left in the directory): refuse it instead of silently letting one win.
 fn check_duplicates(documents: &[Document]) -> Result<(), ConfigError> {
-    let mut seen: HashMap<(&'static str, String), &Document> = HashMap::new();
+    // The same object may come from several clusters (`topology.istio.io/cluster`).
+    let mut seen: HashMap<(&'static str, String, Option<String>), &Document> = HashMap::new();
     for doc in documents {
         if doc.doc.name.is_none() {
             continue;
         }
-        let key = (doc.resource.kind(), doc.doc.name_or_index());
+        let key = (
+            doc.resource.kind(),
+            doc.doc.name_or_index(),
+            doc.resource.cluster_label().map(str::to_owned),
+        );
         if let Some(first) = seen.get(&key) {
             return Err(ConfigError::new(
                 &doc.origin.file,

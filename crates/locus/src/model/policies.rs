@@ -742,7 +742,7 @@ fn percent(
     }
 }
 
-fn outlier_from_istio(
+pub(super) fn outlier_from_istio(
     ctx: &DocCtx<'_>,
     field: &str,
     od: &OutlierDetection,

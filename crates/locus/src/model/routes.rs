@@ -9,7 +9,9 @@ use gateway_api::apis::standard::httproutes::{
 };
 use regex::Regex;
 
+use super::multicluster::{import_key, virtual_destination_key};
 use super::{name_of, namespace_of, DocCtx, GrantModel, ObjKey};
+use crate::resources::multicluster::{GLOO_GROUP, MCS_GROUP};
 use crate::resources::{ConfigError, Origin};
 
 #[derive(Clone, Debug)]
@@ -311,21 +313,32 @@ pub(super) fn build(
                 .namespace
                 .clone()
                 .unwrap_or_else(|| key.namespace.clone());
-            let invalid = if !(group.is_empty() || group == "core") || kind != "Service" {
+            // A ServiceImport (GEP-1748) or a Gloo Mesh VirtualDestination is modelled as a
+            // Service under its own key.
+            let target = match (group, kind) {
+                ("" | "core", "Service") => Some(ObjKey::new(&namespace, &br.name)),
+                (MCS_GROUP, "ServiceImport") => Some(import_key(&namespace, &br.name)),
+                (GLOO_GROUP, "VirtualDestination") => {
+                    Some(virtual_destination_key(&namespace, &br.name))
+                }
+                _ => None,
+            };
+            let invalid = if target.is_none() {
                 Some(format!(
-                    "backendRef kind {group}/{kind} is not supported (Service only)"
+                    "backendRef kind {group}/{kind} is not supported (Service, {MCS_GROUP}/ServiceImport, {GLOO_GROUP}/VirtualDestination)"
                 ))
             } else if namespace != key.namespace
                 && !grants.iter().any(|g| {
-                    g.namespace == namespace && g.allows_route_to_service(&key.namespace, &br.name)
+                    g.namespace == namespace
+                        && g.allows_route_to(&key.namespace, group, kind, &br.name)
                 })
             {
                 Some(format!(
-                    "backendRef to Service {namespace}/{} needs a ReferenceGrant in namespace {namespace} allowing HTTPRoutes from namespace {}",
+                    "backendRef to {kind} {namespace}/{} needs a ReferenceGrant in namespace {namespace} allowing HTTPRoutes from namespace {}",
                     br.name, key.namespace
                 ))
             } else if br.port.is_none() {
-                Some("backendRef to a Service needs a port".to_owned())
+                Some(format!("backendRef to a {kind} needs a port"))
             } else {
                 None
             };
@@ -360,10 +373,7 @@ pub(super) fn build(
                 }
             };
             backends.push(BackendRefModel {
-                service: ObjKey {
-                    namespace,
-                    name: br.name.clone(),
-                },
+                service: target.unwrap_or_else(|| ObjKey::new(&namespace, &br.name)),
                 port,
                 weight: weight as u32,
                 invalid,

@@ -15,6 +15,27 @@ use super::{name_of, namespace_of, DocCtx, NodeModel, ObjKey};
 use crate::resources::{ConfigError, Document, Origin, WorkloadEntry};
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// An MCS EndpointSlice's import (KEP-1645): its endpoints belong to that ServiceImport.
+pub const MCS_SERVICE_NAME_LABEL: &str = "multicluster.kubernetes.io/service-name";
+/// The cluster an MCS EndpointSlice's endpoints run in.
+pub const MCS_SOURCE_CLUSTER_LABEL: &str = "multicluster.kubernetes.io/source-cluster";
+/// Istio's cluster label: on a WorkloadEntry, the cluster it runs in; on any object of a
+/// manifest set, the cluster that object was read from (unlabelled: the gateway's own).
+pub const CLUSTER_LABEL: &str = "topology.istio.io/cluster";
+
+/// The cluster an object belongs to by its labels: `None` for the gateway's own (unlabelled,
+/// or labelled with the gateway's own cluster name).
+pub(super) fn cluster_of(
+    labels: Option<&BTreeMap<String, String>>,
+    key: &str,
+    local: Option<&str>,
+) -> Option<Arc<str>> {
+    labels
+        .and_then(|l| l.get(key))
+        .map(|c| c.trim())
+        .filter(|c| !c.is_empty() && Some(*c) != local)
+        .map(Arc::from)
+}
 
 #[derive(Clone, Debug)]
 pub struct ServicePortModel {
@@ -33,6 +54,8 @@ pub struct ServicePortModel {
 #[derive(Clone, Debug)]
 pub struct ServiceModel {
     pub key: ObjKey,
+    /// `Service`, `ServiceImport` or `VirtualDestination`.
+    pub kind: &'static str,
     pub policy: RoutingPolicy,
     pub ports: Vec<ServicePortModel>,
     pub annotations: BTreeMap<String, String>,
@@ -55,7 +78,11 @@ struct SliceEndpoint {
 }
 
 struct Slice {
+    /// The Service it belongs to, or the ServiceImport when `import` is set.
     service: ObjKey,
+    import: bool,
+    /// The cluster its endpoints run in (`None`: the gateway's own).
+    cluster: Option<Arc<str>>,
     /// (port name, port number).
     ports: Vec<(String, u16)>,
     endpoints: Vec<SliceEndpoint>,
@@ -70,6 +97,48 @@ struct Entry {
     locality: Locality,
     weight: u32,
     origin: Arc<str>,
+    cluster: Option<Arc<str>>,
+}
+
+/// Which endpoints of a Service port to take.
+#[derive(Clone, Copy)]
+pub(super) struct Pick<'a> {
+    /// The MCS EndpointSlices of a ServiceImport instead of a Service's own.
+    pub import: bool,
+    /// Only those of this cluster (`Some(None)`: the gateway's own); `None`: every cluster.
+    pub cluster: Option<Option<&'a str>>,
+}
+
+impl Pick<'_> {
+    pub const SERVICE: Pick<'static> = Pick {
+        import: false,
+        cluster: None,
+    };
+
+    fn takes(&self, cluster: Option<&Arc<str>>) -> bool {
+        self.cluster
+            .is_none_or(|want| want == cluster.map(|c| &**c))
+    }
+}
+
+/// Nodes by cluster: the gateway's own, and those read from other clusters (node names are
+/// unique only within a cluster).
+pub(super) struct NodeViews<'a> {
+    pub local: &'a BTreeMap<String, NodeModel>,
+    pub remote: &'a BTreeMap<(String, String), NodeModel>,
+}
+
+impl NodeViews<'_> {
+    fn get(&self, cluster: Option<&Arc<str>>, name: &str) -> Option<&NodeModel> {
+        match cluster {
+            None => self.local.get(name),
+            Some(c) => self.remote.get(&(c.to_string(), name.to_owned())),
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = &NodeModel> {
+        self.local.values().chain(self.remote.values())
+    }
 }
 
 /// EndpointSlices and WorkloadEntries, validated, ready to be matched to Services.
@@ -87,13 +156,14 @@ impl EndpointSources {
     pub(super) fn build(
         slices: &[(&Document, &EndpointSlice)],
         entries: &[(&Document, &WorkloadEntry)],
-        nodes: &BTreeMap<String, NodeModel>,
+        nodes: &NodeViews<'_>,
+        local_cluster: Option<&str>,
         warnings: &mut Vec<String>,
     ) -> Result<Self, ConfigError> {
         // A zone seen on some Node tells the region of endpoints that only carry a zone.
         let region_of_zone = |zone: &str| {
             nodes
-                .values()
+                .all()
                 .find(|n| n.locality.zone == zone && !n.locality.region.is_empty())
                 .map(|n| n.locality.region.clone())
                 .unwrap_or_default()
@@ -107,12 +177,25 @@ impl EndpointSources {
             let namespace = namespace_of(&slice.metadata);
             let name = name_of(&ctx, &slice.metadata)?;
             let labels = slice.metadata.labels.clone().unwrap_or_default();
-            let Some(service) = labels.get(SERVICE_NAME_LABEL) else {
-                warnings.push(format!(
-                    "{}: has no {SERVICE_NAME_LABEL} label, so it belongs to no Service; skipped",
-                    ctx.place()
-                ));
-                continue;
+            let (service, import) = match (
+                labels.get(SERVICE_NAME_LABEL),
+                labels.get(MCS_SERVICE_NAME_LABEL),
+            ) {
+                (Some(s), _) => (s, false),
+                (None, Some(s)) => (s, true),
+                (None, None) => {
+                    warnings.push(format!(
+                        "{}: has no {SERVICE_NAME_LABEL} (or {MCS_SERVICE_NAME_LABEL}) label, so it belongs to no Service; skipped",
+                        ctx.place()
+                    ));
+                    continue;
+                }
+            };
+            let cluster = if import {
+                cluster_of(Some(&labels), MCS_SOURCE_CLUSTER_LABEL, local_cluster)
+                    .or_else(|| cluster_of(Some(&labels), CLUSTER_LABEL, local_cluster))
+            } else {
+                cluster_of(Some(&labels), CLUSTER_LABEL, local_cluster)
             };
             if slice.address_type == "FQDN" {
                 warnings.push(format!(
@@ -150,7 +233,7 @@ impl EndpointSources {
                 let node = ep.node_name.clone().filter(|n| !n.is_empty());
                 let mut locality = node
                     .as_ref()
-                    .and_then(|n| nodes.get(n))
+                    .and_then(|n| nodes.get(cluster.as_ref(), n))
                     .map(|n| n.locality.clone())
                     .unwrap_or_default();
                 if let Some(zone) = ep.zone.as_ref().filter(|z| !z.is_empty()) {
@@ -176,6 +259,8 @@ impl EndpointSources {
             }
             out.slices.push(Slice {
                 service: ObjKey::new(&namespace, service),
+                import,
+                cluster,
                 ports,
                 endpoints,
                 origin: Arc::from(format!("EndpointSlice {namespace}/{name}")),
@@ -217,6 +302,7 @@ impl EndpointSources {
             }
             let mut labels = we.metadata.labels.clone().unwrap_or_default();
             labels.extend(we.spec.labels.clone());
+            let cluster = cluster_of(Some(&labels), CLUSTER_LABEL, local_cluster);
             out.entries.push(Entry {
                 key: ObjKey::new(&namespace, &name),
                 labels: Arc::new(labels),
@@ -225,23 +311,27 @@ impl EndpointSources {
                 locality,
                 weight: we.spec.weight.unwrap_or(1).max(1),
                 origin: Arc::from(format!("WorkloadEntry {namespace}/{name}")),
+                cluster,
             });
         }
         Ok(out)
     }
 
     /// Endpoints of one Service port, deduplicated by address (first source wins).
-    fn endpoints_for(
+    pub(super) fn endpoints_for(
         &self,
         service: &ObjKey,
         selector: &BTreeMap<String, String>,
         port: &ServicePortModel,
         target_port: Option<&IntOrString>,
         single_port: bool,
+        pick: Pick<'_>,
     ) -> Vec<Endpoint> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
-        for slice in self.slices.iter().filter(|s| &s.service == service) {
+        for slice in self.slices.iter().filter(|s| {
+            &s.service == service && s.import == pick.import && pick.takes(s.cluster.as_ref())
+        }) {
             let found = slice.ports.iter().find(|(name, _)| {
                 name == &port.name || (single_port && slice.ports.len() == 1 && name.is_empty())
             });
@@ -258,13 +348,15 @@ impl EndpointSources {
                         origin: slice.origin.clone(),
                         labels: None,
                         zone_hints: ep.zone_hints.clone(),
+                        cluster: slice.cluster.clone(),
                     });
                 }
             }
         }
-        if !selector.is_empty() {
+        if !selector.is_empty() && !pick.import {
             for entry in self.entries.iter().filter(|e| {
-                e.key.namespace == service.namespace
+                pick.takes(e.cluster.as_ref())
+                    && e.key.namespace == service.namespace
                     && selector.iter().all(|(k, v)| e.labels.get(k) == Some(v))
             }) {
                 // Istio: the entry's port for the Service port's name, else the target port.
@@ -289,6 +381,7 @@ impl EndpointSources {
                         origin: entry.origin.clone(),
                         labels: Some(entry.labels.clone()),
                         zone_hints: None,
+                        cluster: entry.cluster.clone(),
                     });
                 }
             }
@@ -296,16 +389,22 @@ impl EndpointSources {
         out
     }
 
-    /// Says so when an EndpointSlice names a Service that does not exist.
+    /// Says so when an EndpointSlice names a Service (or ServiceImport) that does not exist.
     pub(super) fn warn_orphans(
         &self,
-        services: &BTreeMap<ObjKey, ServiceModel>,
+        services: &std::collections::BTreeSet<ObjKey>,
+        imports: &std::collections::BTreeSet<ObjKey>,
         warnings: &mut Vec<String>,
     ) {
         for slice in &self.slices {
-            if !services.contains_key(&slice.service) {
+            let (known, kind) = if slice.import {
+                (imports, "ServiceImport")
+            } else {
+                (services, "Service")
+            };
+            if !known.contains(&slice.service) {
                 warnings.push(format!(
-                    "{} belongs to Service {}, which is not defined; its endpoints are unused",
+                    "{} belongs to {kind} {}, which is not defined; its endpoints are unused",
                     slice.origin, slice.service
                 ));
             }
@@ -401,12 +500,19 @@ pub(super) fn build(
             ctx,
             warnings,
         )?);
-        model.endpoints =
-            sources.endpoints_for(&key, &selector, &model, p.target_port.as_ref(), single_port);
+        model.endpoints = sources.endpoints_for(
+            &key,
+            &selector,
+            &model,
+            p.target_port.as_ref(),
+            single_port,
+            Pick::SERVICE,
+        );
         ports.push(model);
     }
     Ok(ServiceModel {
         key,
+        kind: "Service",
         policy: RoutingPolicy {
             distribution,
             strict_local,

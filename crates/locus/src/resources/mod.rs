@@ -9,6 +9,7 @@ pub mod envoy_gateway;
 mod error;
 pub mod istio;
 mod load;
+pub mod multicluster;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,6 +29,7 @@ pub use envoy_gateway::BackendTrafficPolicy;
 pub use error::{ConfigError, DocRef};
 pub use istio::{DestinationRule, WorkloadEntry};
 pub use load::{collect_files, load_paths, stdin_to_file};
+pub use multicluster::{ClusterProperty, ServiceImport, TrafficPolicy, VirtualDestination};
 
 /// Where a resource came from: a file and the document's position in it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -57,9 +59,29 @@ pub enum Resource {
     /// CA bundles for upstream TLS (`ca.crt`, BackendTLSPolicy `caCertificateRefs`).
     ConfigMap(Box<ConfigMap>),
     BackendTlsPolicy(Box<BackendTlsPolicy>),
+    ServiceImport(Box<ServiceImport>),
+    ClusterProperty(Box<ClusterProperty>),
+    VirtualDestination(Box<VirtualDestination>),
+    GlooTrafficPolicy(Box<TrafficPolicy>),
 }
 
 impl Resource {
+    /// The cluster a manifest says an object was read from (`topology.istio.io/cluster` on
+    /// the kinds other clusters contribute: Services, EndpointSlices, Nodes, WorkloadEntries).
+    pub fn cluster_label(&self) -> Option<&str> {
+        let meta = match self {
+            Resource::Service(o) => &o.metadata,
+            Resource::EndpointSlice(o) => &o.metadata,
+            Resource::Node(o) => &o.metadata,
+            Resource::WorkloadEntry(o) => &o.metadata,
+            _ => return None,
+        };
+        meta.labels
+            .as_ref()?
+            .get("topology.istio.io/cluster")
+            .map(String::as_str)
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Resource::GatewayClass(_) => "GatewayClass",
@@ -77,6 +99,10 @@ impl Resource {
             Resource::Secret(_) => "Secret",
             Resource::ConfigMap(_) => "ConfigMap",
             Resource::BackendTlsPolicy(_) => "BackendTLSPolicy",
+            Resource::ServiceImport(_) => "ServiceImport",
+            Resource::ClusterProperty(_) => "ClusterProperty",
+            Resource::VirtualDestination(_) => "VirtualDestination",
+            Resource::GlooTrafficPolicy(_) => "TrafficPolicy",
         }
     }
 }
@@ -95,6 +121,9 @@ pub struct ResourceSet {
     pub documents: Vec<Document>,
     pub warnings: Vec<String>,
     pub files: Vec<PathBuf>,
+    /// The gateway's own cluster when the operator named it (`--cluster`): objects labelled
+    /// `topology.istio.io/cluster` with this name are local.
+    pub local_cluster: Option<String>,
 }
 
 /// Deepest `[`/`{` nesting a manifest may have. Kubernetes objects nest a dozen levels; the
@@ -315,6 +344,20 @@ fn parse_value(origin: Origin, value: Value, out: &mut ResourceSet) -> Result<()
             if matches!(version, "v1" | "v1beta1" | "v1alpha3") =>
         {
             Resource::DestinationRule(typed(&origin, &doc, value, &mut out.warnings)?)
+        }
+        ("multicluster.x-k8s.io", "ServiceImport") if version == "v1alpha1" => {
+            Resource::ServiceImport(typed(&origin, &doc, value, &mut out.warnings)?)
+        }
+        ("about.k8s.io", "ClusterProperty") if version == "v1alpha1" => {
+            Resource::ClusterProperty(typed(&origin, &doc, value, &mut out.warnings)?)
+        }
+        ("networking.enterprise.mesh.gloo.solo.io", "VirtualDestination")
+            if version == "v1beta1" =>
+        {
+            Resource::VirtualDestination(typed(&origin, &doc, value, &mut out.warnings)?)
+        }
+        ("networking.mesh.gloo.solo.io", "TrafficPolicy") if version == "v1" => {
+            Resource::GlooTrafficPolicy(typed(&origin, &doc, value, &mut out.warnings)?)
         }
         ("gateway.envoyproxy.io", "BackendTrafficPolicy") if version == "v1alpha1" => {
             Resource::BackendTrafficPolicy(typed(&origin, &doc, value, &mut out.warnings)?)

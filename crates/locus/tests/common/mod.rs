@@ -147,7 +147,16 @@ pub fn echo(name: &str) -> Echo {
 
 /// An echo backend with extra flags (`--work-ms 2.5`, …).
 pub fn echo_with(name: &str, extra: &[&str]) -> Echo {
-    let mut args = vec!["echo", "--name", name, "--listen", "127.0.0.1:0"];
+    spawn_echo(name, "127.0.0.1:0", extra)
+}
+
+/// An echo backend on a given address (a backend restarted where it was).
+pub fn echo_at(name: &str, addr: SocketAddr) -> Echo {
+    spawn_echo(name, &addr.to_string(), &[])
+}
+
+fn spawn_echo(name: &str, listen: &str, extra: &[&str]) -> Echo {
+    let mut args = vec!["echo", "--name", name, "--listen", listen];
     args.extend_from_slice(extra);
     let mut proc = Proc::spawn(&args);
     let line = proc.wait_line("echo listening", |l| l.starts_with("listening addr="));

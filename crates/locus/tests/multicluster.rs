@@ -1,0 +1,270 @@
+//! Across clusters, in file mode: an MCS ServiceImport whose EndpointSlices come from two
+//! clusters, and the Gloo Mesh locality failover walkthrough with the seed's own
+//! VirtualDestination and TrafficPolicy. Real backends, real requests at 50 per second.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+
+/// One MCS EndpointSlice (one endpoint: each backend listens on its own port) of ServiceImport
+/// `apps/svc`, exported from `cluster`.
+fn mcs_slice(name: &str, cluster: &str, zone: &str, addr: SocketAddr) -> String {
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: apps\n  labels: {{multicluster.kubernetes.io/service-name: svc, multicluster.kubernetes.io/source-cluster: {cluster}}}\naddressType: IPv4\nports: [{{name: http, port: {}}}]\nendpoints:\n- {{addresses: [\"{}\"], zone: {zone}}}\n---\n",
+        addr.port(),
+        addr.ip()
+    )
+}
+
+const IMPORT: &str = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: apps}\nspec:\n  gatewayClassName: locus\n  listeners: [{name: http, protocol: HTTP, port: 8080}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: apps}\nspec:\n  parentRefs: [{name: gw}]\n  rules: [{backendRefs: [{group: multicluster.x-k8s.io, kind: ServiceImport, name: svc, port: 80}]}]\n---\napiVersion: multicluster.x-k8s.io/v1alpha1\nkind: ServiceImport\nmetadata: {name: svc, namespace: apps}\nspec:\n  type: ClusterSetIP\n  ports: [{name: http, port: 80, protocol: TCP}]\n---\n# The exported Service of this cluster lends the import its policies: here, active checks.\napiVersion: v1\nkind: Service\nmetadata: {name: svc, namespace: apps}\nspec:\n  ports: [{name: http, port: 80}]\n---\napiVersion: gateway.envoyproxy.io/v1alpha1\nkind: BackendTrafficPolicy\nmetadata: {name: hc, namespace: apps}\nspec:\n  targetRefs: [{group: \"\", kind: Service, name: svc}]\n  healthCheck:\n    active: {type: HTTP, interval: 100ms, timeout: 500ms, unhealthyThreshold: 1, healthyThreshold: 1, http: {path: /healthz, expectedStatuses: [200]}}\n---\napiVersion: v1\nkind: Node\nmetadata:\n  name: west-node\n  labels: {topology.istio.io/cluster: west, topology.kubernetes.io/region: r2, topology.kubernetes.io/zone: r2-a}\n---\n";
+
+/// Sends a request every 20 ms (50 per second) until `n` have been answered; returns who
+/// answered each, in order.
+async fn at_50_per_second(c: &HttpClient, addr: SocketAddr, host: &str, n: usize) -> Vec<String> {
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seen = Vec::with_capacity(n);
+    while seen.len() < n {
+        tick.tick().await;
+        seen.push(c.get(addr, host, "/hostname").await.who());
+    }
+    seen
+}
+
+fn errors(seen: &[String]) -> Vec<&String> {
+    seen.iter().filter(|w| w.starts_with("status")).collect()
+}
+
+/// The local cluster's endpoints take all the traffic; when they die, the remote cluster's
+/// take it with no client error; when they come back (active checks), traffic returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_import_keeps_traffic_in_its_cluster_and_fails_over_to_the_other() {
+    let mut a1 = echo("a1");
+    let mut a2 = echo("a2");
+    let b = echo("b");
+    let dir = tempdir();
+    let m = [
+        IMPORT.to_owned(),
+        mcs_slice("svc-east-1", "east", "r1-a", a1.addr),
+        mcs_slice("svc-east-2", "east", "r1-a", a2.addr),
+        mcs_slice("svc-west-1", "west", "r2-a", b.addr),
+    ]
+    .concat();
+    write(dir.path(), "all.yaml", &m);
+    let out = run_ok(&[
+        "check",
+        "-f",
+        dir.path().to_str().unwrap(),
+        "--cluster",
+        "east",
+        "--locality",
+        "r1/r1-a",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("cluster: east (from --cluster / CLUSTER_NAME)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("ServiceImport apps/svc.clusterset port 80"),
+        "{text}"
+    );
+    assert!(text.contains("cluster west"), "{text}");
+    let gw = Gw::start(dir.path(), &["--cluster", "east", "--locality", "r1/r1-a"]);
+    let addr = gw.addr(8080);
+    let c = HttpClient::default();
+
+    let before = at_50_per_second(&c, addr, "svc.test", 100).await;
+    assert_eq!(errors(&before), Vec::<&String>::new());
+    assert!(before.iter().all(|w| w == "a1" || w == "a2"), "{before:?}");
+
+    let (p1, p2) = (a1.addr, a2.addr);
+    a1.proc.kill();
+    a2.proc.kill();
+    let during = at_50_per_second(&c, addr, "svc.test", 150).await;
+    assert_eq!(errors(&during), Vec::<&String>::new(), "{during:?}");
+    assert!(during.iter().all(|w| w == "b"), "{during:?}");
+
+    // The local pods serve again on the same addresses: once their ejection (5 s, Locus's
+    // default for refused connections) is over and the active checks pass, traffic is back.
+    let _a1 = echo_at("a1", p1);
+    let _a2 = echo_at("a2", p2);
+    let after = at_50_per_second(&c, addr, "svc.test", 500).await;
+    assert_eq!(errors(&after), Vec::<&String>::new(), "{after:?}");
+    let back = after
+        .iter()
+        .position(|w| w != "b")
+        .expect("traffic came back");
+    assert!(
+        after[back..].iter().all(|w| w == "a1" || w == "a2"),
+        "{after:?}"
+    );
+    assert!(after.len() - back >= 100, "back only after {back} requests");
+
+    // The metrics name both clusters.
+    let metrics = c.get(gw.admin, "admin", "/metrics").await.body;
+    for cluster in ["east", "west"] {
+        assert!(
+            metrics.contains(&format!(
+                "source_cluster=\"east\",destination_cluster=\"{cluster}\""
+            )),
+            "{metrics}"
+        );
+    }
+    let doc = c.get(gw.admin, "admin", "/debug/endpoints").await.json();
+    assert_eq!(doc["gateway"]["cluster"], "east");
+    let buckets = doc["services"][0]["buckets"].as_array().unwrap();
+    let clusters: Vec<&str> = buckets
+        .iter()
+        .filter(|b| b["total"].as_u64() > Some(0))
+        .map(|b| b["endpoints"][0]["cluster"].as_str().unwrap())
+        .collect();
+    assert_eq!(clusters, ["east", "west"], "{doc:#}");
+}
+
+/// The seed's resources, exactly as `gloo-mesh-locality-failover.txt` writes them.
+const SEED: &str = r#"apiVersion: networking.enterprise.mesh.gloo.solo.io/v1beta1
+kind: VirtualDestination
+metadata:
+  name: bookinfo-global
+  namespace: gloo-mesh
+spec:
+  hostname: reviews.global
+  port:
+    number: 9080
+    protocol: http
+  localized:
+    outlierDetection:
+      consecutiveErrors: 1
+      maxEjectionPercent: 100
+      interval: 5s
+      baseEjectionTime: 120s
+    destinationSelectors:
+    - kubeServiceMatcher:
+        labels:
+          app: reviews
+  virtualMesh:
+    name: virtual-mesh
+    namespace: gloo-mesh
+---
+apiVersion: networking.mesh.gloo.solo.io/v1
+kind: TrafficPolicy
+metadata:
+  name: reviews-shift-failover
+  namespace: bookinfo
+spec:
+  destinationSelector:
+  - kubeServiceRefs:
+      services:
+      - clusterName: mgmt-cluster
+        name: reviews
+        namespace: bookinfo
+  policy:
+    trafficShift:
+      destinations:
+      - virtualDestination:
+          name: bookinfo-global
+          namespace: gloo-mesh
+---
+"#;
+
+/// Both clusters' view: their Nodes with the seed's region and zone labels, the `reviews`
+/// Service in each, and its pods (v1 and v2 in mgmt-cluster, v3 in remote-cluster).
+fn clusters(v1: SocketAddr, v2: SocketAddr, v3: SocketAddr) -> String {
+    let slice = |name: &str, cluster: &str, node: &str, addr: SocketAddr| {
+        let label = if cluster == "remote-cluster" {
+            ", topology.istio.io/cluster: remote-cluster"
+        } else {
+            ""
+        };
+        format!(
+            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: bookinfo\n  labels: {{kubernetes.io/service-name: reviews{label}}}\naddressType: IPv4\nports: [{{name: http, port: {}}}]\nendpoints:\n- {{addresses: [\"{}\"], nodeName: {node}}}\n---\n",
+            addr.port(),
+            addr.ip()
+        )
+    };
+    [
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: bookinfo}\nspec:\n  gatewayClassName: locus\n  listeners: [{name: http, protocol: HTTP, port: 9080}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: productpage-to-reviews, namespace: bookinfo}\nspec:\n  parentRefs: [{name: gw}]\n  rules: [{backendRefs: [{name: reviews, port: 9080}]}]\n---\n".to_owned(),
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: mgmt-cluster-control-plane\n  labels: {topology.kubernetes.io/region: us-east-1, topology.kubernetes.io/zone: us-east-1a}\n---\n".to_owned(),
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: remote-cluster-control-plane\n  labels: {topology.istio.io/cluster: remote-cluster, topology.kubernetes.io/region: us-east-2, topology.kubernetes.io/zone: us-east-2b}\n---\n".to_owned(),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: bookinfo, labels: {app: reviews}}\nspec:\n  ports: [{name: http, port: 9080}]\n---\n".to_owned(),
+        "apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: bookinfo, labels: {app: reviews, topology.istio.io/cluster: remote-cluster}}\nspec:\n  ports: [{name: http, port: 9080}]\n---\n".to_owned(),
+        slice("reviews-v1", "mgmt-cluster", "mgmt-cluster-control-plane", v1),
+        slice("reviews-v2", "mgmt-cluster", "mgmt-cluster-control-plane", v2),
+        slice("reviews-v3", "remote-cluster", "remote-cluster-control-plane", v3),
+    ]
+    .concat()
+}
+
+/// The walkthrough: v1/v2 answer; their pods stop serving (new pods, connection refused) and
+/// every request is answered by v3 with no client error; the pods are restored (a rollout with
+/// serving pods) and v1/v2 answer again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn virtual_destination_plays_the_gloo_mesh_seed() {
+    let v1 = echo("reviews-v1");
+    let v2 = echo("reviews-v2");
+    let v3 = echo("reviews-v3");
+    let dir = tempdir();
+    write(dir.path(), "seed.yaml", SEED);
+    write(
+        dir.path(),
+        "clusters.yaml",
+        &clusters(v1.addr, v2.addr, v3.addr),
+    );
+    let flags = [
+        "--cluster",
+        "mgmt-cluster",
+        "--node",
+        "mgmt-cluster-control-plane",
+    ];
+    let out = run_ok(&[&["check", "-f", dir.path().to_str().unwrap()], &flags[..]].concat());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("VirtualDestination gloo-mesh/bookinfo-global.virtualdestination port 9080"),
+        "{text}"
+    );
+    assert!(!text.contains("not used by Locus"), "{text}");
+    assert!(!text.contains("is not one Locus reads"), "{text}");
+    let mut gw = Gw::start(dir.path(), &flags);
+    let addr = gw.addr(9080);
+    let c = HttpClient::default();
+
+    let before = at_50_per_second(&c, addr, "bookinfo", 100).await;
+    assert_eq!(errors(&before), Vec::<&String>::new());
+    let local = |w: &String| w == "reviews-v1" || w == "reviews-v2";
+    assert!(before.iter().all(local), "{before:?}");
+
+    // `sleep 20h`: new pods whose web servers never start. Their addresses refuse connections.
+    drop(v1);
+    drop(v2);
+    gw.apply(
+        "clusters.yaml",
+        &clusters(dead_addr(), dead_addr(), v3.addr),
+    );
+    let during = at_50_per_second(&c, addr, "bookinfo", 150).await;
+    assert_eq!(errors(&during), Vec::<&String>::new(), "{during:?}");
+    assert!(during.iter().all(|w| w == "reviews-v3"), "{during:?}");
+    // consecutiveErrors 1, baseEjectionTime 120s: each dead pod is ejected for two minutes.
+    let doc = c.get(gw.admin, "admin", "/debug/endpoints").await.json();
+    let ejected: Vec<u64> = doc["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| s["buckets"].as_array().unwrap())
+        .flat_map(|b| b["endpoints"].as_array().unwrap())
+        .filter_map(|e| e["ejected_for_ms"].as_u64())
+        .collect();
+    assert_eq!(ejected.len(), 2, "{doc:#}");
+    assert!(ejected.iter().all(|ms| *ms > 100_000), "{ejected:?}");
+
+    // Restored: the rollout brings pods that serve.
+    let v1 = echo("reviews-v1");
+    let v2 = echo("reviews-v2");
+    gw.apply("clusters.yaml", &clusters(v1.addr, v2.addr, v3.addr));
+    let after = at_50_per_second(&c, addr, "bookinfo", 100).await;
+    assert_eq!(errors(&after), Vec::<&String>::new(), "{after:?}");
+    assert!(after.iter().all(local), "{after:?}");
+}

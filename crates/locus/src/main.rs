@@ -403,7 +403,8 @@ fn main() -> ExitCode {
         }
         Command::Demo { serve } => {
             // The demo's output is its table; logs only for problems unless RUST_LOG says so.
-            init_logging(cli.log_format, "warn");
+            // Ejections are part of the story the tables tell; they are not logged over them.
+            init_logging(cli.log_format, "warn,locus::proxy::outcome=error");
             let rt = runtime(None).expect("tokio runtime");
             match rt.block_on(locus::demo::run(serve)) {
                 Ok(()) => ExitCode::SUCCESS,

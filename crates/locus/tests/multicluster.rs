@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use common::*;
+use locus::demo::gloo::{cluster_manifests, SEED_MANIFESTS};
 
 /// One MCS EndpointSlice (one endpoint: each backend listens on its own port) of ServiceImport
 /// `apps/svc`, exported from `cluster`.
@@ -125,80 +126,6 @@ async fn service_import_keeps_traffic_in_its_cluster_and_fails_over_to_the_other
     assert_eq!(clusters, ["east", "west"], "{doc:#}");
 }
 
-/// The seed's resources, exactly as `gloo-mesh-locality-failover.txt` writes them.
-const SEED: &str = r#"apiVersion: networking.enterprise.mesh.gloo.solo.io/v1beta1
-kind: VirtualDestination
-metadata:
-  name: bookinfo-global
-  namespace: gloo-mesh
-spec:
-  hostname: reviews.global
-  port:
-    number: 9080
-    protocol: http
-  localized:
-    outlierDetection:
-      consecutiveErrors: 1
-      maxEjectionPercent: 100
-      interval: 5s
-      baseEjectionTime: 120s
-    destinationSelectors:
-    - kubeServiceMatcher:
-        labels:
-          app: reviews
-  virtualMesh:
-    name: virtual-mesh
-    namespace: gloo-mesh
----
-apiVersion: networking.mesh.gloo.solo.io/v1
-kind: TrafficPolicy
-metadata:
-  name: reviews-shift-failover
-  namespace: bookinfo
-spec:
-  destinationSelector:
-  - kubeServiceRefs:
-      services:
-      - clusterName: mgmt-cluster
-        name: reviews
-        namespace: bookinfo
-  policy:
-    trafficShift:
-      destinations:
-      - virtualDestination:
-          name: bookinfo-global
-          namespace: gloo-mesh
----
-"#;
-
-/// Both clusters' view: their Nodes with the seed's region and zone labels, the `reviews`
-/// Service in each, and its pods (v1 and v2 in mgmt-cluster, v3 in remote-cluster).
-fn clusters(v1: SocketAddr, v2: SocketAddr, v3: SocketAddr) -> String {
-    let slice = |name: &str, cluster: &str, node: &str, addr: SocketAddr| {
-        let label = if cluster == "remote-cluster" {
-            ", topology.istio.io/cluster: remote-cluster"
-        } else {
-            ""
-        };
-        format!(
-            "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: bookinfo\n  labels: {{kubernetes.io/service-name: reviews{label}}}\naddressType: IPv4\nports: [{{name: http, port: {}}}]\nendpoints:\n- {{addresses: [\"{}\"], nodeName: {node}}}\n---\n",
-            addr.port(),
-            addr.ip()
-        )
-    };
-    [
-        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: bookinfo}\nspec:\n  gatewayClassName: locus\n  listeners: [{name: http, protocol: HTTP, port: 9080}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: productpage-to-reviews, namespace: bookinfo}\nspec:\n  parentRefs: [{name: gw}]\n  rules: [{backendRefs: [{name: reviews, port: 9080}]}]\n---\n".to_owned(),
-        "apiVersion: v1\nkind: Node\nmetadata:\n  name: mgmt-cluster-control-plane\n  labels: {topology.kubernetes.io/region: us-east-1, topology.kubernetes.io/zone: us-east-1a}\n---\n".to_owned(),
-        "apiVersion: v1\nkind: Node\nmetadata:\n  name: remote-cluster-control-plane\n  labels: {topology.istio.io/cluster: remote-cluster, topology.kubernetes.io/region: us-east-2, topology.kubernetes.io/zone: us-east-2b}\n---\n".to_owned(),
-        "apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: bookinfo, labels: {app: reviews}}\nspec:\n  ports: [{name: http, port: 9080}]\n---\n".to_owned(),
-        "apiVersion: v1\nkind: Service\nmetadata: {name: reviews, namespace: bookinfo, labels: {app: reviews, topology.istio.io/cluster: remote-cluster}}\nspec:\n  ports: [{name: http, port: 9080}]\n---\n".to_owned(),
-        slice("reviews-v1", "mgmt-cluster", "mgmt-cluster-control-plane", v1),
-        slice("reviews-v2", "mgmt-cluster", "mgmt-cluster-control-plane", v2),
-        slice("reviews-v3", "remote-cluster", "remote-cluster-control-plane", v3),
-    ]
-    .concat()
-}
-
 /// The walkthrough: v1/v2 answer; their pods stop serving (new pods, connection refused) and
 /// every request is answered by v3 with no client error; the pods are restored (a rollout with
 /// serving pods) and v1/v2 answer again.
@@ -208,11 +135,11 @@ async fn virtual_destination_plays_the_gloo_mesh_seed() {
     let v2 = echo("reviews-v2");
     let v3 = echo("reviews-v3");
     let dir = tempdir();
-    write(dir.path(), "seed.yaml", SEED);
+    write(dir.path(), "seed.yaml", SEED_MANIFESTS);
     write(
         dir.path(),
         "clusters.yaml",
-        &clusters(v1.addr, v2.addr, v3.addr),
+        &cluster_manifests(v1.addr, v2.addr, v3.addr),
     );
     let flags = [
         "--cluster",
@@ -242,7 +169,7 @@ async fn virtual_destination_plays_the_gloo_mesh_seed() {
     drop(v2);
     gw.apply(
         "clusters.yaml",
-        &clusters(dead_addr(), dead_addr(), v3.addr),
+        &cluster_manifests(dead_addr(), dead_addr(), v3.addr),
     );
     let during = at_50_per_second(&c, addr, "bookinfo", 150).await;
     assert_eq!(errors(&during), Vec::<&String>::new(), "{during:?}");
@@ -263,7 +190,10 @@ async fn virtual_destination_plays_the_gloo_mesh_seed() {
     // Restored: the rollout brings pods that serve.
     let v1 = echo("reviews-v1");
     let v2 = echo("reviews-v2");
-    gw.apply("clusters.yaml", &clusters(v1.addr, v2.addr, v3.addr));
+    gw.apply(
+        "clusters.yaml",
+        &cluster_manifests(v1.addr, v2.addr, v3.addr),
+    );
     let after = at_50_per_second(&c, addr, "bookinfo", 100).await;
     assert_eq!(errors(&after), Vec::<&String>::new(), "{after:?}");
     assert!(after.iter().all(local), "{after:?}");

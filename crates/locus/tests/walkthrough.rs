@@ -121,6 +121,15 @@ fn demo_command_reproduces_the_seed() {
     );
     assert!(stdout.contains("Every step matches the seed."), "{stdout}");
     assert!(!stdout.contains(" NO"), "{stdout}");
+    // The Gloo Mesh walkthrough: two clusters, failover to v3 with no error, and back.
+    assert!(
+        stdout.contains("The Gloo Mesh locality failover walkthrough"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("Every step matches the seed: the dead pods"),
+        "{stdout}"
+    );
     // The HTTPS step: TLS 1.3 with HTTP/2, then a rotated certificate.
     assert!(stdout.contains("TLSv1_3, ALPN h2"), "{stdout}");
     assert!(stdout.contains("Secret rotated"), "{stdout}");

@@ -1,4 +1,5 @@
-//! `locus demo`: the agentgateway locality walkthrough, reproduced on 127.0.0.1.
+//! `locus demo`: the agentgateway locality walkthrough, reproduced on 127.0.0.1, then the
+//! Gloo Mesh multi-cluster failover walkthrough ([`gloo`]).
 //!
 //! Three echo backends stand for the seed's pods, WorkloadEntries give them their localities,
 //! and a gateway in `region/zone` serves them from manifest files in a temporary directory.
@@ -24,6 +25,7 @@ use hyper_util::rt::TokioExecutor;
 use locus_core::{Distribution, Locality, RoutingPolicy};
 use tokio::net::TcpListener;
 
+pub mod gloo;
 mod https;
 
 use crate::discovery::files;
@@ -362,6 +364,7 @@ pub async fn run(serve: bool) -> anyhow::Result<()> {
         bail!("the walkthrough did not reproduce the seed's outcomes");
     }
     println!("\nEvery step matches the seed.");
+    gloo::run().await?;
     scenario_a(&client).await?;
     https::run(&gw, &mut events, &dir_path).await?;
     if serve {

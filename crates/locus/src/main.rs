@@ -72,6 +72,15 @@ impl IdentityArgs {
     }
 }
 
+fn parse_remote_cluster(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((name, path)) if !name.is_empty() && !path.is_empty() => {
+            Ok((name.to_owned(), PathBuf::from(path)))
+        }
+        _ => Err(format!("{s:?} is not NAME=KUBECONFIG")),
+    }
+}
+
 fn parse_locality(s: &str) -> Result<Locality, String> {
     Locality::parse(s).map_err(|e| e.to_string())
 }
@@ -114,6 +123,11 @@ enum Command {
         /// In cluster mode, do not write Gateway/HTTPRoute status (for read-only RBAC).
         #[arg(long, requires = "kubernetes")]
         no_status: bool,
+        /// Another cluster whose Services, EndpointSlices, Nodes and WorkloadEntries join the
+        /// view, `NAME=KUBECONFIG`; repeatable. Secrets labelled `istio/multiCluster: "true"`
+        /// (Istio's remote secrets) add clusters too.
+        #[arg(long = "remote-cluster", requires = "kubernetes", value_parser = parse_remote_cluster)]
+        remote_clusters: Vec<(String, PathBuf)>,
         #[command(flatten)]
         identity: IdentityArgs,
         /// Serve only this Gateway (`namespace/name`); default: every Gateway in the files.
@@ -421,6 +435,7 @@ fn main() -> ExitCode {
             namespace,
             gateway_class,
             no_status,
+            remote_clusters,
             identity,
             gateway,
             bind,
@@ -541,6 +556,7 @@ fn main() -> ExitCode {
                         write_status: !no_status,
                         address_service: identity.fleet_service.clone(),
                         lease: Some((lease_ns, "locus-status-writer".to_owned())),
+                        remote_clusters,
                     };
                     tokio::select! {
                         r = locus::discovery::cluster::run(gw.clone(), opts) => {

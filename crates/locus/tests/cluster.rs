@@ -577,3 +577,179 @@ async fn status_is_written_by_one_replica_and_keeps_other_controllers_entries() 
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// The addresses `/debug/endpoints` routes over, with the cluster of each.
+async fn endpoint_clusters(c: &HttpClient, admin: SocketAddr) -> Vec<(String, String)> {
+    let doc = c.get(admin, "admin", "/debug/endpoints").await.json();
+    let mut out = Vec::new();
+    for s in doc["services"].as_array().unwrap() {
+        for b in s["buckets"].as_array().unwrap() {
+            for e in b["endpoints"].as_array().unwrap() {
+                out.push((
+                    e["address"].as_str().unwrap().to_owned(),
+                    e["cluster"].as_str().unwrap().to_owned(),
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Waits for configurations until `/debug/endpoints` lists `addr` (in `cluster`).
+async fn until_listed(gw: &mut Gw, c: &HttpClient, addr: SocketAddr, cluster: &str) {
+    let want = (addr.to_string(), cluster.to_owned());
+    while !endpoint_clusters(c, gw.admin).await.contains(&want) {
+        gw.wait_applied();
+    }
+}
+
+/// Waits until `/debug/config` reports (or stops reporting) a problem with cluster `west`.
+async fn until_west_reported(c: &HttpClient, admin: SocketAddr, reported: bool) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let config = c.get(admin, "admin", "/debug/config").await.json();
+        let now = config["discovery_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("remote cluster west"));
+        if now == reported {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{config}");
+        // Polling the admin API: the watches retry on kube-runtime's backoff timers.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Two clusters live, each behind its own stand-in API server: east is the gateway's, west a
+/// remote given as a kubeconfig. The gateway is ready with west down; west's endpoints join
+/// when it comes up and its changes apply within a second; traffic stays in east until east's
+/// endpoint dies; west's outage keeps its last view routing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remote_cluster_endpoints_join_live_and_survive_its_outage() {
+    let mut a = echo("east-a");
+    let b = echo("west-b");
+    let b2 = echo("west-b2");
+    let east = ApiServer::start().await;
+    east.apply_yaml(
+        &[
+            GATEWAY.to_owned(),
+            node("gw-node", "za"),
+            node("n-a", "za"),
+            slice("a", a.addr, "n-a", true),
+        ]
+        .concat(),
+    );
+    let west = ApiServer::start().await;
+    west.apply_yaml(&[
+        "apiVersion: v1\nkind: Service\nmetadata: {name: svc, namespace: apps}\nspec:\n  ports: [{name: http, port: 80}]\n---\n",
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: n-a\n  labels: {topology.kubernetes.io/region: r2, topology.kubernetes.io/zone: w1}\n---\n",
+        &slice("b", b.addr, "n-a", true),
+    ]
+    .concat());
+    west.stop();
+    let (east_dir, west_dir) = (tempdir(), tempdir());
+    let east_config = kubeconfig(east.addr, east_dir.path());
+    let west_config = kubeconfig(west.addr, west_dir.path());
+    let remote = format!("west={}", west_config.display());
+    // West is down: the gateway still becomes ready, on east alone.
+    let mut gw = Gw::start_cluster(
+        &east_config,
+        &[
+            "--node",
+            "gw-node",
+            "--cluster",
+            "east",
+            "--remote-cluster",
+            &remote,
+        ],
+    );
+    let addr = gw.addr(8080);
+    let c = HttpClient::default();
+    assert_eq!(all_to(&c, addr, 5).await, counts(&[("east-a", 5)]));
+    until_west_reported(&c, gw.admin, true).await;
+
+    west.restart().await;
+    until_listed(&mut gw, &c, b.addr, "west").await;
+    until_west_reported(&c, gw.admin, false).await;
+    // West's Node n-a is not east's n-a: its endpoint is in region r2, not in the gateway's
+    // zone, and east's endpoint keeps every request.
+    assert_eq!(all_to(&c, addr, 10).await, counts(&[("east-a", 10)]));
+
+    let started = Instant::now();
+    west.apply_yaml(&slice("b2", b2.addr, "n-a", true));
+    until_listed(&mut gw, &c, b2.addr, "west").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "a remote change took {:?}",
+        started.elapsed()
+    );
+
+    a.proc.kill();
+    let seen = all_to(&c, addr, 20).await;
+    assert_eq!(seen.values().sum::<usize>(), 20);
+    assert!(
+        seen.keys().all(|k| k == "west-b" || k == "west-b2"),
+        "{seen:?}"
+    );
+
+    // West goes away: its last view keeps routing, and the gateway says so.
+    west.stop();
+    until_west_reported(&c, gw.admin, true).await;
+    let seen = all_to(&c, addr, 10).await;
+    assert!(
+        seen.keys().all(|k| k == "west-b" || k == "west-b2"),
+        "{seen:?}"
+    );
+    let metrics = c.get(gw.admin, "admin", "/metrics").await.body;
+    assert!(
+        metrics.contains("kind=\"EndpointSlice (cluster west)\""),
+        "{metrics}"
+    );
+}
+
+/// Istio's remote secrets: a Secret labelled `istio/multiCluster: "true"` whose key is the
+/// cluster's name and value its kubeconfig adds that cluster; deleting it removes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn istio_remote_secrets_add_and_remove_clusters() {
+    let mut a = echo("east-a");
+    let b = echo("west-b");
+    let east = ApiServer::start().await;
+    east.apply_yaml(
+        &[
+            GATEWAY.to_owned(),
+            node("gw-node", "za"),
+            node("n-a", "za"),
+            slice("a", a.addr, "n-a", true),
+        ]
+        .concat(),
+    );
+    let west = ApiServer::start().await;
+    west.apply_yaml(&[
+        "apiVersion: v1\nkind: Service\nmetadata: {name: svc, namespace: apps}\nspec:\n  ports: [{name: http, port: 80}]\n---\n",
+        &slice("b", b.addr, "n-w", true),
+    ]
+    .concat());
+    let (east_dir, west_dir) = (tempdir(), tempdir());
+    let east_config = kubeconfig(east.addr, east_dir.path());
+    let west_config = std::fs::read_to_string(kubeconfig(west.addr, west_dir.path())).unwrap();
+    let mut gw = Gw::start_cluster(&east_config, &["--node", "gw-node", "--cluster", "east"]);
+    let addr = gw.addr(8080);
+    let c = HttpClient::default();
+    assert_eq!(all_to(&c, addr, 5).await, counts(&[("east-a", 5)]));
+
+    let indented: String = west_config.lines().map(|l| format!("    {l}\n")).collect();
+    east.apply_yaml(&format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: istio-remote-secret-west\n  namespace: istio-system\n  labels: {{istio/multiCluster: \"true\"}}\ntype: Opaque\nstringData:\n  west: |\n{indented}"
+    ));
+    until_listed(&mut gw, &c, b.addr, "west").await;
+    a.proc.kill();
+    assert_eq!(all_to(&c, addr, 10).await, counts(&[("west-b", 10)]));
+
+    east.delete("v1", "Secret", "istio-system", "istio-remote-secret-west");
+    while endpoint_clusters(&c, gw.admin)
+        .await
+        .contains(&(b.addr.to_string(), "west".to_owned()))
+    {
+        gw.wait_applied();
+    }
+}

@@ -7,6 +7,13 @@
 //! listed, so a new replica never routes on half a view; afterwards changes are applied
 //! after a short debounce. While the API server is unreachable the last view keeps routing,
 //! and the gateway says so (log, `locus_discovery_errors_total`, `/debug/config`).
+//!
+//! Other clusters (`--remote-cluster NAME=KUBECONFIG`, or Secrets labelled
+//! `istio/multiCluster: "true"` holding kubeconfigs, as Istio's remote secrets do) are watched
+//! for what endpoints need: Services, EndpointSlices, Nodes and WorkloadEntries. Their objects
+//! join the view labelled `topology.istio.io/cluster: NAME`, which is how the model tells
+//! clusters apart. Readiness waits for the local cluster only; a remote that is down keeps its
+//! last view and says so, and never holds back the others.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -105,7 +112,43 @@ const KINDS: &[(&str, &str, &str, &str, bool)] = &[
         "backendtlspolicies",
         true,
     ),
+    (
+        "multicluster.x-k8s.io",
+        "v1alpha1",
+        "ServiceImport",
+        "serviceimports",
+        true,
+    ),
+    (
+        "about.k8s.io",
+        "v1alpha1",
+        "ClusterProperty",
+        "clusterproperties",
+        true,
+    ),
+    (
+        "networking.enterprise.mesh.gloo.solo.io",
+        "v1beta1",
+        "VirtualDestination",
+        "virtualdestinations",
+        true,
+    ),
+    (
+        "networking.mesh.gloo.solo.io",
+        "v1",
+        "TrafficPolicy",
+        "trafficpolicies",
+        true,
+    ),
 ];
+
+/// The kinds read from remote clusters: what their endpoints and localities need.
+const REMOTE_KINDS: &[&str] = &["Service", "Node", "EndpointSlice", "WorkloadEntry"];
+
+/// The label Istio puts on remote secrets (`istioctl create-remote-secret`).
+pub const MULTICLUSTER_SECRET_LABEL: &str = "istio/multiCluster";
+/// The label that says which cluster an object was read from.
+const CLUSTER_LABEL: &str = "topology.istio.io/cluster";
 
 /// How long changes are gathered before one configuration is built from them.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -125,20 +168,61 @@ pub struct ClusterOptions {
     pub address_service: Option<crate::model::ObjKey>,
     /// The Lease that elects the one replica writing status (`namespace`, `name`).
     pub lease: Option<(String, String)>,
+    /// Remote clusters by name and kubeconfig file (`--remote-cluster NAME=PATH`).
+    pub remote_clusters: Vec<(String, PathBuf)>,
 }
 
 pub use crate::model::CONTROLLER_NAME;
 
-#[derive(Default)]
-struct Store {
+/// What one cluster's watchers have seen.
+struct View {
     /// Kind index → `namespace/name` → object.
     objects: Vec<BTreeMap<String, Value>>,
-    /// Kinds listed at least once (or absent from the cluster).
+    /// Kinds listed at least once (or absent from the cluster, or not watched there).
     synced: Vec<bool>,
     /// Kind index → the last watch error, cleared when the watch works again.
     errors: BTreeMap<usize, String>,
+}
+
+impl View {
+    fn new(watched: impl Fn(&str) -> bool) -> Self {
+        View {
+            objects: vec![BTreeMap::new(); KINDS.len()],
+            synced: KINDS.iter().map(|k| !watched(k.2)).collect(),
+            errors: BTreeMap::new(),
+        }
+    }
+}
+
+/// A remote cluster's view and where its kubeconfig came from.
+struct RemoteView {
+    view: View,
+    source: String,
+    /// Why it cannot be watched at all (a kubeconfig that does not load).
+    broken: Option<String>,
+}
+
+struct Store {
+    local: View,
+    remotes: BTreeMap<Arc<str>, RemoteView>,
     /// Bumped by every change, so the applier skips wake-ups that bring nothing new.
     version: u64,
+}
+
+/// Whose view a watcher writes.
+#[derive(Clone)]
+enum Slot {
+    Local,
+    Remote(Arc<str>),
+}
+
+impl Store {
+    fn view_mut(&mut self, slot: &Slot) -> Option<&mut View> {
+        match slot {
+            Slot::Local => Some(&mut self.local),
+            Slot::Remote(name) => self.remotes.get_mut(name).map(|r| &mut r.view),
+        }
+    }
 }
 
 async fn client(opts: &ClusterOptions) -> anyhow::Result<Client> {
@@ -149,6 +233,11 @@ async fn client(opts: &ClusterOptions) -> anyhow::Result<Client> {
         }
         None => Config::infer().await?,
     };
+    Ok(Client::try_from(config)?)
+}
+
+async fn client_from(kubeconfig: kube::config::Kubeconfig) -> anyhow::Result<Client> {
+    let config = Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await?;
     Ok(Client::try_from(config)?)
 }
 
@@ -189,7 +278,7 @@ struct StatusView {
 impl StatusView {
     fn of(s: &Store, address_service: Option<&crate::model::ObjKey>) -> Self {
         let mut objects = BTreeMap::new();
-        for (k, list) in s.objects.iter().enumerate() {
+        for (k, list) in s.local.objects.iter().enumerate() {
             if !matches!(
                 KINDS[k].2,
                 "Gateway" | "HTTPRoute" | "GRPCRoute" | "GatewayClass"
@@ -203,7 +292,7 @@ impl StatusView {
         let services = KINDS.iter().position(|k| k.2 == "Service");
         let addresses = address_service
             .zip(services)
-            .and_then(|(svc, k)| s.objects[k].get(&svc.to_string()))
+            .and_then(|(svc, k)| s.local.objects[k].get(&svc.to_string()))
             .map(service_addresses)
             .unwrap_or_default();
         StatusView { objects, addresses }
@@ -530,15 +619,27 @@ fn same_but_status(a: &Value, b: &Value) -> bool {
     strip(a) == strip(b)
 }
 
-/// The watches' errors, for `/debug/config`; `None` when every watch works.
+/// The watches' errors, for `/debug/config`; `None` when every watch works. A remote
+/// cluster's are prefixed with its name.
 fn status(s: &Store) -> Option<String> {
-    (!s.errors.is_empty()).then(|| {
-        s.errors
-            .iter()
-            .map(|(k, e)| format!("{}: {e}", KINDS[*k].2))
-            .collect::<Vec<_>>()
-            .join("; ")
-    })
+    let mut all: Vec<String> = s
+        .local
+        .errors
+        .iter()
+        .map(|(k, e)| format!("{}: {e}", KINDS[*k].2))
+        .collect();
+    for (name, r) in &s.remotes {
+        if let Some(why) = &r.broken {
+            all.push(format!("remote cluster {name} ({}): {why}", r.source));
+        }
+        for (k, e) in &r.view.errors {
+            all.push(format!(
+                "remote cluster {name} ({}): {}: {e}; its last view keeps routing",
+                r.source, KINDS[*k].2
+            ));
+        }
+    }
+    (!all.is_empty()).then(|| all.join("; "))
 }
 
 /// Builds a resource set from everything watched. Objects the parser refuses are skipped
@@ -546,7 +647,7 @@ fn status(s: &Store) -> Option<String> {
 /// freeze every other change.
 fn resource_set(store: &Store) -> ResourceSet {
     let mut set = ResourceSet::default();
-    for (k, objects) in store.objects.iter().enumerate() {
+    for (k, objects) in store.local.objects.iter().enumerate() {
         let origin_file: Arc<Path> = Arc::from(PathBuf::from(format!("cluster:{}", KINDS[k].2)));
         for (i, value) in objects.values().enumerate() {
             let origin = Origin {
@@ -558,111 +659,394 @@ fn resource_set(store: &Store) -> ResourceSet {
             }
         }
     }
+    for (name, remote) in &store.remotes {
+        for (k, objects) in remote.view.objects.iter().enumerate() {
+            let origin_file: Arc<Path> =
+                Arc::from(PathBuf::from(format!("cluster {name}:{}", KINDS[k].2)));
+            for (i, value) in objects.values().enumerate() {
+                let origin = Origin {
+                    file: origin_file.clone(),
+                    index: i + 1,
+                };
+                let mut value = value.clone();
+                value["metadata"]["labels"][CLUSTER_LABEL] = Value::String(name.to_string());
+                if let Err(e) = parse_value_into(origin, value, &mut set) {
+                    set.warnings.push(format!("{e}; object skipped"));
+                }
+            }
+        }
+    }
     set.files = vec![PathBuf::from("cluster")];
     set
+}
+
+/// Watches one kind of one cluster into the store, forever (list, then watch; re-list with
+/// backoff after errors). The future ends only when dropped.
+#[allow(clippy::too_many_arguments)]
+async fn watch_kind(
+    client: Client,
+    namespace: Option<String>,
+    k: usize,
+    slot: Slot,
+    store: Arc<Mutex<Store>>,
+    changed: Arc<Notify>,
+    gateway: Arc<Gateway>,
+) {
+    let (group, version, kind, plural, optional) = KINDS[k];
+    let ar =
+        ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
+    let cluster_scoped = matches!(
+        kind,
+        "Node" | "Namespace" | "GatewayClass" | "ClusterProperty"
+    );
+    let api: Api<DynamicObject> = match (&namespace, cluster_scoped) {
+        (Some(ns), false) => Api::namespaced_with(client, ns, &ar),
+        _ => Api::all_with(client, &ar),
+    };
+    let config = if kind == "Secret" {
+        watcher::Config::default().fields("type=kubernetes.io/tls")
+    } else {
+        watcher::Config::default()
+    };
+    // Errors and metrics name the cluster when it is not the local one.
+    let what = match &slot {
+        Slot::Local => kind.to_owned(),
+        Slot::Remote(name) => format!("{kind} (cluster {name})"),
+    };
+    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    let mut buffer: BTreeMap<String, Value> = BTreeMap::new();
+    while let Some(event) = stream.next().await {
+        let mut guard = store.lock().expect("cluster store lock");
+        let Some(s) = guard.view_mut(&slot) else {
+            return; // the remote cluster was removed
+        };
+        match event {
+            Ok(Event::Init) => buffer.clear(),
+            Ok(Event::InitApply(obj)) => {
+                buffer.insert(key(&obj), to_value(obj, &ar));
+            }
+            Ok(Event::InitDone) => {
+                s.objects[k] = std::mem::take(&mut buffer);
+                s.synced[k] = true;
+                if s.errors.remove(&k).is_some() {
+                    tracing::info!(kind = %what, "watch restored; re-listed");
+                }
+            }
+            Ok(Event::Apply(obj)) => {
+                let key = key(&obj);
+                let value = to_value(obj, &ar);
+                let unchanged = s.objects[k]
+                    .get(&key)
+                    .is_some_and(|old| same_but_status(old, &value));
+                s.objects[k].insert(key, value);
+                // Status writes (ours included) change nothing Locus routes by.
+                if unchanged {
+                    continue;
+                }
+            }
+            Ok(Event::Delete(obj)) => {
+                s.objects[k].remove(&key(&obj));
+            }
+            // Secrets and ConfigMaps hold only certificates: without RBAC for them,
+            // the rest of the cluster still routes (HTTPS listeners get no certificate,
+            // TLS to endpoints with a CA reference answers 503).
+            Err(e) if matches!(kind, "Secret" | "ConfigMap") && list_refused(&e, 403) => {
+                if !s.synced[k] {
+                    tracing::warn!(
+                        kind,
+                        error = %e,
+                        "cannot list {kind}s (RBAC); certificates they hold cannot be used"
+                    );
+                    s.synced[k] = true;
+                }
+                continue;
+            }
+            Err(e) if optional && list_refused(&e, 404) => {
+                if !s.synced[k] {
+                    tracing::info!(
+                        kind = %what,
+                        "not served by this cluster (CRD not installed); treated as empty"
+                    );
+                    s.synced[k] = true;
+                }
+                continue;
+            }
+            Err(e) => {
+                let text = e.to_string();
+                if s.errors.insert(k, text.clone()).is_none() {
+                    tracing::warn!(kind = %what, error = %text, "watch failed; routing on the last good view and retrying with backoff");
+                }
+                gateway.note_discovery_error(&what);
+                gateway.set_discovery_status(status(&guard));
+                continue;
+            }
+        }
+        gateway.set_discovery_status(status(&guard));
+        guard.version += 1;
+        drop(guard);
+        changed.notify_one();
+    }
+}
+
+/// Watches a remote cluster's endpoint kinds; ends only when dropped. A kubeconfig that does
+/// not load is reported (status, log) and the remote stays empty.
+async fn watch_remote(
+    name: Arc<str>,
+    kubeconfig: kube::config::Kubeconfig,
+    namespace: Option<String>,
+    store: Arc<Mutex<Store>>,
+    changed: Arc<Notify>,
+    gateway: Arc<Gateway>,
+) {
+    let client = match client_from(kubeconfig).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(cluster = %name, error = %e, "cannot watch remote cluster: its kubeconfig does not load");
+            let mut s = store.lock().expect("cluster store lock");
+            if let Some(r) = s.remotes.get_mut(&name) {
+                r.broken = Some(format!("kubeconfig: {e}"));
+            }
+            gateway.set_discovery_status(status(&s));
+            return;
+        }
+    };
+    let watches = KINDS
+        .iter()
+        .enumerate()
+        .filter(|(_, k)| REMOTE_KINDS.contains(&k.2))
+        .map(|(k, _)| {
+            watch_kind(
+                client.clone(),
+                namespace.clone(),
+                k,
+                Slot::Remote(name.clone()),
+                store.clone(),
+                changed.clone(),
+                gateway.clone(),
+            )
+        });
+    futures::future::join_all(watches).await;
+}
+
+/// The remote clusters running, by name: their watch task and what started it.
+struct Remotes {
+    running: BTreeMap<Arc<str>, (tokio::task::JoinHandle<()>, String)>,
+    namespace: Option<String>,
+    store: Arc<Mutex<Store>>,
+    changed: Arc<Notify>,
+    gateway: Arc<Gateway>,
+}
+
+impl Remotes {
+    /// Starts watching `name` (replacing what watched it before) with `kubeconfig`.
+    fn start(
+        &mut self,
+        name: &str,
+        kubeconfig: kube::config::Kubeconfig,
+        source: String,
+        fingerprint: String,
+    ) {
+        let name: Arc<str> = Arc::from(name);
+        if self
+            .running
+            .get(&name)
+            .is_some_and(|(_, f)| *f == fingerprint)
+        {
+            return;
+        }
+        self.stop(&name);
+        tracing::info!(cluster = %name, from = %source, "watching remote cluster");
+        self.store
+            .lock()
+            .expect("cluster store lock")
+            .remotes
+            .insert(
+                name.clone(),
+                RemoteView {
+                    view: View::new(|k| REMOTE_KINDS.contains(&k)),
+                    source,
+                    broken: None,
+                },
+            );
+        let task = tokio::spawn(watch_remote(
+            name.clone(),
+            kubeconfig,
+            self.namespace.clone(),
+            self.store.clone(),
+            self.changed.clone(),
+            self.gateway.clone(),
+        ));
+        self.running.insert(name, (task, fingerprint));
+    }
+
+    fn stop(&mut self, name: &Arc<str>) {
+        if let Some((task, _)) = self.running.remove(name) {
+            task.abort();
+            let mut s = self.store.lock().expect("cluster store lock");
+            s.remotes.remove(name);
+            s.version += 1;
+            self.gateway.set_discovery_status(status(&s));
+            drop(s);
+            self.changed.notify_one();
+        }
+    }
+}
+
+/// Watches Secrets labelled `istio/multiCluster: "true"`: each data key is a cluster name and
+/// its value a kubeconfig (Istio's remote secrets). Clusters appear, change and go with them;
+/// those given on the command line (`fixed`) take precedence.
+async fn watch_remote_secrets(
+    client: Client,
+    namespace: Option<String>,
+    fixed: Vec<String>,
+    mut remotes: Remotes,
+) {
+    let api: Api<k8s_openapi::api::core::v1::Secret> = match &namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    };
+    let config = watcher::Config::default().labels(&format!("{MULTICLUSTER_SECRET_LABEL}=true"));
+    let mut stream = watcher::watcher(api, config).default_backoff().boxed();
+    let mut secrets: BTreeMap<String, k8s_openapi::api::core::v1::Secret> = BTreeMap::new();
+    let mut buffer = BTreeMap::new();
+    let name_of = |s: &k8s_openapi::api::core::v1::Secret| {
+        format!(
+            "{}/{}",
+            s.metadata.namespace.as_deref().unwrap_or(""),
+            s.metadata.name.as_deref().unwrap_or("")
+        )
+    };
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(Event::Init) => buffer.clear(),
+            Ok(Event::InitApply(s)) => {
+                buffer.insert(name_of(&s), s);
+            }
+            Ok(Event::InitDone) => secrets = std::mem::take(&mut buffer),
+            Ok(Event::Apply(s)) => {
+                secrets.insert(name_of(&s), s);
+            }
+            Ok(Event::Delete(s)) => {
+                secrets.remove(&name_of(&s));
+            }
+            Err(e) if list_refused(&e, 403) => {
+                tracing::info!(error = %e, "cannot list Secrets for remote clusters (RBAC); only --remote-cluster ones are watched");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "watch of remote-cluster Secrets failed; retrying");
+                continue;
+            }
+        }
+        let mut wanted: BTreeMap<String, (String, Vec<u8>)> = BTreeMap::new();
+        for (secret_name, secret) in &secrets {
+            // The API server filters by label; a filter that was not applied must not turn
+            // every Secret into a cluster.
+            let labelled = secret
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(MULTICLUSTER_SECRET_LABEL))
+                .is_some_and(|v| v == "true");
+            if !labelled {
+                continue;
+            }
+            // `stringData` is what a manifest may hold before the API server folds it into
+            // `data`.
+            let entries = secret
+                .data
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k, v.0.clone()))
+                .chain(
+                    secret
+                        .string_data
+                        .iter()
+                        .flatten()
+                        .map(|(k, v)| (k, v.clone().into_bytes())),
+                );
+            for (cluster, data) in entries {
+                if !fixed.contains(cluster) {
+                    wanted.insert(cluster.clone(), (format!("Secret {secret_name}"), data));
+                }
+            }
+        }
+        let gone: Vec<Arc<str>> = remotes
+            .running
+            .keys()
+            .filter(|n| !fixed.iter().any(|f| f.as_str() == &***n) && !wanted.contains_key(&***n))
+            .cloned()
+            .collect();
+        for name in gone {
+            tracing::info!(cluster = %name, "remote cluster Secret removed; no longer watched");
+            remotes.stop(&name);
+        }
+        for (cluster, (source, bytes)) in wanted {
+            let text = String::from_utf8_lossy(&bytes);
+            match kube::config::Kubeconfig::from_yaml(&text) {
+                Ok(kc) => {
+                    let fingerprint = format!("{:x}", fxhash(&bytes));
+                    remotes.start(&cluster, kc, source, fingerprint);
+                }
+                Err(e) => {
+                    tracing::warn!(cluster = %cluster, from = %source, error = %e, "remote cluster kubeconfig does not parse; not watched");
+                }
+            }
+        }
+    }
+}
+
+/// A cheap fingerprint of a kubeconfig, to restart a remote's watch only when it changed.
+fn fxhash(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
 }
 
 /// Runs the watchers and applies every change to `gateway` until the process ends.
 pub async fn run(gateway: Arc<Gateway>, opts: ClusterOptions) -> anyhow::Result<()> {
     let client = client(&opts).await?;
     let store = Arc::new(Mutex::new(Store {
-        objects: vec![BTreeMap::new(); KINDS.len()],
-        synced: vec![false; KINDS.len()],
-        errors: BTreeMap::new(),
+        local: View::new(|_| true),
+        remotes: BTreeMap::new(),
         version: 0,
     }));
     let mut applied_version = None;
     let mut written: std::collections::HashMap<String, String> = std::collections::HashMap::new();
     let changed = Arc::new(Notify::new());
-    for (k, &(group, version, kind, plural, optional)) in KINDS.iter().enumerate() {
-        let ar =
-            ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural);
-        let cluster_scoped = matches!(kind, "Node" | "Namespace" | "GatewayClass");
-        let api: Api<DynamicObject> = match (&opts.namespace, cluster_scoped) {
-            (Some(ns), false) => Api::namespaced_with(client.clone(), ns, &ar),
-            _ => Api::all_with(client.clone(), &ar),
-        };
-        let store = store.clone();
-        let changed = changed.clone();
-        let gateway = gateway.clone();
-        tokio::spawn(async move {
-            let config = if kind == "Secret" {
-                watcher::Config::default().fields("type=kubernetes.io/tls")
-            } else {
-                watcher::Config::default()
-            };
-            let mut stream = watcher::watcher(api, config).default_backoff().boxed();
-            let mut buffer: BTreeMap<String, Value> = BTreeMap::new();
-            while let Some(event) = stream.next().await {
-                let mut s = store.lock().expect("cluster store lock");
-                match event {
-                    Ok(Event::Init) => buffer.clear(),
-                    Ok(Event::InitApply(obj)) => {
-                        buffer.insert(key(&obj), to_value(obj, &ar));
-                    }
-                    Ok(Event::InitDone) => {
-                        s.objects[k] = std::mem::take(&mut buffer);
-                        s.synced[k] = true;
-                        if s.errors.remove(&k).is_some() {
-                            tracing::info!(kind, "watch restored; re-listed");
-                        }
-                    }
-                    Ok(Event::Apply(obj)) => {
-                        let key = key(&obj);
-                        let value = to_value(obj, &ar);
-                        let unchanged = s.objects[k]
-                            .get(&key)
-                            .is_some_and(|old| same_but_status(old, &value));
-                        s.objects[k].insert(key, value);
-                        // Status writes (ours included) change nothing Locus routes by.
-                        if unchanged {
-                            continue;
-                        }
-                    }
-                    Ok(Event::Delete(obj)) => {
-                        s.objects[k].remove(&key(&obj));
-                    }
-                    // Secrets and ConfigMaps hold only certificates: without RBAC for them,
-                    // the rest of the cluster still routes (HTTPS listeners get no certificate,
-                    // TLS to endpoints with a CA reference answers 503).
-                    Err(e) if matches!(kind, "Secret" | "ConfigMap") && list_refused(&e, 403) => {
-                        if !s.synced[k] {
-                            tracing::warn!(
-                                kind,
-                                error = %e,
-                                "cannot list {kind}s (RBAC); certificates they hold cannot be used"
-                            );
-                            s.synced[k] = true;
-                        }
-                        continue;
-                    }
-                    Err(e) if optional && list_refused(&e, 404) => {
-                        if !s.synced[k] {
-                            tracing::info!(
-                                kind,
-                                "not served by this cluster (CRD not installed); treated as empty"
-                            );
-                            s.synced[k] = true;
-                        }
-                        continue;
-                    }
-                    Err(e) => {
-                        let text = e.to_string();
-                        if s.errors.insert(k, text.clone()).is_none() {
-                            tracing::warn!(kind, error = %text, "watch failed; routing on the last good view and retrying with backoff");
-                        }
-                        gateway.note_discovery_error(kind);
-                        gateway.set_discovery_status(status(&s));
-                        continue;
-                    }
-                }
-                gateway.set_discovery_status(status(&s));
-                s.version += 1;
-                drop(s);
-                changed.notify_one();
-            }
-        });
+    for k in 0..KINDS.len() {
+        tokio::spawn(watch_kind(
+            client.clone(),
+            opts.namespace.clone(),
+            k,
+            Slot::Local,
+            store.clone(),
+            changed.clone(),
+            gateway.clone(),
+        ));
     }
+    let mut remotes = Remotes {
+        running: BTreeMap::new(),
+        namespace: opts.namespace.clone(),
+        store: store.clone(),
+        changed: changed.clone(),
+        gateway: gateway.clone(),
+    };
+    for (name, path) in &opts.remote_clusters {
+        let kc = kube::config::Kubeconfig::read_from(path)
+            .map_err(|e| anyhow::anyhow!("--remote-cluster {name}={}: {e}", path.display()))?;
+        remotes.start(name, kc, path.display().to_string(), String::new());
+    }
+    tokio::spawn(watch_remote_secrets(
+        client.clone(),
+        opts.namespace.clone(),
+        opts.remote_clusters
+            .iter()
+            .map(|(n, _)| n.clone())
+            .collect(),
+        remotes,
+    ));
     // One replica writes status: the holder of the Lease.
     let leadership = Arc::new(lease::Leadership::default());
     if let (true, Some((ns, name))) = (opts.write_status, opts.lease.clone()) {
@@ -691,7 +1075,8 @@ pub async fn run(gateway: Arc<Gateway>, opts: ClusterOptions) -> anyhow::Result<
         tokio::time::sleep(DEBOUNCE).await;
         let (set, view) = {
             let s = store.lock().expect("cluster store lock");
-            if !s.synced.iter().all(|x| *x) {
+            // Readiness needs the local cluster listed; remote clusters join when they can.
+            if !s.local.synced.iter().all(|x| *x) {
                 continue;
             }
             let set = (applied_version != Some(s.version)).then(|| resource_set(&s));

@@ -39,6 +39,10 @@ pub struct Endpoint {
     /// `topology.istio.io/cluster`, or the remote cluster it was read from. `None`: the
     /// gateway's own cluster (a plain EndpointSlice).
     pub cluster: Option<Arc<str>>,
+    /// Set when the endpoint stands for workloads of another network, reached through that
+    /// network's east-west gateway at `addr`: the destination (`namespace/name:port`) the hop
+    /// header names, so the remote gateway sends the request to its own endpoints.
+    pub via: Option<Arc<str>>,
 }
 
 impl Endpoint {
@@ -54,6 +58,7 @@ impl Endpoint {
             labels: None,
             zone_hints: None,
             cluster: None,
+            via: None,
         }
     }
 

@@ -58,6 +58,7 @@ pub fn run(paths: &[PathBuf], cfg: &IdentityConfig, format: Format, strict: bool
         Err(e) => return fail(vec![e.to_string()]),
     };
     set.local_cluster = cfg.cluster.clone();
+    set.local_network = cfg.network.clone();
     let mut model = match Model::build(&set) {
         Ok(m) => m,
         Err(e) => return fail(vec![e.to_string()]),

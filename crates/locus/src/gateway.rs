@@ -60,6 +60,9 @@ pub struct GatewayOptions {
     pub limits: proxy::Limits,
     /// How requests are answered: request ids, error bodies.
     pub answers: proxy::Answers,
+    /// Accept other networks' east-west traffic on this port (plain HTTP; keep it reachable
+    /// from the other networks' gateways only).
+    pub east_west_port: Option<u16>,
 }
 
 impl Default for GatewayOptions {
@@ -74,6 +77,7 @@ impl Default for GatewayOptions {
             cost_per_gb_cross_zone: crate::metrics::DEFAULT_COST_CROSS_ZONE,
             cost_per_gb_cross_region: crate::metrics::DEFAULT_COST_CROSS_REGION,
             imbalance_warn: 1.5,
+            east_west_port: None,
             load_spill_interval: crate::writer::DEFAULT_LOAD_INTERVAL,
             data_plane: None,
             limits: proxy::Limits::default(),
@@ -286,6 +290,8 @@ impl Gateway {
     pub async fn apply(&self, mut set: ResourceSet) -> Result<u64, String> {
         let started = std::time::Instant::now();
         set.local_cluster = self.options.identity.cluster.clone();
+        set.local_network = self.options.identity.network.clone();
+        set.east_west_port = self.options.east_west_port;
         let files: Vec<String> = set.files.iter().map(|f| f.display().to_string()).collect();
         // Certificates are parsed there too; their problems become listener status and
         // warnings in the model, never a rejected configuration.
@@ -307,7 +313,12 @@ impl Gateway {
         let resolved = identity::resolve(&self.options.identity, &model);
         let generation = self.generation.load(Ordering::SeqCst) + 1;
         // Bind new ports before publishing so a table never names a port that is not served.
-        let wanted = self.options.selector.listener_ports(&model);
+        let mut wanted = self.options.selector.listener_ports(&model);
+        if let Some(port) = model.east_west_port {
+            wanted.push(port);
+            wanted.sort_unstable();
+            wanted.dedup();
+        }
         if let Err(e) = self.bind_missing(&wanted, &tls).await {
             return Err(self.reject(e));
         }

@@ -18,6 +18,8 @@ pub struct IdentityConfig {
     pub node: Option<String>,
     /// From `--cluster` or `CLUSTER_NAME`.
     pub cluster: Option<String>,
+    /// From `--network` or `NETWORK`.
+    pub network: Option<String>,
     /// `--fleet-service ns/name`: the Service in front of the gateway replicas; its ready
     /// endpoints per zone are the fleet for capacity-aware routing.
     pub fleet_service: Option<crate::model::ObjKey>,

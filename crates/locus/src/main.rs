@@ -54,6 +54,11 @@ struct IdentityArgs {
     /// locality level.
     #[arg(long, env = "CLUSTER_NAME")]
     cluster: Option<String>,
+    /// The network the gateway is in (else the `topology.istio.io/network` label of Namespace
+    /// istio-system): endpoints of other networks are reached through their east-west
+    /// gateways.
+    #[arg(long, env = "NETWORK")]
+    network: Option<String>,
     /// The Service in front of the gateway replicas (`namespace/name`): its ready endpoints per
     /// zone are the fleet for `locus.io/zone-balance: capacity` (a Gateway's `locus.io/fleet`
     /// annotation wins).
@@ -67,6 +72,7 @@ impl IdentityArgs {
             locality: self.locality.clone(),
             node: self.node.clone(),
             cluster: self.cluster.clone(),
+            network: self.network.clone(),
             fleet_service: self.fleet_service.clone(),
         }
     }
@@ -136,6 +142,11 @@ enum Command {
         /// Address the listeners bind to.
         #[arg(long, default_value = "0.0.0.0")]
         bind: IpAddr,
+        /// Accept other networks' east-west traffic on this port: requests carrying the hop
+        /// header go to the named Service's endpoints in this cluster only. Plain HTTP: keep it
+        /// reachable from the other networks' gateways only.
+        #[arg(long)]
+        east_west_port: Option<u16>,
         /// Bind each listener to a free port instead of its configured one; the bound
         /// addresses are printed on stdout (`listening port=80 addr=127.0.0.1:41234`).
         #[arg(long)]
@@ -439,6 +450,7 @@ fn main() -> ExitCode {
             identity,
             gateway,
             bind,
+            east_west_port,
             ephemeral_ports,
             privileged_port_offset,
             workers,
@@ -500,6 +512,7 @@ fn main() -> ExitCode {
                         (None, false) => GatewaySelector::All,
                     },
                     bind,
+                    east_west_port,
                     ephemeral_ports,
                     privileged_port_offset,
                     events_to_stdout: true,

@@ -198,3 +198,176 @@ async fn virtual_destination_plays_the_gloo_mesh_seed() {
     assert_eq!(errors(&after), Vec::<&String>::new(), "{after:?}");
     assert!(after.iter().all(local), "{after:?}");
 }
+
+/// `apps/svc`'s EndpointSlice for one backend, in `cluster` (`None`: the gateway's own) and
+/// `network`.
+fn net_slice(name: &str, addr: SocketAddr, cluster: Option<&str>, network: &str) -> String {
+    let cluster = cluster
+        .map(|c| format!(", topology.istio.io/cluster: {c}"))
+        .unwrap_or_default();
+    format!(
+        "apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {name}\n  namespace: apps\n  labels: {{kubernetes.io/service-name: svc, topology.istio.io/network: {network}{cluster}}}\naddressType: IPv4\nports: [{{name: http, port: {}}}]\nendpoints:\n- {{addresses: [\"{}\"]}}\n---\n",
+        addr.port(),
+        addr.ip()
+    )
+}
+
+/// `apps/svc` (PreferClose) as `cluster` defines it.
+fn net_service(cluster: Option<&str>) -> String {
+    let labels = cluster
+        .map(|c| format!("\n  labels: {{topology.istio.io/cluster: {c}}}"))
+        .unwrap_or_default();
+    format!("apiVersion: v1\nkind: Service\nmetadata:\n  name: svc\n  namespace: apps{labels}\nspec:\n  trafficDistribution: PreferClose\n  ports: [{{name: http, port: 80}}]\n---\n")
+}
+
+/// The east-west gateway of `network` in `cluster`, listening at `addr`: a Service labelled
+/// with the network, on port 15443, and its endpoint.
+fn east_west_gateway(cluster: &str, network: &str, addr: SocketAddr) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata:\n  name: eastwest\n  namespace: istio-system\n  labels: {{topology.istio.io/cluster: {cluster}, topology.istio.io/network: {network}}}\nspec:\n  ports: [{{name: tls, port: 15443}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: eastwest\n  namespace: istio-system\n  labels: {{kubernetes.io/service-name: eastwest, topology.istio.io/cluster: {cluster}}}\naddressType: IPv4\nports: [{{name: tls, port: {}}}]\nendpoints:\n- {{addresses: [\"{}\"]}}\n---\n",
+        addr.port(),
+        addr.ip()
+    )
+}
+
+/// Two networks, a gateway in each. East's endpoint is preferred; when it dies, east sends to
+/// west's east-west gateway (never to west's endpoint directly), which answers from its own
+/// endpoint. West never passes east-west traffic on: with its own endpoint dead, a hop
+/// request gets a 503 even though west could reach east's endpoint through east's gateway.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_networks_are_reached_through_their_east_west_gateway_without_loops() {
+    let mut a = echo("east-a");
+    let mut b = echo("west-b");
+    let west_dir = tempdir();
+    write(
+        west_dir.path(),
+        "west.yaml",
+        &[net_service(None), net_slice("b", b.addr, None, "net-west")].concat(),
+    );
+    let mut west = Gw::start(
+        west_dir.path(),
+        &[
+            "--cluster",
+            "west",
+            "--network",
+            "net-west",
+            "--east-west-port",
+            "15443",
+            "--locality",
+            "r2/w1",
+        ],
+    );
+    let west_ew = west.addr(15443);
+
+    let east_dir = tempdir();
+    let route = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: gw, namespace: apps}\nspec:\n  gatewayClassName: locus\n  listeners: [{name: http, protocol: HTTP, port: 8080}]\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: apps}\nspec:\n  parentRefs: [{name: gw}]\n  rules: [{backendRefs: [{name: svc, port: 80}]}]\n---\n";
+    write(
+        east_dir.path(),
+        "east.yaml",
+        &[
+            route.to_owned(),
+            net_service(None),
+            net_slice("a", a.addr, None, "net-east"),
+            net_service(Some("west")),
+            net_slice("b", b.addr, Some("west"), "net-west"),
+            east_west_gateway("west", "net-west", west_ew),
+        ]
+        .concat(),
+    );
+    let east = Gw::start(
+        east_dir.path(),
+        &[
+            "--cluster",
+            "east",
+            "--network",
+            "net-east",
+            "--east-west-port",
+            "15443",
+            "--locality",
+            "r1/e1",
+        ],
+    );
+    // West learns of east's endpoint, behind east's gateway.
+    west.apply(
+        "east.yaml",
+        &[
+            net_service(Some("east")),
+            net_slice("a", a.addr, Some("east"), "net-east"),
+            east_west_gateway("east", "net-east", east.addr(15443)),
+        ]
+        .concat(),
+    );
+
+    let c = HttpClient::default();
+    // East's table: its own endpoint, and west's gateway standing for west's endpoint.
+    let doc = c.get(east.admin, "admin", "/debug/endpoints").await.json();
+    let svc = doc["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["service"] == "apps/svc:80")
+        .unwrap();
+    let listed: Vec<(String, String)> = svc["buckets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|b| b["endpoints"].as_array().unwrap())
+        .map(|e| {
+            (
+                e["address"].as_str().unwrap().to_owned(),
+                e["origin"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(listed.len(), 2, "{svc:#}");
+    assert_eq!(listed[0].0, a.addr.to_string());
+    assert_eq!(listed[1].0, west_ew.to_string());
+    assert!(
+        listed[1]
+            .1
+            .contains("east-west gateway of network net-west"),
+        "{listed:?}"
+    );
+
+    let addr = east.addr(8080);
+    let before = at_50_per_second(&c, addr, "svc.test", 50).await;
+    assert!(before.iter().all(|w| w == "east-a"), "{before:?}");
+    let a_addr = a.addr;
+    a.proc.kill();
+    let after = at_50_per_second(&c, addr, "svc.test", 100).await;
+    assert_eq!(errors(&after), Vec::<&String>::new(), "{after:?}");
+    assert!(after.iter().all(|w| w == "west-b"), "{after:?}");
+
+    // No loop: east's endpoint serves again, west's dies. A hop request to west is answered by
+    // west's own endpoints only: its one endpoint refuses (502; ejected, it is still the last
+    // resort), and no request takes a trip back to east.
+    let _a = echo_at("east-a", a_addr);
+    b.proc.kill();
+    let mut statuses = Vec::new();
+    for _ in 0..2 {
+        let hop = c
+            .request(
+                "GET",
+                west_ew,
+                "svc.test",
+                "/hostname",
+                &[("x-locus-east-west", "apps/svc:80")],
+                bytes::Bytes::new(),
+            )
+            .await;
+        statuses.push(hop.status);
+    }
+    assert_eq!(statuses, [502, 502]);
+    // A hop naming a Service west does not have is not routed anywhere.
+    let unknown = c
+        .request(
+            "GET",
+            west_ew,
+            "svc.test",
+            "/hostname",
+            &[("x-locus-east-west", "apps/other:80")],
+            bytes::Bytes::new(),
+        )
+        .await;
+    assert_eq!(unknown.status, 404, "{}", unknown.body);
+}

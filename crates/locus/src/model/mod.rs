@@ -80,6 +80,12 @@ pub struct Model {
     /// The gateway's own cluster as the resources name it (`--cluster` given to the source,
     /// else the MCS ClusterProperty `cluster.clusterset.k8s.io`), and where that came from.
     pub cluster: Option<(String, String)>,
+    /// The gateway's own network (`--network`, else the `topology.istio.io/network` label of
+    /// its cluster's `istio-system` Namespace): endpoints of other networks are reached
+    /// through their east-west gateways.
+    pub network: Option<String>,
+    /// The port this gateway accepts other networks' east-west traffic on (`--east-west-port`).
+    pub east_west_port: Option<u16>,
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     /// ReferenceGrants, which let HTTPRoutes reference Services in other namespaces.
     pub grants: Vec<GrantModel>,
@@ -229,6 +235,8 @@ impl Model {
             });
         let local_cluster = model.cluster.as_ref().map(|(c, _)| c.clone());
         let local_cluster = local_cluster.as_deref();
+        model.east_west_port = set.east_west_port;
+        let mut networks = services::Networks::default();
 
         // Nodes and namespaces first: endpoints and routes refer to them.
         for doc in &set.documents {
@@ -251,6 +259,24 @@ impl Model {
                 }
                 Resource::Namespace(ns) => {
                     let name = name_of(&ctx, &ns.metadata)?;
+                    let cluster = services::cluster_of(
+                        ns.metadata.labels.as_ref(),
+                        services::CLUSTER_LABEL,
+                        local_cluster,
+                    );
+                    if let Some(net) = ns
+                        .metadata
+                        .labels
+                        .as_ref()
+                        .and_then(|l| l.get(services::NETWORK_LABEL))
+                    {
+                        networks
+                            .namespaces
+                            .insert((cluster.clone(), name.clone()), net.clone());
+                    }
+                    if cluster.is_some() {
+                        continue; // another cluster's: only its network matters here
+                    }
                     let mut labels = ns.metadata.labels.clone().unwrap_or_default();
                     labels.insert("kubernetes.io/metadata.name".into(), name.clone());
                     model.namespaces.insert(name, labels);
@@ -344,7 +370,18 @@ impl Model {
                 | Resource::ClusterProperty(_) => {}
             }
         }
-        let endpoint_sources = services::EndpointSources::build(
+        networks.local = set
+            .local_network
+            .clone()
+            .filter(|n| !n.is_empty())
+            .or_else(|| {
+                networks
+                    .namespaces
+                    .get(&(None, "istio-system".into()))
+                    .cloned()
+            });
+        model.network = networks.local.clone();
+        let mut endpoint_sources = services::EndpointSources::build(
             &slices,
             &entries,
             &services::NodeViews {
@@ -352,6 +389,7 @@ impl Model {
                 remote: &model.remote_nodes,
             },
             local_cluster,
+            networks,
             &mut model.warnings,
         )?;
         let policies = policies::Policies::build(
@@ -375,6 +413,7 @@ impl Model {
             );
             catalog.push(multicluster::ClusterService { svc, key, cluster });
         }
+        multicluster::find_network_gateways(&mut endpoint_sources, &catalog, &mut model.warnings);
         let mut order: Vec<usize> = (0..services.len()).collect();
         order.sort_by_key(|&i| catalog[i].cluster.is_some());
         for i in order {

@@ -13,7 +13,9 @@ use k8s_openapi::api::core::v1::Service;
 use locus_core::{BalancerConfig, Distribution, LocalityLbSetting, RoutingPolicy};
 
 use super::policies::{outlier_from_istio, Policies};
-use super::services::{EndpointSources, Pick};
+use super::services::{
+    EndpointSources, Pick, DEFAULT_GATEWAY_PORT, GATEWAY_PORT_LABEL, NETWORK_LABEL,
+};
 use super::{name_of, namespace_of, DocCtx, Model, ObjKey, ServiceModel, ServicePortModel};
 use crate::resources::istio::OutlierDetection;
 use crate::resources::multicluster::{DestinationSelector, TrafficPolicy, VirtualDestination};
@@ -421,4 +423,94 @@ pub(super) fn apply_traffic_shifts(
             rule.backends = out;
         }
     }
+}
+
+/// East-west gateways: a Service labelled `topology.istio.io/network: NET` (in any cluster) is
+/// that network's gateway, on its port `networking.istio.io/gatewayPort` (default 15443), at
+/// its load balancer's addresses, else its endpoints'. Once they are known, endpoints of other
+/// networks are reached through them (see `EndpointSources::endpoints_for`).
+pub(super) fn find_network_gateways(
+    sources: &mut EndpointSources,
+    catalog: &[ClusterService<'_>],
+    warnings: &mut Vec<String>,
+) {
+    let others = sources.other_networks();
+    if sources.networks.local.is_none() {
+        if !others.is_empty() {
+            let names: Vec<&str> = others.iter().map(|n| &**n).collect();
+            warnings.push(format!(
+                "endpoints are in networks {}, but the gateway's own network is unknown (--network, or the topology.istio.io/network label of Namespace istio-system); every endpoint is dialled directly",
+                names.join(", ")
+            ));
+        }
+        return;
+    }
+    let mut gateways: BTreeMap<String, Vec<std::net::SocketAddr>> = BTreeMap::new();
+    for cs in catalog {
+        let labels = cs.labels();
+        let Some(network) = labels.get(NETWORK_LABEL) else {
+            continue;
+        };
+        let port = labels
+            .get(GATEWAY_PORT_LABEL)
+            .and_then(|p| p.parse::<u16>().ok())
+            .unwrap_or(DEFAULT_GATEWAY_PORT);
+        let spec = cs.svc.spec.clone().unwrap_or_default();
+        let ports = spec.ports.clone().unwrap_or_default();
+        let Some(p) = ports.iter().find(|p| p.port == i32::from(port)) else {
+            warnings.push(format!(
+                "Service {} is labelled {NETWORK_LABEL}: {network} but has no port {port} ({GATEWAY_PORT_LABEL}); not used as its east-west gateway",
+                cs.key
+            ));
+            continue;
+        };
+        let balancer: Vec<std::net::SocketAddr> = cs
+            .svc
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|lb| lb.ingress.as_ref())
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i.ip.as_ref()?.parse().ok())
+            .map(|ip| std::net::SocketAddr::new(ip, port))
+            .collect();
+        let addrs = if balancer.is_empty() {
+            let port_model = ServicePortModel {
+                name: p.name.clone().unwrap_or_default(),
+                port,
+                app_protocol: None,
+                endpoints: Vec::new(),
+                health: Default::default(),
+                balancer: Default::default(),
+            };
+            sources
+                .endpoints_for(
+                    &cs.key,
+                    &spec.selector.clone().unwrap_or_default(),
+                    &port_model,
+                    p.target_port.as_ref(),
+                    ports.len() == 1,
+                    Pick {
+                        import: false,
+                        cluster: Some(cs.cluster.as_deref()),
+                    },
+                )
+                .into_iter()
+                .filter(|e| e.state == locus_core::EndpointState::Ready)
+                .map(|e| e.addr)
+                .collect()
+        } else {
+            balancer
+        };
+        gateways.entry(network.clone()).or_default().extend(addrs);
+    }
+    for net in &others {
+        if gateways.get(&**net).is_none_or(|g| g.is_empty()) {
+            warnings.push(format!(
+                "endpoints in network {net} cannot be reached: no Service labelled {NETWORK_LABEL}: {net} (its east-west gateway) has an address"
+            ));
+        }
+    }
+    sources.networks.gateways = Some(gateways);
 }

@@ -22,7 +22,25 @@ pub const MCS_SOURCE_CLUSTER_LABEL: &str = "multicluster.kubernetes.io/source-cl
 /// Istio's cluster label: on a WorkloadEntry, the cluster it runs in; on any object of a
 /// manifest set, the cluster that object was read from (unlabelled: the gateway's own).
 pub const CLUSTER_LABEL: &str = "topology.istio.io/cluster";
+/// Istio's network label: on an EndpointSlice, a WorkloadEntry or a Namespace (of its
+/// cluster), the network its endpoints are in; on a Service, that Service is the network's
+/// east-west gateway.
+pub const NETWORK_LABEL: &str = "topology.istio.io/network";
+/// Istio's label for an east-west gateway Service's port (default 15443).
+pub const GATEWAY_PORT_LABEL: &str = "networking.istio.io/gatewayPort";
+pub const DEFAULT_GATEWAY_PORT: u16 = 15443;
 
+/// Which network each endpoint is in, and how other networks are reached.
+#[derive(Default)]
+pub(super) struct Networks {
+    /// The gateway's own network (`None`: unknown, so every endpoint is dialled directly).
+    pub local: Option<String>,
+    /// (cluster, namespace) → network, from Namespace labels (`None`: the gateway's cluster).
+    pub namespaces: BTreeMap<(Option<Arc<str>>, String), String>,
+    /// Network → the addresses of its east-west gateway. Set once they are known: before,
+    /// endpoints are taken as they are (the gateways' own endpoints are found that way).
+    pub gateways: Option<BTreeMap<String, Vec<SocketAddr>>>,
+}
 /// The cluster an object belongs to by its labels: `None` for the gateway's own (unlabelled,
 /// or labelled with the gateway's own cluster name).
 pub(super) fn cluster_of(
@@ -71,6 +89,7 @@ impl ServiceModel {
 /// One endpoint of an EndpointSlice before it is matched to a Service port.
 struct SliceEndpoint {
     ip: IpAddr,
+    network: Option<Arc<str>>,
     zone_hints: Option<Arc<[String]>>,
     locality: Locality,
     node: Option<Arc<str>>,
@@ -98,6 +117,7 @@ struct Entry {
     weight: u32,
     origin: Arc<str>,
     cluster: Option<Arc<str>>,
+    network: Option<Arc<str>>,
 }
 
 /// Which endpoints of a Service port to take.
@@ -145,6 +165,7 @@ impl NodeViews<'_> {
 pub(super) struct EndpointSources {
     slices: Vec<Slice>,
     entries: Vec<Entry>,
+    pub networks: Networks,
 }
 
 fn parse_ip(ctx: &DocCtx<'_>, field: &str, s: &str) -> Result<IpAddr, ConfigError> {
@@ -158,6 +179,7 @@ impl EndpointSources {
         entries: &[(&Document, &WorkloadEntry)],
         nodes: &NodeViews<'_>,
         local_cluster: Option<&str>,
+        networks: Networks,
         warnings: &mut Vec<String>,
     ) -> Result<Self, ConfigError> {
         // A zone seen on some Node tells the region of endpoints that only carry a zone.
@@ -171,6 +193,7 @@ impl EndpointSources {
         let mut out = EndpointSources {
             slices: Vec::new(),
             entries: Vec::new(),
+            networks,
         };
         for (doc, slice) in slices {
             let ctx = DocCtx { doc };
@@ -197,6 +220,15 @@ impl EndpointSources {
             } else {
                 cluster_of(Some(&labels), CLUSTER_LABEL, local_cluster)
             };
+            let network: Option<Arc<str>> = labels
+                .get(NETWORK_LABEL)
+                .or_else(|| {
+                    out.networks
+                        .namespaces
+                        .get(&(cluster.clone(), namespace.clone()))
+                })
+                .filter(|n| !n.is_empty())
+                .map(|n| Arc::from(n.as_str()));
             if slice.address_type == "FQDN" {
                 warnings.push(format!(
                     "{}: addressType FQDN is not supported (IPv4 and IPv6 only); skipped",
@@ -251,6 +283,7 @@ impl EndpointSources {
                     .map(|z| z.iter().map(|z| z.name.clone()).collect::<Vec<_>>().into());
                 endpoints.push(SliceEndpoint {
                     ip,
+                    network: network.clone(),
                     zone_hints,
                     locality,
                     node: node.map(Arc::from),
@@ -294,15 +327,21 @@ impl EndpointSources {
                     ));
                 }
             }
-            if we.spec.network.as_ref().is_some_and(|n| !n.is_empty()) {
-                warnings.push(format!(
-                    "{}: spec.network is not used by Locus (all endpoints are assumed reachable)",
-                    ctx.place()
-                ));
-            }
             let mut labels = we.metadata.labels.clone().unwrap_or_default();
             labels.extend(we.spec.labels.clone());
             let cluster = cluster_of(Some(&labels), CLUSTER_LABEL, local_cluster);
+            let network: Option<Arc<str>> = we
+                .spec
+                .network
+                .as_ref()
+                .or_else(|| labels.get(NETWORK_LABEL))
+                .or_else(|| {
+                    out.networks
+                        .namespaces
+                        .get(&(cluster.clone(), namespace.clone()))
+                })
+                .filter(|n| !n.is_empty())
+                .map(|n| Arc::from(n.as_str()));
             out.entries.push(Entry {
                 key: ObjKey::new(&namespace, &name),
                 labels: Arc::new(labels),
@@ -312,6 +351,7 @@ impl EndpointSources {
                 weight: we.spec.weight.unwrap_or(1).max(1),
                 origin: Arc::from(format!("WorkloadEntry {namespace}/{name}")),
                 cluster,
+                network,
             });
         }
         Ok(out)
@@ -329,6 +369,7 @@ impl EndpointSources {
     ) -> Vec<Endpoint> {
         let mut seen = HashSet::new();
         let mut out = Vec::new();
+        let mut nets: Vec<Option<Arc<str>>> = Vec::new();
         for slice in self.slices.iter().filter(|s| {
             &s.service == service && s.import == pick.import && pick.takes(s.cluster.as_ref())
         }) {
@@ -349,7 +390,9 @@ impl EndpointSources {
                         labels: None,
                         zone_hints: ep.zone_hints.clone(),
                         cluster: slice.cluster.clone(),
+                        via: None,
                     });
+                    nets.push(ep.network.clone());
                 }
             }
         }
@@ -382,11 +425,87 @@ impl EndpointSources {
                         labels: Some(entry.labels.clone()),
                         zone_hints: None,
                         cluster: entry.cluster.clone(),
+                        via: None,
                     });
+                    nets.push(entry.network.clone());
                 }
             }
         }
+        self.across_networks(service, port.port, out, nets)
+    }
+
+    /// Endpoints in another network than the gateway's are not dialled: they are reached
+    /// through that network's east-west gateway (Istio's multi-network model), which sends the
+    /// request to its own endpoints. Each (network, cluster, locality) of them becomes one
+    /// endpoint per gateway address, weighted by how many ready endpoints it stands for, so
+    /// ranking and balancing treat a remote locality as the capacity it has.
+    fn across_networks(
+        &self,
+        service: &ObjKey,
+        port: u16,
+        endpoints: Vec<Endpoint>,
+        nets: Vec<Option<Arc<str>>>,
+    ) -> Vec<Endpoint> {
+        let (Some(local), Some(gateways)) = (&self.networks.local, &self.networks.gateways) else {
+            return endpoints;
+        };
+        let mut out = Vec::with_capacity(endpoints.len());
+        // (network, cluster, locality) → ready weight and endpoint count, in first-seen order.
+        type Place = (Arc<str>, Option<Arc<str>>, Locality);
+        let mut groups: Vec<(Place, u32, usize)> = Vec::new();
+        for (ep, net) in endpoints.into_iter().zip(nets) {
+            match net {
+                Some(n) if *n != **local => {
+                    let key = (n, ep.cluster.clone(), ep.locality.clone());
+                    let ready = u32::from(ep.state == EndpointState::Ready) * ep.weight;
+                    match groups.iter_mut().find(|g| g.0 == key) {
+                        Some(g) => {
+                            g.1 += ready;
+                            g.2 += 1;
+                        }
+                        None => groups.push((key, ready, 1)),
+                    }
+                }
+                _ => out.push(ep),
+            }
+        }
+        let via: Arc<str> = Arc::from(format!("{service}:{port}"));
+        for ((network, cluster, locality), ready, count) in groups {
+            // No gateway for that network: unreachable, and `locus check` says so through the
+            // endpoint count (the warning is the model's).
+            for addr in gateways.get(&*network).into_iter().flatten() {
+                out.push(Endpoint {
+                    addr: *addr,
+                    locality: locality.clone(),
+                    node: None,
+                    weight: ready.max(1),
+                    state: if ready > 0 {
+                        EndpointState::Ready
+                    } else {
+                        EndpointState::NotReady
+                    },
+                    origin: Arc::from(format!(
+                        "east-west gateway of network {network} ({count} endpoints)"
+                    )),
+                    labels: None,
+                    zone_hints: None,
+                    cluster: cluster.clone(),
+                    via: Some(via.clone()),
+                });
+            }
+        }
         out
+    }
+
+    /// The networks that endpoints are in, other than the gateway's.
+    pub(super) fn other_networks(&self) -> std::collections::BTreeSet<Arc<str>> {
+        let local = self.networks.local.as_deref();
+        self.slices
+            .iter()
+            .flat_map(|s| s.endpoints.iter().filter_map(|e| e.network.clone()))
+            .chain(self.entries.iter().filter_map(|e| e.network.clone()))
+            .filter(|n| Some(&**n) != local)
+            .collect()
     }
 
     /// Says so when an EndpointSlice names a Service (or ServiceImport) that does not exist.

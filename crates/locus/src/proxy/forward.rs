@@ -25,7 +25,7 @@ use super::request::{
 use super::upstream_tls;
 use super::{mirror, ConnInfo, Shared};
 use crate::health::now_ms;
-use crate::routing::{Backend, RuleAction, ServiceTarget};
+use crate::routing::{Backend, RuleAction, ServiceTarget, EAST_WEST_HEADER};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -192,6 +192,9 @@ fn route(
     parts: &http::request::Parts,
 ) -> Result<Routed, ProxyError> {
     let table = shared.table.load();
+    if let Some(ew) = table.east_west.as_ref().filter(|e| e.port == info.port) {
+        return east_west_route(ew, host, parts);
+    }
     let (action, prefix) = table
         .ports
         .get(&info.port)
@@ -257,6 +260,35 @@ fn route(
         backend_filters,
         prefix,
         cors_origin,
+    })
+}
+
+/// The east-west listener routes by the hop header alone: to the named Service's endpoints in
+/// this cluster, with none of the routes' filters (the sending gateway applied them).
+fn east_west_route(
+    ew: &crate::routing::EastWest,
+    host: &str,
+    parts: &http::request::Parts,
+) -> Result<Routed, ProxyError> {
+    let found = parts
+        .headers
+        .get(EAST_WEST_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|d| ew.by_destination.get(d));
+    let Some((action, Backend::Service(target, _))) =
+        found.and_then(|a| Some((a, a.backends.first()?)))
+    else {
+        return Err(ProxyError::NoRoute {
+            host: host.to_owned(),
+            path: parts.uri.path().to_owned(),
+        });
+    };
+    Ok(Routed::Forward {
+        action: action.clone(),
+        target: target.clone(),
+        backend_filters: None,
+        prefix: None,
+        cors_origin: None,
     })
 }
 
@@ -490,7 +522,7 @@ impl Exchange<'_> {
 
         for n in 1..=max_attempts {
             let first = tried.is_empty().then_some((&parts, &mut set_cookie));
-            let (addr, health, tier, idx) =
+            let (addr, health, tier, idx, via) =
                 match pick_endpoint(target, &tried, now_ms(), first, self.info) {
                     Ok(p) => p,
                     // Nothing left to retry on: the client gets the error that made us retry.
@@ -515,6 +547,17 @@ impl Exchange<'_> {
             };
             *upstream.uri_mut() =
                 upstream_uri(self.h2c(), self.tls().is_some(), addr, &self.path_and_query);
+            // Another network's gateway takes the request for its own endpoints of the Service
+            // the hop header names; a retry elsewhere must not carry it.
+            match via.as_deref().map(HeaderValue::from_str) {
+                Some(Ok(v)) => {
+                    upstream.headers_mut().insert(EAST_WEST_HEADER, v);
+                }
+                _ if n > 1 => {
+                    upstream.headers_mut().remove(EAST_WEST_HEADER);
+                }
+                _ => {}
+            }
 
             let mut attempt = Attempt::start(target.clone(), idx, health, n > 1);
             attempt.set_request_bytes(body.len());
@@ -765,7 +808,7 @@ fn pick_endpoint(
     now: u64,
     first: Option<(&http::request::Parts, &mut Option<HeaderValue>)>,
     info: &ConnInfo,
-) -> Result<(SocketAddr, Arc<EndpointHealth>, Tier, u32), ProxyError> {
+) -> Result<Picked, ProxyError> {
     let snap = target.snapshot.load();
     let key = match (first, &snap.balancer.algorithm) {
         (Some((parts, cookie)), Algorithm::ConsistentHash(on)) => {
@@ -823,13 +866,19 @@ fn pick_endpoint(
             Err(_) => {}
         }
     }
+    let ep = snap.endpoint(pick);
     Ok((
-        snap.endpoint(pick).addr,
+        ep.addr,
         snap.endpoint_health(pick).clone(),
         snap.buckets[pick.bucket as usize].tier,
         pick.endpoint,
+        ep.via.clone(),
     ))
 }
+
+/// An endpoint picked: its address, health, bucket tier, index in the snapshot, and the hop
+/// header's value when it is another network's east-west gateway.
+type Picked = (SocketAddr, Arc<EndpointHealth>, Tier, u32, Option<Arc<str>>);
 
 fn tried_indices(endpoints: &[locus_core::Endpoint], tried: &[SocketAddr]) -> Vec<u32> {
     endpoints

@@ -124,6 +124,10 @@ pub struct ResourceSet {
     /// The gateway's own cluster when the operator named it (`--cluster`): objects labelled
     /// `topology.istio.io/cluster` with this name are local.
     pub local_cluster: Option<String>,
+    /// The gateway's own network when the operator named it (`--network`).
+    pub local_network: Option<String>,
+    /// The port the gateway takes other networks' east-west traffic on (`--east-west-port`).
+    pub east_west_port: Option<u16>,
 }
 
 /// Deepest `[`/`{` nesting a manifest may have. Kubernetes objects nest a dozen levels; the

@@ -45,6 +45,23 @@ pub struct RuleAction {
 }
 
 impl RuleAction {
+    /// Every request to one Service target, as it comes: other networks' east-west traffic.
+    pub(super) fn to_target(route: Arc<str>, target: Arc<ServiceTarget>) -> RuleAction {
+        RuleAction {
+            route,
+            backends: vec![Backend::Service(target, None)],
+            schedule: WeightedSchedule::new([(0, 1)]),
+            timeout: None,
+            backend_timeout: None,
+            unsupported: None,
+            filters: Default::default(),
+            needs_prefix: false,
+            mirrors: Vec::new(),
+            grpc: false,
+            mirror_draws: Default::default(),
+        }
+    }
+
     /// Whether this request is mirrored to a target that gets `fraction` of them (a hashed
     /// counter: no RNG state shared between threads).
     pub fn mirror_this(&self, fraction: f64) -> bool {

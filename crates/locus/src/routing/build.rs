@@ -75,6 +75,7 @@ impl RouteTable {
         for table in b.ports.values_mut() {
             table.finish();
         }
+        let east_west = model.east_west_port.map(|port| b.east_west(port));
         let listener_status = listener_status(&gateways, &b.attachments, &b.port_conflicts);
         RouteTable {
             generation,
@@ -85,6 +86,64 @@ impl RouteTable {
             route_status: b.route_status,
             warnings: b.warnings,
             identity,
+            east_west,
+        }
+    }
+}
+
+impl Builder<'_> {
+    /// The east-west listener: for each Service port with endpoints in this cluster, a target
+    /// holding only those (dialled directly: never another cluster's, never another network's
+    /// gateway), keyed by the hop header's value.
+    fn east_west(&mut self, port: u16) -> super::table::EastWest {
+        let mut by_destination = HashMap::new();
+        for svc in self
+            .ctx
+            .model
+            .services
+            .values()
+            .filter(|s| s.kind == "Service")
+        {
+            for sp in &svc.ports {
+                let local: Vec<locus_core::Endpoint> = sp
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.cluster.is_none() && e.via.is_none())
+                    .cloned()
+                    .collect();
+                if local.is_empty() {
+                    continue;
+                }
+                let here = crate::model::ServiceModel {
+                    key: ObjKey::new(&svc.key.namespace, &format!("{}.east-west", svc.key.name)),
+                    kind: "Service (east-west)",
+                    policy: svc.policy,
+                    ports: vec![crate::model::ServicePortModel {
+                        endpoints: local,
+                        ..sp.clone()
+                    }],
+                    annotations: svc.annotations.clone(),
+                    origin: svc.origin.clone(),
+                };
+                let target = super::target::service_target(
+                    self.ctx,
+                    &here,
+                    &here.ports[0],
+                    sp.port,
+                    &mut self.services,
+                    &mut self.warnings,
+                );
+                let destination = format!("{}:{}", svc.key, sp.port);
+                let action = super::action::RuleAction::to_target(
+                    Arc::from(format!("east-west {destination}")),
+                    target,
+                );
+                by_destination.insert(destination, Arc::new(action));
+            }
+        }
+        super::table::EastWest {
+            port,
+            by_destination,
         }
     }
 }

@@ -17,5 +17,5 @@ mod target;
 pub use action::{Backend, RuleAction};
 pub use build::Live;
 pub use status::{ListenerStatus, RouteParentStatus};
-pub use table::{GatewaySelector, PortTable, RouteTable, Routed};
+pub use table::{EastWest, GatewaySelector, PortTable, RouteTable, Routed, EAST_WEST_HEADER};
 pub use target::{zone_imbalance, LoadView, ServiceTarget};

@@ -163,6 +163,21 @@ pub struct RouteTable {
     /// Each listener of the served Gateways, for `status.listeners`.
     pub listener_status: Vec<ListenerStatus>,
     pub warnings: Vec<String>,
+    /// Other networks' traffic, when this gateway takes it (`--east-west-port`).
+    pub east_west: Option<EastWest>,
+}
+
+/// The hop header: set by a gateway sending to another network's east-west gateway, it names
+/// the destination (`namespace/name:port`); the receiving gateway sends the request to that
+/// Service's endpoints in its own cluster only, so east-west traffic never travels on.
+pub const EAST_WEST_HEADER: &str = "x-locus-east-west";
+
+/// The east-west listener's routing: hop header value → the action that sends to that
+/// Service port's endpoints in this cluster (none of other clusters or networks).
+#[derive(Debug, Default)]
+pub struct EastWest {
+    pub port: u16,
+    pub by_destination: std::collections::HashMap<String, Arc<super::action::RuleAction>>,
 }
 
 /// Which Gateways this instance serves.

@@ -6,10 +6,13 @@
 #   bash bench/failover.sh                 # Locus variants, then the peers (≈ 25 min)
 #   PEERS_TOO=0 bash bench/failover.sh     # Locus only
 #   DUR=20 bash bench/failover.sh          # shorter probes
+#   VARIANTS=multicluster PEER_LIST=envoy bash bench/failover.sh   # across clusters vs Envoy
 #
 # Locus variants: defaults (no policy), the same outlier settings as the peers' Envoy
 # (consecutive 5xx 1, interval 1 s, base ejection 30 s, max 100%), active checks like
-# envoy-hc (1 s interval, unhealthy 1, healthy 2), and a retry on 503 like envoy-retry.
+# envoy-hc (1 s interval, unhealthy 1, healthy 2), a retry on 503 like envoy-retry, and
+# `multicluster`: the same endpoints as a ServiceImport of three clusters (zone-a's in the
+# gateway's own), with the `outlier` variant's DestinationRule.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
@@ -18,12 +21,13 @@ PEERS=${PEERS:-$ROOT/../shared/peers}
 source "$PEERS/lib.sh"
 trap 'stop_all' EXIT INT TERM
 PIN=0
-(cd "$ROOT" && cargo build --release --locked -q -p locus) || exit 1
+# LOCUS_BIN: a binary already built (e.g. a previous run's copy), instead of building one.
+[[ -n ${LOCUS_BIN:-} ]] || (cd "$ROOT" && cargo build --release --locked -q -p locus) || exit 1
 RATE=${RATE:-50}; DUR=${DUR:-45}; FAULT_AT=${FAULT_AT:-3}; RESTORE_AT=${RESTORE_AT:-10}
 OUT=$HERE/results/failover-$(date -u +%Y%m%d-%H%M%S)
 mkdir -p "$OUT"
 # A copy, so rebuilding the tree during the run cannot swap the binary under it.
-cp "$ROOT/target/release/locus" "$OUT/locus-bin" && LOCUS=$OUT/locus-bin
+cp "${LOCUS_BIN:-$ROOT/target/release/locus}" "$OUT/locus-bin" && LOCUS=$OUT/locus-bin
 
 variant_yaml() {  # extra manifests per variant
   case $1 in
@@ -79,8 +83,16 @@ for v in ${VARIANTS:-defaults outlier hc retry}; do
   for f in kill 503; do
     start_backend zone-a; start_backend zone-b; start_backend region-b
     for port in 9101 9102 9103 9104 9105 9106; do wait_http "http://127.0.0.1:$port/" || exit 1; done
-    { "$HERE/locus-manifests.sh"; variant_yaml "$v"; } > "$OUT/locus-$v.yaml"
-    start_bg locus "$PROXY_CPU" "$LOCUS" serve -f "$OUT/locus-$v.yaml" --workers 1 --bind 127.0.0.1 --locality region-a/zone-a
+    if [[ $v == multicluster ]]; then
+      # The peers' Envoy outlier settings, lent to the import by the exported Service's
+      # DestinationRule.
+      { "$HERE/locus-manifests.sh" multicluster; variant_yaml outlier; } > "$OUT/locus-$v.yaml"
+      extra=(--cluster local)
+    else
+      { "$HERE/locus-manifests.sh"; variant_yaml "$v"; } > "$OUT/locus-$v.yaml"
+      extra=()
+    fi
+    start_bg locus "$PROXY_CPU" "$LOCUS" serve -f "$OUT/locus-$v.yaml" --workers 1 --bind 127.0.0.1 --locality region-a/zone-a "${extra[@]}"
     wait_http http://127.0.0.1:10003/ 100 || exit 1
     python3 "$PEERS/failover_probe.py" --port 10003 --rate "$RATE" --duration "$DUR" \
       --fault-at "$FAULT_AT" --fault-cmd "$(fault_cmd $f)" --restore-at "$RESTORE_AT" --restore-cmd "$(restore_cmd $f)" \
@@ -89,17 +101,21 @@ for v in ${VARIANTS:-defaults outlier hc retry}; do
     stop_all
   done
 done
+PEER_LIST=${PEER_LIST:-envoy envoy-nomerge envoy-retry envoy-hc nginx haproxy}
 if [[ ${PEERS_TOO:-1} == 1 ]]; then
-  PEERS_DIR=$P DUR=$DUR RATE=$RATE bash "$PEERS/failover.sh" envoy envoy-nomerge envoy-retry envoy-hc nginx haproxy \
-    > "$OUT/peers.txt" 2>&1
+  # shellcheck disable=SC2086
+  PEERS_DIR=$P DUR=$DUR RATE=$RATE bash "$PEERS/failover.sh" $PEER_LIST > "$OUT/peers.txt" 2>&1
 fi
 # Peers' probes are summarised only when they ran in this run (their files are overwritten).
-PEERS_GLOB=""; [[ ${PEERS_TOO:-1} == 1 ]] && PEERS_GLOB="$P/results/failover-*-*.json"
+PEERS_GLOB=""
+if [[ ${PEERS_TOO:-1} == 1 ]]; then
+  for p in $PEER_LIST; do PEERS_GLOB="$PEERS_GLOB $P/results/failover-$p-*.json"; done
+fi
 python3 - "$OUT" "$PEERS_GLOB" <<'PY'
 import glob, json, os, sys
 out, peers = sys.argv[1], sys.argv[2]
 rows = []
-files = sorted(glob.glob(f"{out}/locus-*.json")) + (sorted(glob.glob(peers)) if peers else [])
+files = sorted(glob.glob(f"{out}/locus-*.json")) + sorted(f for g in peers.split() for f in glob.glob(g))
 for f in files:
     d = json.load(open(f))
     ft, rt = d["fault_t"], d["restore_t"]

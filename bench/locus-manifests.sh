@@ -3,8 +3,59 @@
 # localities (as Envoy's config ranks them), PreferClose, listener on 127.0.0.1:10003.
 #   locus-manifests.sh        # the bench config
 #   locus-manifests.sh big    # plus a Service of 10,000 endpoints in 100 zones (memory figure)
+#   locus-manifests.sh multicluster  # the same endpoints as an MCS ServiceImport of three
+#                                    # clusters: zone-a's in `local`, zone-b's in `remote-1`,
+#                                    # region-b's in `remote-2` (serve with --cluster local)
 set -euo pipefail
 MODE=${1:-}
+if [[ $MODE == multicluster ]]; then
+  cat <<'YAML'
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: bench, namespace: bench}
+spec:
+  gatewayClassName: locus
+  listeners: [{name: http, protocol: HTTP, port: 10003}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: backend, namespace: bench}
+spec:
+  parentRefs: [{name: bench}]
+  rules: [{backendRefs: [{group: multicluster.x-k8s.io, kind: ServiceImport, name: backend, port: 80}]}]
+---
+apiVersion: multicluster.x-k8s.io/v1alpha1
+kind: ServiceImport
+metadata: {name: backend, namespace: bench}
+spec:
+  type: ClusterSetIP
+  ports: [{name: http, port: 80, protocol: TCP}]
+YAML
+  for spec in "9101 local region-a zone-a" "9102 local region-a zone-a" "9103 remote-1 region-a zone-b" \
+              "9104 remote-1 region-a zone-b" "9105 remote-2 region-b zone-c" "9106 remote-2 region-b zone-c"; do
+    set -- $spec
+    cat <<YAML
+---
+apiVersion: v1
+kind: Node
+metadata:
+  name: node-$1
+  labels: {topology.istio.io/cluster: $2, topology.kubernetes.io/region: $3, topology.kubernetes.io/zone: $4}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: backend-$1
+  namespace: bench
+  labels: {multicluster.kubernetes.io/service-name: backend, multicluster.kubernetes.io/source-cluster: $2}
+addressType: IPv4
+ports: [{name: http, port: $1}]
+endpoints:
+- {addresses: ["127.0.0.1"], nodeName: node-$1}
+YAML
+  done
+  exit 0
+fi
 cat <<'YAML'
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway

@@ -254,7 +254,18 @@ pub fn report(model: &Model, table: &RouteTable) -> String {
                     "  [not referenced by any route]"
                 }
             );
-            let mode = if svc.policy.strict_local {
+            let mode = if svc.kind == "VirtualDestination" {
+                if port.balancer.locality.is_some() {
+                    "localized VirtualDestination: Istio's locality priorities, the gateway's own cluster first at each level".to_owned()
+                } else {
+                    "static VirtualDestination: one bucket over every selected Service".to_owned()
+                }
+            } else if svc.kind == "ServiceImport" {
+                format!(
+                    "failover across clusters: trafficDistribution {} (the exported Service's, else PreferClose), the gateway's own cluster first at each level",
+                    svc.policy.distribution.as_str()
+                )
+            } else if svc.policy.strict_local {
                 "strict: internalTrafficPolicy Local, only endpoints on the gateway's node; never spills (503 when none)".to_owned()
             } else if svc.policy.distribution.uses_locality() {
                 format!(

@@ -380,6 +380,11 @@ fn main() -> ExitCode {
                 bytes_per_request,
                 cost_per_gb,
             };
+            if let (Some(svc), PlanFormat::Table) = (&service, &format) {
+                if let Some(note) = locus::plan::clusters_by_zone(&files, svc, None) {
+                    print!("{note}");
+                }
+            }
             print!(
                 "{}",
                 match format {

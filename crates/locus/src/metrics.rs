@@ -56,6 +56,15 @@ pub struct RelationLabels {
     pub locality_relation: String,
 }
 
+/// The transfer cost estimate, by locality and by the cluster the bytes went to (what leaves
+/// the gateway's cluster usually costs more than its locality says: a VPC or network gateway).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CostLabels {
+    pub service: String,
+    pub locality_relation: String,
+    pub destination_cluster: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub service: String,
@@ -129,7 +138,7 @@ pub struct Metrics {
     pub discovery_errors: Family<KindLabels, Counter>,
     pub connections_refused: Family<PortLabels, Counter>,
     pub overflows: Family<OverflowLabels, Counter>,
-    pub cost: Family<RelationLabels, Counter<f64, AtomicU64>>,
+    pub cost: Family<CostLabels, Counter<f64, AtomicU64>>,
     pub imbalance: Family<ServiceLabels, Gauge<f64, AtomicU64>>,
     pub load_spill: Family<ServiceLabels, Gauge<f64, AtomicU64>>,
     pub bucket_load: Family<SideLabels, Gauge<f64, AtomicU64>>,
@@ -401,7 +410,15 @@ impl Metrics {
             request_bytes: self.request_bytes.get_or_create(&traffic).clone(),
             response_bytes: self.response_bytes.get_or_create(&traffic).clone(),
             duration: self.duration.get_or_create(&rl).clone(),
-            cost: (price > 0.0).then(|| self.cost.get_or_create(&rl).clone()),
+            cost: (price > 0.0).then(|| {
+                self.cost
+                    .get_or_create(&CostLabels {
+                        service: service.to_owned(),
+                        locality_relation: rel.clone(),
+                        destination_cluster: traffic.destination_cluster.clone(),
+                    })
+                    .clone()
+            }),
             price_per_byte: price / 1e9,
             connect_failures: self
                 .connect_failures

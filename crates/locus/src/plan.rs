@@ -52,6 +52,67 @@ pub fn parse_zone(s: &str) -> Result<ZoneSpec, String> {
     ))
 }
 
+/// A Service, else the ServiceImport or VirtualDestination of that name.
+fn find_service<'a>(
+    model: &'a crate::model::Model,
+    key: &crate::model::ObjKey,
+) -> Result<&'a crate::model::ServiceModel, String> {
+    use crate::model::multicluster::{import_key, virtual_destination_key};
+    [
+        key.clone(),
+        import_key(&key.namespace, &key.name),
+        virtual_destination_key(&key.namespace, &key.name),
+    ]
+    .iter()
+    .find_map(|k| model.services.get(k))
+    .ok_or_else(|| format!("Service {key} is not among the resources"))
+}
+
+/// Which clusters a Service's endpoints run in, per zone (`zone-b: remote-1 2`), when they
+/// run in more than one: the plan's zones count them together.
+pub fn clusters_by_zone(
+    paths: &[std::path::PathBuf],
+    service: &crate::model::ObjKey,
+    cluster: Option<&str>,
+) -> Option<String> {
+    use std::collections::BTreeMap;
+    let mut set = crate::resources::load_paths(paths).ok()?;
+    set.local_cluster = cluster.map(str::to_owned);
+    let model = crate::model::Model::build(&set).ok()?;
+    let svc = find_service(&model, service).ok()?;
+    let own = model
+        .cluster
+        .as_ref()
+        .map(|(c, _)| c.as_str())
+        .unwrap_or("this cluster");
+    let mut zones: BTreeMap<&str, BTreeMap<&str, usize>> = BTreeMap::new();
+    for ep in svc
+        .ports
+        .first()
+        .map(|p| p.endpoints.as_slice())
+        .unwrap_or_default()
+    {
+        let c = ep.cluster.as_deref().unwrap_or(own);
+        *zones
+            .entry(&ep.locality.zone)
+            .or_default()
+            .entry(c)
+            .or_default() += 1;
+    }
+    let clusters: std::collections::BTreeSet<&str> =
+        zones.values().flat_map(|c| c.keys().copied()).collect();
+    (clusters.len() > 1).then(|| {
+        let per_zone: Vec<String> = zones
+            .iter()
+            .map(|(z, c)| {
+                let list: Vec<String> = c.iter().map(|(c, n)| format!("{c} {n}")).collect();
+                format!("{z}: {}", list.join(", "))
+            })
+            .collect();
+        format!("endpoints by zone and cluster: {}\n", per_zone.join("; "))
+    })
+}
+
 /// The zones of a Service from manifests: its endpoints per zone (healthy = ready), and the
 /// fleet from the Gateway's `locus.io/fleet`, else from `fleet_service`'s ready endpoints.
 pub fn zones_from_manifests(
@@ -62,10 +123,7 @@ pub fn zones_from_manifests(
     use std::collections::BTreeMap;
     let set = crate::resources::load_paths(paths).map_err(|e| e.to_string())?;
     let model = crate::model::Model::build(&set).map_err(|e| e.to_string())?;
-    let svc = model
-        .services
-        .get(service)
-        .ok_or_else(|| format!("Service {service} is not among the resources"))?;
+    let svc = find_service(&model, service)?;
     let endpoints = svc
         .ports
         .first()

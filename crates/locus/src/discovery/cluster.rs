@@ -1051,20 +1051,30 @@ pub async fn run(gateway: Arc<Gateway>, opts: ClusterOptions) -> anyhow::Result<
     let leadership = Arc::new(lease::Leadership::default());
     if let (true, Some((ns, name))) = (opts.write_status, opts.lease.clone()) {
         let announce = gateway.clone();
+        let wake = changed.clone();
         tokio::spawn(lease::run(
             client.clone(),
             ns,
             name,
             lease::identity(),
             leadership.clone(),
-            move |held| announce.note_status_lease(held),
+            move |held| {
+                announce.note_status_lease(held);
+                // A new leader writes the status it has been holding back.
+                if held {
+                    wake.notify_one();
+                }
+            },
         ));
     }
     let may_write = |leadership: &lease::Leadership| {
         opts.write_status && (opts.lease.is_none() || leadership.is_leader())
     };
-    // Status still to write: a failed write, or a replica that was not the leader.
+    // Status still to write: a write that failed (retried every STATUS_RETRY). A replica that
+    // is not the leader holds nothing pending: it is woken when it becomes the leader.
     let mut status_pending = false;
+    // Status not written since this replica last became the leader (or started).
+    let mut status_unwritten = true;
     // The applier: waits for every kind's first list, then applies debounced changes.
     loop {
         if status_pending {
@@ -1080,7 +1090,8 @@ pub async fn run(gateway: Arc<Gateway>, opts: ClusterOptions) -> anyhow::Result<
                 continue;
             }
             let set = (applied_version != Some(s.version)).then(|| resource_set(&s));
-            if set.is_none() && !status_pending {
+            let status_due = status_pending || (status_unwritten && may_write(&leadership));
+            if set.is_none() && !status_due {
                 continue;
             }
             applied_version = Some(s.version);
@@ -1091,11 +1102,13 @@ pub async fn run(gateway: Arc<Gateway>, opts: ClusterOptions) -> anyhow::Result<
                 continue;
             }
         }
-        status_pending = opts.write_status;
         if may_write(&leadership) {
             status_pending = !write_status(&client, &gateway.table(), &view, &mut written).await;
+            status_unwritten = false;
         } else {
-            // Another replica writes; if this one becomes the leader it writes then.
+            // Another replica writes; if this one becomes the leader it writes everything then.
+            status_pending = false;
+            status_unwritten = true;
             written.clear();
         }
     }

@@ -212,7 +212,7 @@ fn build_client(spec: &TlsSpec) -> Result<TlsClient, String> {
         .collect::<Result<Vec<_>, _>>()?;
     let provider = provider();
     let verifier: Arc<dyn ServerCertVerifier> = match &spec.roots {
-        Roots::SkipVerify => Arc::new(NoVerification(provider.clone())),
+        Roots::SkipVerify => Arc::new(NoVerification(Signatures(provider.clone()))),
         roots => {
             let store = match roots {
                 Roots::Pem { from, pem } => pem_roots(from, pem)?,
@@ -315,10 +315,50 @@ impl ServerCertVerifier for AnyName {
     }
 }
 
+/// The handshake-signature checks every certificate verifier shares, with a provider's
+/// algorithms (a verifier that accepts or refuses certificates by itself still checks that the
+/// peer holds the key).
+#[derive(Debug)]
+pub(crate) struct Signatures(pub Arc<CryptoProvider>);
+
+impl Signatures {
+    pub(crate) fn tls12(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    pub(crate) fn tls13(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    pub(crate) fn schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
 /// Istio's `insecureSkipVerify`: any certificate is accepted (the handshake's signatures are
 /// still checked, so the session is at least with the holder of the certificate's key).
 #[derive(Debug)]
-struct NoVerification(Arc<CryptoProvider>);
+struct NoVerification(Signatures);
 
 impl ServerCertVerifier for NoVerification {
     fn verify_server_cert(
@@ -338,12 +378,7 @@ impl ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.0.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -352,16 +387,11 @@ impl ServerCertVerifier for NoVerification {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.0.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.0.schemes()
     }
 }
 

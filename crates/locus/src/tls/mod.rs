@@ -19,6 +19,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
+use crate::model::upstream_tls::Signatures;
 use crate::model::{Model, ObjKey, TlsSecret};
 use crate::routing::GatewaySelector;
 
@@ -165,7 +166,7 @@ impl CertStore {
                         if ca.allow_insecure_fallback {
                             rustls::server::WebPkiClientVerifier::no_client_auth()
                         } else {
-                            Arc::new(RefuseEveryClient(self.provider.clone()))
+                            Arc::new(RefuseEveryClient(Signatures(self.provider.clone())))
                         }
                     }
                 }),
@@ -287,7 +288,7 @@ pub fn certified_key(
 /// Asks every client for a certificate and accepts none: mTLS whose CAs cannot be read fails
 /// closed.
 #[derive(Debug)]
-struct RefuseEveryClient(Arc<CryptoProvider>);
+struct RefuseEveryClient(Signatures);
 
 impl rustls::server::danger::ClientCertVerifier for RefuseEveryClient {
     fn root_hint_subjects(&self) -> &[rustls::DistinguishedName] {
@@ -311,12 +312,7 @@ impl rustls::server::danger::ClientCertVerifier for RefuseEveryClient {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.0.tls12(message, cert, dss)
     }
 
     fn verify_tls13_signature(
@@ -325,15 +321,10 @@ impl rustls::server::danger::ClientCertVerifier for RefuseEveryClient {
         cert: &CertificateDer<'_>,
         dss: &rustls::DigitallySignedStruct,
     ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
+        self.0.tls13(message, cert, dss)
     }
 
     fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
+        self.0.schemes()
     }
 }

@@ -52,20 +52,28 @@ pub fn parse_zone(s: &str) -> Result<ZoneSpec, String> {
     ))
 }
 
-/// A Service, else the ServiceImport or VirtualDestination of that name.
+/// A Service, else the ServiceImport or VirtualDestination of that name: the first that has
+/// endpoints (an exported Service may have none here while its import has every cluster's),
+/// else the first that exists.
 fn find_service<'a>(
     model: &'a crate::model::Model,
     key: &crate::model::ObjKey,
 ) -> Result<&'a crate::model::ServiceModel, String> {
     use crate::model::multicluster::{import_key, virtual_destination_key};
-    [
+    let found: Vec<&crate::model::ServiceModel> = [
         key.clone(),
         import_key(&key.namespace, &key.name),
         virtual_destination_key(&key.namespace, &key.name),
     ]
     .iter()
-    .find_map(|k| model.services.get(k))
-    .ok_or_else(|| format!("Service {key} is not among the resources"))
+    .filter_map(|k| model.services.get(k))
+    .collect();
+    found
+        .iter()
+        .find(|s| s.ports.iter().any(|p| !p.endpoints.is_empty()))
+        .or(found.first())
+        .copied()
+        .ok_or_else(|| format!("Service {key} is not among the resources"))
 }
 
 /// Which clusters a Service's endpoints run in, per zone (`zone-b: remote-1 2`), when they

@@ -371,3 +371,38 @@ async fn other_networks_are_reached_through_their_east_west_gateway_without_loop
         .await;
     assert_eq!(unknown.status, 404, "{}", unknown.body);
 }
+
+/// `locus plan` on a ServiceImport (named as the Service it imports) says which clusters each
+/// zone's endpoints run in.
+#[test]
+fn plan_names_the_clusters_of_each_zone() {
+    let dir = tempdir();
+    let gateway = IMPORT.replace(
+        "metadata: {name: gw, namespace: apps}",
+        "metadata: {name: gw, namespace: apps, annotations: {locus.io/fleet: \"r1-a=1\"}}",
+    );
+    let m = [
+        gateway,
+        mcs_slice("svc-east-1", "east", "r1-a", "127.0.0.1:9".parse().unwrap()),
+        mcs_slice(
+            "svc-west-1",
+            "west",
+            "r2-a",
+            "127.0.0.1:10".parse().unwrap(),
+        ),
+    ]
+    .concat();
+    write(dir.path(), "all.yaml", &m);
+    let out = run_ok(&[
+        "plan",
+        "-f",
+        dir.path().to_str().unwrap(),
+        "--service",
+        "apps/svc",
+    ]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("endpoints by zone and cluster: r1-a: east 1; r2-a: west 1"),
+        "{text}"
+    );
+}

@@ -28,7 +28,12 @@ impl GatewayIdentity {
     /// within a cluster: an endpoint in another cluster is never on the gateway's node.
     pub fn relation(&self, ep: &Endpoint) -> Relation {
         match (&self.node, &ep.node) {
-            (Some(mine), Some(theirs)) if mine.as_str() == &**theirs && self.in_own_cluster(ep) => {
+            // Another cluster's node may share the name: only a known-local endpoint counts.
+            (Some(mine), Some(theirs))
+                if mine.as_str() == &**theirs
+                    && (ep.cluster.is_none()
+                        || self.cluster.is_some() && self.in_own_cluster(ep)) =>
+            {
                 Relation::SameNode
             }
             _ => self.locality.relation(&ep.locality),

@@ -315,6 +315,11 @@ impl Gateway {
         // Bind new ports before publishing so a table never names a port that is not served.
         let mut wanted = self.options.selector.listener_ports(&model);
         if let Some(port) = model.east_west_port {
+            if wanted.contains(&port) {
+                return Err(self.reject(format!(
+                    "--east-west-port {port} is also a Gateway listener's port; east-west traffic needs a port of its own"
+                )));
+            }
             wanted.push(port);
             wanted.sort_unstable();
             wanted.dedup();
@@ -511,7 +516,14 @@ fn active_checks(
         };
         let tls_id = tls.as_ref().map_or(0, |t| t.id);
         let snap = target.snapshot.load();
-        for (ep, health) in snap.endpoints.iter().zip(&snap.health) {
+        // Another network's gateway is not checked as an endpoint: a probe carries no hop,
+        // and the gateway checks its own endpoints.
+        for (ep, health) in snap
+            .endpoints
+            .iter()
+            .zip(&snap.health)
+            .filter(|(ep, _)| ep.via.is_none())
+        {
             wanted.insert(
                 (ep.addr, check.clone(), tls_id),
                 (health.clone(), tls.clone()),

@@ -134,6 +134,10 @@ enum Command {
         /// (Istio's remote secrets) add clusters too.
         #[arg(long = "remote-cluster", requires = "kubernetes", value_parser = parse_remote_cluster)]
         remote_clusters: Vec<(String, PathBuf)>,
+        /// The namespace whose `istio/multiCluster` Secrets add remote clusters (default: the
+        /// gateway's own, POD_NAMESPACE, else --namespace, else `default`).
+        #[arg(long, requires = "kubernetes")]
+        remote_secret_namespace: Option<String>,
         #[command(flatten)]
         identity: IdentityArgs,
         /// Serve only this Gateway (`namespace/name`); default: every Gateway in the files.
@@ -452,6 +456,7 @@ fn main() -> ExitCode {
             gateway_class,
             no_status,
             remote_clusters,
+            remote_secret_namespace,
             identity,
             gateway,
             bind,
@@ -573,8 +578,10 @@ fn main() -> ExitCode {
                         namespace,
                         write_status: !no_status,
                         address_service: identity.fleet_service.clone(),
-                        lease: Some((lease_ns, "locus-status-writer".to_owned())),
+                        lease: Some((lease_ns.clone(), "locus-status-writer".to_owned())),
                         remote_clusters,
+                        remote_secret_namespace: remote_secret_namespace.unwrap_or(lease_ns),
+                        local_cluster: identity.cluster.clone(),
                     };
                     tokio::select! {
                         r = locus::discovery::cluster::run(gw.clone(), opts) => {

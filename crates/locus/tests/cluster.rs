@@ -598,7 +598,9 @@ async fn endpoint_clusters(c: &HttpClient, admin: SocketAddr) -> Vec<(String, St
 /// Waits for configurations until `/debug/endpoints` lists `addr` (in `cluster`).
 async fn until_listed(gw: &mut Gw, c: &HttpClient, addr: SocketAddr, cluster: &str) {
     let want = (addr.to_string(), cluster.to_owned());
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !endpoint_clusters(c, gw.admin).await.contains(&want) {
+        assert!(Instant::now() < deadline, "{want:?} never listed");
         gw.wait_applied();
     }
 }
@@ -732,7 +734,17 @@ async fn istio_remote_secrets_add_and_remove_clusters() {
     let (east_dir, west_dir) = (tempdir(), tempdir());
     let east_config = kubeconfig(east.addr, east_dir.path());
     let west_config = std::fs::read_to_string(kubeconfig(west.addr, west_dir.path())).unwrap();
-    let mut gw = Gw::start_cluster(&east_config, &["--node", "gw-node", "--cluster", "east"]);
+    let mut gw = Gw::start_cluster(
+        &east_config,
+        &[
+            "--node",
+            "gw-node",
+            "--cluster",
+            "east",
+            "--remote-secret-namespace",
+            "istio-system",
+        ],
+    );
     let addr = gw.addr(8080);
     let c = HttpClient::default();
     assert_eq!(all_to(&c, addr, 5).await, counts(&[("east-a", 5)]));

@@ -143,7 +143,13 @@ const KINDS: &[(&str, &str, &str, &str, bool)] = &[
 ];
 
 /// The kinds read from remote clusters: what their endpoints and localities need.
-const REMOTE_KINDS: &[&str] = &["Service", "Node", "EndpointSlice", "WorkloadEntry"];
+const REMOTE_KINDS: &[&str] = &[
+    "Service",
+    "Node",
+    "EndpointSlice",
+    "WorkloadEntry",
+    "Namespace",
+];
 
 /// The label Istio puts on remote secrets (`istioctl create-remote-secret`).
 pub const MULTICLUSTER_SECRET_LABEL: &str = "istio/multiCluster";
@@ -170,6 +176,11 @@ pub struct ClusterOptions {
     pub lease: Option<(String, String)>,
     /// Remote clusters by name and kubeconfig file (`--remote-cluster NAME=PATH`).
     pub remote_clusters: Vec<(String, PathBuf)>,
+    /// The one namespace whose `istio/multiCluster` Secrets add remote clusters (the
+    /// gateway's own): a Secret anyone could create elsewhere must not add a cluster.
+    pub remote_secret_namespace: String,
+    /// The gateway's own cluster, never watched as a remote one.
+    pub local_cluster: Option<String>,
 }
 
 pub use crate::model::CONTROLLER_NAME;
@@ -897,14 +908,12 @@ impl Remotes {
 /// those given on the command line (`fixed`) take precedence.
 async fn watch_remote_secrets(
     client: Client,
-    namespace: Option<String>,
+    namespace: String,
     fixed: Vec<String>,
+    local: Option<String>,
     mut remotes: Remotes,
 ) {
-    let api: Api<k8s_openapi::api::core::v1::Secret> = match &namespace {
-        Some(ns) => Api::namespaced(client, ns),
-        None => Api::all(client),
-    };
+    let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client, &namespace);
     let config = watcher::Config::default().labels(&format!("{MULTICLUSTER_SECRET_LABEL}=true"));
     let mut stream = watcher::watcher(api, config).default_backoff().boxed();
     let mut secrets: BTreeMap<String, k8s_openapi::api::core::v1::Secret> = BTreeMap::new();
@@ -940,15 +949,15 @@ async fn watch_remote_secrets(
         }
         let mut wanted: BTreeMap<String, (String, Vec<u8>)> = BTreeMap::new();
         for (secret_name, secret) in &secrets {
-            // The API server filters by label; a filter that was not applied must not turn
-            // every Secret into a cluster.
+            // The API server filters by label and namespace; a filter that was not applied
+            // must not turn every Secret into a cluster.
             let labelled = secret
                 .metadata
                 .labels
                 .as_ref()
                 .and_then(|l| l.get(MULTICLUSTER_SECRET_LABEL))
                 .is_some_and(|v| v == "true");
-            if !labelled {
+            if !labelled || secret.metadata.namespace.as_deref() != Some(namespace.as_str()) {
                 continue;
             }
             // `stringData` is what a manifest may hold before the API server folds it into
@@ -966,7 +975,7 @@ async fn watch_remote_secrets(
                         .map(|(k, v)| (k, v.clone().into_bytes())),
                 );
             for (cluster, data) in entries {
-                if !fixed.contains(cluster) {
+                if !fixed.contains(cluster) && local.as_deref() != Some(cluster.as_str()) {
                     wanted.insert(cluster.clone(), (format!("Secret {secret_name}"), data));
                 }
             }
@@ -983,7 +992,10 @@ async fn watch_remote_secrets(
         }
         for (cluster, (source, bytes)) in wanted {
             let text = String::from_utf8_lossy(&bytes);
-            match kube::config::Kubeconfig::from_yaml(&text) {
+            match kube::config::Kubeconfig::from_yaml(&text)
+                .map_err(|e| e.to_string())
+                .and_then(|kc| inline_only(&kc).map(|()| kc))
+            {
                 Ok(kc) => {
                     let fingerprint = format!("{:x}", fxhash(&bytes));
                     remotes.start(&cluster, kc, source, fingerprint);
@@ -994,6 +1006,41 @@ async fn watch_remote_secrets(
             }
         }
     }
+}
+
+/// A kubeconfig from a Secret may only carry its credentials inline: a command to run (`exec`,
+/// `auth-provider`) or a file to read (`tokenFile`, certificate and key paths) would let
+/// whoever wrote the Secret run code in the gateway or send it the gateway's own token. As
+/// Istio does for remote secrets, such kubeconfigs are refused.
+fn inline_only(kc: &kube::config::Kubeconfig) -> Result<(), String> {
+    for user in &kc.auth_infos {
+        let Some(a) = &user.auth_info else { continue };
+        let refused = [
+            ("exec", a.exec.is_some()),
+            ("auth-provider", a.auth_provider.is_some()),
+            ("tokenFile", a.token_file.is_some()),
+            ("client-certificate", a.client_certificate.is_some()),
+            ("client-key", a.client_key.is_some()),
+        ];
+        if let Some((field, _)) = refused.iter().find(|(_, set)| *set) {
+            return Err(format!(
+                "user {}: {field} is not allowed in a remote secret (credentials must be inline)",
+                user.name
+            ));
+        }
+    }
+    for c in &kc.clusters {
+        if c.cluster
+            .as_ref()
+            .is_some_and(|c| c.certificate_authority.is_some())
+        {
+            return Err(format!(
+                "cluster {}: certificate-authority (a file) is not allowed in a remote secret; use certificate-authority-data",
+                c.name
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// A cheap fingerprint of a kubeconfig, to restart a remote's watch only when it changed.
@@ -1034,17 +1081,23 @@ pub async fn run(gateway: Arc<Gateway>, opts: ClusterOptions) -> anyhow::Result<
         gateway: gateway.clone(),
     };
     for (name, path) in &opts.remote_clusters {
+        if opts.local_cluster.as_deref() == Some(name.as_str()) {
+            anyhow::bail!(
+                "--remote-cluster {name}: that is this gateway's own cluster (--cluster)"
+            );
+        }
         let kc = kube::config::Kubeconfig::read_from(path)
             .map_err(|e| anyhow::anyhow!("--remote-cluster {name}={}: {e}", path.display()))?;
         remotes.start(name, kc, path.display().to_string(), String::new());
     }
     tokio::spawn(watch_remote_secrets(
         client.clone(),
-        opts.namespace.clone(),
+        opts.remote_secret_namespace.clone(),
         opts.remote_clusters
             .iter()
             .map(|(n, _)| n.clone())
             .collect(),
+        opts.local_cluster.clone(),
         remotes,
     ));
     // One replica writes status: the holder of the Lease.
@@ -1060,10 +1113,9 @@ pub async fn run(gateway: Arc<Gateway>, opts: ClusterOptions) -> anyhow::Result<
             leadership.clone(),
             move |held| {
                 announce.note_status_lease(held);
-                // A new leader writes the status it has been holding back.
-                if held {
-                    wake.notify_one();
-                }
+                // A new leader writes the status it has been holding back; one that lost the
+                // lease forgets what it wrote (the next holder may write something else).
+                wake.notify_one();
             },
         ));
     }
@@ -1083,6 +1135,12 @@ pub async fn run(gateway: Arc<Gateway>, opts: ClusterOptions) -> anyhow::Result<
             changed.notified().await;
         }
         tokio::time::sleep(DEBOUNCE).await;
+        if !may_write(&leadership) {
+            // Another replica writes; if this one becomes the leader it writes everything then.
+            status_pending = false;
+            status_unwritten = true;
+            written.clear();
+        }
         let (set, view) = {
             let s = store.lock().expect("cluster store lock");
             // Readiness needs the local cluster listed; remote clusters join when they can.
@@ -1105,11 +1163,35 @@ pub async fn run(gateway: Arc<Gateway>, opts: ClusterOptions) -> anyhow::Result<
         if may_write(&leadership) {
             status_pending = !write_status(&client, &gateway.table(), &view, &mut written).await;
             status_unwritten = false;
-        } else {
-            // Another replica writes; if this one becomes the leader it writes everything then.
-            status_pending = false;
-            status_unwritten = true;
-            written.clear();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::inline_only;
+
+    fn kubeconfig(user: &str) -> kube::config::Kubeconfig {
+        kube::config::Kubeconfig::from_yaml(&format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster: {{server: \"https://10.0.0.1\"}}\nusers:\n- name: u\n  user: {user}\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n"
+        ))
+        .unwrap()
+    }
+
+    /// A remote secret's kubeconfig may not run commands or read files in the gateway.
+    #[test]
+    fn remote_secrets_carry_credentials_inline_only() {
+        assert!(inline_only(&kubeconfig("{token: abc}")).is_ok());
+        for refused in [
+            "{exec: {apiVersion: client.authentication.k8s.io/v1, command: sh, args: [-c, id]}}",
+            "{tokenFile: /var/run/secrets/kubernetes.io/serviceaccount/token}",
+            "{client-certificate: /etc/cert.pem, client-key: /etc/key.pem}",
+        ] {
+            let err = inline_only(&kubeconfig(refused)).unwrap_err();
+            assert!(
+                err.contains("not allowed in a remote secret"),
+                "{refused}: {err}"
+            );
         }
     }
 }

@@ -86,6 +86,9 @@ pub struct Model {
     pub network: Option<String>,
     /// The port this gateway accepts other networks' east-west traffic on (`--east-west-port`).
     pub east_west_port: Option<u16>,
+    /// Services that are a network's east-west gateway (labelled `topology.istio.io/network`):
+    /// never destinations of east-west traffic.
+    pub network_gateway_services: std::collections::BTreeSet<ObjKey>,
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     /// ReferenceGrants, which let HTTPRoutes reference Services in other namespaces.
     pub grants: Vec<GrantModel>,
@@ -411,6 +414,14 @@ impl Model {
                 services::CLUSTER_LABEL,
                 local_cluster,
             );
+            if svc
+                .metadata
+                .labels
+                .as_ref()
+                .is_some_and(|l| l.contains_key(services::NETWORK_LABEL))
+            {
+                model.network_gateway_services.insert(key.clone());
+            }
             catalog.push(multicluster::ClusterService { svc, key, cluster });
         }
         multicluster::find_network_gateways(&mut endpoint_sources, &catalog, &mut model.warnings);
@@ -422,7 +433,20 @@ impl Model {
                 continue;
             }
             let ctx = DocCtx { doc };
-            let s = services::build(&ctx, svc, &endpoint_sources, &policies, &mut model.warnings)?;
+            let built =
+                services::build(&ctx, svc, &endpoint_sources, &policies, &mut model.warnings);
+            let s = match (built, &catalog[i].cluster) {
+                (Ok(s), _) => s,
+                // Another cluster's Service that does not validate is skipped, never the whole
+                // view: one remote must not hold back every other change.
+                (Err(e), Some(cluster)) => {
+                    model
+                        .warnings
+                        .push(format!("{e}; this Service of cluster {cluster} is skipped"));
+                    continue;
+                }
+                (Err(e), None) => return Err(e),
+            };
             model.services.insert(s.key.clone(), s);
         }
         let service_keys: std::collections::BTreeSet<ObjKey> =

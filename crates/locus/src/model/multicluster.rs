@@ -281,8 +281,10 @@ pub(super) fn build_virtual_destination(
                 cluster: Some(cs.cluster.as_deref()),
             },
         );
+        // Another network's endpoints all stand behind its gateway's address: they differ by
+        // what the hop names.
         for ep in found {
-            if seen.insert(ep.addr) {
+            if seen.insert((ep.addr, ep.via.clone())) {
                 endpoints.push(ep);
             }
         }

@@ -41,6 +41,21 @@ pub(super) struct Networks {
     /// endpoints are taken as they are (the gateways' own endpoints are found that way).
     pub gateways: Option<BTreeMap<String, Vec<SocketAddr>>>,
 }
+
+impl Networks {
+    /// A namespace's network in a cluster: its own label, else, in another cluster, that
+    /// cluster's (Istio labels `istio-system` with it). The gateway's own cluster's
+    /// unlabelled endpoints are in the gateway's network.
+    fn of_namespace(&self, cluster: &Option<Arc<str>>, namespace: &str) -> Option<&String> {
+        self.namespaces
+            .get(&(cluster.clone(), namespace.to_owned()))
+            .or_else(|| {
+                cluster.as_ref()?;
+                self.namespaces
+                    .get(&(cluster.clone(), "istio-system".to_owned()))
+            })
+    }
+}
 /// The cluster an object belongs to by its labels: `None` for the gateway's own (unlabelled,
 /// or labelled with the gateway's own cluster name).
 pub(super) fn cluster_of(
@@ -200,12 +215,14 @@ impl EndpointSources {
             let namespace = namespace_of(&slice.metadata);
             let name = name_of(&ctx, &slice.metadata)?;
             let labels = slice.metadata.labels.clone().unwrap_or_default();
+            // An imported slice may carry both labels (MCS implementations that derive a
+            // Service from the import): it is the import's.
             let (service, import) = match (
                 labels.get(SERVICE_NAME_LABEL),
                 labels.get(MCS_SERVICE_NAME_LABEL),
             ) {
-                (Some(s), _) => (s, false),
-                (None, Some(s)) => (s, true),
+                (_, Some(s)) => (s, true),
+                (Some(s), None) => (s, false),
                 (None, None) => {
                     warnings.push(format!(
                         "{}: has no {SERVICE_NAME_LABEL} (or {MCS_SERVICE_NAME_LABEL}) label, so it belongs to no Service; skipped",
@@ -222,11 +239,7 @@ impl EndpointSources {
             };
             let network: Option<Arc<str>> = labels
                 .get(NETWORK_LABEL)
-                .or_else(|| {
-                    out.networks
-                        .namespaces
-                        .get(&(cluster.clone(), namespace.clone()))
-                })
+                .or_else(|| out.networks.of_namespace(&cluster, &namespace))
                 .filter(|n| !n.is_empty())
                 .map(|n| Arc::from(n.as_str()));
             if slice.address_type == "FQDN" {
@@ -335,11 +348,7 @@ impl EndpointSources {
                 .network
                 .as_ref()
                 .or_else(|| labels.get(NETWORK_LABEL))
-                .or_else(|| {
-                    out.networks
-                        .namespaces
-                        .get(&(cluster.clone(), namespace.clone()))
-                })
+                .or_else(|| out.networks.of_namespace(&cluster, &namespace))
                 .filter(|n| !n.is_empty())
                 .map(|n| Arc::from(n.as_str()));
             out.entries.push(Entry {

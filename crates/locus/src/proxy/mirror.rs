@@ -35,6 +35,7 @@ pub(super) fn send_mirror(
         return;
     };
     let addr = snap.endpoint(pick).addr;
+    let via = snap.endpoint(pick).via.clone();
     // A slow or stuck mirror must not pile up copies: beyond the cap, copies are dropped.
     if MIRRORS_IN_FLIGHT.fetch_add(1, Ordering::Relaxed) >= MAX_MIRRORS_IN_FLIGHT {
         MIRRORS_IN_FLIGHT.fetch_sub(1, Ordering::Relaxed);
@@ -44,6 +45,16 @@ pub(super) fn send_mirror(
     let mut req = Request::new(ProxyBody::text(body.clone()));
     *req.method_mut() = parts.method.clone();
     *req.headers_mut() = parts.headers.clone();
+    // The hop header is the gateway's to set, never the client's.
+    let hop = crate::routing::EAST_WEST_HEADER;
+    match via.as_deref().map(http::HeaderValue::from_str) {
+        Some(Ok(v)) => {
+            req.headers_mut().insert(hop, v);
+        }
+        _ => {
+            req.headers_mut().remove(hop);
+        }
+    }
     let tls = match mirror.health.upstream.tls.as_ref().map(|t| &t.client) {
         Some(Err(_)) => {
             tracing::debug!(service = %mirror.name, "TLS to the mirror refused; not mirrored");

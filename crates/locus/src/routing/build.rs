@@ -97,12 +97,15 @@ impl Builder<'_> {
     /// gateway), keyed by the hop header's value.
     fn east_west(&mut self, port: u16) -> super::table::EastWest {
         let mut by_destination = HashMap::new();
+        // Never a network's east-west gateway itself (that could only send a hop back to an
+        // east-west port).
+        let gateways = &self.ctx.model.network_gateway_services;
         for svc in self
             .ctx
             .model
             .services
             .values()
-            .filter(|s| s.kind == "Service")
+            .filter(|s| s.kind == "Service" && !gateways.contains(&s.key))
         {
             for sp in &svc.ports {
                 let local: Vec<locus_core::Endpoint> = sp

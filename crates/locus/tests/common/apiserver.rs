@@ -405,7 +405,25 @@ fn handle(
     state: &Arc<Mutex<State>>,
     events: &broadcast::Sender<(u64, String, Value)>,
 ) -> Response<Body> {
-    let path = req.uri().path().to_owned();
+    // A namespaced list or watch (`.../namespaces/NS/PLURAL`) is the kind's, filtered.
+    let (path, only_ns) = {
+        let raw = req.uri().path().to_owned();
+        let parts: Vec<&str> = raw.trim_start_matches('/').split('/').collect();
+        match parts.as_slice() {
+            ["api", v, "namespaces", ns, plural] => {
+                (format!("/api/{v}/{plural}"), Some(ns.to_string()))
+            }
+            ["apis", g, v, "namespaces", ns, plural] => {
+                (format!("/apis/{g}/{v}/{plural}"), Some(ns.to_string()))
+            }
+            _ => (raw, None),
+        }
+    };
+    let in_ns = move |obj: &Value| {
+        only_ns
+            .as_deref()
+            .is_none_or(|ns| obj["metadata"]["namespace"].as_str() == Some(ns))
+    };
 
     let query: BTreeMap<String, String> = req
         .uri()
@@ -427,7 +445,7 @@ fn handle(
         let items: Vec<Value> = s
             .objects
             .get(&path)
-            .map(|m| m.values().cloned().collect())
+            .map(|m| m.values().filter(|o| in_ns(o)).cloned().collect())
             .unwrap_or_default();
         return full(
             200,
@@ -445,7 +463,7 @@ fn handle(
         drop(tx);
     } else {
         for (rv, p, event) in &s.history {
-            if *rv > from && *p == path {
+            if *rv > from && *p == path && in_ns(&event["object"]) {
                 let _ = tx.send(line(event));
             }
         }
@@ -457,7 +475,11 @@ fn handle(
         let seen = s.rv;
         tokio::spawn(async move {
             while let Ok((rv, p, event)) = sub.recv().await {
-                if rv > seen && p == path && tx.send(line(&event)).is_err() {
+                if rv > seen
+                    && p == path
+                    && in_ns(&event["object"])
+                    && tx.send(line(&event)).is_err()
+                {
                     break;
                 }
             }

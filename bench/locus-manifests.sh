@@ -8,8 +8,9 @@
 #                                    # region-b's in `remote-2` (serve with --cluster local)
 set -euo pipefail
 MODE=${1:-}
-if [[ $MODE == multicluster ]]; then
-  cat <<'YAML'
+# The Gateway on 10003 and its one route, to backendRef $1.
+gateway_and_route() {
+  cat <<YAML
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
 metadata: {name: bench, namespace: bench}
@@ -22,8 +23,13 @@ kind: HTTPRoute
 metadata: {name: backend, namespace: bench}
 spec:
   parentRefs: [{name: bench}]
-  rules: [{backendRefs: [{group: multicluster.x-k8s.io, kind: ServiceImport, name: backend, port: 80}]}]
+  rules: [{backendRefs: [$1]}]
 ---
+YAML
+}
+if [[ $MODE == multicluster ]]; then
+  gateway_and_route "{group: multicluster.x-k8s.io, kind: ServiceImport, name: backend, port: 80}"
+  cat <<'YAML'
 apiVersion: multicluster.x-k8s.io/v1alpha1
 kind: ServiceImport
 metadata: {name: backend, namespace: bench}
@@ -56,21 +62,8 @@ YAML
   done
   exit 0
 fi
+gateway_and_route "{name: backend, port: 80}"
 cat <<'YAML'
-apiVersion: gateway.networking.k8s.io/v1
-kind: Gateway
-metadata: {name: bench, namespace: bench}
-spec:
-  gatewayClassName: locus
-  listeners: [{name: http, protocol: HTTP, port: 10003}]
----
-apiVersion: gateway.networking.k8s.io/v1
-kind: HTTPRoute
-metadata: {name: backend, namespace: bench}
-spec:
-  parentRefs: [{name: bench}]
-  rules: [{backendRefs: [{name: backend, port: 80}]}]
----
 apiVersion: v1
 kind: Service
 metadata: {name: backend, namespace: bench}

@@ -578,6 +578,24 @@ async fn status_is_written_by_one_replica_and_keeps_other_controllers_entries() 
     }
 }
 
+/// A cluster with the gateway, its node and one endpoint, `a`, in its zone.
+async fn cluster_with_one_endpoint(a: &Echo) -> ApiServer {
+    let api = ApiServer::start().await;
+    api.apply_yaml(
+        &[
+            GATEWAY.to_owned(),
+            node("gw-node", "za"),
+            node("n-a", "za"),
+            slice("a", a.addr, "n-a", true),
+        ]
+        .concat(),
+    );
+    api
+}
+
+/// `apps/svc` as a remote cluster defines it.
+const WEST_SERVICE: &str = "apiVersion: v1\nkind: Service\nmetadata: {name: svc, namespace: apps}\nspec:\n  ports: [{name: http, port: 80}]\n---\n";
+
 /// The addresses `/debug/endpoints` routes over, with the cluster of each.
 async fn endpoint_clusters(c: &HttpClient, admin: SocketAddr) -> Vec<(String, String)> {
     let doc = c.get(admin, "admin", "/debug/endpoints").await.json();
@@ -631,19 +649,10 @@ async fn remote_cluster_endpoints_join_live_and_survive_its_outage() {
     let mut a = echo("east-a");
     let b = echo("west-b");
     let b2 = echo("west-b2");
-    let east = ApiServer::start().await;
-    east.apply_yaml(
-        &[
-            GATEWAY.to_owned(),
-            node("gw-node", "za"),
-            node("n-a", "za"),
-            slice("a", a.addr, "n-a", true),
-        ]
-        .concat(),
-    );
+    let east = cluster_with_one_endpoint(&a).await;
     let west = ApiServer::start().await;
     west.apply_yaml(&[
-        "apiVersion: v1\nkind: Service\nmetadata: {name: svc, namespace: apps}\nspec:\n  ports: [{name: http, port: 80}]\n---\n",
+        WEST_SERVICE,
         "apiVersion: v1\nkind: Node\nmetadata:\n  name: n-a\n  labels: {topology.kubernetes.io/region: r2, topology.kubernetes.io/zone: w1}\n---\n",
         &slice("b", b.addr, "n-a", true),
     ]
@@ -715,22 +724,9 @@ async fn remote_cluster_endpoints_join_live_and_survive_its_outage() {
 async fn istio_remote_secrets_add_and_remove_clusters() {
     let mut a = echo("east-a");
     let b = echo("west-b");
-    let east = ApiServer::start().await;
-    east.apply_yaml(
-        &[
-            GATEWAY.to_owned(),
-            node("gw-node", "za"),
-            node("n-a", "za"),
-            slice("a", a.addr, "n-a", true),
-        ]
-        .concat(),
-    );
+    let east = cluster_with_one_endpoint(&a).await;
     let west = ApiServer::start().await;
-    west.apply_yaml(&[
-        "apiVersion: v1\nkind: Service\nmetadata: {name: svc, namespace: apps}\nspec:\n  ports: [{name: http, port: 80}]\n---\n",
-        &slice("b", b.addr, "n-w", true),
-    ]
-    .concat());
+    west.apply_yaml(&[WEST_SERVICE, &slice("b", b.addr, "n-w", true)].concat());
     let (east_dir, west_dir) = (tempdir(), tempdir());
     let east_config = kubeconfig(east.addr, east_dir.path());
     let west_config = std::fs::read_to_string(kubeconfig(west.addr, west_dir.path())).unwrap();

@@ -157,12 +157,10 @@ async fn wait_for_endpoints(
     events: &mut tokio::sync::mpsc::UnboundedReceiver<Event>,
     want: &[SocketAddr],
 ) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     let mut want = want.to_vec();
     want.sort();
-    loop {
-        let table = gw.table();
-        let now: Option<Vec<SocketAddr>> = table
+    super::wait_until(gw, events, |table| {
+        table
             .services
             .values()
             .find(|t| {
@@ -170,24 +168,14 @@ async fn wait_for_endpoints(
                     .name
                     .ends_with(crate::model::multicluster::VIRTUAL_DESTINATION_SUFFIX)
             })
-            .map(|t| {
-                let mut a: Vec<SocketAddr> =
+            .is_some_and(|t| {
+                let mut now: Vec<SocketAddr> =
                     t.snapshot.load().endpoints.iter().map(|e| e.addr).collect();
-                a.sort();
-                a
-            });
-        if now.as_deref() == Some(&want[..]) {
-            return Ok(());
-        }
-        match tokio::time::timeout_at(deadline, events.recv()).await {
-            Ok(Some(Event::Rejected { error })) => {
-                bail!("the gateway rejected a demo manifest: {error}")
-            }
-            Ok(Some(_)) => {}
-            Ok(None) => bail!("the gateway stopped"),
-            Err(_) => bail!("the configuration did not reload within 10 s"),
-        }
-    }
+                now.sort();
+                now == want
+            })
+    })
+    .await
 }
 
 /// Plays the walkthrough and prints each step beside the seed's stated outcome.

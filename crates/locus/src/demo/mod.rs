@@ -170,9 +170,19 @@ async fn wait_for_state(
     events: &mut tokio::sync::mpsc::UnboundedReceiver<Event>,
     want: (RoutingPolicy, usize),
 ) -> anyhow::Result<()> {
+    wait_until(gw, events, |table| service_state(table) == Some(want)).await
+}
+
+/// Waits, reload by reload, until the table in force satisfies `done` (10 s at most; a
+/// rejected manifest ends the wait with its error).
+async fn wait_until(
+    gw: &Gateway,
+    events: &mut tokio::sync::mpsc::UnboundedReceiver<Event>,
+    done: impl Fn(&RouteTable) -> bool,
+) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        if service_state(&gw.table()) == Some(want) {
+        if done(&gw.table()) {
             return Ok(());
         }
         match tokio::time::timeout_at(deadline, events.recv()).await {

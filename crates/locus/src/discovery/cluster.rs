@@ -154,7 +154,7 @@ const REMOTE_KINDS: &[&str] = &[
 /// The label Istio puts on remote secrets (`istioctl create-remote-secret`).
 pub const MULTICLUSTER_SECRET_LABEL: &str = "istio/multiCluster";
 /// The label that says which cluster an object was read from.
-const CLUSTER_LABEL: &str = "topology.istio.io/cluster";
+use locus_core::policy::CLUSTER_LABEL;
 
 /// How long changes are gathered before one configuration is built from them.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
@@ -997,7 +997,7 @@ async fn watch_remote_secrets(
                 .and_then(|kc| inline_only(&kc).map(|()| kc))
             {
                 Ok(kc) => {
-                    let fingerprint = format!("{:x}", fxhash(&bytes));
+                    let fingerprint = format!("{:x}", fingerprint(&bytes));
                     remotes.start(&cluster, kc, source, fingerprint);
                 }
                 Err(e) => {
@@ -1044,7 +1044,7 @@ fn inline_only(kc: &kube::config::Kubeconfig) -> Result<(), String> {
 }
 
 /// A cheap fingerprint of a kubeconfig, to restart a remote's watch only when it changed.
-fn fxhash(bytes: &[u8]) -> u64 {
+fn fingerprint(bytes: &[u8]) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     bytes.hash(&mut h);

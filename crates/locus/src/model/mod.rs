@@ -454,13 +454,14 @@ impl Model {
         let mut import_keys = std::collections::BTreeSet::new();
         for (doc, import) in imports {
             let ctx = DocCtx { doc };
+            // The Service it imports: its name and namespace.
+            let exported_key = ObjKey::new(
+                &namespace_of(&import.metadata),
+                &name_of(&ctx, &import.metadata)?,
+            );
             let exported = catalog
                 .iter()
-                .find(|cs| {
-                    cs.cluster.is_none()
-                        && cs.key.namespace == namespace_of(&import.metadata)
-                        && Some(cs.key.name.as_str()) == import.metadata.name.as_deref()
-                })
+                .find(|cs| cs.cluster.is_none() && cs.key == exported_key)
                 .map(|cs| cs.svc);
             let s = multicluster::build_import(
                 &ctx,
@@ -470,10 +471,7 @@ impl Model {
                 &policies,
                 &mut model.warnings,
             )?;
-            import_keys.insert(ObjKey::new(
-                &s.key.namespace,
-                s.key.name.trim_end_matches(multicluster::IMPORT_SUFFIX),
-            ));
+            import_keys.insert(exported_key);
             model.services.insert(s.key.clone(), s);
         }
         for (doc, vd) in virtual_destinations {

@@ -21,7 +21,7 @@ pub const MCS_SERVICE_NAME_LABEL: &str = "multicluster.kubernetes.io/service-nam
 pub const MCS_SOURCE_CLUSTER_LABEL: &str = "multicluster.kubernetes.io/source-cluster";
 /// Istio's cluster label: on a WorkloadEntry, the cluster it runs in; on any object of a
 /// manifest set, the cluster that object was read from (unlabelled: the gateway's own).
-pub const CLUSTER_LABEL: &str = "topology.istio.io/cluster";
+pub use locus_core::policy::CLUSTER_LABEL;
 /// Istio's network label: on an EndpointSlice, a WorkloadEntry or a Namespace (of its
 /// cluster), the network its endpoints are in; on a Service, that Service is the network's
 /// east-west gateway.

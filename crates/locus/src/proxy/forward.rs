@@ -548,15 +548,17 @@ impl Exchange<'_> {
             *upstream.uri_mut() =
                 upstream_uri(self.h2c(), self.tls().is_some(), addr, &self.path_and_query);
             // Another network's gateway takes the request for its own endpoints of the Service
-            // the hop header names. The header is the gateway's to set: a client's (or the one
-            // a hop arrived with) never travels on, so nothing can be sent round in a loop.
+            // the hop header names. A client's (or the one a hop arrived with) was stripped
+            // with the hop-by-hop headers; a request handed back by an attempt to a gateway
+            // must not carry it elsewhere.
             match via.as_deref().map(HeaderValue::from_str) {
                 Some(Ok(v)) => {
                     upstream.headers_mut().insert(EAST_WEST_HEADER, v);
                 }
-                _ => {
+                _ if n > 1 => {
                     upstream.headers_mut().remove(EAST_WEST_HEADER);
                 }
+                _ => {}
             }
 
             let mut attempt = Attempt::start(target.clone(), idx, health, n > 1);

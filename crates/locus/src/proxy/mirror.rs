@@ -45,15 +45,11 @@ pub(super) fn send_mirror(
     let mut req = Request::new(ProxyBody::text(body.clone()));
     *req.method_mut() = parts.method.clone();
     *req.headers_mut() = parts.headers.clone();
-    // The hop header is the gateway's to set, never the client's.
-    let hop = crate::routing::EAST_WEST_HEADER;
-    match via.as_deref().map(http::HeaderValue::from_str) {
-        Some(Ok(v)) => {
-            req.headers_mut().insert(hop, v);
-        }
-        _ => {
-            req.headers_mut().remove(hop);
-        }
+    // The client's hop header went with the hop-by-hop headers; a copy for another network
+    // names its destination as any request does.
+    if let Some(Ok(v)) = via.as_deref().map(http::HeaderValue::from_str) {
+        req.headers_mut()
+            .insert(crate::routing::EAST_WEST_HEADER, v);
     }
     let tls = match mirror.health.upstream.tls.as_ref().map(|t| &t.client) {
         Some(Err(_)) => {

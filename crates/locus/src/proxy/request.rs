@@ -183,11 +183,12 @@ fn valid_host(h: &[u8]) -> bool {
         })
 }
 
-/// Removes hop-by-hop headers (RFC 9110 §7.6.1), including those named by `Connection`.
+/// Removes hop-by-hop headers (RFC 9110 §7.6.1, and the east-west hop header), including those
+/// named by `Connection`.
 /// One pass over the names finds which are there (usually none, or only `connection`), so the
 /// common message costs no removal at all, or one.
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let mut present: [Option<HeaderName>; 9] = Default::default();
+    let mut present: [Option<HeaderName>; 10] = Default::default();
     let mut n = 0;
     for name in headers.keys() {
         if is_hop_by_hop(name) && n < present.len() {
@@ -235,6 +236,9 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == header::TE
         || name.as_str() == "keep-alive"
         || name.as_str() == "proxy-connection"
+        // The east-west hop is between two gateways: set by the sending one for the receiving
+        // one (which reads it before this strip), never passed on, never taken from a client.
+        || name.as_str() == crate::routing::EAST_WEST_HEADER
 }
 
 /// The request URI for an endpoint: absolute for HTTP/2 (hyper needs the authority there),

@@ -78,7 +78,7 @@ impl Resource {
         };
         meta.labels
             .as_ref()?
-            .get("topology.istio.io/cluster")
+            .get(locus_core::policy::CLUSTER_LABEL)
             .map(String::as_str)
     }
 

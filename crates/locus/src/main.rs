@@ -213,6 +213,10 @@ enum Command {
         /// the edge clients get what went wrong, the log gets the rest).
         #[arg(long)]
         verbose_errors: bool,
+        /// Which HTTP/1.1 codec serves plain-text clients: Locus's own (`locus`, leaner) or
+        /// hyper's (`hyper`). TLS, HTTP/2 and upgraded (WebSocket) connections are hyper's.
+        #[arg(long, default_value = "locus", value_parser = ["locus", "hyper"])]
+        http1_server: String,
         #[command(flatten)]
         limits: LimitArgs,
         /// Per-request metrics (`on`, `off`); off only to measure their cost.
@@ -477,6 +481,7 @@ fn main() -> ExitCode {
             access_log,
             request_id,
             verbose_errors,
+            http1_server,
             limits,
             metrics,
         } => {
@@ -514,6 +519,7 @@ fn main() -> ExitCode {
                     answers: locus::proxy::Answers {
                         request_ids: request_id == "on",
                         verbose_errors,
+                        own_http1: http1_server == "locus",
                     },
                     identity: identity.config(),
                     selector: match (gateway, kubernetes) {
@@ -645,8 +651,8 @@ struct LimitArgs {
     /// Largest request head (request line and headers) in bytes; larger gets 431.
     #[arg(long, default_value_t = 64 * 1024, value_parser = clap::value_parser!(u64).range(8192..))]
     max_request_head_bytes: u64,
-    /// Most header fields in a request; more gets 431.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..))]
+    /// Most header fields in a request (at most 1,024); more gets 431.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=1024))]
     max_request_headers: u64,
     /// Longest request target (path and query) in bytes; longer gets 414.
     #[arg(long, default_value_t = 16 * 1024, value_parser = clap::value_parser!(u64).range(256..))]

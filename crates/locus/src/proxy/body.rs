@@ -7,8 +7,9 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, SizeHint};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use super::h1::server::RequestBody;
 use super::outcome::{Attempt, BoxError, ClientBody};
 use super::pool::PooledBody;
 
@@ -32,6 +33,48 @@ impl ProxyBody {
             ProxyBody::Full(None)
         } else {
             ProxyBody::Full(Some(b))
+        }
+    }
+}
+
+/// A client's request body as it arrived: through hyper (HTTP/2, TLS, upgrades) or Locus's own
+/// HTTP/1.1 server.
+#[derive(Debug)]
+pub enum ClientIn {
+    Hyper(Incoming),
+    H1(RequestBody),
+    /// No body (no length, or a length of 0).
+    Empty,
+}
+
+impl Body for ClientIn {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.get_mut() {
+            ClientIn::Hyper(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
+            ClientIn::H1(b) => Pin::new(b).poll_frame(cx),
+            ClientIn::Empty => Poll::Ready(None),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientIn::Hyper(b) => b.is_end_stream(),
+            ClientIn::H1(b) => b.is_end_stream(),
+            ClientIn::Empty => true,
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientIn::Hyper(b) => b.size_hint(),
+            ClientIn::H1(b) => b.size_hint(),
+            ClientIn::Empty => SizeHint::with_exact(0),
         }
     }
 }

@@ -9,12 +9,12 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Version};
 use http_body_util::BodyExt;
-use hyper::body::{Body, Incoming};
+use hyper::body::Body;
 use locus_core::balancer::SnapshotMode;
 use locus_core::health::Fault;
 use locus_core::{Algorithm, EndpointHealth, Tier};
 
-use super::body::{ProxyBody, UpstreamBody};
+use super::body::{ClientIn, ProxyBody, UpstreamBody};
 use super::error::ProxyError;
 use super::h1::ExchangeError;
 use super::outcome::{Attempt, ClientBody, ClientBodyState};
@@ -36,7 +36,7 @@ const REPLAY_LIMIT: u64 = 64 * 1024;
 pub(super) async fn forward(
     shared: &Shared,
     info: &ConnInfo,
-    req: Request<Incoming>,
+    req: Request<ClientIn>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     if parts.uri.path_and_query().map_or(0, |p| p.as_str().len()) > shared.limits.max_uri {
@@ -383,7 +383,7 @@ enum RequestBody {
 
 impl RequestBody {
     async fn read(
-        body: Incoming,
+        body: ClientIn,
         target: &ServiceTarget,
         action: &RuleAction,
         idle: Option<std::time::Duration>,

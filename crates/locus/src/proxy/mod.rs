@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use hyper::body::Incoming;
+
+use body::ClientIn;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -46,6 +48,10 @@ pub struct Answers {
     /// `--verbose-errors`: error bodies tell the whole story (addresses, Services, nodes), for
     /// development; at the edge clients only get what went wrong.
     pub verbose_errors: bool,
+    /// `--http1-server locus` (the default): plain-text HTTP/1.1 clients are served by
+    /// Locus's own codec (`h1::server`); `hyper` serves them with hyper's, as TLS and HTTP/2
+    /// clients always are.
+    pub own_http1: bool,
 }
 
 impl Default for Answers {
@@ -53,6 +59,7 @@ impl Default for Answers {
         Answers {
             request_ids: true,
             verbose_errors: false,
+            own_http1: true,
         }
     }
 }
@@ -217,6 +224,17 @@ pub async fn serve(listener: TcpListener, port: Port, shared: Arc<Shared>) {
                 })
             };
             let ended = match tls {
+                None if shared.answers.own_http1 => {
+                    let info = info(None);
+                    let mut finish = finish;
+                    match h1::server::serve(stream, &info, &shared, &mut finish).await {
+                        Ok(h1::server::Ended::HandOff(io)) => {
+                            serve_connection(io, info, builder, shared, finish).await
+                        }
+                        Ok(h1::server::Ended::Closed) => Ok(()),
+                        Err(e) => Err(e),
+                    }
+                }
                 None => serve_connection(stream, info(None), builder, shared, finish).await,
                 Some(tls) => {
                     // The handshake is bounded like a request head: a client that opens a
@@ -267,7 +285,7 @@ where
     let svc = service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
         let info = info.clone();
-        async move { Ok::<_, Infallible>(handle(&shared, &info, req).await) }
+        async move { Ok::<_, Infallible>(handle(&shared, &info, req.map(ClientIn::Hyper)).await) }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
@@ -364,7 +382,7 @@ pub static ACCESS_LOG: std::sync::atomic::AtomicBool = std::sync::atomic::Atomic
 async fn handle(
     shared: &Shared,
     info: &ConnInfo,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientIn>,
 ) -> Response<ProxyBody> {
     if shared.limits.idle_timeout.is_some() {
         info.last_request_ms.store(

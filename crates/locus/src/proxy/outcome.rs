@@ -18,10 +18,11 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 use bytes::Bytes;
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 use locus_core::health::Fault;
 use locus_core::{EndpointHealth, Outcome};
 
+use super::body::ClientIn;
 use crate::health::{now_ms, HealthEvent};
 use crate::routing::ServiceTarget;
 
@@ -44,7 +45,7 @@ pub struct BodyIdle(std::time::Duration);
 /// A client's request body on its way upstream, noting how it ended.
 #[derive(Debug)]
 pub struct ClientBody {
-    inner: Incoming,
+    inner: ClientIn,
     state: Arc<AtomicU8>,
     /// How long the client may send nothing; the timer is made only when a read finds
     /// nothing (most bodies arrive with their head and never need one).
@@ -59,7 +60,7 @@ pub struct ClientBody {
 pub struct ClientBodyState(Arc<AtomicU8>);
 
 impl ClientBody {
-    pub fn new(inner: Incoming, idle: Option<std::time::Duration>) -> (Self, ClientBodyState) {
+    pub fn new(inner: ClientIn, idle: Option<std::time::Duration>) -> (Self, ClientBodyState) {
         let state = Arc::new(AtomicU8::new(STARTED));
         (
             ClientBody {
@@ -113,20 +114,29 @@ impl ClientBody {
 /// The error type of bodies the proxy makes or wraps.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Whether a body error is a malformed body (hyper reports a bad chunk or a length mismatch as
-/// a body error whose source is an `InvalidData`/`InvalidInput` I/O error).
-fn malformed(e: &hyper::Error) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+/// Whether a body error is a malformed body: an `InvalidData`/`InvalidInput` I/O error at its
+/// root (how hyper reports a bad chunk or a length mismatch, and how Locus's own server reports
+/// a bad chunk), or a hyper parse error.
+fn malformed(e: &BoxError) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e.as_ref());
     while let Some(err) = cur {
         if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            return matches!(
+            if matches!(
                 io.kind(),
                 std::io::ErrorKind::InvalidData | std::io::ErrorKind::InvalidInput
-            );
+            ) {
+                return true;
+            }
+        }
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_parse)
+        {
+            return true;
         }
         cur = err.source();
     }
-    e.is_parse()
+    false
 }
 
 impl Body for ClientBody {
@@ -159,7 +169,7 @@ impl Body for ClientBody {
             this.progressed = true;
         }
         this.state.store(state, Ordering::Release);
-        polled.map(|f| f.map(|r| r.map_err(Into::into)))
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -82,7 +82,7 @@ pub fn encode_request_head(
     out.extend_from_slice(b"\r\n");
 }
 
-fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+pub(super) fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {
@@ -236,15 +236,15 @@ fn parse_error(e: httparse::Error) -> &'static str {
 
 /// The length headers of one response, checked as they are read.
 #[derive(Default)]
-struct Lengths {
-    content_length: Option<u64>,
+pub(super) struct Lengths {
+    pub(super) content_length: Option<u64>,
     /// Transfer-Encoding was present; `Some(true)` when its last coding is `chunked`.
-    chunked_last: Option<bool>,
+    pub(super) chunked_last: Option<bool>,
 }
 
 impl Lengths {
     /// Every Content-Length (a list, or repeated) must be the same one decimal number.
-    fn content_length(&mut self, value: &[u8]) -> Result<(), ProtoError> {
+    pub(super) fn content_length(&mut self, value: &[u8]) -> Result<(), ProtoError> {
         for part in value.split(|&b| b == b',') {
             let part = part.trim_ascii();
             if part.is_empty() || part.len() > 19 || !part.iter().all(u8::is_ascii_digit) {
@@ -260,7 +260,7 @@ impl Lengths {
     }
 
     /// `chunked` may appear once, last; other codings are passed through as they are.
-    fn transfer_encoding(&mut self, value: &[u8]) -> Result<(), ProtoError> {
+    pub(super) fn transfer_encoding(&mut self, value: &[u8]) -> Result<(), ProtoError> {
         for coding in value.split(|&b| b == b',') {
             let coding = coding.trim_ascii();
             if coding.is_empty() {

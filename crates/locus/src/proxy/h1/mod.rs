@@ -14,6 +14,8 @@
 //! missed.
 
 pub mod codec;
+pub mod server;
+pub mod server_codec;
 
 use std::future::{poll_fn, Future};
 use std::io;

@@ -1,0 +1,440 @@
+//! The HTTP/1.1 wire format of a client exchange, as pure functions over buffers: the request
+//! head a client sends and the response head Locus writes back (RFC 9112). No I/O here, so
+//! every rule is a unit test.
+//!
+//! A request whose body length is ambiguous (Transfer-Encoding with Content-Length, differing
+//! or malformed lengths, a final coding other than `chunked`, Transfer-Encoding on HTTP/1.0) is
+//! refused with 400 and the connection closed, so no second request can hide in a first one's
+//! body. Heads are parsed into fields and written anew upstream, never passed on as bytes.
+
+use std::cell::RefCell;
+use std::mem::MaybeUninit;
+use std::time::SystemTime;
+
+use bytes::BytesMut;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode, Uri, Version};
+
+use super::codec::{push_decimal, Lengths, RequestFraming};
+
+/// Most header fields a request may carry (`--max-request-headers` is bounded by it).
+pub const MAX_HEADER_SLOTS: usize = 1024;
+
+/// Why a request head is refused: the status the client gets before the connection closes.
+#[derive(Debug, PartialEq, Eq)]
+pub enum HeadError {
+    /// The head outgrew `--max-request-head-bytes`, or has more than `--max-request-headers`
+    /// fields: 431.
+    TooLarge,
+    /// Malformed, or its body length is ambiguous: 400.
+    Malformed(&'static str),
+}
+
+impl HeadError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            HeadError::TooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            HeadError::Malformed(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// A parsed request head.
+#[derive(Debug)]
+pub struct RequestHead {
+    pub method: Method,
+    pub uri: Uri,
+    pub version: Version,
+    pub headers: HeaderMap,
+    pub framing: RequestFraming,
+    /// The client lets the connection carry another request.
+    pub keep_alive: bool,
+    /// `Expect: 100-continue` on a request with a body: the client waits for a `100 Continue`.
+    pub expect_continue: bool,
+    /// The client accepts trailers in a chunked response (`TE: trailers`).
+    pub trailers: bool,
+}
+
+/// What the front of the read buffer holds.
+#[derive(Debug)]
+pub enum Parsed {
+    /// Not all of a head has arrived yet.
+    Partial,
+    Head(Box<RequestHead>),
+    /// A request to switch protocols (`Upgrade`), or HTTP/2's connection preface: left in the
+    /// buffer, for a codec that speaks them.
+    Switch,
+}
+
+/// Reads one request head from the front of `buf`, splitting it off (the body and any
+/// pipelined request stay). `spans` is scratch space kept with the connection, as in
+/// [`super::codec::parse_response_head`].
+pub fn parse_request_head(
+    buf: &mut BytesMut,
+    max_head: usize,
+    max_headers: usize,
+    spans: &mut Vec<[usize; 4]>,
+) -> Result<Parsed, HeadError> {
+    if buf.starts_with(b"PRI ") {
+        return Ok(Parsed::Switch);
+    }
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADER_SLOTS];
+    let slots = &mut slots[..max_headers.clamp(1, MAX_HEADER_SLOTS)];
+    let mut parsed = httparse::Request::new(&mut []);
+    let base = buf.as_ptr() as usize;
+    spans.clear();
+    let (len, method, target, minor) = match httparse::ParserConfig::default()
+        .parse_request_with_uninit_headers(&mut parsed, buf, slots)
+    {
+        Ok(httparse::Status::Complete(len)) => {
+            spans.extend(parsed.headers.iter().map(|h| {
+                let name = h.name.as_ptr() as usize - base;
+                let value = h.value.as_ptr() as usize - base;
+                [name, name + h.name.len(), value, value + h.value.len()]
+            }));
+            let path = parsed.path.unwrap_or("/");
+            let target = path.as_ptr() as usize - base;
+            (
+                len,
+                parsed.method.unwrap_or("GET"),
+                [target, target + path.len()],
+                parsed.version.unwrap_or(1),
+            )
+        }
+        Ok(httparse::Status::Partial) if buf.len() >= max_head => return Err(HeadError::TooLarge),
+        Ok(httparse::Status::Partial) => return Ok(Parsed::Partial),
+        Err(httparse::Error::TooManyHeaders) => return Err(HeadError::TooLarge),
+        Err(httparse::Error::Version) => {
+            return Err(HeadError::Malformed("unsupported HTTP version"))
+        }
+        Err(_) => return Err(HeadError::Malformed("malformed request head")),
+    };
+    if len > max_head {
+        return Err(HeadError::TooLarge);
+    }
+    let method =
+        Method::from_bytes(method.as_bytes()).map_err(|_| HeadError::Malformed("bad method"))?;
+    let version = if minor == 1 {
+        Version::HTTP_11
+    } else {
+        Version::HTTP_10
+    };
+    // A switch of protocols is left whole in the buffer for the codec that speaks it.
+    if spans
+        .iter()
+        .any(|&[ns, ne, ..]| buf[ns..ne].eq_ignore_ascii_case(b"upgrade"))
+    {
+        return Ok(Parsed::Switch);
+    }
+    // Names and values are sliced out of the one frozen head, not copied one by one.
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(spans.len());
+    let mut lengths = Lengths::default();
+    let mut close = false;
+    let mut keep_alive_token = false;
+    let mut expect_continue = false;
+    let mut trailers = false;
+    for &[ns, ne, vs, ve] in spans.iter() {
+        let name = HeaderName::from_bytes(&head[ns..ne])
+            .map_err(|_| HeadError::Malformed("invalid header name"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
+            .map_err(|_| HeadError::Malformed("invalid header value"))?;
+        if name == header::CONTENT_LENGTH {
+            lengths
+                .content_length(value.as_bytes())
+                .map_err(|_| HeadError::Malformed("invalid Content-Length"))?;
+        } else if name == header::TRANSFER_ENCODING {
+            lengths
+                .transfer_encoding(value.as_bytes())
+                .map_err(|_| HeadError::Malformed("invalid Transfer-Encoding"))?;
+        } else if name == header::CONNECTION {
+            for token in value.as_bytes().split(|&b| b == b',') {
+                let token = token.trim_ascii();
+                close |= token.eq_ignore_ascii_case(b"close");
+                keep_alive_token |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if name == header::EXPECT {
+            expect_continue = value.as_bytes().eq_ignore_ascii_case(b"100-continue");
+        } else if name == header::TE {
+            trailers = value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+        }
+        headers.append(name, value);
+    }
+    let framing = match (lengths.chunked_last, lengths.content_length) {
+        (Some(_), Some(_)) => {
+            return Err(HeadError::Malformed(
+                "both Transfer-Encoding and Content-Length",
+            ))
+        }
+        (Some(_), None) if version != Version::HTTP_11 => {
+            return Err(HeadError::Malformed("Transfer-Encoding on HTTP/1.0"))
+        }
+        (Some(true), None) => RequestFraming::Chunked,
+        // A request's length cannot be read to the close (RFC 9112 §6.3).
+        (Some(false), None) => {
+            return Err(HeadError::Malformed(
+                "Transfer-Encoding without final chunked",
+            ))
+        }
+        (None, Some(n)) => RequestFraming::Length(n),
+        (None, None) => RequestFraming::None,
+    };
+    let uri = Uri::from_maybe_shared(head.slice(target[0]..target[1]))
+        .map_err(|_| HeadError::Malformed("bad target"))?;
+    let has_body = !matches!(framing, RequestFraming::None | RequestFraming::Length(0));
+    Ok(Parsed::Head(Box::new(RequestHead {
+        method,
+        uri,
+        version,
+        headers,
+        framing,
+        keep_alive: !close && (version == Version::HTTP_11 || keep_alive_token),
+        expect_continue: expect_continue && has_body && version == Version::HTTP_11,
+        trailers,
+    })))
+}
+
+/// How a response body goes on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ResponseFraming {
+    /// No body at all (HEAD, 1xx, 204, 304): the head's own length headers pass as they are.
+    Bodiless,
+    Length(u64),
+    Chunked,
+    /// Delimited by closing the connection (an HTTP/1.0 client, no length known).
+    UntilClose,
+}
+
+/// What the response says of the connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Persistence {
+    /// HTTP/1.1's default: nothing to say.
+    Default,
+    KeepAlive,
+    Close,
+}
+
+/// Appends the response head: status line, the headers (minus the framing and connection
+/// headers, which Locus writes itself), a `date` when the response has none.
+pub fn encode_response_head(
+    status: StatusCode,
+    headers: &HeaderMap,
+    framing: ResponseFraming,
+    persistence: Persistence,
+    out: &mut Vec<u8>,
+) {
+    if status == StatusCode::OK {
+        out.extend_from_slice(b"HTTP/1.1 200 OK\r\n");
+    } else {
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    let bodiless = framing == ResponseFraming::Bodiless;
+    for (name, value) in headers {
+        if (name == header::CONTENT_LENGTH && !bodiless)
+            || name == header::TRANSFER_ENCODING
+            || name == header::CONNECTION
+        {
+            continue;
+        }
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !headers.contains_key(header::DATE) {
+        out.extend_from_slice(b"date: ");
+        push_date(out);
+        out.extend_from_slice(b"\r\n");
+    }
+    match framing {
+        ResponseFraming::Length(n) => {
+            out.extend_from_slice(b"content-length: ");
+            push_decimal(out, n);
+            out.extend_from_slice(b"\r\n");
+        }
+        ResponseFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
+        ResponseFraming::Bodiless | ResponseFraming::UntilClose => {}
+    }
+    match persistence {
+        Persistence::Default => {}
+        Persistence::KeepAlive => out.extend_from_slice(b"connection: keep-alive\r\n"),
+        Persistence::Close => out.extend_from_slice(b"connection: close\r\n"),
+    }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The whole answer to a head refused before routing: status, no body, connection closed.
+pub fn encode_refusal(status: StatusCode, out: &mut Vec<u8>) {
+    encode_response_head(
+        status,
+        &HeaderMap::new(),
+        ResponseFraming::Length(0),
+        Persistence::Close,
+        out,
+    );
+}
+
+thread_local! {
+    /// The IMF-fixdate of the current second, formatted once per second per thread.
+    static DATE: RefCell<(u64, String)> = const { RefCell::new((u64::MAX, String::new())) };
+}
+
+fn push_date(out: &mut Vec<u8>) {
+    let now = SystemTime::now();
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    DATE.with_borrow_mut(|(at, text)| {
+        if *at != secs {
+            *at = secs;
+            *text = httpdate::fmt_http_date(now);
+        }
+        out.extend_from_slice(text.as_bytes());
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(raw: &str) -> Result<Parsed, HeadError> {
+        let mut buf = BytesMut::from(raw.as_bytes());
+        parse_request_head(&mut buf, 64 * 1024, 100, &mut Vec::new())
+    }
+
+    fn head(raw: &str) -> RequestHead {
+        match parse(raw) {
+            Ok(Parsed::Head(h)) => *h,
+            other => panic!("{raw:?}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn request_heads_are_parsed_and_split_off() {
+        let mut buf = BytesMut::from(
+            &b"POST /a?b=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabcGET /"[..],
+        );
+        let Parsed::Head(h) = parse_request_head(&mut buf, 1024, 100, &mut Vec::new()).unwrap()
+        else {
+            panic!("complete")
+        };
+        assert_eq!(h.method, Method::POST);
+        assert_eq!(h.uri, "/a?b=1");
+        assert_eq!(h.headers["host"], "x");
+        assert_eq!(h.framing, RequestFraming::Length(3));
+        assert!(h.keep_alive && !h.expect_continue);
+        assert_eq!(&buf[..], b"abcGET /", "body and the next request stay");
+        assert!(matches!(
+            parse("GET / HTTP/1.1\r\nHost: x\r\n"),
+            Ok(Parsed::Partial)
+        ));
+    }
+
+    #[test]
+    fn ambiguous_lengths_are_refused() {
+        for raw in [
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+            "POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            "POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost: x\r\nX: a\r\n b\r\n\r\n",
+            "GET / HTTP/1.1\r\nHost : x\r\n\r\n",
+            "GET / HTTP/2.0\r\nHost: x\r\n\r\n",
+        ] {
+            assert!(
+                matches!(parse(raw), Err(HeadError::Malformed(_))),
+                "{raw:?}: {:?}",
+                parse(raw)
+            );
+        }
+        let same = head("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\n");
+        assert_eq!(same.framing, RequestFraming::Length(3));
+        let chunked =
+            head("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        assert_eq!(chunked.framing, RequestFraming::Chunked);
+    }
+
+    #[test]
+    fn limits_give_431() {
+        let many = format!("GET / HTTP/1.1\r\n{}\r\n", "a: b\r\n".repeat(101));
+        assert_eq!(parse(&many).unwrap_err(), HeadError::TooLarge);
+        let mut big =
+            BytesMut::from(format!("GET / HTTP/1.1\r\nx: {}", "a".repeat(2000)).as_bytes());
+        assert_eq!(
+            parse_request_head(&mut big, 1024, 100, &mut Vec::new()).unwrap_err(),
+            HeadError::TooLarge
+        );
+    }
+
+    #[test]
+    fn persistence_upgrades_and_expectations() {
+        assert!(!head("GET / HTTP/1.1\r\nConnection: close\r\n\r\n").keep_alive);
+        assert!(!head("GET / HTTP/1.0\r\n\r\n").keep_alive);
+        assert!(head("GET / HTTP/1.0\r\nConnection: Keep-Alive\r\n\r\n").keep_alive);
+        assert!(
+            head("PUT / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n")
+                .expect_continue
+        );
+        assert!(!head("GET / HTTP/1.1\r\nHost: x\r\nExpect: 100-continue\r\n\r\n").expect_continue);
+        assert!(matches!(
+            parse("GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n"),
+            Ok(Parsed::Switch)
+        ));
+        assert!(matches!(
+            parse("PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"),
+            Ok(Parsed::Switch)
+        ));
+    }
+
+    #[test]
+    fn response_heads_say_their_framing_once() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("99"));
+        h.insert(header::CONNECTION, HeaderValue::from_static("close"));
+        h.insert(header::DATE, HeaderValue::from_static("then"));
+        h.insert("x-a", HeaderValue::from_static("b"));
+        let mut out = Vec::new();
+        encode_response_head(
+            StatusCode::NOT_FOUND,
+            &h,
+            ResponseFraming::Length(5),
+            Persistence::KeepAlive,
+            &mut out,
+        );
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "HTTP/1.1 404 Not Found\r\ndate: then\r\nx-a: b\r\ncontent-length: 5\r\nconnection: keep-alive\r\n\r\n"
+        );
+        let mut out = Vec::new();
+        encode_response_head(
+            StatusCode::OK,
+            &h,
+            ResponseFraming::Bodiless,
+            Persistence::Default,
+            &mut out,
+        );
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .contains("content-length: 99\r\n"));
+        let mut out = Vec::new();
+        encode_refusal(StatusCode::BAD_REQUEST, &mut out);
+        let text = String::from_utf8(out).unwrap();
+        assert!(
+            text.starts_with("HTTP/1.1 400 Bad Request\r\ndate: "),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("content-length: 0\r\nconnection: close\r\n\r\n"),
+            "{text}"
+        );
+    }
+}

@@ -92,6 +92,12 @@ impl Connections {
         self.open.load(Ordering::Acquire)
     }
 
+    /// Whether the gateway is draining (read by a connection before it answers, to say
+    /// `connection: close`).
+    pub fn draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
     /// Asks every connection to finish its request in flight and close.
     pub fn drain(&self) {
         let senders: Vec<_> = {

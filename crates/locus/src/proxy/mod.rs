@@ -285,7 +285,16 @@ where
     let svc = service_fn(move |req: Request<Incoming>| {
         let shared = shared.clone();
         let info = info.clone();
-        async move { Ok::<_, Infallible>(handle(&shared, &info, req.map(ClientIn::Hyper)).await) }
+        async move {
+            if shared.limits.idle_timeout.is_some() {
+                // For the idle timeout (`idle_for`); Locus's own HTTP/1 server keeps its own.
+                info.last_request_ms.store(
+                    crate::health::now_ms(),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
+            }
+            Ok::<_, Infallible>(handle(&shared, &info, req.map(ClientIn::Hyper)).await)
+        }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
@@ -332,29 +341,21 @@ pub async fn accept(
     }
 }
 
-/// For the fuzz target: parses `data` as hyper's server does (httparse) and runs the head
+/// For the fuzz target: parses `data` as Locus's own HTTP/1.1 server does and runs the head
 /// handling that comes before routing.
 #[doc(hidden)]
 pub fn inspect_head(data: &[u8]) {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut parsed = httparse::Request::new(&mut headers);
-    if !matches!(parsed.parse(data), Ok(httparse::Status::Complete(_))) {
-        return;
-    }
-    let mut b = Request::builder()
-        .method(parsed.method.unwrap_or("GET"))
-        .uri(parsed.path.unwrap_or("/"))
-        .version(if parsed.version == Some(0) {
-            http::Version::HTTP_10
-        } else {
-            http::Version::HTTP_11
-        });
-    for h in parsed.headers.iter() {
-        b = b.header(h.name, h.value);
-    }
-    let Ok(req) = b.body(()) else {
+    let mut buf = bytes::BytesMut::from(data);
+    let Ok(h1::server_codec::Parsed::Head(head)) =
+        h1::server_codec::parse_request_head(&mut buf, 64 * 1024, 100, &mut Vec::new())
+    else {
         return;
     };
+    let mut req = Request::new(());
+    *req.method_mut() = head.method;
+    *req.uri_mut() = head.uri;
+    *req.version_mut() = head.version;
+    *req.headers_mut() = head.headers;
     let (mut parts, ()) = req.into_parts();
     if request::check_head(&parts).is_err() {
         return;
@@ -384,12 +385,6 @@ async fn handle(
     info: &ConnInfo,
     mut req: Request<ClientIn>,
 ) -> Response<ProxyBody> {
-    if shared.limits.idle_timeout.is_some() {
-        info.last_request_ms.store(
-            crate::health::now_ms(),
-            std::sync::atomic::Ordering::Relaxed,
-        );
-    }
     let id = match req.headers().get(&request::X_REQUEST_ID) {
         Some(id) => Some(id.clone()),
         None if shared.answers.request_ids => {

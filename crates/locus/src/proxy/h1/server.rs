@@ -150,14 +150,17 @@ pub async fn serve(
         *req.uri_mut() = uri;
         *req.version_mut() = version;
         *req.headers_mut() = headers;
-        let Some(resp) = conn
-            .run(crate::proxy::handle(shared, info, req), &mut continue_rx)
-            .await
+        // Made in place and polled where it lies: the request's future is the largest state
+        // on the path, and moving it costs a copy of all of it.
+        let mut handling = std::pin::pin!(crate::proxy::handle(shared, info, req));
+        let mut watch = true;
+        let Some(resp) =
+            poll_fn(|cx| conn.poll_run(handling.as_mut(), &mut continue_rx, &mut watch, cx)).await
         else {
             // The client closed with its request in flight: cancelled.
             return Ok(Ended::Closed);
         };
-        draining = draining || drain_signalled(finish);
+        draining = draining || shared.connections.draining();
         let keep = keep_alive && !draining && !closes(&resp);
         let persistence = match (keep, version) {
             (false, _) => Persistence::Close,
@@ -184,20 +187,6 @@ pub async fn serve(
         }
         if conn.wbuf.capacity() > KEEP_BUFFER {
             conn.wbuf = Vec::new();
-        }
-    }
-}
-
-/// Whether the drain signal has just been given. A sender dropped without a word is no drain:
-/// the receiver is then replaced by one that stays silent, so it can still be handed on and
-/// polled (a finished receiver must not be polled again).
-fn drain_signalled(finish: &mut oneshot::Receiver<()>) -> bool {
-    match finish.try_recv() {
-        Ok(()) => true,
-        Err(oneshot::error::TryRecvError::Empty) => false,
-        Err(oneshot::error::TryRecvError::Closed) => {
-            *finish = silent();
-            false
         }
     }
 }
@@ -319,45 +308,41 @@ impl Conn {
         }
     }
 
-    /// Runs the request's handling; meanwhile sends `100 Continue` when its body is first
-    /// read, and notices a client that closes (when no body holds the read half). `None`: the
-    /// client went away.
-    async fn run<F>(
+    /// Polls the request's handling; meanwhile sends `100 Continue` when its body is first
+    /// read, and notices a client that closes (while no body holds the read half; `watch`
+    /// ends at the first bytes of a pipelined request). `None`: the client went away.
+    fn poll_run<F>(
         &mut self,
-        handling: F,
+        handling: Pin<&mut F>,
         continue_rx: &mut Option<oneshot::Receiver<()>>,
-    ) -> Option<Response<ProxyBody>>
+        watch: &mut bool,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Response<ProxyBody>>>
     where
         F: Future<Output = Response<ProxyBody>>,
     {
-        let mut handling = std::pin::pin!(handling);
-        let mut watch = true;
-        poll_fn(|cx| {
-            if let Poll::Ready(resp) = handling.as_mut().poll(cx) {
-                return Poll::Ready(Some(resp));
-            }
-            if let Some(rx) = continue_rx {
-                if Pin::new(rx).poll(cx).is_ready() {
-                    *continue_rx = None;
-                    // A fresh connection's send buffer takes these 25 bytes whole.
-                    const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
-                    if !matches!(self.write.try_write(CONTINUE), Ok(n) if n == CONTINUE.len()) {
-                        return Poll::Ready(None);
-                    }
+        if let Poll::Ready(resp) = handling.poll(cx) {
+            return Poll::Ready(Some(resp));
+        }
+        if let Some(rx) = continue_rx {
+            if Pin::new(rx).poll(cx).is_ready() {
+                *continue_rx = None;
+                // A fresh connection's send buffer takes these 25 bytes whole.
+                const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+                if !matches!(self.write.try_write(CONTINUE), Ok(n) if n == CONTINUE.len()) {
+                    return Poll::Ready(None);
                 }
             }
-            if let (true, Some(read)) = (watch, self.read.as_mut()) {
-                match poll_fill(read, &mut self.rbuf, cx) {
-                    Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
-                    // A pipelined request: kept for later; the watch ends (the buffer is
-                    // not grown for a client that keeps sending).
-                    Poll::Ready(Ok(_)) => watch = false,
-                    Poll::Pending => {}
-                }
+        }
+        if let (true, Some(read)) = (*watch, self.read.as_mut()) {
+            match poll_fill(read, &mut self.rbuf, cx) {
+                Poll::Ready(Ok(0)) | Poll::Ready(Err(_)) => return Poll::Ready(None),
+                // Not grown further for a client that keeps sending.
+                Poll::Ready(Ok(_)) => *watch = false,
+                Poll::Pending => {}
             }
-            Poll::Pending
-        })
-        .await
+        }
+        Poll::Pending
     }
 
     /// Writes the response; `false` when the connection cannot carry another request (the

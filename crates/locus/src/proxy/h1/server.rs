@@ -427,12 +427,17 @@ impl Conn {
                                 self.wbuf.extend_from_slice(b"\r\n");
                             }
                             self.wbuf.extend_from_slice(b"\r\n");
+                            drop(body);
                             self.write.write_all(&self.wbuf).await?;
                             return Ok(persistence != Persistence::Close);
                         }
                     }
                 },
                 Step::End => {
+                    // Done with before the last bytes go out: the endpoint's connection is back
+                    // in the pool and the attempt recorded by the time the client can send its
+                    // next request (a per-endpoint connection cap must see it free).
+                    drop(body);
                     if framing == ResponseFraming::Chunked {
                         self.wbuf.extend_from_slice(b"0\r\n\r\n");
                     }
@@ -444,6 +449,7 @@ impl Conn {
                     // Cut short: what was written goes out, then the close tells the client
                     // the body is incomplete (no last chunk, or fewer bytes than said).
                     tracing::debug!(error = %e, "response body failed; closing the connection");
+                    drop(body);
                     let _ = self.write.write_all(&self.wbuf).await;
                     return Ok(false);
                 }

@@ -21,8 +21,6 @@ use std::time::Duration;
 
 use arc_swap::{ArcSwap, ArcSwapOption};
 use hyper::body::Incoming;
-
-use body::ClientIn;
 use hyper::service::service_fn;
 use hyper::{Request, Response};
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -31,6 +29,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
+use body::ClientIn;
 pub use body::ProxyBody;
 pub use connections::{Connections, PortConnections};
 pub use error::ProxyError;

@@ -19,23 +19,6 @@ fn gateway(backend: &Echo, extra: &[&str]) -> (tempfile::TempDir, Gw) {
     (dir, gw)
 }
 
-/// Polls `what` (a number the echo backend reports) until it reaches `want`.
-async fn wait_for_count(c: &HttpClient, backend: &Echo, what: &str, want: u64) {
-    for _ in 0..500 {
-        let n: u64 = c
-            .get(backend.addr, "echo", what)
-            .await
-            .body
-            .parse()
-            .unwrap();
-        if n >= want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    panic!("{what} never reached {want}");
-}
-
 /// SIGTERM with 20 slow requests in flight: `/ready` fails at once, every request completes
 /// (told `Connection: close`), the process exits 0 and the port stops accepting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

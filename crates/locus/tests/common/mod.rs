@@ -499,3 +499,34 @@ pub async fn assert_no_upstream_errors(admin: SocketAddr) {
         "{metrics}"
     );
 }
+
+/// Polls `what` (a number the echo backend reports, such as `/_echo/busy`) every 10 ms, for up
+/// to 5 s, until `ok` holds for it; whether it did.
+pub async fn echo_count_until(
+    c: &HttpClient,
+    backend: &Echo,
+    what: &str,
+    ok: impl Fn(u64) -> bool,
+) -> bool {
+    for _ in 0..500 {
+        let n: u64 = c
+            .get(backend.addr, "echo", what)
+            .await
+            .body
+            .parse()
+            .unwrap();
+        if ok(n) {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// Polls `what` until it reaches `want`.
+pub async fn wait_for_count(c: &HttpClient, backend: &Echo, what: &str, want: u64) {
+    assert!(
+        echo_count_until(c, backend, what, |n| n >= want).await,
+        "{what} never reached {want}"
+    );
+}

@@ -144,11 +144,7 @@ pub fn parse_response_head(
         .parse_response_with_uninit_headers(&mut parsed, buf, &mut slots)
     {
         Ok(httparse::Status::Complete(len)) => {
-            spans.extend(parsed.headers.iter().map(|h| {
-                let name = h.name.as_ptr() as usize - base;
-                let value = h.value.as_ptr() as usize - base;
-                [name, name + h.name.len(), value, value + h.value.len()]
-            }));
+            record_spans(parsed.headers, base, spans);
             (len, parsed.code.unwrap_or(0), parsed.version.unwrap_or(1))
         }
         Ok(httparse::Status::Partial) if buf.len() >= max_head => {
@@ -172,11 +168,8 @@ pub fn parse_response_head(
     let mut lengths = Lengths::default();
     let mut close = false;
     let mut keep_alive_token = false;
-    for &[ns, ne, vs, ve] in spans.iter() {
-        let name = HeaderName::from_bytes(&head[ns..ne])
-            .map_err(|_| ProtoError::Head("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
-            .map_err(|_| ProtoError::Head("invalid header value"))?;
+    for &span in spans.iter() {
+        let (name, value) = field(&head, span).map_err(ProtoError::Head)?;
         if name == header::CONTENT_LENGTH {
             lengths.content_length(value.as_bytes())?;
         } else if name == header::TRANSFER_ENCODING {
@@ -221,6 +214,30 @@ pub fn parse_response_head(
         framing,
         keep_alive,
     }))
+}
+
+/// Notes where each parsed header's name and value sit in the buffer that starts at `base`.
+pub(super) fn record_spans(
+    headers: &[httparse::Header<'_>],
+    base: usize,
+    spans: &mut Vec<[usize; 4]>,
+) {
+    spans.extend(headers.iter().map(|h| {
+        let name = h.name.as_ptr() as usize - base;
+        let value = h.value.as_ptr() as usize - base;
+        [name, name + h.name.len(), value, value + h.value.len()]
+    }));
+}
+
+/// One header field sliced out of the frozen head (the value shares the head's buffer).
+pub(super) fn field(
+    head: &Bytes,
+    [ns, ne, vs, ve]: [usize; 4],
+) -> Result<(HeaderName, HeaderValue), &'static str> {
+    let name = HeaderName::from_bytes(&head[ns..ne]).map_err(|_| "invalid header name")?;
+    let value =
+        HeaderValue::from_maybe_shared(head.slice(vs..ve)).map_err(|_| "invalid header value")?;
+    Ok((name, value))
 }
 
 fn parse_error(e: httparse::Error) -> &'static str {

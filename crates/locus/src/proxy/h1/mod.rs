@@ -115,6 +115,38 @@ impl BodyState {
     pub fn is_done(&self) -> bool {
         matches!(self, BodyState::Done | BodyState::Length(0))
     }
+
+    /// The next piece of the body out of what `buf` already holds, without I/O (request and
+    /// response bodies alike): `None` when more bytes must be read first, `Some(None)` at the
+    /// end (trailers, if any, are its last frame).
+    pub fn next_frame(
+        &mut self,
+        buf: &mut BytesMut,
+    ) -> Result<Option<Option<Frame<Bytes>>>, ProtoError> {
+        match self {
+            BodyState::Done | BodyState::Length(0) => {
+                *self = BodyState::Done;
+                Ok(Some(None))
+            }
+            BodyState::Length(left) if !buf.is_empty() => {
+                let n = (*left).min(buf.len() as u64);
+                *left -= n;
+                Ok(Some(Some(Frame::data(buf.split_to(n as usize).freeze()))))
+            }
+            BodyState::Chunked(dec) if !buf.is_empty() => match dec.decode(buf, MAX_TRAILERS)? {
+                Chunk::Data(d) => Ok(Some(Some(Frame::data(d)))),
+                Chunk::End(trailers) => {
+                    *self = BodyState::Done;
+                    Ok(Some(trailers.map(Frame::trailers)))
+                }
+                Chunk::More => Ok(None),
+            },
+            BodyState::UntilClose if !buf.is_empty() => {
+                Ok(Some(Some(Frame::data(buf.split().freeze()))))
+            }
+            _ => Ok(None),
+        }
+    }
 }
 
 impl Conn {
@@ -433,32 +465,8 @@ impl Conn {
             }
         }
         loop {
-            match state {
-                BodyState::Done | BodyState::Length(0) => {
-                    *state = BodyState::Done;
-                    return Poll::Ready(None);
-                }
-                BodyState::Length(left) if !self.rbuf.is_empty() => {
-                    let n = (*left).min(self.rbuf.len() as u64);
-                    *left -= n;
-                    let data = self.rbuf.split_to(n as usize).freeze();
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                BodyState::Chunked(dec) if !self.rbuf.is_empty() => {
-                    match dec.decode(&mut self.rbuf, MAX_TRAILERS)? {
-                        Chunk::Data(d) => return Poll::Ready(Some(Ok(Frame::data(d)))),
-                        Chunk::End(trailers) => {
-                            *state = BodyState::Done;
-                            return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
-                        }
-                        Chunk::More => {}
-                    }
-                }
-                BodyState::UntilClose if !self.rbuf.is_empty() => {
-                    let data = self.rbuf.split().freeze();
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                _ => {}
+            if let Some(frame) = state.next_frame(&mut self.rbuf)? {
+                return Poll::Ready(frame.map(Ok));
             }
             let n = ready!(self.poll_fill(cx)).map_err(ExchangeError::Io)?;
             if n == 0 {

@@ -29,11 +29,12 @@ use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
-use super::codec::{self, Chunk, ChunkedDecoder, RequestFraming};
+use super::codec::{self, ChunkedDecoder, RequestFraming};
 use super::server_codec::{
     encode_refusal, encode_response_head, parse_request_head, HeadError, Parsed, Persistence,
     RequestHead, ResponseFraming,
 };
+use super::BodyState;
 use crate::proxy::body::{ClientIn, ProxyBody};
 use crate::proxy::outcome::BoxError;
 use crate::proxy::{ConnInfo, Shared};
@@ -44,8 +45,6 @@ const READ_SIZE: usize = 8 * 1024;
 const COPY_LIMIT: usize = 16 * 1024;
 /// Buffers larger than this are not kept between requests.
 const KEEP_BUFFER: usize = 64 * 1024;
-/// A chunked request's trailer section is bounded like a head.
-const MAX_TRAILERS: usize = 16 * 1024;
 
 /// How a connection served here ended.
 pub enum Ended {
@@ -136,9 +135,9 @@ pub async fn serve(
                     read: conn.read.take().expect("held between requests"),
                     buf: std::mem::take(&mut conn.rbuf),
                     left: match framing {
-                        RequestFraming::Chunked => Left::Chunked(ChunkedDecoder::default()),
-                        RequestFraming::Length(n) => Left::Length(n),
-                        RequestFraming::None => Left::Done,
+                        RequestFraming::Chunked => BodyState::Chunked(ChunkedDecoder::default()),
+                        RequestFraming::Length(n) => BodyState::Length(n),
+                        RequestFraming::None => BodyState::Done,
                     },
                     continue_tx,
                     back: Some(back_tx),
@@ -189,13 +188,6 @@ pub async fn serve(
             conn.wbuf = Vec::new();
         }
     }
-}
-
-/// A fresh receiver whose sender is gone: it reads as `Err` at its first poll, which every
-/// drain wait takes as no drain. (Only when the registry dropped a connection's sender, which
-/// it does not while the connection lives.)
-fn silent() -> oneshot::Receiver<()> {
-    oneshot::channel().1
 }
 
 /// A response that asks to close the connection (a local answer may).
@@ -277,14 +269,11 @@ impl Conn {
                 if let Poll::Ready(n) = poll_fill(read, rbuf, cx) {
                     return Poll::Ready(Some(n));
                 }
-                match Pin::new(&mut *finish).poll(cx) {
-                    Poll::Ready(Ok(())) => {
-                        *draining = true;
-                        return Poll::Ready(None);
-                    }
-                    // No sender, no drain (see `drain_signalled`).
-                    Poll::Ready(Err(_)) => *finish = silent(),
-                    Poll::Pending => {}
+                // Ready means the drain: the registry keeps the sender for as long as the
+                // connection lives, and a closed connection is never handed on.
+                if Pin::new(&mut *finish).poll(cx).is_ready() {
+                    *draining = true;
+                    return Poll::Ready(None);
                 }
                 match deadline {
                     Some(d) if watchdog.expired(d, cx) => Poll::Ready(Some(Err(io::Error::new(
@@ -490,9 +479,9 @@ impl Conn {
             left,
         } = back;
         match left {
-            Left::Done | Left::Length(0) => {}
+            BodyState::Done | BodyState::Length(0) => {}
             // Unread, but already here whole (an answer that did not need the body): skipped.
-            Left::Length(n) if (buf.len() as u64) >= n => {
+            BodyState::Length(n) if (buf.len() as u64) >= n => {
                 let _ = buf.split_to(n as usize);
             }
             _ => return false,
@@ -523,14 +512,6 @@ fn poll_fill(
     tokio_util::io::poll_read_buf(Pin::new(read), cx, buf)
 }
 
-/// How much of a request body is left to read.
-#[derive(Debug)]
-enum Left {
-    Length(u64),
-    Chunked(ChunkedDecoder),
-    Done,
-}
-
 /// A request body read off the client connection by whoever sends it upstream. When it is
 /// dropped (read or not) it gives the read half back to the connection.
 #[derive(Debug)]
@@ -540,7 +521,8 @@ pub struct RequestBody(Option<Box<Reader>>);
 struct Reader {
     read: OwnedReadHalf,
     buf: BytesMut,
-    left: Left,
+    /// How much is left to read, as an upstream response body counts it.
+    left: BodyState,
     /// Fired at the first read when the client waits for `100 Continue`.
     continue_tx: Option<oneshot::Sender<()>>,
     back: Option<oneshot::Sender<Returned>>,
@@ -551,7 +533,7 @@ struct Reader {
 struct Returned {
     read: OwnedReadHalf,
     buf: BytesMut,
-    left: Left,
+    left: BodyState,
 }
 
 impl Drop for RequestBody {
@@ -586,35 +568,16 @@ impl Body for RequestBody {
             let _ = tx.send(());
         }
         loop {
-            match &mut r.left {
-                Left::Done | Left::Length(0) => {
-                    r.left = Left::Done;
-                    return Poll::Ready(None);
+            match r.left.next_frame(&mut r.buf) {
+                Ok(Some(frame)) => return Poll::Ready(frame.map(Ok)),
+                Ok(None) => {}
+                // The client's malformed body (`InvalidData`: not the endpoint's).
+                Err(e) => {
+                    return Poll::Ready(Some(Err(Box::new(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        e,
+                    )))))
                 }
-                Left::Length(n) if !r.buf.is_empty() => {
-                    let take = (*n).min(r.buf.len() as u64);
-                    *n -= take;
-                    let data = r.buf.split_to(take as usize).freeze();
-                    return Poll::Ready(Some(Ok(Frame::data(data))));
-                }
-                Left::Chunked(dec) if !r.buf.is_empty() => {
-                    match dec.decode(&mut r.buf, MAX_TRAILERS) {
-                        Ok(Chunk::Data(d)) => return Poll::Ready(Some(Ok(Frame::data(d)))),
-                        Ok(Chunk::End(trailers)) => {
-                            r.left = Left::Done;
-                            return Poll::Ready(trailers.map(|t| Ok(Frame::trailers(t))));
-                        }
-                        Ok(Chunk::More) => {}
-                        // The client's malformed body (`InvalidData`: not the endpoint's).
-                        Err(e) => {
-                            return Poll::Ready(Some(Err(Box::new(io::Error::new(
-                                io::ErrorKind::InvalidData,
-                                e,
-                            )))))
-                        }
-                    }
-                }
-                _ => {}
             }
             let n = match ready!(poll_fill(&mut r.read, &mut r.buf, cx)) {
                 Ok(n) => n,
@@ -630,15 +593,13 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.0
-            .as_ref()
-            .is_none_or(|r| matches!(r.left, Left::Done | Left::Length(0)))
+        self.0.as_ref().is_none_or(|r| r.left.is_done())
     }
 
     fn size_hint(&self) -> SizeHint {
         match self.0.as_ref().map(|r| &r.left) {
-            Some(Left::Length(n)) => SizeHint::with_exact(*n),
-            Some(Left::Chunked(_)) => SizeHint::default(),
+            Some(BodyState::Length(n)) => SizeHint::with_exact(*n),
+            Some(BodyState::Chunked(_) | BodyState::UntilClose) => SizeHint::default(),
             _ => SizeHint::with_exact(0),
         }
     }

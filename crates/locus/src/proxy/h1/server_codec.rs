@@ -12,10 +12,10 @@ use std::mem::MaybeUninit;
 use std::time::SystemTime;
 
 use bytes::BytesMut;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Method, StatusCode, Uri, Version};
 
-use super::codec::{push_decimal, Lengths, RequestFraming};
+use super::codec::{field, push_decimal, record_spans, Lengths, RequestFraming};
 
 /// Most header fields a request may carry (`--max-request-headers` is bounded by it).
 pub const MAX_HEADER_SLOTS: usize = 1024;
@@ -90,11 +90,7 @@ pub fn parse_request_head(
         .parse_request_with_uninit_headers(&mut parsed, buf, slots)
     {
         Ok(httparse::Status::Complete(len)) => {
-            spans.extend(parsed.headers.iter().map(|h| {
-                let name = h.name.as_ptr() as usize - base;
-                let value = h.value.as_ptr() as usize - base;
-                [name, name + h.name.len(), value, value + h.value.len()]
-            }));
+            record_spans(parsed.headers, base, spans);
             let path = parsed.path.unwrap_or("/");
             let target = path.as_ptr() as usize - base;
             (
@@ -139,11 +135,8 @@ pub fn parse_request_head(
     let mut keep_alive_token = false;
     let mut expect_continue = false;
     let mut trailers = false;
-    for &[ns, ne, vs, ve] in spans.iter() {
-        let name = HeaderName::from_bytes(&head[ns..ne])
-            .map_err(|_| HeadError::Malformed("invalid header name"))?;
-        let value = HeaderValue::from_maybe_shared(head.slice(vs..ve))
-            .map_err(|_| HeadError::Malformed("invalid header value"))?;
+    for &span in spans.iter() {
+        let (name, value) = field(&head, span).map_err(HeadError::Malformed)?;
         if name == header::CONTENT_LENGTH {
             lengths
                 .content_length(value.as_bytes())
@@ -308,6 +301,7 @@ fn push_date(out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::HeaderValue;
 
     fn parse(raw: &str) -> Result<Parsed, HeadError> {
         let mut buf = BytesMut::from(raw.as_bytes());

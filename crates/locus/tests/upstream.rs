@@ -523,3 +523,101 @@ async fn uploads_keep_flowing_to_an_endpoint_that_answers_first() {
     assert_eq!(r.status, 200);
     assert_eq!(r.body.len(), size);
 }
+
+/// The endpoint's header fields reach the client as they came (names, values, repeats, its
+/// `Date`), minus the hop-by-hop ones: those the framing consumes (`Connection`, `Keep-Alive`),
+/// and those a `Connection` names or that are hop-by-hop by definition (`Trailer`). Both of
+/// Locus's HTTP/1.1 servers: its own writes the fields from the bytes they came in, hyper's
+/// from a map.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_fields_reach_the_client_minus_hop_by_hop_ones() {
+    let (port, _) = scripted(|_, head| {
+        if head.starts_with("GET /hop ") {
+            answer("HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret\r\nX-Secret: 1\r\nTrailer: x-t\r\nX-Kept: 1\r\nContent-Length: 2\r\n\r\nok")
+        } else {
+            answer("HTTP/1.1 200 OK\r\nServer: s\r\nDate: Tue, 01 Dec 2026 00:00:00 GMT\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive\r\nX-Mixed-Case: A  b\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nContent-Length: 2\r\n\r\nok")
+        }
+    })
+    .await;
+    for server in ["locus", "hyper"] {
+        let dir = tempdir();
+        write(dir.path(), "all.yaml", &one_backend(port, ""));
+        let gw = Gw::start(dir.path(), &["--http1-server", server]);
+        let ask = |method: &'static str, path: &'static str| {
+            let addr = gw.addr(8080);
+            async move {
+                let mut s = TcpStream::connect(addr).await.unwrap();
+                let req = format!(
+                    "{method} {path} HTTP/1.1\r\nhost: svc.test\r\nconnection: close\r\n\r\n"
+                );
+                s.write_all(req.as_bytes()).await.unwrap();
+                let mut out = Vec::new();
+                let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+                let text = String::from_utf8_lossy(&out).into_owned();
+                let head = text.split("\r\n\r\n").next().unwrap_or("").to_owned();
+                // Field lines, names lower-cased (the two servers differ in case only).
+                let fields: Vec<String> = head
+                    .lines()
+                    .skip(1)
+                    .map(|l| match l.split_once(':') {
+                        Some((n, v)) => format!("{}:{}", n.to_ascii_lowercase(), v),
+                        None => l.to_owned(),
+                    })
+                    .collect();
+                (text, fields)
+            }
+        };
+        let (text, fields) = ask("GET", "/").await;
+        assert!(text.ends_with("\r\n\r\nok"), "{server}: {text}");
+        let with = |name: &str| {
+            fields
+                .iter()
+                .filter(|f| f.starts_with(&format!("{name}:")))
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(with("server"), ["server: s"], "{server}: {text}");
+        assert_eq!(
+            with("date"),
+            ["date: Tue, 01 Dec 2026 00:00:00 GMT"],
+            "{server}: {text}"
+        );
+        assert_eq!(
+            with("x-mixed-case"),
+            ["x-mixed-case: A  b"],
+            "{server}: {text}"
+        );
+        assert_eq!(
+            with("set-cookie"),
+            ["set-cookie: a=1", "set-cookie: b=2"],
+            "{server}: {text}"
+        );
+        assert_eq!(
+            with("content-length"),
+            ["content-length: 2"],
+            "{server}: {text}"
+        );
+        assert!(with("keep-alive").is_empty(), "{server}: {text}");
+
+        let (text, fields) = ask("GET", "/hop").await;
+        assert!(text.ends_with("\r\n\r\nok"), "{server}: {text}");
+        for f in &fields {
+            assert!(
+                !f.starts_with("x-secret") && !f.starts_with("trailer"),
+                "{server}: hop-by-hop field forwarded: {text}"
+            );
+            assert!(
+                !f.starts_with("connection:") || f == "connection: close",
+                "{server}: {text}"
+            );
+        }
+        assert!(fields.iter().any(|f| f == "x-kept: 1"), "{server}: {text}");
+
+        // A HEAD's answer keeps the endpoint's length.
+        let (text, fields) = ask("HEAD", "/").await;
+        assert!(
+            fields.iter().any(|f| f == "content-length: 2"),
+            "{server}: {text}"
+        );
+    }
+}

@@ -7,8 +7,10 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
+use http::Response;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
+use super::h1::codec::RawFields;
 use super::h1::server::RequestBody;
 use super::outcome::{Attempt, BoxError, ClientBody};
 use super::pool::PooledBody;
@@ -27,6 +29,15 @@ impl ProxyBody {
         ProxyBody::Full(None)
     }
 
+    /// The endpoint's header fields still kept as bytes (see [`RawFields`]), taken out: Locus's
+    /// own HTTP/1.1 server writes them as they are.
+    pub fn take_fields(&mut self) -> Option<Box<RawFields>> {
+        match self {
+            ProxyBody::Upstream(b) => b.body.take_fields(),
+            _ => None,
+        }
+    }
+
     pub fn text(s: impl Into<Bytes>) -> Self {
         let b: Bytes = s.into();
         if b.is_empty() {
@@ -34,6 +45,16 @@ impl ProxyBody {
         } else {
             ProxyBody::Full(Some(b))
         }
+    }
+}
+
+/// Makes the response's `HeaderMap` whole: the endpoint's fields still kept as bytes go into
+/// it, ahead of any the gateway has added. Whatever reads or edits a response's headers (a
+/// filter, CORS, hyper's server) calls this first.
+pub fn fields_into_map(resp: &mut Response<ProxyBody>) {
+    if let Some(fields) = resp.body_mut().take_fields() {
+        let added = std::mem::take(resp.headers_mut());
+        *resp.headers_mut() = fields.into_map(added);
     }
 }
 

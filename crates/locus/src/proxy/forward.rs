@@ -14,7 +14,7 @@ use locus_core::balancer::SnapshotMode;
 use locus_core::health::Fault;
 use locus_core::{Algorithm, EndpointHealth, Tier};
 
-use super::body::{ClientIn, ProxyBody, UpstreamBody};
+use super::body::{fields_into_map, ClientIn, ProxyBody, UpstreamBody};
 use super::error::ProxyError;
 use super::h1::ExchangeError;
 use super::outcome::{Attempt, ClientBody, ClientBodyState};
@@ -104,9 +104,11 @@ pub(super) async fn forward(
         .as_ref()
         .and_then(|f| f.response_headers.as_ref())
     {
+        fields_into_map(&mut resp);
         edits.apply(resp.headers_mut());
     }
     if let (Some(cors), Some(origin)) = (&action.filters.cors, &cors_origin) {
+        fields_into_map(&mut resp);
         cors.decorate(resp.headers_mut(), origin);
     }
     Ok(resp)
@@ -630,6 +632,12 @@ impl Exchange<'_> {
                 }
                 _ => None,
             };
+            // The endpoint's fields stay bytes unless this rule reads or edits them.
+            if tunnel.is_some() || self.action.filters.response_headers.is_some() {
+                if let Some(fields) = body.take_fields() {
+                    head.headers = fields.into_map(std::mem::take(&mut head.headers));
+                }
+            }
             let protocol = tunnel.as_ref().map(|(u, _)| {
                 head.headers
                     .get(header::UPGRADE)

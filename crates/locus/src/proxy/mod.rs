@@ -292,7 +292,10 @@ where
                     std::sync::atomic::Ordering::Relaxed,
                 );
             }
-            Ok::<_, Infallible>(handle(&shared, &info, req.map(ClientIn::Hyper)).await)
+            let mut resp = handle(&shared, &info, req.map(ClientIn::Hyper)).await;
+            // hyper writes the head from the map alone.
+            body::fields_into_map(&mut resp);
+            Ok::<_, Infallible>(resp)
         }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);

@@ -19,7 +19,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::{Request, Response};
 
 use super::body::ProxyBody;
-use super::h1::codec::ResponseHead;
+use super::h1::codec::{RawFields, ResponseHead};
 use super::h1::{BodyState, Conn, ExchangeError};
 use super::outcome::BoxError;
 use super::Limits;
@@ -249,6 +249,7 @@ fn respond(
     *resp.headers_mut() = head.headers;
     let upgraded = head.status == http::StatusCode::SWITCHING_PROTOCOLS;
     let mut body = H1Body {
+        fields: head.raw,
         conn: Some(conn),
         state: BodyState::new(head.framing),
         keep_alive: head.keep_alive && !upgraded,
@@ -272,6 +273,8 @@ pub enum PooledBody {
 
 #[derive(Debug)]
 pub struct H1Body {
+    /// The response's header fields, when they are still the bytes they came in.
+    fields: Option<Box<RawFields>>,
     conn: Option<Box<Conn>>,
     state: BodyState,
     keep_alive: bool,
@@ -293,6 +296,14 @@ impl PooledBody {
     /// A body with no connection of this pool behind it (HTTP/2, multiplexed by hyper-util).
     pub fn unpooled(body: Incoming) -> Self {
         PooledBody::H2(body)
+    }
+
+    /// The endpoint's header fields still kept as bytes (see [`RawFields`]), taken out.
+    pub fn take_fields(&mut self) -> Option<Box<RawFields>> {
+        match self {
+            PooledBody::H1(b) => b.fields.take(),
+            PooledBody::H2(_) => None,
+        }
     }
 
     /// The connection of a `101 Switching Protocols` response: its socket and the bytes the

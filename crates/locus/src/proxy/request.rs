@@ -227,18 +227,25 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 }
 
 fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == header::PROXY_AUTHENTICATE
-        || name == header::PROXY_AUTHORIZATION
-        || name == header::TRAILER
-        || name == header::TE
-        || name.as_str() == "keep-alive"
-        || name.as_str() == "proxy-connection"
-        // The east-west hop is between two gateways: set by the sending one for the receiving
-        // one (which reads it before this strip), never passed on, never taken from a client.
-        || name.as_str() == crate::routing::EAST_WEST_HEADER
+    is_hop_by_hop_name(name.as_str().as_bytes())
+}
+
+/// Whether a field name (any case) is hop-by-hop: RFC 9110 §7.6.1's, `keep-alive` and
+/// `proxy-connection`, and the east-west hop header (between two gateways: set by the sending
+/// one for the receiving one, which reads it before the strip; never passed on, never taken
+/// from a client).
+pub(super) fn is_hop_by_hop_name(name: &[u8]) -> bool {
+    let is = |s: &str| name.eq_ignore_ascii_case(s.as_bytes());
+    match name.len() {
+        2 => is("te"),
+        7 => is("upgrade") || is("trailer"),
+        10 => is("connection") || is("keep-alive"),
+        16 => is("proxy-connection"),
+        17 => is("transfer-encoding") || is(crate::routing::EAST_WEST_HEADER),
+        18 => is("proxy-authenticate"),
+        19 => is("proxy-authorization"),
+        _ => false,
+    }
 }
 
 /// The request URI for an endpoint: absolute for HTTP/2 (hyper needs the authority there),
@@ -358,5 +365,26 @@ mod tests {
         assert!(h.get("keep-alive").is_none());
         assert_eq!(h.get(header::TE).unwrap(), "trailers");
         assert!(h.get("x-kept").is_some());
+    }
+
+    #[test]
+    fn hop_by_hop_names_are_known_in_any_case() {
+        for name in [
+            "Connection",
+            "keep-alive",
+            "Proxy-Connection",
+            "TE",
+            "Trailer",
+            "Transfer-Encoding",
+            "Upgrade",
+            "Proxy-Authenticate",
+            "proxy-authorization",
+            crate::routing::EAST_WEST_HEADER,
+        ] {
+            assert!(is_hop_by_hop_name(name.as_bytes()), "{name}");
+        }
+        for name in ["content-length", "date", "x-locus-east", "tea", "upgrades"] {
+            assert!(!is_hop_by_hop_name(name.as_bytes()), "{name}");
+        }
     }
 }

@@ -15,6 +15,8 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
+use crate::proxy::request::is_hop_by_hop_name;
+
 /// Headers read from one response head (hyper's default, as for client heads).
 pub const MAX_HEADERS: usize = 100;
 /// A chunk-size line (with its extensions) longer than this is refused.
@@ -65,10 +67,7 @@ pub fn encode_request_head(
         if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        push_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     match framing {
         RequestFraming::None => {}
@@ -79,6 +78,14 @@ pub fn encode_request_head(
         }
         RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
+    out.extend_from_slice(b"\r\n");
+}
+
+/// One field line: `name: value` and CRLF.
+pub(super) fn push_field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -118,10 +125,68 @@ pub enum Framing {
 #[derive(Debug)]
 pub struct ResponseHead {
     pub status: StatusCode,
+    /// The endpoint's fields when a hop-by-hop one made a map of them; else empty, and `raw`
+    /// holds them.
     pub headers: HeaderMap,
+    pub raw: Option<Box<RawFields>>,
     pub framing: Framing,
     /// The endpoint lets the connection carry another request.
     pub keep_alive: bool,
+}
+
+/// An endpoint's header fields kept as the bytes they arrived in: the head, and where each
+/// name and value sit in it (the framing and connection fields the codec consumed are left
+/// out). Most responses go to the client untouched, and reading every field into a `HeaderMap`
+/// (names matched, values checked again, two allocations, the hashing) and writing them out of
+/// it again was a fifth of the gateway's instructions per request. A map is made only when
+/// something reads or edits the fields ([`RawFields::into_map`]).
+///
+/// Each field is written anew from its name and value, never passed on as its line, so
+/// httparse's leniencies (a bare LF) never reach the client.
+///
+/// Boxed, with the positions in an array inside: one allocation, and the response that carries
+/// it stays small to move.
+#[derive(Debug, Clone)]
+pub struct RawFields {
+    head: Bytes,
+    len: usize,
+    spans: [[u16; 4]; MAX_RAW_FIELDS],
+}
+
+/// More fields than this (or a head past 64 KiB) go to a map.
+const MAX_RAW_FIELDS: usize = 32;
+
+impl RawFields {
+    fn spans(&self) -> impl Iterator<Item = [usize; 4]> + '_ {
+        self.spans[..self.len].iter().map(|s| s.map(usize::from))
+    }
+
+    /// Names and values, in the order they came.
+    pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        self.spans()
+            .map(|[ns, ne, vs, ve]| (&self.head[ns..ne], &self.head[vs..ve]))
+    }
+
+    /// The fields in a map, followed by those the gateway has `added` since.
+    pub fn into_map(self, added: HeaderMap) -> HeaderMap {
+        let mut map = HeaderMap::with_capacity(self.len + added.len());
+        for span in self.spans() {
+            // httparse checked names and values by the same rules `http` does, so none fails.
+            if let Ok((name, value)) = field(&self.head, span) {
+                map.append(name, value);
+            }
+        }
+        let mut last = None;
+        for (name, value) in added {
+            if let Some(name) = name {
+                last = Some(name);
+            }
+            if let Some(name) = &last {
+                map.append(name.clone(), value);
+            }
+        }
+        map
+    }
 }
 
 /// Reads one response head from the front of `buf`, splitting it off. `None`: not all of it
@@ -164,21 +229,25 @@ pub fn parse_response_head(
     } else {
         Version::HTTP_10
     };
-    let mut headers = HeaderMap::with_capacity(spans.len());
     let mut lengths = Lengths::default();
     let mut close = false;
     let mut keep_alive_token = false;
-    for &span in spans.iter() {
-        let (name, value) = field(&head, span).map_err(ProtoError::Head)?;
-        if name == header::CONTENT_LENGTH {
-            lengths.content_length(value.as_bytes())?;
-        } else if name == header::TRANSFER_ENCODING {
-            lengths.transfer_encoding(value.as_bytes())?;
-            // Hop-by-hop, read here for framing: never forwarded, so never stored.
+    // A hop-by-hop field the codec does not consume here (one `Connection` names, `Upgrade`,
+    // `Trailer`, ...) sends the fields to a map, for the gateway's strip to act on.
+    let mut to_map = false;
+    let mut kept = 0;
+    for i in 0..spans.len() {
+        let [ns, ne, vs, ve] = spans[i];
+        let (name, value) = (&head[ns..ne], &head[vs..ve]);
+        if name.eq_ignore_ascii_case(b"content-length") {
+            lengths.content_length(value)?;
+        } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            lengths.transfer_encoding(value)?;
+            // Hop-by-hop, read here for framing: never forwarded, so never kept.
             continue;
-        } else if name == header::CONNECTION {
+        } else if name.eq_ignore_ascii_case(b"connection") {
             let mut others = false;
-            for token in value.as_bytes().split(|&b| b == b',') {
+            for token in value.split(|&b| b == b',') {
                 let token = token.trim_ascii();
                 let is_close = token.eq_ignore_ascii_case(b"close");
                 let is_keep_alive = token.eq_ignore_ascii_case(b"keep-alive");
@@ -191,11 +260,35 @@ pub fn parse_response_head(
             if !others {
                 continue;
             }
-        } else if name.as_str() == "keep-alive" {
+            to_map = true;
+        } else if name.eq_ignore_ascii_case(b"keep-alive") {
             continue;
+        } else if is_hop_by_hop_name(name) {
+            to_map = true;
         }
-        headers.append(name, value);
+        spans[kept] = spans[i];
+        kept += 1;
     }
+    spans.truncate(kept);
+    let (headers, raw) = if to_map || kept > MAX_RAW_FIELDS || head.len() > usize::from(u16::MAX) {
+        let mut headers = HeaderMap::with_capacity(spans.len());
+        for &span in spans.iter() {
+            let (name, value) = field(&head, span).map_err(ProtoError::Head)?;
+            headers.append(name, value);
+        }
+        (headers, None)
+    } else {
+        let mut raw = Box::new(RawFields {
+            head,
+            len: kept,
+            spans: [[0; 4]; MAX_RAW_FIELDS],
+        });
+        for (to, from) in raw.spans.iter_mut().zip(spans.iter()) {
+            // The head is shorter than 64 KiB: every position fits.
+            *to = from.map(|p| p as u16);
+        }
+        (HeaderMap::new(), Some(raw))
+    };
     let framing = if status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
@@ -211,6 +304,7 @@ pub fn parse_response_head(
     Ok(Some(ResponseHead {
         status,
         headers,
+        raw,
         framing,
         keep_alive,
     }))
@@ -563,10 +657,55 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(h.status, 200);
-        assert_eq!(h.headers["x-a"], "b");
+        let fields = h.raw.clone().expect("no hop-by-hop field: kept as bytes");
+        let kept: Vec<_> = fields.iter().collect();
+        assert_eq!(
+            kept,
+            [
+                (&b"Content-Length"[..], &b"5"[..]),
+                (&b"X-A"[..], &b"b"[..])
+            ]
+        );
+        assert_eq!(fields.into_map(HeaderMap::new())["x-a"], "b");
         assert_eq!(h.framing, Framing::Length(5));
         assert!(h.keep_alive);
         assert_eq!(&buf[..], b"hello", "the body stays in the buffer");
+        // The fields the codec consumes are not kept; a hop-by-hop one it leaves (named by
+        // `Connection`, or `Upgrade`) makes a map of them all, for the gateway's strip.
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive\r\nX-A: b\r\nContent-Length: 0\r\n\r\n"[..],
+        );
+        let h = parse_response_head(&mut buf, &Method::GET, 1024, &mut Vec::new())
+            .unwrap()
+            .unwrap();
+        let names: Vec<_> = h
+            .raw
+            .expect("kept as bytes")
+            .iter()
+            .map(|(n, _)| n.to_vec())
+            .collect();
+        assert_eq!(names, [b"X-A".to_vec(), b"Content-Length".to_vec()]);
+        for hop in [
+            "Connection: x-secret\r\nX-Secret: 1",
+            "Upgrade: h2c",
+            "Trailer: x",
+        ] {
+            let raw = format!("HTTP/1.1 200 OK\r\n{hop}\r\nX-A: b\r\nContent-Length: 0\r\n\r\n");
+            let h = head(&raw, Method::GET).unwrap().unwrap();
+            assert!(h.raw.is_none(), "{hop}");
+            assert_eq!(h.headers["x-a"], "b", "{hop}");
+        }
+        // More fields than the bytes' index holds: a map.
+        let many: String = (0..40).map(|i| format!("x-{i}: {i}\r\n")).collect();
+        let h = head(
+            &format!("HTTP/1.1 200 OK\r\n{many}content-length: 0\r\n\r\n"),
+            Method::GET,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(h.raw.is_none());
+        assert_eq!(h.headers.len(), 41);
+        assert_eq!(h.headers["x-39"], "39");
         let big = format!("HTTP/1.1 200 OK\r\nx: {}\r\n", "a".repeat(2000));
         let mut buf = BytesMut::from(big.as_bytes());
         assert_eq!(

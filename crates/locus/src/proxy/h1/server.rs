@@ -365,7 +365,15 @@ impl Conn {
             persistence
         };
         self.wbuf.clear();
-        encode_response_head(status, &parts.headers, framing, persistence, &mut self.wbuf);
+        let fields = body.take_fields();
+        encode_response_head(
+            status,
+            fields.as_deref(),
+            &parts.headers,
+            framing,
+            persistence,
+            &mut self.wbuf,
+        );
         if framing == ResponseFraming::Bodiless {
             drop(body);
             self.write.write_all(&self.wbuf).await?;

@@ -15,7 +15,9 @@ use bytes::BytesMut;
 use http::header::{self, HeaderMap};
 use http::{Method, StatusCode, Uri, Version};
 
-use super::codec::{field, push_decimal, record_spans, Lengths, RequestFraming};
+use super::codec::{
+    field, push_decimal, push_field, record_spans, Lengths, RawFields, RequestFraming,
+};
 
 /// Most header fields a request may carry (`--max-request-headers` is bounded by it).
 pub const MAX_HEADER_SLOTS: usize = 1024;
@@ -215,10 +217,12 @@ pub enum Persistence {
     Close,
 }
 
-/// Appends the response head: status line, the headers (minus the framing and connection
-/// headers, which Locus writes itself), a `date` when the response has none.
+/// Appends the response head: status line, the endpoint's fields still kept as bytes, then the
+/// headers in the map (minus the framing and connection headers, which Locus writes itself), a
+/// `date` when the response has none.
 pub fn encode_response_head(
     status: StatusCode,
+    fields: Option<&RawFields>,
     headers: &HeaderMap,
     framing: ResponseFraming,
     persistence: Persistence,
@@ -234,6 +238,16 @@ pub fn encode_response_head(
         out.extend_from_slice(b"\r\n");
     }
     let bodiless = framing == ResponseFraming::Bodiless;
+    let mut date = false;
+    // The codec consumed the endpoint's connection and transfer-coding fields: a length is
+    // all that is left to leave out.
+    for (name, value) in fields.into_iter().flat_map(RawFields::iter) {
+        if name.eq_ignore_ascii_case(b"content-length") && !bodiless {
+            continue;
+        }
+        date |= name.eq_ignore_ascii_case(b"date");
+        push_field(out, name, value);
+    }
     for (name, value) in headers {
         if (name == header::CONTENT_LENGTH && !bodiless)
             || name == header::TRANSFER_ENCODING
@@ -241,12 +255,10 @@ pub fn encode_response_head(
         {
             continue;
         }
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
+        date |= name == header::DATE;
+        push_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
-    if !headers.contains_key(header::DATE) {
+    if !date {
         out.extend_from_slice(b"date: ");
         push_date(out);
         out.extend_from_slice(b"\r\n");
@@ -272,6 +284,7 @@ pub fn encode_response_head(
 pub fn encode_refusal(status: StatusCode, out: &mut Vec<u8>) {
     encode_response_head(
         status,
+        None,
         &HeaderMap::new(),
         ResponseFraming::Length(0),
         Persistence::Close,
@@ -404,6 +417,7 @@ mod tests {
         let mut out = Vec::new();
         encode_response_head(
             StatusCode::NOT_FOUND,
+            None,
             &h,
             ResponseFraming::Length(5),
             Persistence::KeepAlive,
@@ -416,6 +430,7 @@ mod tests {
         let mut out = Vec::new();
         encode_response_head(
             StatusCode::OK,
+            None,
             &h,
             ResponseFraming::Bodiless,
             Persistence::Default,
@@ -424,6 +439,48 @@ mod tests {
         assert!(String::from_utf8(out)
             .unwrap()
             .contains("content-length: 99\r\n"));
+        // The endpoint's fields kept as bytes go first, as they came, then what the gateway
+        // added; the endpoint's length is left out unless the response is bodiless.
+        let mut buf = BytesMut::from(
+            &b"HTTP/1.1 200 OK\r\nServer: s\r\nContent-Length: 5\r\nConnection: keep-alive\r\nDate: d\r\nSet-Cookie: a=1\r\n\r\nhello"[..],
+        );
+        let head =
+            super::super::codec::parse_response_head(&mut buf, &Method::GET, 1024, &mut Vec::new())
+                .unwrap()
+                .unwrap();
+        assert!(head.headers.is_empty());
+        let fields = head.raw.expect("no hop-by-hop field: kept as bytes");
+        let mut added = HeaderMap::new();
+        added.insert(header::SET_COOKIE, HeaderValue::from_static("b=2"));
+        for (framing, expected) in [
+            (
+                ResponseFraming::Length(5),
+                "HTTP/1.1 200 OK\r\nServer: s\r\nDate: d\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\ncontent-length: 5\r\n\r\n",
+            ),
+            (
+                ResponseFraming::Bodiless,
+                "HTTP/1.1 200 OK\r\nServer: s\r\nContent-Length: 5\r\nDate: d\r\nSet-Cookie: a=1\r\nset-cookie: b=2\r\n\r\n",
+            ),
+        ] {
+            let mut out = Vec::new();
+            encode_response_head(
+                StatusCode::OK,
+                Some(&fields),
+                &added,
+                framing,
+                Persistence::Default,
+                &mut out,
+            );
+            assert_eq!(String::from_utf8(out).unwrap(), expected);
+        }
+        let map = fields.into_map(added);
+        assert_eq!(
+            map.get_all(header::SET_COOKIE).iter().collect::<Vec<_>>(),
+            ["a=1", "b=2"]
+        );
+        assert_eq!(map["server"], "s");
+        assert_eq!(map.len(), 5);
+
         let mut out = Vec::new();
         encode_refusal(StatusCode::BAD_REQUEST, &mut out);
         let text = String::from_utf8(out).unwrap();

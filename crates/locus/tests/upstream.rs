@@ -16,15 +16,18 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// What a scripted endpoint does after reading request number `n` (from 0, over all its
 /// connections): write these bytes, then maybe close.
+#[derive(Default)]
 struct Answer {
     bytes: Vec<u8>,
     close: bool,
+    /// How long to wait before writing.
+    delay: Duration,
 }
 
 fn answer(bytes: impl Into<Vec<u8>>) -> Answer {
     Answer {
         bytes: bytes.into(),
-        close: false,
+        ..Answer::default()
     }
 }
 
@@ -79,6 +82,7 @@ async fn serve(
         buf.drain(..length);
         let n = seen.fetch_add(1, Ordering::SeqCst);
         let a = script(n, &head);
+        tokio::time::sleep(a.delay).await;
         if s.write_all(&a.bytes).await.is_err() || a.close {
             return;
         }
@@ -218,6 +222,7 @@ async fn endpoints_closing_idle_connections_cost_no_request() {
     let (port, seen) = scripted(|_, _| Answer {
         bytes: b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok".to_vec(),
         close: true,
+        ..Answer::default()
     })
     .await;
     let (_dir, gw) = gateway(port);
@@ -308,6 +313,7 @@ async fn every_valid_framing_reaches_the_client_whole() {
             "/ten" => Answer {
                 bytes: b"HTTP/1.0 200 OK\r\n\r\nuntil close".to_vec(),
                 close: true,
+                ..Answer::default()
             },
             "/empty" => answer("HTTP/1.1 204 No Content\r\n\r\n"),
             "/head" => answer("HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n"),
@@ -620,4 +626,47 @@ async fn endpoint_fields_reach_the_client_minus_hop_by_hop_ones() {
             "{server}: {text}"
         );
     }
+}
+
+/// Each request on a pooled connection times out at its own deadline: the connection's timer,
+/// still armed at an earlier request's deadline, neither cuts a later request short nor lets a
+/// shorter timeout (another route's) run long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_on_a_pooled_connection_time_out_at_their_own_deadlines() {
+    let (port, _) = scripted(|_, head| {
+        let slow = head.contains(" /slow") || head.contains(" /short/slow");
+        Answer {
+            delay: Duration::from_millis(if slow { 3_000 } else { 0 }),
+            ..answer("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        }
+    })
+    .await;
+    let dir = tempdir();
+    let m = one_backend(port, "").replace(
+        "rules: [{backendRefs: [{name: svc, port: 80}]}]",
+        "rules: [{matches: [{path: {value: /short}}], timeouts: {request: 300ms}, backendRefs: [{name: svc, port: 80}]}, {timeouts: {request: 1s}, backendRefs: [{name: svc, port: 80}]}]",
+    );
+    write(dir.path(), "all.yaml", &m);
+    let gw = Gw::start(dir.path(), &[]);
+    let c = HttpClient::default();
+    let addr = gw.addr(8080);
+    let timed = |path: &'static str| {
+        let c = &c;
+        async move {
+            let started = std::time::Instant::now();
+            let r = c.get(addr, "svc.test", path).await;
+            (r.status, started.elapsed().as_millis())
+        }
+    };
+    // Armed at +1 s by a quick request, then a 300 ms timeout on the same connection.
+    assert_eq!(timed("/fast").await.0, 200);
+    let (status, took) = timed("/short/slow").await;
+    assert_eq!(status, 504);
+    assert!((300..950).contains(&took), "300 ms timeout after {took} ms");
+    // Armed at +1 s, then half of that waited: the next request still gets its full second.
+    assert_eq!(timed("/fast").await.0, 200);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (status, took) = timed("/slow").await;
+    assert_eq!(status, 504);
+    assert!((950..2_900).contains(&took), "1 s timeout after {took} ms");
 }

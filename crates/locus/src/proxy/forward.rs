@@ -570,18 +570,7 @@ impl Exchange<'_> {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let sent = match until {
-                Some(at) => tokio::time::timeout_at(at, self.send(addr, upstream))
-                    .await
-                    .unwrap_or_else(|_| {
-                        Err(SendFailure {
-                            fault: Fault::Timeout,
-                            detail: String::new(),
-                            back: None,
-                        })
-                    }),
-                None => self.send(addr, upstream).await,
-            };
+            let sent = self.send(addr, upstream, until).await;
             let resp = match sent {
                 Ok(resp) => resp,
                 Err(failure) => {
@@ -674,20 +663,34 @@ impl Exchange<'_> {
     }
 
     /// Sends one attempt to `addr`, over HTTP/2 (hyper-util's client) or a pooled HTTP/1.1
-    /// connection.
+    /// connection, with its response head by `until`.
     async fn send(
         &self,
         addr: SocketAddr,
         req: Request<ProxyBody>,
+        until: Option<tokio::time::Instant>,
     ) -> Result<Response<pool::PooledBody>, SendFailure> {
+        let timed_out = || SendFailure {
+            fault: Fault::Timeout,
+            detail: String::new(),
+            back: None,
+        };
         if self.h2c() {
             // Boxed: the HTTP/1.1 path, by far the common one, need not carry its state.
-            let sent = match self.tls() {
+            let sending = match self.tls() {
                 Some(tls) => {
                     let client = upstream_tls::h2_client(tls, self.shared.limits.connect_timeout);
-                    Box::pin(async move { client.request(req).await }).await
+                    Box::pin(async move { client.request(req).await })
+                        as std::pin::Pin<Box<dyn std::future::Future<Output = _> + Send>>
                 }
-                None => Box::pin(self.shared.h2c_client.request(req)).await,
+                None => Box::pin(self.shared.h2c_client.request(req)),
+            };
+            let sent = match until {
+                Some(at) => match tokio::time::timeout_at(at, sending).await {
+                    Ok(sent) => sent,
+                    Err(_) => return Err(timed_out()),
+                },
+                None => sending.await,
             };
             return sent
                 .map(|r| r.map(pool::PooledBody::unpooled))
@@ -702,21 +705,25 @@ impl Exchange<'_> {
                 });
         }
         let opts = pool::PoolOptions::new(&self.shared.limits, &self.target.health.upstream);
-        pool::send(addr, req, &opts).await.map_err(|e| match e {
-            SendError::Connect(io, back) => SendFailure {
-                fault: Fault::Connect,
-                detail: io.to_string(),
-                back: Some(back),
-            },
-            SendError::Exchange(err) => SendFailure {
-                fault: match err {
-                    ExchangeError::Protocol(_) => Fault::Protocol,
-                    _ => Fault::Reset,
+        // The HTTP/1.1 connection keeps its own timer for `until` (see `h1::Deadline`).
+        pool::send(addr, req, &opts, until)
+            .await
+            .map_err(|e| match e {
+                SendError::Connect(io, back) => SendFailure {
+                    fault: Fault::Connect,
+                    detail: io.to_string(),
+                    back: Some(back),
                 },
-                detail: err.to_string(),
-                back: None,
-            },
-        })
+                SendError::Exchange(ExchangeError::Timeout) => timed_out(),
+                SendError::Exchange(err) => SendFailure {
+                    fault: match err {
+                        ExchangeError::Protocol(_) => Fault::Protocol,
+                        _ => Fault::Reset,
+                    },
+                    detail: err.to_string(),
+                    back: None,
+                },
+            })
     }
 
     /// Whether this exchange speaks HTTP/2 to the endpoint: the Service port says so

@@ -90,7 +90,7 @@ pub(super) fn send_mirror(
                     }
                     Err(e) => Err(e.to_string()),
                 },
-                (None, _) => match pool::send(addr, req, &opts).await {
+                (None, _) => match pool::send(addr, req, &opts, None).await {
                     Ok(resp) => {
                         let status = resp.status();
                         let _ = resp.into_body().collect().await;

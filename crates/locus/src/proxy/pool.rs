@@ -210,6 +210,7 @@ pub async fn send(
     addr: SocketAddr,
     mut req: Request<ProxyBody>,
     opts: &PoolOptions<'_>,
+    until: Option<tokio::time::Instant>,
 ) -> Result<Response<PooledBody>, SendError> {
     let key = pool_key(addr, opts);
     loop {
@@ -218,13 +219,22 @@ pub async fn send(
         // move) the connect state every time.
         let mut conn = match take_idle(key, opts.idle_timeout) {
             Some(c) => c,
-            None => match Box::pin(connect(addr, opts)).await {
-                Ok(c) => c,
-                Err(e) => return Err(SendError::Connect(e, Box::new(req))),
-            },
+            None => {
+                let connecting = Box::pin(connect(addr, opts));
+                let connected = match until {
+                    Some(at) => tokio::time::timeout_at(at, connecting)
+                        .await
+                        .map_err(|_| SendError::Exchange(ExchangeError::Timeout))?,
+                    None => connecting.await,
+                };
+                match connected {
+                    Ok(c) => c,
+                    Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+                }
+            }
         };
         conn.uses += 1;
-        match conn.exchange(&mut req, opts.max_response_head).await {
+        match conn.exchange(&mut req, opts.max_response_head, until).await {
             Ok(head) => return Ok(respond(key, conn, head, opts.max_uses)),
             // The endpoint had closed this idle connection: another one carries the request
             // (after it was written, only when sending it twice is harmless).

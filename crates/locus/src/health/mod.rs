@@ -16,8 +16,15 @@ use tokio::sync::mpsc;
 
 /// Milliseconds on a monotonic clock starting near process start.
 pub fn now_ms() -> u64 {
+    ms_at(Instant::now())
+}
+
+/// [`now_ms`] of an instant already read (the request path reads the clock once where it can).
+pub fn ms_at(t: Instant) -> u64 {
     static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64 + 1
+    t.saturating_duration_since(*START.get_or_init(Instant::now))
+        .as_millis() as u64
+        + 1
 }
 
 /// Health records by endpoint address, so outlier state and active-check verdicts survive

@@ -24,7 +24,7 @@ use super::request::{
 };
 use super::upstream_tls;
 use super::{mirror, ConnInfo, Shared};
-use crate::health::now_ms;
+use crate::health::ms_at;
 use crate::routing::{Backend, RuleAction, ServiceTarget, EAST_WEST_HEADER};
 
 static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -524,8 +524,15 @@ impl Exchange<'_> {
 
         for n in 1..=max_attempts {
             let first = tried.is_empty().then_some((&parts, &mut set_cookie));
+            // One clock read for the pick and the attempt's start (the first attempt's is the
+            // request's).
+            let now = if n == 1 {
+                start.into_std()
+            } else {
+                std::time::Instant::now()
+            };
             let (addr, health, tier, idx, via) =
-                match pick_endpoint(target, &tried, now_ms(), first, self.info) {
+                match pick_endpoint(target, &tried, ms_at(now), first, self.info) {
                     Ok(p) => p,
                     // Nothing left to retry on: the client gets the error that made us retry.
                     Err(e) => return Err(last_error.unwrap_or(e)),
@@ -563,7 +570,7 @@ impl Exchange<'_> {
                 _ => {}
             }
 
-            let mut attempt = Attempt::start(target.clone(), idx, health, n > 1);
+            let mut attempt = Attempt::start(target.clone(), idx, health, n > 1, now);
             attempt.set_request_bytes(body.len());
             let this_try = per_try.map(|t| tokio::time::Instant::now() + t);
             let until = match (deadline, this_try) {

@@ -388,11 +388,11 @@ async fn handle(
     mut req: Request<ClientIn>,
 ) -> Response<ProxyBody> {
     let id = match req.headers().get(&request::X_REQUEST_ID) {
-        Some(id) => Some(id.clone()),
+        Some(id) => Some(request::RequestId::Sent(id.clone())),
         None if shared.answers.request_ids => {
-            let id = request::new_request_id();
+            let id = request::RequestId::Made(request::new_request_id());
             req.headers_mut()
-                .insert(request::X_REQUEST_ID.clone(), id.clone());
+                .insert(request::X_REQUEST_ID.clone(), id.value());
             Some(id)
         }
         None => None,
@@ -419,7 +419,7 @@ async fn handle(
             tracing::debug!(error = %e, "request failed in the gateway");
             if access.is_some() {
                 // The whole story for the operator; the client's body says less.
-                tracing::info!(target: "locus::access", peer = %info.peer, request_id = ?id, error = %e, "gateway error");
+                tracing::info!(target: "locus::access", peer = %info.peer, request_id = id.as_ref().map_or("-", request::RequestId::as_str), error = %e, "gateway error");
             }
             let mut resp = if grpc {
                 e.into_grpc_response(shared.answers.verbose_errors)
@@ -428,7 +428,7 @@ async fn handle(
             };
             if let Some(id) = &id {
                 resp.headers_mut()
-                    .insert(request::X_REQUEST_ID.clone(), id.clone());
+                    .insert(request::X_REQUEST_ID.clone(), id.value());
             }
             resp
         }
@@ -444,7 +444,7 @@ async fn handle(
             version,
             resp.status().as_u16(),
             host.as_ref().and_then(|h| h.to_str().ok()).unwrap_or("-"),
-            id.as_ref().and_then(|v| v.to_str().ok()).unwrap_or("-"),
+            id.as_ref().map_or("-", request::RequestId::as_str),
             start.elapsed().as_secs_f64() * 1000.0
         );
     }

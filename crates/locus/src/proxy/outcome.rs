@@ -23,7 +23,7 @@ use locus_core::health::Fault;
 use locus_core::{EndpointHealth, Outcome};
 
 use super::body::ClientIn;
-use crate::health::{now_ms, HealthEvent};
+use crate::health::{ms_at, HealthEvent};
 use crate::routing::ServiceTarget;
 
 /// How a streamed client body has gone so far (shared with the upstream connection that reads
@@ -205,12 +205,14 @@ pub struct Attempt {
 }
 
 impl Attempt {
-    /// `retry`: not the request's first attempt (counted against `maxRetries`).
+    /// `retry`: not the request's first attempt (counted against `maxRetries`); `now`: the
+    /// clock as the endpoint was picked.
     pub fn start(
         target: Arc<ServiceTarget>,
         idx: u32,
         health: Arc<EndpointHealth>,
         retry: bool,
+        now: Instant,
     ) -> Self {
         health.in_flight.fetch_add(1, Ordering::Relaxed);
         // The Service-wide counts cost a shared atomic, paid only where a limit reads them.
@@ -227,7 +229,7 @@ impl Attempt {
             target,
             idx,
             health,
-            started: Instant::now(),
+            started: now,
             state: State::Open,
             request_bytes: 0,
             response_bytes: 0,
@@ -248,8 +250,9 @@ impl Attempt {
             return;
         }
         self.state = State::Answered;
-        let elapsed = self.started.elapsed();
-        self.outlier(Outcome::Status(status));
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.started);
+        self.outlier(Outcome::Status(status), now);
         self.metrics().response(status, elapsed.as_secs_f64());
         // A fast 5xx (an endpoint shedding load) must not read as an idle endpoint.
         if self.target.health.load_spill.is_some() && status < 500 {
@@ -270,7 +273,7 @@ impl Attempt {
         if fault == Fault::Connect {
             self.metrics().connect_failures.inc();
         }
-        self.outlier(Outcome::LocalOriginFailure);
+        self.outlier(Outcome::LocalOriginFailure, Instant::now());
         if fault == Fault::Timeout && self.target.health.load_spill.is_some() {
             // A timeout is the slowest answer there is: it counts as load.
             self.health
@@ -285,10 +288,10 @@ impl Attempt {
 
     /// Feeds outlier detection and ejects the endpoint when a threshold is crossed and
     /// `maxEjectionPercent` allows it (at least one endpoint always may be, as in Envoy).
-    fn outlier(&self, outcome: Outcome) {
+    fn outlier(&self, outcome: Outcome, now: Instant) {
         let target = &self.target;
         let policy = &target.health.outlier;
-        let now = now_ms();
+        let now = ms_at(now);
         let Some(reason) = self.health.record(outcome, policy, now) else {
             return;
         };

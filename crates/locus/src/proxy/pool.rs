@@ -81,12 +81,14 @@ struct IdleConns {
 const SWEEP_EVERY: Duration = Duration::from_secs(5);
 
 impl IdleConns {
-    fn sweep(&mut self) {
+    fn sweep(&mut self, now: Instant) {
         self.by_endpoint.retain(|_, list| {
-            list.retain(|c| c.since.elapsed() < IDLE_TIMEOUT && c.conn.idle_ok());
+            list.retain(|c| {
+                now.saturating_duration_since(c.since) < IDLE_TIMEOUT && c.conn.idle_ok()
+            });
             !list.is_empty()
         });
-        self.swept = Some(Instant::now());
+        self.swept = Some(now);
     }
 }
 
@@ -164,8 +166,9 @@ fn take_idle(addr: PoolKey, idle_timeout: Duration) -> Option<Box<Conn>> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.by_endpoint.get_mut(&addr)?;
+        let now = Instant::now();
         while let Some(c) = list.pop_back() {
-            if c.conn.idle_ok() && c.since.elapsed() < idle_timeout {
+            if c.conn.idle_ok() && now.saturating_duration_since(c.since) < idle_timeout {
                 return Some(c.conn);
             }
         }
@@ -179,22 +182,21 @@ fn put_idle(addr: PoolKey, mut conn: Box<Conn>, max_uses: Option<u32>) {
     }
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
-        if idle.swept.is_none_or(|t| t.elapsed() >= SWEEP_EVERY) {
-            idle.sweep();
+        let now = Instant::now();
+        let age = |t: Instant| now.saturating_duration_since(t);
+        if idle.swept.is_none_or(|t| age(t) >= SWEEP_EVERY) {
+            idle.sweep(now);
         }
         let list = idle.by_endpoint.entry(addr).or_default();
         // The oldest is checked on every return: closed or expired ones do not pile up.
         if list
             .front()
-            .is_some_and(|c| c.since.elapsed() >= IDLE_TIMEOUT || !c.conn.idle_ok())
+            .is_some_and(|c| age(c.since) >= IDLE_TIMEOUT || !c.conn.idle_ok())
         {
             list.pop_front();
         }
         if list.len() < MAX_IDLE_PER_ENDPOINT {
-            list.push_back(Idle {
-                conn,
-                since: Instant::now(),
-            });
+            list.push_back(Idle { conn, since: now });
         }
     });
 }

@@ -46,8 +46,9 @@ pub(super) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-
 
 /// A new request id, shaped as a random (version 4) UUID. Random enough to tell requests apart,
 /// not to be a secret: a per-thread splitmix64 sequence seeded from std's per-process random
-/// hash keys, so making one costs a few multiplications and one small allocation.
-pub(super) fn new_request_id() -> HeaderValue {
+/// hash keys, so making one costs a few multiplications. Returned as bytes, which cost nothing
+/// to keep beside the request for its error answer and its log line.
+pub(super) fn new_request_id() -> [u8; 36] {
     use std::cell::Cell;
     use std::hash::{BuildHasher, Hasher};
     thread_local! {
@@ -83,7 +84,31 @@ pub(super) fn new_request_id() -> HeaderValue {
         out[j + 1] = HEX[usize::from(b & 0xf)];
         j += 2;
     }
-    HeaderValue::from_bytes(&out).expect("hex and dashes are a valid header value")
+    out
+}
+
+/// A request's id: the client's own `x-request-id`, or one made here.
+pub(super) enum RequestId {
+    Sent(HeaderValue),
+    Made([u8; 36]),
+}
+
+impl RequestId {
+    pub(super) fn value(&self) -> HeaderValue {
+        match self {
+            RequestId::Sent(v) => v.clone(),
+            RequestId::Made(id) => {
+                HeaderValue::from_bytes(id).expect("hex and dashes are a valid header value")
+            }
+        }
+    }
+
+    pub(super) fn as_str(&self) -> &str {
+        match self {
+            RequestId::Sent(v) => v.to_str().unwrap_or("-"),
+            RequestId::Made(id) => std::str::from_utf8(id).unwrap_or("-"),
+        }
+    }
 }
 
 /// Refuses what a gateway must not pass on (RFC 9110, RFC 9112): `CONNECT` (no route asks for

@@ -34,13 +34,15 @@ use crate::connect::Stream;
 
 /// Runs one write of the exchange, until it is done or the deadline passes.
 async fn within(
-    deadline: &mut Deadline,
+    (until, timer): (Option<tokio::time::Instant>, &mut LazyTimer),
     io: impl Future<Output = io::Result<()>>,
 ) -> Result<(), ExchangeError> {
     let mut io = std::pin::pin!(io);
     poll_fn(|cx| match io.as_mut().poll(cx) {
         Poll::Ready(r) => Poll::Ready(r.map_err(ExchangeError::Io)),
-        Poll::Pending if deadline.passed(cx) => Poll::Ready(Err(ExchangeError::Timeout)),
+        Poll::Pending if until.is_some_and(|at| timer.passed(at, cx)) => {
+            Poll::Ready(Err(ExchangeError::Timeout))
+        }
         Poll::Pending => Poll::Pending,
     })
     .await
@@ -75,25 +77,23 @@ pub enum ExchangeError {
     Timeout,
 }
 
-/// When an exchange must have its response head by, kept with the connection.
+/// One timer for all the deadlines of a connection, one after another (each request's head
+/// read on the client side, each exchange's response head on the upstream side).
 ///
 /// A timer per request (`tokio::time::timeout`) puts an entry into the runtime's timer wheel
 /// and takes it out again every time: about 800 instructions per request, 3% of the
-/// gateway's. This one timer lives as long as the connection and is moved only when it fires:
-/// it stays armed at an earlier exchange's deadline, and firing before the current one simply
-/// re-arms it there. A connection busy with short requests re-arms it once per timeout period.
+/// gateway's. This one lives as long as the connection and is moved only when it fires: it
+/// stays armed at an earlier deadline, and firing before the current one simply re-arms it
+/// there. A connection busy with short requests re-arms it about once per timeout period.
 #[derive(Debug, Default)]
-struct Deadline {
-    at: Option<tokio::time::Instant>,
+pub struct LazyTimer {
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl Deadline {
-    /// Whether the deadline has passed; otherwise the task is woken when it does.
-    fn passed(&mut self, cx: &mut Context<'_>) -> bool {
-        let Some(at) = self.at else {
-            return false;
-        };
+impl LazyTimer {
+    /// Whether `at` has passed; otherwise the task is woken when it does (or a little before,
+    /// to be asked again).
+    pub fn passed(&mut self, at: tokio::time::Instant, cx: &mut Context<'_>) -> bool {
         let timer = self
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
@@ -130,7 +130,9 @@ pub struct Conn {
     /// A streamed request body still going out (while the response is read, when the
     /// endpoint answered first).
     upload: Option<Box<Upload>>,
-    deadline: Deadline,
+    /// When the exchange in flight must have its response head by.
+    until: Option<tokio::time::Instant>,
+    timer: LazyTimer,
 }
 
 /// A request body being written to the endpoint.
@@ -215,7 +217,8 @@ impl Conn {
             request_done: true,
             upgrade_asked: false,
             upload: None,
-            deadline: Deadline::default(),
+            until: None,
+            timer: LazyTimer::default(),
         }
     }
 
@@ -282,7 +285,7 @@ impl Conn {
         max_head: usize,
         until: Option<tokio::time::Instant>,
     ) -> Result<ResponseHead, ExchangeError> {
-        self.deadline.at = until;
+        self.until = until;
         let reused = self.uses > 1;
         self.upgrade_asked = req.headers().contains_key(http::header::UPGRADE);
         let framing = request_framing(req);
@@ -317,16 +320,16 @@ impl Conn {
                 .stream_body(body, framing == RequestFraming::Chunked, &method, max_head)
                 .await;
         }
-        let deadline = &mut self.deadline;
+        let deadline = (self.until, &mut self.timer);
         match within(deadline, self.stream.write_all(&self.wbuf)).await {
             Err(ExchangeError::Io(e)) => return Err(stale(e, false)),
             other => other?,
         }
         if let Some(b) = separate {
-            within(deadline, self.stream.write_all(&b)).await?;
+            within((self.until, &mut self.timer), self.stream.write_all(&b)).await?;
         }
         if self.stream.is_tls() {
-            within(deadline, self.stream.flush()).await?;
+            within((self.until, &mut self.timer), self.stream.flush()).await?;
         }
         let mut got_any = false;
         poll_fn(|cx| self.poll_head(cx, &method, max_head, &mut got_any))
@@ -478,7 +481,7 @@ impl Conn {
             }
             let n = match self.poll_fill(cx) {
                 Poll::Ready(n) => n.map_err(ExchangeError::Io)?,
-                Poll::Pending if self.deadline.passed(cx) => {
+                Poll::Pending if self.until.is_some_and(|at| self.timer.passed(at, cx)) => {
                     return Poll::Ready(Err(ExchangeError::Timeout))
                 }
                 Poll::Pending => return Poll::Pending,

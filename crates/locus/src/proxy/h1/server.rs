@@ -27,14 +27,14 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Instant;
 
 use super::codec::{self, ChunkedDecoder, RequestFraming};
 use super::server_codec::{
     encode_refusal, encode_response_head, parse_request_head, HeadError, Parsed, Persistence,
     RequestHead, ResponseFraming,
 };
-use super::BodyState;
+use super::{BodyState, LazyTimer};
 use crate::proxy::body::{ClientIn, ProxyBody};
 use crate::proxy::outcome::BoxError;
 use crate::proxy::{ConnInfo, Shared};
@@ -84,7 +84,7 @@ pub async fn serve(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let mut watchdog = Watchdog::default();
+    let mut watchdog = LazyTimer::default();
     let mut draining = false;
     loop {
         let deadline = wait_limit.map(|w| Instant::now() + w);
@@ -209,37 +209,12 @@ enum NextHead {
     Refused(HeadError),
 }
 
-/// One timer per connection for the header read timeout: each request only moves the
-/// deadline; the timer is re-armed when it fires before it.
-#[derive(Default)]
-struct Watchdog {
-    sleep: Option<Pin<Box<Sleep>>>,
-}
-
-impl Watchdog {
-    /// Whether `deadline` has passed; otherwise the task is woken when it may have.
-    fn expired(&mut self, deadline: Instant, cx: &mut Context<'_>) -> bool {
-        let sleep = self
-            .sleep
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        loop {
-            if sleep.as_mut().poll(cx).is_pending() {
-                return false;
-            }
-            if Instant::now() >= deadline {
-                return true;
-            }
-            sleep.as_mut().reset(deadline);
-        }
-    }
-}
-
 impl Conn {
     /// Reads until a whole head is in the buffer (or the connection ends).
     async fn next_head(
         &mut self,
         deadline: Option<Instant>,
-        watchdog: &mut Watchdog,
+        watchdog: &mut LazyTimer,
         finish: &mut oneshot::Receiver<()>,
         draining: &mut bool,
         shared: &Shared,
@@ -276,7 +251,7 @@ impl Conn {
                     return Poll::Ready(None);
                 }
                 match deadline {
-                    Some(d) if watchdog.expired(d, cx) => Poll::Ready(Some(Err(io::Error::new(
+                    Some(d) if watchdog.passed(d, cx) => Poll::Ready(Some(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "no whole request head within the header read timeout",
                     )))),

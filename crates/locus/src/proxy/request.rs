@@ -73,16 +73,12 @@ pub(super) fn new_request_id() -> [u8; 36] {
     let lo = (lo & !(0b11 << 62)) | (0b10 << 62);
     let bytes: [u8; 16] = ((u128::from(hi) << 64) | u128::from(lo)).to_be_bytes();
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0u8; 36];
-    let mut j = 0;
-    for (i, b) in bytes.iter().enumerate() {
-        if matches!(i, 4 | 6 | 8 | 10) {
-            out[j] = b'-';
-            j += 1;
-        }
-        out[j] = HEX[usize::from(b >> 4)];
-        out[j + 1] = HEX[usize::from(b & 0xf)];
-        j += 2;
+    // Where each byte's two digits go: 8-4-4-4-12, the dashes written up front.
+    const AT: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
+    let mut out = *b"00000000-0000-0000-0000-000000000000";
+    for (b, at) in bytes.into_iter().zip(AT) {
+        out[at] = HEX[usize::from(b >> 4)];
+        out[at + 1] = HEX[usize::from(b & 0xf)];
     }
     out
 }
@@ -273,6 +269,11 @@ pub(super) fn is_hop_by_hop_name(name: &[u8]) -> bool {
     }
 }
 
+/// Whether a name of this length may be hop-by-hop (the lengths of the names above).
+pub(super) fn hop_by_hop_length(len: usize) -> bool {
+    matches!(len, 2 | 7 | 10 | 16..=19)
+}
+
 /// The request URI for an endpoint: absolute for HTTP/2 (hyper needs the authority there),
 /// origin-form for HTTP/1.1, as it is sent to an origin server.
 pub(super) fn upstream_uri(
@@ -407,6 +408,7 @@ mod tests {
             crate::routing::EAST_WEST_HEADER,
         ] {
             assert!(is_hop_by_hop_name(name.as_bytes()), "{name}");
+            assert!(hop_by_hop_length(name.len()), "{name}");
         }
         for name in ["content-length", "date", "x-locus-east", "tea", "upgrades"] {
             assert!(!is_hop_by_hop_name(name.as_bytes()), "{name}");

@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
-use crate::proxy::request::is_hop_by_hop_name;
+use crate::proxy::request::{hop_by_hop_length, is_hop_by_hop_name};
 
 /// Headers read from one response head (hyper's default, as for client heads).
 pub const MAX_HEADERS: usize = 100;
@@ -51,25 +51,35 @@ pub enum RequestFraming {
 }
 
 /// Appends the request head to `out`: the request line, the headers as they are (minus any
-/// framing header, which Locus writes itself from the body it actually sends).
+/// framing header, which Locus writes itself from the body it actually sends; a request
+/// without a body whose client said a length says `0`). Returns whether the request asks to
+/// switch protocols (`Upgrade`), read on the way.
 pub fn encode_request_head(
     method: &Method,
     target: &str,
     headers: &HeaderMap,
     framing: RequestFraming,
     out: &mut Vec<u8>,
-) {
+) -> bool {
     out.extend_from_slice(method.as_str().as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut said_length = false;
+    let mut upgrade = false;
     for (name, value) in headers {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
+        if name == header::CONTENT_LENGTH {
+            said_length = true;
             continue;
         }
+        if name == header::TRANSFER_ENCODING {
+            continue;
+        }
+        upgrade |= name == header::UPGRADE;
         push_field(out, name.as_str().as_bytes(), value.as_bytes());
     }
     match framing {
+        RequestFraming::None if said_length => out.extend_from_slice(b"content-length: 0\r\n"),
         RequestFraming::None => {}
         RequestFraming::Length(n) => {
             out.extend_from_slice(b"content-length: ");
@@ -79,6 +89,7 @@ pub fn encode_request_head(
         RequestFraming::Chunked => out.extend_from_slice(b"transfer-encoding: chunked\r\n"),
     }
     out.extend_from_slice(b"\r\n");
+    upgrade
 }
 
 /// One field line: `name: value` and CRLF.
@@ -239,7 +250,10 @@ pub fn parse_response_head(
     for i in 0..spans.len() {
         let [ns, ne, vs, ve] = spans[i];
         let (name, value) = (&head[ns..ne], &head[vs..ve]);
-        if name.eq_ignore_ascii_case(b"content-length") {
+        if name.len() != 14 && !hop_by_hop_length(name.len()) {
+            // Not `content-length` nor hop-by-hop: most fields are told apart by their
+            // length alone.
+        } else if name.eq_ignore_ascii_case(b"content-length") {
             lengths.content_length(value)?;
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             lengths.transfer_encoding(value)?;
@@ -635,6 +649,27 @@ mod tests {
             String::from_utf8(out).unwrap(),
             "POST /x?y=1 HTTP/1.1\r\nhost: a.example\r\ncontent-length: 12\r\n\r\n"
         );
+        // No body, but the client said a length: `0`. An upgrade is noticed on the way.
+        let mut out = Vec::new();
+        assert!(!encode_request_head(
+            &Method::GET,
+            "/",
+            &h,
+            RequestFraming::None,
+            &mut out
+        ));
+        assert!(String::from_utf8(out)
+            .unwrap()
+            .ends_with("host: a.example\r\ncontent-length: 0\r\n\r\n"));
+        let mut up = h.clone();
+        up.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(encode_request_head(
+            &Method::GET,
+            "/",
+            &up,
+            RequestFraming::None,
+            &mut Vec::new()
+        ));
         let mut out = Vec::new();
         encode_request_head(&Method::PUT, "/", &h, RequestFraming::Chunked, &mut out);
         assert!(String::from_utf8(out)

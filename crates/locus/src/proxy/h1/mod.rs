@@ -287,11 +287,16 @@ impl Conn {
     ) -> Result<ResponseHead, ExchangeError> {
         self.until = until;
         let reused = self.uses > 1;
-        self.upgrade_asked = req.headers().contains_key(http::header::UPGRADE);
         let framing = request_framing(req);
         self.wbuf.clear();
         let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
-        codec::encode_request_head(req.method(), target, req.headers(), framing, &mut self.wbuf);
+        self.upgrade_asked = codec::encode_request_head(
+            req.method(),
+            target,
+            req.headers(),
+            framing,
+            &mut self.wbuf,
+        );
         let mut separate: Option<Bytes> = None;
         let streamed = match req.body() {
             ProxyBody::Full(Some(b)) if b.len() <= INLINE_BODY => {
@@ -558,15 +563,12 @@ impl Conn {
 fn request_framing(req: &Request<ProxyBody>) -> RequestFraming {
     match req.body() {
         ProxyBody::Full(Some(b)) => RequestFraming::Length(b.len() as u64),
-        // An empty body is said explicitly where the client said a length or the method
-        // normally carries one (servers answer 411 to a bodiless POST without a length).
+        // An empty body is said explicitly where the method normally carries one (servers
+        // answer 411 to a bodiless POST without a length), or the client said a length (the
+        // head's encoder sees that).
         ProxyBody::Full(None) => {
             let m = req.method();
-            if req.headers().contains_key(http::header::CONTENT_LENGTH)
-                || m == Method::POST
-                || m == Method::PUT
-                || m == Method::PATCH
-            {
+            if m == Method::POST || m == Method::PUT || m == Method::PATCH {
                 RequestFraming::Length(0)
             } else {
                 RequestFraming::None

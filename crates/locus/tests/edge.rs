@@ -676,3 +676,50 @@ async fn requests_carry_an_id() {
     let refused = c.get(addr, "svc.test", "/..%2f").await;
     assert_eq!(refused.headers["x-request-id"].len(), 36);
 }
+
+/// Envoy Gateway's `retryOn: retriable-status-codes`: a 503 from the local endpoint is retried
+/// on the next zone's with the whole request (method, headers, the buffered body), for the
+/// first request and for every one after it (whether or not the local endpoint is ejected by
+/// then), over both HTTP/1.1 servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retriable_status_is_retried_with_the_whole_request() {
+    let a = echo("a");
+    let b = echo("b");
+    let dir = tempdir();
+    let m = [
+        GATEWAY_AND_ROUTE,
+        service(),
+        &entry("a", "r/za", a.addr),
+        &entry("b", "r/zb", b.addr),
+        "apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: BackendTrafficPolicy\nmetadata: {name: svc, namespace: apps}\nspec:\n  targetRefs: [{group: '', kind: Service, name: svc}]\n  retry:\n    numRetries: 2\n    retryOn: {triggers: [retriable-status-codes], httpStatusCodes: [503]}\n",
+    ]
+    .concat();
+    write(dir.path(), "all.yaml", &m);
+    let c = HttpClient::default();
+    assert_eq!(c.get(a.addr, "a", "/_echo/fail/503").await.status, 200);
+    for server in ["locus", "hyper"] {
+        let gw = Gw::start(
+            dir.path(),
+            &["--locality", "r/za", "--http1-server", server],
+        );
+        for i in 0..10 {
+            let r = c
+                .request(
+                    "POST",
+                    gw.addr(8080),
+                    "svc.test",
+                    "/echo",
+                    &[("x-custom", "kept")],
+                    bytes::Bytes::from_static(b"hello"),
+                )
+                .await;
+            assert_eq!(r.status, 200, "{server} #{i}: {}", r.body);
+            let j = r.json();
+            assert_eq!(j["name"], "b", "{server} #{i}: {j}");
+            assert_eq!(j["method"], "POST", "{server} #{i}: {j}");
+            assert_eq!(j["bodyBytes"], 5, "{server} #{i}: {j}");
+            assert_eq!(j["headers"]["x-custom"], "kept", "{server} #{i}: {j}");
+            assert_eq!(j["headers"]["host"], "svc.test", "{server} #{i}: {j}");
+        }
+    }
+}

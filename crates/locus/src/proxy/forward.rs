@@ -450,7 +450,7 @@ impl RequestBody {
     }
 }
 
-/// A failed send: whose fault, what happened, and the request when it was never written.
+/// A failed send: whose fault, what happened, and the request when it came back (for a retry).
 struct SendFailure {
     fault: Fault,
     detail: String,
@@ -521,6 +521,8 @@ impl Exchange<'_> {
         let mut last_error = None;
         // A request handed back by an attempt that could not send it, reused as is.
         let mut pending: Option<Request<ProxyBody>> = None;
+        // The headers went with an attempt: a retry needs that request back.
+        let mut moved = false;
 
         for n in 1..=max_attempts {
             let first = tried.is_empty().then_some((&parts, &mut set_cookie));
@@ -545,8 +547,12 @@ impl Exchange<'_> {
                     let mut r = Request::new(body.take());
                     *r.method_mut() = parts.method.clone();
                     *r.version_mut() = version;
-                    // Kept for a retry that has to rebuild the request; the last attempt takes them.
-                    *r.headers_mut() = if last {
+                    // A pooled HTTP/1.1 connection hands the request back for a retry, so its
+                    // headers are moved; hyper's HTTP/2 client keeps it, so all but the last
+                    // attempt send a copy (copying every request's headers was 3% of the
+                    // gateway's instructions per request).
+                    *r.headers_mut() = if last || !self.h2c() {
+                        moved = true;
                         std::mem::take(&mut parts.headers)
                     } else {
                         parts.headers.clone()
@@ -578,8 +584,8 @@ impl Exchange<'_> {
                 (a, b) => a.or(b),
             };
             let sent = self.send(addr, upstream, until).await;
-            let resp = match sent {
-                Ok(resp) => resp,
+            let (resp, sent) = match sent {
+                Ok(answered) => answered,
                 Err(failure) => {
                     let fault = body.client_fault(failure.fault);
                     attempt.failed(fault);
@@ -592,11 +598,12 @@ impl Exchange<'_> {
                     // A request that never reached the endpoint is retried: it cannot have had
                     // an effect there. So is an idempotent one whose connection broke (an
                     // endpoint killed mid-request), as RFC 9110 §9.2.2 allows.
-                    let unsent = fault == Fault::Connect || failure.back.is_some();
+                    let unsent = fault == Fault::Connect;
                     if fault.is_upstream()
                         && fault != Fault::Timeout
                         && (unsent || idempotent(&parts.method))
                         && !last
+                        && (failure.back.is_some() || !moved)
                         && self.retry_allowed()
                     {
                         tracing::debug!(service = %target.name, endpoint = %addr, error = %error, "retrying on another endpoint");
@@ -613,10 +620,12 @@ impl Exchange<'_> {
             if !last
                 && retry.statuses.contains(&status.as_u16())
                 && another_endpoint_left(target, &tried, addr)
+                && (sent.is_some() || !moved)
                 && self.retry_allowed()
             {
                 tracing::debug!(service = %target.name, endpoint = %addr, status = status.as_u16(), "retrying on another endpoint");
                 tried.push(addr);
+                pending = sent;
                 continue;
             }
             let (mut head, mut body) = resp.into_parts();
@@ -670,13 +679,14 @@ impl Exchange<'_> {
     }
 
     /// Sends one attempt to `addr`, over HTTP/2 (hyper-util's client) or a pooled HTTP/1.1
-    /// connection, with its response head by `until`.
+    /// connection, with its response head by `until`. A pooled connection hands the request
+    /// back, with the response or the failure; hyper's client does not.
     async fn send(
         &self,
         addr: SocketAddr,
         req: Request<ProxyBody>,
         until: Option<tokio::time::Instant>,
-    ) -> Result<Response<pool::PooledBody>, SendFailure> {
+    ) -> Result<(Response<pool::PooledBody>, Option<Request<ProxyBody>>), SendFailure> {
         let timed_out = || SendFailure {
             fault: Fault::Timeout,
             detail: String::new(),
@@ -700,7 +710,7 @@ impl Exchange<'_> {
                 None => sending.await,
             };
             return sent
-                .map(|r| r.map(pool::PooledBody::unpooled))
+                .map(|r| (r.map(pool::PooledBody::unpooled), None))
                 .map_err(|e| SendFailure {
                     fault: if e.is_connect() {
                         Fault::Connect
@@ -712,25 +722,27 @@ impl Exchange<'_> {
                 });
         }
         let opts = pool::PoolOptions::new(&self.shared.limits, &self.target.health.upstream);
-        // The HTTP/1.1 connection keeps its own timer for `until` (see `h1::Deadline`).
-        pool::send(addr, req, &opts, until)
-            .await
-            .map_err(|e| match e {
-                SendError::Connect(io, back) => SendFailure {
-                    fault: Fault::Connect,
-                    detail: io.to_string(),
-                    back: Some(back),
+        // The HTTP/1.1 connection keeps its own timer for `until` (see `h1::LazyTimer`).
+        match pool::send(addr, req, &opts, until).await {
+            Ok((resp, req)) => Ok((resp, Some(req))),
+            Err(SendError::Connect(io, back)) => Err(SendFailure {
+                fault: Fault::Connect,
+                detail: io.to_string(),
+                back: Some(back),
+            }),
+            Err(SendError::Exchange(ExchangeError::Timeout, back)) => Err(SendFailure {
+                back: Some(back),
+                ..timed_out()
+            }),
+            Err(SendError::Exchange(err, back)) => Err(SendFailure {
+                fault: match err {
+                    ExchangeError::Protocol(_) => Fault::Protocol,
+                    _ => Fault::Reset,
                 },
-                SendError::Exchange(ExchangeError::Timeout) => timed_out(),
-                SendError::Exchange(err) => SendFailure {
-                    fault: match err {
-                        ExchangeError::Protocol(_) => Fault::Protocol,
-                        _ => Fault::Reset,
-                    },
-                    detail: err.to_string(),
-                    back: None,
-                },
-            })
+                detail: err.to_string(),
+                back: Some(back),
+            }),
+        }
     }
 
     /// Whether this exchange speaks HTTP/2 to the endpoint: the Service port says so

@@ -91,7 +91,7 @@ pub(super) fn send_mirror(
                     Err(e) => Err(e.to_string()),
                 },
                 (None, _) => match pool::send(addr, req, &opts, None).await {
-                    Ok(resp) => {
+                    Ok((resp, _)) => {
                         let status = resp.status();
                         let _ = resp.into_body().collect().await;
                         Ok(status)

@@ -158,8 +158,9 @@ thread_local! {
 pub enum SendError {
     /// No connection could be made; the request was not sent and is handed back.
     Connect(std::io::Error, Box<Request<ProxyBody>>),
-    /// The exchange failed after the request (or part of it) went out.
-    Exchange(ExchangeError),
+    /// The exchange failed after the request (or part of it) went out; the request is handed
+    /// back for a retry (its body too, unless it was streamed).
+    Exchange(ExchangeError, Box<Request<ProxyBody>>),
 }
 
 fn take_idle(addr: PoolKey, idle_timeout: Duration) -> Option<Box<Conn>> {
@@ -207,13 +208,15 @@ async fn connect(addr: SocketAddr, opts: &PoolOptions<'_>) -> std::io::Result<Bo
     Ok(Box::new(Conn::new(stream)))
 }
 
-/// Sends `req` to `addr` over a pooled or new connection.
+/// Sends `req` to `addr` over a pooled or new connection, with its response head by `until`.
+/// The request comes back with the response (its body too, unless it was streamed), so a retry
+/// needs no copy of it made in advance.
 pub async fn send(
     addr: SocketAddr,
     mut req: Request<ProxyBody>,
     opts: &PoolOptions<'_>,
     until: Option<tokio::time::Instant>,
-) -> Result<Response<PooledBody>, SendError> {
+) -> Result<(Response<PooledBody>, Request<ProxyBody>), SendError> {
     let key = pool_key(addr, opts);
     loop {
         // Pooled connections first; a new one when none is left. Connecting is per
@@ -224,9 +227,12 @@ pub async fn send(
             None => {
                 let connecting = Box::pin(connect(addr, opts));
                 let connected = match until {
-                    Some(at) => tokio::time::timeout_at(at, connecting)
-                        .await
-                        .map_err(|_| SendError::Exchange(ExchangeError::Timeout))?,
+                    Some(at) => match tokio::time::timeout_at(at, connecting).await {
+                        Ok(c) => c,
+                        Err(_) => {
+                            return Err(SendError::Exchange(ExchangeError::Timeout, Box::new(req)))
+                        }
+                    },
                     None => connecting.await,
                 };
                 match connected {
@@ -237,7 +243,7 @@ pub async fn send(
         };
         conn.uses += 1;
         match conn.exchange(&mut req, opts.max_response_head, until).await {
-            Ok(head) => return Ok(respond(key, conn, head, opts.max_uses)),
+            Ok(head) => return Ok((respond(key, conn, head, opts.max_uses), req)),
             // The endpoint had closed this idle connection: another one carries the request
             // (after it was written, only when sending it twice is harmless).
             Err(ExchangeError::Stale { written, error })
@@ -245,7 +251,7 @@ pub async fn send(
             {
                 tracing::debug!(endpoint = %addr, %error, "pooled connection closed by the endpoint; sending again");
             }
-            Err(e) => return Err(SendError::Exchange(e)),
+            Err(e) => return Err(SendError::Exchange(e, Box::new(req))),
         }
     }
 }

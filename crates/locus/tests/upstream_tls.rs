@@ -177,9 +177,10 @@ async fn destination_rule_tls_and_grpc_over_tls() {
         assert_eq!(doc["version"], "HTTP/1.1");
         resumed += usize::from(doc["tls_resumed"] == true);
     }
-    // The first handshake is full; every one after it resumes (the session cache belongs to
-    // the TLS settings, shared by every worker and kept across reloads).
-    assert_eq!(resumed, 5, "{resumed} of 6 handshakes resumed");
+    // Every handshake after the first resumes (the session cache belongs to the TLS settings,
+    // shared by every worker and kept across reloads); the first too when an earlier
+    // connection (an active check) already left a session.
+    assert!(resumed >= 5, "{resumed} of 6 handshakes resumed");
     // The backend counts what it answered: wait for a few checks, then they must all have
     // passed (one failure marks the endpoint).
     let answered = || async {

@@ -294,6 +294,20 @@ fn service() -> &'static str {
     "apiVersion: v1\nkind: Service\nmetadata: {name: svc, namespace: apps}\nspec:\n  selector: {app: svc}\n  trafficDistribution: PreferClose\n  ports: [{name: http, port: 80}]\n---\n"
 }
 
+/// The Service with `a` in zone `r/za` and `b` in `r/zb`, and an Envoy Gateway
+/// BackendTrafficPolicy on it with `spec` (beside its `targetRefs`).
+fn two_zones_with_policy(a: &Echo, b: &Echo, spec: &str) -> String {
+    [
+        GATEWAY_AND_ROUTE,
+        service(),
+        &entry("a", "r/za", a.addr),
+        &entry("b", "r/zb", b.addr),
+        "apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: BackendTrafficPolicy\nmetadata: {name: svc, namespace: apps}\nspec:\n  targetRefs: [{group: '', kind: Service, name: svc}]\n",
+        spec,
+    ]
+    .concat()
+}
+
 /// Starts `n` requests for `/delay/MS` and waits until the backends hold them all.
 async fn hold(
     addr: std::net::SocketAddr,
@@ -380,15 +394,15 @@ async fn a_full_endpoint_spills_to_the_next_zone() {
     let a = echo("a");
     let b = echo("b");
     let dir = tempdir();
-    let m = [
-        GATEWAY_AND_ROUTE,
-        service(),
-        &entry("a", "r/za", a.addr),
-        &entry("b", "r/zb", b.addr),
-        "apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: BackendTrafficPolicy\nmetadata: {name: svc, namespace: apps}\nspec:\n  targetRefs: [{group: '', kind: Service, name: svc}]\n  circuitBreaker:\n    perEndpoint: {maxConnections: 1}\n",
-    ]
-    .concat();
-    write(dir.path(), "all.yaml", &m);
+    write(
+        dir.path(),
+        "all.yaml",
+        &two_zones_with_policy(
+            &a,
+            &b,
+            "  circuitBreaker:\n    perEndpoint: {maxConnections: 1}\n",
+        ),
+    );
     let gw = Gw::start(dir.path(), &["--locality", "r/za"]);
     let addr = gw.addr(8080);
     let c = HttpClient::default();
@@ -686,15 +700,11 @@ async fn a_retriable_status_is_retried_with_the_whole_request() {
     let a = echo("a");
     let b = echo("b");
     let dir = tempdir();
-    let m = [
-        GATEWAY_AND_ROUTE,
-        service(),
-        &entry("a", "r/za", a.addr),
-        &entry("b", "r/zb", b.addr),
-        "apiVersion: gateway.envoyproxy.io/v1alpha1\nkind: BackendTrafficPolicy\nmetadata: {name: svc, namespace: apps}\nspec:\n  targetRefs: [{group: '', kind: Service, name: svc}]\n  retry:\n    numRetries: 2\n    retryOn: {triggers: [retriable-status-codes], httpStatusCodes: [503]}\n",
-    ]
-    .concat();
-    write(dir.path(), "all.yaml", &m);
+    write(
+        dir.path(),
+        "all.yaml",
+        &two_zones_with_policy(&a, &b, "  retry:\n    numRetries: 2\n    retryOn: {triggers: [retriable-status-codes], httpStatusCodes: [503]}\n"),
+    );
     let c = HttpClient::default();
     assert_eq!(c.get(a.addr, "a", "/_echo/fail/503").await.status, 200);
     for server in ["locus", "hyper"] {

@@ -48,13 +48,12 @@ impl ProxyBody {
     }
 }
 
-/// Makes the response's `HeaderMap` whole: the endpoint's fields still kept as bytes go into
-/// it, ahead of any the gateway has added. Whatever reads or edits a response's headers (a
-/// filter, CORS, hyper's server) calls this first.
+/// Makes the response's `HeaderMap` whole for hyper's server, which writes the head from the
+/// map alone: the endpoint's fields still kept as bytes go into it, ahead of any the gateway
+/// has added.
 pub fn fields_into_map(resp: &mut Response<ProxyBody>) {
     if let Some(fields) = resp.body_mut().take_fields() {
-        let added = std::mem::take(resp.headers_mut());
-        *resp.headers_mut() = fields.into_map(added);
+        fields.merge_into(resp.headers_mut());
     }
 }
 

@@ -14,7 +14,7 @@ use locus_core::balancer::SnapshotMode;
 use locus_core::health::Fault;
 use locus_core::{Algorithm, EndpointHealth, Tier};
 
-use super::body::{fields_into_map, ClientIn, ProxyBody, UpstreamBody};
+use super::body::{ClientIn, ProxyBody, UpstreamBody};
 use super::error::ProxyError;
 use super::h1::ExchangeError;
 use super::outcome::{Attempt, ClientBody, ClientBodyState};
@@ -92,23 +92,25 @@ pub(super) async fn forward(
             mirror::send_mirror(shared, mirror, &parts, &path_and_query, body.replay());
         }
     }
+    let backend_edits = backend_filters
+        .as_ref()
+        .and_then(|f| f.response_headers.as_ref());
+    let cors = action.filters.cors.as_ref().zip(cors_origin.as_ref());
     let exchange = Exchange {
         shared,
         info,
         action: &action,
         target: &target,
         path_and_query,
+        edits_response: action.filters.response_headers.is_some()
+            || backend_edits.is_some()
+            || cors.is_some(),
     };
     let mut resp = exchange.run(parts, body, upgrade).await?;
-    if let Some(edits) = backend_filters
-        .as_ref()
-        .and_then(|f| f.response_headers.as_ref())
-    {
-        fields_into_map(&mut resp);
+    if let Some(edits) = backend_edits {
         edits.apply(resp.headers_mut());
     }
-    if let (Some(cors), Some(origin)) = (&action.filters.cors, &cors_origin) {
-        fields_into_map(&mut resp);
+    if let Some((cors, origin)) = cors {
         cors.decorate(resp.headers_mut(), origin);
     }
     Ok(resp)
@@ -464,6 +466,9 @@ struct Exchange<'a> {
     action: &'a RuleAction,
     target: &'a Arc<ServiceTarget>,
     path_and_query: PathAndQuery,
+    /// A filter (the rule's or the backendRef's) or CORS edits the response's headers: the
+    /// endpoint's fields go into the map first.
+    edits_response: bool,
 }
 
 impl Exchange<'_> {
@@ -519,10 +524,8 @@ impl Exchange<'_> {
         let mut set_cookie = None;
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut last_error = None;
-        // A request handed back by an attempt that could not send it, reused as is.
+        // The request an attempt handed back, reused as is by the retry.
         let mut pending: Option<Request<ProxyBody>> = None;
-        // The headers went with an attempt: a retry needs that request back.
-        let mut moved = false;
 
         for n in 1..=max_attempts {
             let first = tried.is_empty().then_some((&parts, &mut set_cookie));
@@ -547,12 +550,11 @@ impl Exchange<'_> {
                     let mut r = Request::new(body.take());
                     *r.method_mut() = parts.method.clone();
                     *r.version_mut() = version;
-                    // A pooled HTTP/1.1 connection hands the request back for a retry, so its
-                    // headers are moved; hyper's HTTP/2 client keeps it, so all but the last
-                    // attempt send a copy (copying every request's headers was 3% of the
-                    // gateway's instructions per request).
+                    // A pooled HTTP/1.1 connection always hands the request back (with its
+                    // response or its failure) for a retry, so its headers are moved; hyper's
+                    // HTTP/2 client keeps it, so all but the last attempt send a copy (copying
+                    // every request's headers was 3% of the gateway's instructions per request).
                     *r.headers_mut() = if last || !self.h2c() {
-                        moved = true;
                         std::mem::take(&mut parts.headers)
                     } else {
                         parts.headers.clone()
@@ -603,7 +605,6 @@ impl Exchange<'_> {
                         && fault != Fault::Timeout
                         && (unsent || idempotent(&parts.method))
                         && !last
-                        && (failure.back.is_some() || !moved)
                         && self.retry_allowed()
                     {
                         tracing::debug!(service = %target.name, endpoint = %addr, error = %error, "retrying on another endpoint");
@@ -620,7 +621,6 @@ impl Exchange<'_> {
             if !last
                 && retry.statuses.contains(&status.as_u16())
                 && another_endpoint_left(target, &tried, addr)
-                && (sent.is_some() || !moved)
                 && self.retry_allowed()
             {
                 tracing::debug!(service = %target.name, endpoint = %addr, status = status.as_u16(), "retrying on another endpoint");
@@ -637,10 +637,10 @@ impl Exchange<'_> {
                 }
                 _ => None,
             };
-            // The endpoint's fields stay bytes unless this rule reads or edits them.
-            if tunnel.is_some() || self.action.filters.response_headers.is_some() {
+            // The endpoint's fields stay bytes unless something here reads or edits them.
+            if tunnel.is_some() || self.edits_response {
                 if let Some(fields) = body.take_fields() {
-                    head.headers = fields.into_map(std::mem::take(&mut head.headers));
+                    fields.merge_into(&mut head.headers);
                 }
             }
             let protocol = tunnel.as_ref().map(|(u, _)| {
@@ -722,7 +722,7 @@ impl Exchange<'_> {
                 });
         }
         let opts = pool::PoolOptions::new(&self.shared.limits, &self.target.health.upstream);
-        // The HTTP/1.1 connection keeps its own timer for `until` (see `h1::LazyTimer`).
+        // The HTTP/1.1 connection keeps its own timer for `until` (see `h1::Deadline`).
         match pool::send(addr, req, &opts, until).await {
             Ok((resp, req)) => Ok((resp, Some(req))),
             Err(SendError::Connect(io, back)) => Err(SendFailure {

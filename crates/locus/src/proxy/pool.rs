@@ -19,7 +19,7 @@ use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper::{Request, Response};
 
 use super::body::ProxyBody;
-use super::h1::codec::{RawFields, ResponseHead};
+use super::h1::codec::{Fields, RawFields, ResponseHead};
 use super::h1::{BodyState, Conn, ExchangeError};
 use super::outcome::BoxError;
 use super::Limits;
@@ -264,10 +264,16 @@ fn respond(
 ) -> Response<PooledBody> {
     let mut resp = Response::new(());
     *resp.status_mut() = head.status;
-    *resp.headers_mut() = head.headers;
+    let fields = match head.fields {
+        Fields::Raw(raw) => Some(raw),
+        Fields::Map(map) => {
+            *resp.headers_mut() = map;
+            None
+        }
+    };
     let upgraded = head.status == http::StatusCode::SWITCHING_PROTOCOLS;
     let mut body = H1Body {
-        fields: head.raw,
+        fields,
         conn: Some(conn),
         state: BodyState::new(head.framing),
         keep_alive: head.keep_alive && !upgraded,

@@ -212,7 +212,7 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let mut present: [Option<HeaderName>; 10] = Default::default();
     let mut n = 0;
     for name in headers.keys() {
-        if is_hop_by_hop(name) && n < present.len() {
+        if is_hop_by_hop_name(name.as_str().as_bytes()) && n < present.len() {
             present[n] = Some(name.clone());
             n += 1;
         }
@@ -247,10 +247,6 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    is_hop_by_hop_name(name.as_str().as_bytes())
-}
-
 /// Whether a field name (any case) is hop-by-hop: RFC 9110 §7.6.1's, `keep-alive` and
 /// `proxy-connection`, and the east-west hop header (between two gateways: set by the sending
 /// one for the receiving one, which reads it before the strip; never passed on, never taken
@@ -267,11 +263,6 @@ pub(super) fn is_hop_by_hop_name(name: &[u8]) -> bool {
         19 => is("proxy-authorization"),
         _ => false,
     }
-}
-
-/// Whether a name of this length may be hop-by-hop (the lengths of the names above).
-pub(super) fn hop_by_hop_length(len: usize) -> bool {
-    matches!(len, 2 | 7 | 10 | 16..=19)
 }
 
 /// The request URI for an endpoint: absolute for HTTP/2 (hyper needs the authority there),
@@ -408,7 +399,6 @@ mod tests {
             crate::routing::EAST_WEST_HEADER,
         ] {
             assert!(is_hop_by_hop_name(name.as_bytes()), "{name}");
-            assert!(hop_by_hop_length(name.len()), "{name}");
         }
         for name in ["content-length", "date", "x-locus-east", "tea", "upgrades"] {
             assert!(!is_hop_by_hop_name(name.as_bytes()), "{name}");

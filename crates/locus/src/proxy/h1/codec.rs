@@ -15,7 +15,7 @@ use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
-use crate::proxy::request::{hop_by_hop_length, is_hop_by_hop_name};
+use crate::proxy::request::is_hop_by_hop_name;
 
 /// Headers read from one response head (hyper's default, as for client heads).
 pub const MAX_HEADERS: usize = 100;
@@ -136,13 +136,37 @@ pub enum Framing {
 #[derive(Debug)]
 pub struct ResponseHead {
     pub status: StatusCode,
-    /// The endpoint's fields when a hop-by-hop one made a map of them; else empty, and `raw`
-    /// holds them.
-    pub headers: HeaderMap,
-    pub raw: Option<Box<RawFields>>,
+    pub fields: Fields,
     pub framing: Framing,
     /// The endpoint lets the connection carry another request.
     pub keep_alive: bool,
+}
+
+/// An endpoint's header fields (those the codec did not consume).
+#[derive(Debug)]
+pub enum Fields {
+    /// As the bytes they came in: the usual case.
+    Raw(Box<RawFields>),
+    /// In a map: a hop-by-hop field is there for the gateway's strip, or there are too many
+    /// to index.
+    Map(HeaderMap),
+}
+
+#[cfg(test)]
+impl Fields {
+    fn raw(&self) -> Option<&RawFields> {
+        match self {
+            Fields::Raw(r) => Some(r),
+            Fields::Map(_) => None,
+        }
+    }
+
+    fn map(&self) -> Option<&HeaderMap> {
+        match self {
+            Fields::Map(m) => Some(m),
+            Fields::Raw(_) => None,
+        }
+    }
 }
 
 /// An endpoint's header fields kept as the bytes they arrived in: the head, and where each
@@ -178,7 +202,15 @@ impl RawFields {
             .map(|[ns, ne, vs, ve]| (&self.head[ns..ne], &self.head[vs..ve]))
     }
 
-    /// The fields in a map, followed by those the gateway has `added` since.
+    /// Puts the fields into `headers`, ahead of those the gateway has added there since.
+    pub fn merge_into(self, headers: &mut HeaderMap) {
+        let added = std::mem::take(headers);
+        *headers = self.into_map(added);
+    }
+
+    /// The fields in a map, followed by those the gateway has `added` since (appended: a
+    /// `Set-Cookie` of the gateway's goes beside the endpoint's, where `HeaderMap`'s `extend`
+    /// would replace it).
     pub fn into_map(self, added: HeaderMap) -> HeaderMap {
         let mut map = HeaderMap::with_capacity(self.len + added.len());
         for span in self.spans() {
@@ -250,10 +282,7 @@ pub fn parse_response_head(
     for i in 0..spans.len() {
         let [ns, ne, vs, ve] = spans[i];
         let (name, value) = (&head[ns..ne], &head[vs..ve]);
-        if name.len() != 14 && !hop_by_hop_length(name.len()) {
-            // Not `content-length` nor hop-by-hop: most fields are told apart by their
-            // length alone.
-        } else if name.eq_ignore_ascii_case(b"content-length") {
+        if name.eq_ignore_ascii_case(b"content-length") {
             lengths.content_length(value)?;
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
             lengths.transfer_encoding(value)?;
@@ -284,13 +313,13 @@ pub fn parse_response_head(
         kept += 1;
     }
     spans.truncate(kept);
-    let (headers, raw) = if to_map || kept > MAX_RAW_FIELDS || head.len() > usize::from(u16::MAX) {
+    let fields = if to_map || kept > MAX_RAW_FIELDS || head.len() > usize::from(u16::MAX) {
         let mut headers = HeaderMap::with_capacity(spans.len());
         for &span in spans.iter() {
             let (name, value) = field(&head, span).map_err(ProtoError::Head)?;
             headers.append(name, value);
         }
-        (headers, None)
+        Fields::Map(headers)
     } else {
         let mut raw = Box::new(RawFields {
             head,
@@ -301,7 +330,7 @@ pub fn parse_response_head(
             // The head is shorter than 64 KiB: every position fits.
             *to = from.map(|p| p as u16);
         }
-        (HeaderMap::new(), Some(raw))
+        Fields::Raw(raw)
     };
     let framing = if status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -317,8 +346,7 @@ pub fn parse_response_head(
         && (version == Version::HTTP_11 || keep_alive_token);
     Ok(Some(ResponseHead {
         status,
-        headers,
-        raw,
+        fields,
         framing,
         keep_alive,
     }))
@@ -692,7 +720,11 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(h.status, 200);
-        let fields = h.raw.clone().expect("no hop-by-hop field: kept as bytes");
+        let fields = h
+            .fields
+            .raw()
+            .cloned()
+            .expect("no hop-by-hop field: kept as bytes");
         let kept: Vec<_> = fields.iter().collect();
         assert_eq!(
             kept,
@@ -714,7 +746,8 @@ mod tests {
             .unwrap()
             .unwrap();
         let names: Vec<_> = h
-            .raw
+            .fields
+            .raw()
             .expect("kept as bytes")
             .iter()
             .map(|(n, _)| n.to_vec())
@@ -727,8 +760,8 @@ mod tests {
         ] {
             let raw = format!("HTTP/1.1 200 OK\r\n{hop}\r\nX-A: b\r\nContent-Length: 0\r\n\r\n");
             let h = head(&raw, Method::GET).unwrap().unwrap();
-            assert!(h.raw.is_none(), "{hop}");
-            assert_eq!(h.headers["x-a"], "b", "{hop}");
+            assert!(h.fields.raw().is_none(), "{hop}");
+            assert_eq!(h.fields.map().unwrap()["x-a"], "b", "{hop}");
         }
         // More fields than the bytes' index holds: a map.
         let many: String = (0..40).map(|i| format!("x-{i}: {i}\r\n")).collect();
@@ -738,9 +771,9 @@ mod tests {
         )
         .unwrap()
         .unwrap();
-        assert!(h.raw.is_none());
-        assert_eq!(h.headers.len(), 41);
-        assert_eq!(h.headers["x-39"], "39");
+        assert!(h.fields.raw().is_none());
+        assert_eq!(h.fields.map().unwrap().len(), 41);
+        assert_eq!(h.fields.map().unwrap()["x-39"], "39");
         let big = format!("HTTP/1.1 200 OK\r\nx: {}\r\n", "a".repeat(2000));
         let mut buf = BytesMut::from(big.as_bytes());
         assert_eq!(

@@ -32,22 +32,6 @@ use super::body::ProxyBody;
 use super::outcome::BoxError;
 use crate::connect::Stream;
 
-/// Runs one write of the exchange, until it is done or the deadline passes.
-async fn within(
-    (until, timer): (Option<tokio::time::Instant>, &mut LazyTimer),
-    io: impl Future<Output = io::Result<()>>,
-) -> Result<(), ExchangeError> {
-    let mut io = std::pin::pin!(io);
-    poll_fn(|cx| match io.as_mut().poll(cx) {
-        Poll::Ready(r) => Poll::Ready(r.map_err(ExchangeError::Io)),
-        Poll::Pending if until.is_some_and(|at| timer.passed(at, cx)) => {
-            Poll::Ready(Err(ExchangeError::Timeout))
-        }
-        Poll::Pending => Poll::Pending,
-    })
-    .await
-}
-
 /// Spare room kept in the read buffer before each read.
 const READ_SIZE: usize = 16 * 1024;
 /// A small request body goes out in the same `write` as its head.
@@ -77,8 +61,8 @@ pub enum ExchangeError {
     Timeout,
 }
 
-/// One timer for all the deadlines of a connection, one after another (each request's head
-/// read on the client side, each exchange's response head on the upstream side).
+/// A connection's deadlines, one after another (each request's head read on the client side,
+/// each exchange's response head on the upstream side), kept by one timer.
 ///
 /// A timer per request (`tokio::time::timeout`) puts an entry into the runtime's timer wheel
 /// and takes it out again every time: about 800 instructions per request, 3% of the
@@ -86,14 +70,23 @@ pub enum ExchangeError {
 /// stays armed at an earlier deadline, and firing before the current one simply re-arms it
 /// there. A connection busy with short requests re-arms it about once per timeout period.
 #[derive(Debug, Default)]
-pub struct LazyTimer {
+pub struct Deadline {
+    at: Option<tokio::time::Instant>,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
-impl LazyTimer {
-    /// Whether `at` has passed; otherwise the task is woken when it does (or a little before,
-    /// to be asked again).
-    pub fn passed(&mut self, at: tokio::time::Instant, cx: &mut Context<'_>) -> bool {
+impl Deadline {
+    /// The next deadline (`None`: none), without touching the timer.
+    pub fn set(&mut self, at: Option<tokio::time::Instant>) {
+        self.at = at;
+    }
+
+    /// Whether the deadline has passed; otherwise the task is woken when it does (or a little
+    /// before, to be asked again).
+    pub fn passed(&mut self, cx: &mut Context<'_>) -> bool {
+        let Some(at) = self.at else {
+            return false;
+        };
         let timer = self
             .timer
             .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
@@ -108,6 +101,20 @@ impl LazyTimer {
             timer.as_mut().reset(at);
         }
         false
+    }
+
+    /// Runs `io` until it is done or the deadline passes.
+    async fn within(
+        &mut self,
+        io: impl Future<Output = io::Result<()>>,
+    ) -> Result<(), ExchangeError> {
+        let mut io = std::pin::pin!(io);
+        poll_fn(|cx| match io.as_mut().poll(cx) {
+            Poll::Ready(r) => Poll::Ready(r.map_err(ExchangeError::Io)),
+            Poll::Pending if self.passed(cx) => Poll::Ready(Err(ExchangeError::Timeout)),
+            Poll::Pending => Poll::Pending,
+        })
+        .await
     }
 }
 
@@ -131,8 +138,7 @@ pub struct Conn {
     /// endpoint answered first).
     upload: Option<Box<Upload>>,
     /// When the exchange in flight must have its response head by.
-    until: Option<tokio::time::Instant>,
-    timer: LazyTimer,
+    deadline: Deadline,
 }
 
 /// A request body being written to the endpoint.
@@ -217,8 +223,7 @@ impl Conn {
             request_done: true,
             upgrade_asked: false,
             upload: None,
-            until: None,
-            timer: LazyTimer::default(),
+            deadline: Deadline::default(),
         }
     }
 
@@ -285,7 +290,7 @@ impl Conn {
         max_head: usize,
         until: Option<tokio::time::Instant>,
     ) -> Result<ResponseHead, ExchangeError> {
-        self.until = until;
+        self.deadline.set(until);
         let reused = self.uses > 1;
         let framing = request_framing(req);
         self.wbuf.clear();
@@ -325,16 +330,19 @@ impl Conn {
                 .stream_body(body, framing == RequestFraming::Chunked, &method, max_head)
                 .await;
         }
-        let deadline = (self.until, &mut self.timer);
-        match within(deadline, self.stream.write_all(&self.wbuf)).await {
+        match self
+            .deadline
+            .within(self.stream.write_all(&self.wbuf))
+            .await
+        {
             Err(ExchangeError::Io(e)) => return Err(stale(e, false)),
             other => other?,
         }
         if let Some(b) = separate {
-            within((self.until, &mut self.timer), self.stream.write_all(&b)).await?;
+            self.deadline.within(self.stream.write_all(&b)).await?;
         }
         if self.stream.is_tls() {
-            within((self.until, &mut self.timer), self.stream.flush()).await?;
+            self.deadline.within(self.stream.flush()).await?;
         }
         let mut got_any = false;
         poll_fn(|cx| self.poll_head(cx, &method, max_head, &mut got_any))
@@ -486,7 +494,7 @@ impl Conn {
             }
             let n = match self.poll_fill(cx) {
                 Poll::Ready(n) => n.map_err(ExchangeError::Io)?,
-                Poll::Pending if self.until.is_some_and(|at| self.timer.passed(at, cx)) => {
+                Poll::Pending if self.deadline.passed(cx) => {
                     return Poll::Ready(Err(ExchangeError::Timeout))
                 }
                 Poll::Pending => return Poll::Pending,

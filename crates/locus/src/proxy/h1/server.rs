@@ -34,7 +34,7 @@ use super::server_codec::{
     encode_refusal, encode_response_head, parse_request_head, HeadError, Parsed, Persistence,
     RequestHead, ResponseFraming,
 };
-use super::{BodyState, LazyTimer};
+use super::{BodyState, Deadline};
 use crate::proxy::body::{ClientIn, ProxyBody};
 use crate::proxy::outcome::BoxError;
 use crate::proxy::{ConnInfo, Shared};
@@ -84,12 +84,12 @@ pub async fn serve(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
-    let mut watchdog = LazyTimer::default();
+    let mut deadline = Deadline::default();
     let mut draining = false;
     loop {
-        let deadline = wait_limit.map(|w| Instant::now() + w);
+        deadline.set(wait_limit.map(|w| Instant::now() + w));
         let head = match conn
-            .next_head(deadline, &mut watchdog, finish, &mut draining, shared)
+            .next_head(&mut deadline, finish, &mut draining, shared)
             .await?
         {
             NextHead::Head(h) => h,
@@ -213,8 +213,7 @@ impl Conn {
     /// Reads until a whole head is in the buffer (or the connection ends).
     async fn next_head(
         &mut self,
-        deadline: Option<Instant>,
-        watchdog: &mut LazyTimer,
+        deadline: &mut Deadline,
         finish: &mut oneshot::Receiver<()>,
         draining: &mut bool,
         shared: &Shared,
@@ -250,13 +249,13 @@ impl Conn {
                     *draining = true;
                     return Poll::Ready(None);
                 }
-                match deadline {
-                    Some(d) if watchdog.passed(d, cx) => Poll::Ready(Some(Err(io::Error::new(
+                if deadline.passed(cx) {
+                    return Poll::Ready(Some(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "no whole request head within the header read timeout",
-                    )))),
-                    _ => Poll::Pending,
+                    ))));
                 }
+                Poll::Pending
             })
             .await;
             match got {

@@ -20,14 +20,14 @@ use super::h1::ExchangeError;
 use super::outcome::{Attempt, ClientBody, ClientBodyState};
 use super::pool::{self, SendError};
 use super::request::{
-    check_head, hash_key, idempotent, request_host, strip_hop_by_hop, upstream_uri,
+    check_head, hash_key, idempotent, request_host, strip_hop_by_hop, upstream_uri, HeadFacts,
+    X_FORWARDED_FOR,
 };
 use super::upstream_tls;
 use super::{mirror, ConnInfo, Shared};
 use crate::health::ms_at;
 use crate::routing::{Backend, RuleAction, ServiceTarget, EAST_WEST_HEADER};
 
-static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Bodies up to this size are buffered so a request can be retried on another endpoint.
@@ -37,16 +37,17 @@ pub(super) async fn forward(
     shared: &Shared,
     info: &ConnInfo,
     req: Request<ClientIn>,
+    facts: &HeadFacts,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
     if parts.uri.path_and_query().map_or(0, |p| p.as_str().len()) > shared.limits.max_uri {
         return Err(ProxyError::UriTooLong);
     }
-    check_head(&parts)?;
+    check_head(&parts, facts)?;
     if shared.limits.normalize_paths {
         normalize_path(&mut parts.uri, shared.limits.escaped_slashes)?;
     }
-    let host = request_host(&parts);
+    let host = request_host(&parts, facts);
     if let Some(tls) = &info.tls {
         // A connection is for the listener its SNI chose: a Host of another listener's (HTTP/2
         // connection reuse across names, or a forged Host) is misdirected (RFC 9110 §15.5.20).
@@ -73,8 +74,12 @@ pub(super) async fn forward(
         };
     // An HTTP/1.1 upgrade (WebSocket): the upgrade headers are hop-by-hop, so they are put back
     // after the head is made, and the client's side of the switch is kept for the tunnel.
-    let upgrade = upgrade_request(&mut parts, target.h2c || action.grpc);
-    let mut path_and_query = upstream_head(&mut parts, info, &action.filters, prefix.as_deref())?;
+    let upgrade = facts
+        .upgrade
+        .then(|| upgrade_request(&mut parts, target.h2c || action.grpc))
+        .flatten();
+    let mut path_and_query =
+        upstream_head(&mut parts, info, facts, &action.filters, prefix.as_deref())?;
     if let Some(filters) = &backend_filters {
         // The backendRef's edits come after the rule's (the Gateway API's order).
         path_and_query = apply_edits(&mut parts, filters, path_and_query, prefix.as_deref())?;
@@ -301,6 +306,7 @@ fn east_west_route(
 fn upstream_head(
     parts: &mut http::request::Parts,
     info: &ConnInfo,
+    facts: &HeadFacts,
     filters: &crate::model::Filters,
     prefix: Option<&str>,
 ) -> Result<PathAndQuery, ProxyError> {
@@ -318,9 +324,15 @@ fn upstream_head(
         .unwrap_or_else(|| PathAndQuery::from_static("/"));
     let path_and_query = rewrite(parts, filters, path_and_query, prefix)?;
     let headers = &mut parts.headers;
-    strip_hop_by_hop(headers);
+    if facts.hop_by_hop {
+        strip_hop_by_hop(headers);
+    }
     // The peer's address is formatted once per connection; appended to a client's own list.
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+    let prev = facts
+        .forwarded_for
+        .then(|| headers.get(&X_FORWARDED_FOR)?.to_str().ok())
+        .flatten();
+    let xff = match prev {
         Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", info.peer.ip())).ok(),
         None => Some(info.peer_ip.clone()),
     };
@@ -452,11 +464,10 @@ impl RequestBody {
     }
 }
 
-/// A failed send: whose fault, what happened, and the request when it came back (for a retry).
+/// A failed send: whose fault, and what happened.
 struct SendFailure {
     fault: Fault,
     detail: String,
-    back: Option<Box<Request<ProxyBody>>>,
 }
 
 /// One request's way through the attempts: pick, send, judge, maybe retry.
@@ -524,7 +535,8 @@ impl Exchange<'_> {
         let mut set_cookie = None;
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut last_error = None;
-        // The request an attempt handed back, reused as is by the retry.
+        // The request an attempt kept (a pooled HTTP/1.1 connection borrows it), reused as is
+        // by the retry.
         let mut pending: Option<Request<ProxyBody>> = None;
 
         for n in 1..=max_attempts {
@@ -550,10 +562,10 @@ impl Exchange<'_> {
                     let mut r = Request::new(body.take());
                     *r.method_mut() = parts.method.clone();
                     *r.version_mut() = version;
-                    // A pooled HTTP/1.1 connection always hands the request back (with its
-                    // response or its failure) for a retry, so its headers are moved; hyper's
-                    // HTTP/2 client keeps it, so all but the last attempt send a copy (copying
-                    // every request's headers was 3% of the gateway's instructions per request).
+                    // A pooled HTTP/1.1 connection only borrows the request, so its headers
+                    // are moved; hyper's HTTP/2 client takes it, so all but the last attempt
+                    // send a copy (copying every request's headers was 3% of the gateway's
+                    // instructions per request).
                     *r.headers_mut() = if last || !self.h2c() {
                         std::mem::take(&mut parts.headers)
                     } else {
@@ -585,9 +597,11 @@ impl Exchange<'_> {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let sent = self.send(addr, upstream, until).await;
-            let (resp, sent) = match sent {
-                Ok(answered) => answered,
+            let sent = self.send(addr, &mut upstream, until).await;
+            // What hyper's HTTP/2 client took is gone; a retry builds the request again.
+            let kept = (!self.h2c()).then_some(upstream);
+            let resp = match sent {
+                Ok(resp) => resp,
                 Err(failure) => {
                     let fault = body.client_fault(failure.fault);
                     attempt.failed(fault);
@@ -609,7 +623,7 @@ impl Exchange<'_> {
                     {
                         tracing::debug!(service = %target.name, endpoint = %addr, error = %error, "retrying on another endpoint");
                         tried.push(addr);
-                        pending = failure.back.map(|b| *b);
+                        pending = kept;
                         last_error = Some(error);
                         continue;
                     }
@@ -625,7 +639,7 @@ impl Exchange<'_> {
             {
                 tracing::debug!(service = %target.name, endpoint = %addr, status = status.as_u16(), "retrying on another endpoint");
                 tried.push(addr);
-                pending = sent;
+                pending = kept;
                 continue;
             }
             let (mut head, mut body) = resp.into_parts();
@@ -679,20 +693,20 @@ impl Exchange<'_> {
     }
 
     /// Sends one attempt to `addr`, over HTTP/2 (hyper-util's client) or a pooled HTTP/1.1
-    /// connection, with its response head by `until`. A pooled connection hands the request
-    /// back, with the response or the failure; hyper's client does not.
+    /// connection, with its response head by `until`. A pooled connection borrows the request
+    /// (it stays for a retry); hyper's client takes it.
     async fn send(
         &self,
         addr: SocketAddr,
-        req: Request<ProxyBody>,
+        req: &mut Request<ProxyBody>,
         until: Option<tokio::time::Instant>,
-    ) -> Result<(Response<pool::PooledBody>, Option<Request<ProxyBody>>), SendFailure> {
+    ) -> Result<Response<pool::PooledBody>, SendFailure> {
         let timed_out = || SendFailure {
             fault: Fault::Timeout,
             detail: String::new(),
-            back: None,
         };
         if self.h2c() {
+            let req = std::mem::replace(req, Request::new(ProxyBody::empty()));
             // Boxed: the HTTP/1.1 path, by far the common one, need not carry its state.
             let sending = match self.tls() {
                 Some(tls) => {
@@ -710,7 +724,7 @@ impl Exchange<'_> {
                 None => sending.await,
             };
             return sent
-                .map(|r| (r.map(pool::PooledBody::unpooled), None))
+                .map(|r| r.map(pool::PooledBody::unpooled))
                 .map_err(|e| SendFailure {
                     fault: if e.is_connect() {
                         Fault::Connect
@@ -718,31 +732,26 @@ impl Exchange<'_> {
                         Fault::Reset
                     },
                     detail: io_detail(&e),
-                    back: None,
                 });
         }
         let opts = pool::PoolOptions::new(&self.shared.limits, &self.target.health.upstream);
         // The HTTP/1.1 connection keeps its own timer for `until` (see `h1::Deadline`).
-        match pool::send(addr, req, &opts, until).await {
-            Ok((resp, req)) => Ok((resp, Some(req))),
-            Err(SendError::Connect(io, back)) => Err(SendFailure {
-                fault: Fault::Connect,
-                detail: io.to_string(),
-                back: Some(back),
-            }),
-            Err(SendError::Exchange(ExchangeError::Timeout, back)) => Err(SendFailure {
-                back: Some(back),
-                ..timed_out()
-            }),
-            Err(SendError::Exchange(err, back)) => Err(SendFailure {
-                fault: match err {
-                    ExchangeError::Protocol(_) => Fault::Protocol,
-                    _ => Fault::Reset,
+        pool::send(addr, req, &opts, until)
+            .await
+            .map_err(|e| match e {
+                SendError::Connect(io) => SendFailure {
+                    fault: Fault::Connect,
+                    detail: io.to_string(),
                 },
-                detail: err.to_string(),
-                back: Some(back),
-            }),
-        }
+                SendError::Exchange(ExchangeError::Timeout) => timed_out(),
+                SendError::Exchange(err) => SendFailure {
+                    fault: match err {
+                        ExchangeError::Protocol(_) => Fault::Protocol,
+                        _ => Fault::Reset,
+                    },
+                    detail: err.to_string(),
+                },
+            })
     }
 
     /// Whether this exchange speaks HTTP/2 to the endpoint: the Service port says so

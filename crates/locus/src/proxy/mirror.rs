@@ -90,8 +90,8 @@ pub(super) fn send_mirror(
                     }
                     Err(e) => Err(e.to_string()),
                 },
-                (None, _) => match pool::send(addr, req, &opts, None).await {
-                    Ok((resp, _)) => {
+                (None, _) => match pool::send(addr, &mut req, &opts, None).await {
+                    Ok(resp) => {
                         let status = resp.status();
                         let _ = resp.into_body().collect().await;
                         Ok(status)

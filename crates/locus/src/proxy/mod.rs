@@ -292,7 +292,8 @@ where
                     std::sync::atomic::Ordering::Relaxed,
                 );
             }
-            let mut resp = handle(&shared, &info, req.map(ClientIn::Hyper)).await;
+            let facts = request::HeadFacts::read(req.headers());
+            let mut resp = handle(&shared, &info, req.map(ClientIn::Hyper), facts).await;
             // hyper writes the head from the map alone.
             body::fields_into_map(&mut resp);
             Ok::<_, Infallible>(resp)
@@ -353,13 +354,15 @@ pub fn inspect_head(data: &[u8]) {
     else {
         return;
     };
+    // The facts noted while parsing are the ones a map gives.
+    assert_eq!(head.facts, request::HeadFacts::read(&head.headers));
     let mut req = Request::new(());
     *req.method_mut() = head.method;
     *req.uri_mut() = head.uri;
     *req.version_mut() = head.version;
     *req.headers_mut() = head.headers;
     let (mut parts, ()) = req.into_parts();
-    if request::check_head(&parts).is_err() {
+    if request::check_head(&parts, &head.facts).is_err() {
         return;
     }
     for escaped in [
@@ -369,7 +372,7 @@ pub fn inspect_head(data: &[u8]) {
         let mut uri = parts.uri.clone();
         let _ = forward::normalize_path(&mut uri, escaped);
     }
-    let _ = request::request_host(&parts);
+    let _ = request::request_host(&parts, &head.facts);
     request::strip_hop_by_hop(&mut parts.headers);
 }
 
@@ -386,8 +389,9 @@ async fn handle(
     shared: &Shared,
     info: &ConnInfo,
     mut req: Request<ClientIn>,
+    facts: request::HeadFacts,
 ) -> Response<ProxyBody> {
-    let id = match req.headers().get(&request::X_REQUEST_ID) {
+    let id = match &facts.request_id {
         Some(id) => Some(request::RequestId::Sent(id.clone())),
         None if shared.answers.request_ids => {
             let id = request::RequestId::Made(request::new_request_id());
@@ -405,15 +409,12 @@ async fn handle(
                 req.method().clone(),
                 req.uri().clone(),
                 req.version(),
-                req.headers().get(http::header::HOST).cloned(),
+                facts.host.clone(),
             )
         });
     // A gRPC client reads errors from `grpc-status`, not from the HTTP status.
-    let grpc = req
-        .headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-    let resp = match forward::forward(shared, info, req).await {
+    let grpc = facts.grpc;
+    let resp = match forward::forward(shared, info, req, &facts).await {
         Ok(resp) => resp,
         Err(e) => {
             tracing::debug!(error = %e, "request failed in the gateway");

@@ -154,13 +154,13 @@ thread_local! {
     static IDLE: RefCell<IdleConns> = RefCell::default();
 }
 
-/// Why a request could not be sent.
+/// Why a request could not be sent. Either way the caller still holds the request, for a
+/// retry (its body too, unless it was streamed).
 pub enum SendError {
-    /// No connection could be made; the request was not sent and is handed back.
-    Connect(std::io::Error, Box<Request<ProxyBody>>),
-    /// The exchange failed after the request (or part of it) went out; the request is handed
-    /// back for a retry (its body too, unless it was streamed).
-    Exchange(ExchangeError, Box<Request<ProxyBody>>),
+    /// No connection could be made; the request was not sent.
+    Connect(std::io::Error),
+    /// The exchange failed after the request (or part of it) went out.
+    Exchange(ExchangeError),
 }
 
 fn take_idle(addr: PoolKey, idle_timeout: Duration) -> Option<Box<Conn>> {
@@ -209,14 +209,14 @@ async fn connect(addr: SocketAddr, opts: &PoolOptions<'_>) -> std::io::Result<Bo
 }
 
 /// Sends `req` to `addr` over a pooled or new connection, with its response head by `until`.
-/// The request comes back with the response (its body too, unless it was streamed), so a retry
-/// needs no copy of it made in advance.
+/// The request is borrowed, not moved: it stays where it is (in the caller's future, moved into
+/// no other) and is there for a retry with no copy made in advance.
 pub async fn send(
     addr: SocketAddr,
-    mut req: Request<ProxyBody>,
+    req: &mut Request<ProxyBody>,
     opts: &PoolOptions<'_>,
     until: Option<tokio::time::Instant>,
-) -> Result<(Response<PooledBody>, Request<ProxyBody>), SendError> {
+) -> Result<Response<PooledBody>, SendError> {
     let key = pool_key(addr, opts);
     loop {
         // Pooled connections first; a new one when none is left. Connecting is per
@@ -229,21 +229,19 @@ pub async fn send(
                 let connected = match until {
                     Some(at) => match tokio::time::timeout_at(at, connecting).await {
                         Ok(c) => c,
-                        Err(_) => {
-                            return Err(SendError::Exchange(ExchangeError::Timeout, Box::new(req)))
-                        }
+                        Err(_) => return Err(SendError::Exchange(ExchangeError::Timeout)),
                     },
                     None => connecting.await,
                 };
                 match connected {
                     Ok(c) => c,
-                    Err(e) => return Err(SendError::Connect(e, Box::new(req))),
+                    Err(e) => return Err(SendError::Connect(e)),
                 }
             }
         };
         conn.uses += 1;
-        match conn.exchange(&mut req, opts.max_response_head, until).await {
-            Ok(head) => return Ok((respond(key, conn, head, opts.max_uses), req)),
+        match conn.exchange(req, opts.max_response_head, until).await {
+            Ok(head) => return Ok(respond(key, conn, head, opts.max_uses)),
             // The endpoint had closed this idle connection: another one carries the request
             // (after it was written, only when sending it twice is harmless).
             Err(ExchangeError::Stale { written, error })
@@ -251,7 +249,7 @@ pub async fn send(
             {
                 tracing::debug!(endpoint = %addr, %error, "pooled connection closed by the endpoint; sending again");
             }
-            Err(e) => return Err(SendError::Exchange(e, Box::new(req))),
+            Err(e) => return Err(SendError::Exchange(e)),
         }
     }
 }

@@ -118,6 +118,7 @@ pub async fn serve(
             keep_alive,
             expect_continue,
             trailers,
+            facts,
         } = *head;
         let mut continue_rx = None;
         let mut body_back = None;
@@ -151,7 +152,7 @@ pub async fn serve(
         *req.headers_mut() = headers;
         // Made in place and polled where it lies: the request's future is the largest state
         // on the path, and moving it costs a copy of all of it.
-        let mut handling = std::pin::pin!(crate::proxy::handle(shared, info, req));
+        let mut handling = std::pin::pin!(crate::proxy::handle(shared, info, req, facts));
         let mut watch = true;
         let Some(resp) =
             poll_fn(|cx| conn.poll_run(handling.as_mut(), &mut continue_rx, &mut watch, cx)).await

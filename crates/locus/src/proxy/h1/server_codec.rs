@@ -15,6 +15,8 @@ use bytes::BytesMut;
 use http::header::{self, HeaderMap};
 use http::{Method, StatusCode, Uri, Version};
 
+use crate::proxy::request::HeadFacts;
+
 use super::codec::{
     field, push_decimal, push_field, record_spans, Lengths, RawFields, RequestFraming,
 };
@@ -58,6 +60,8 @@ pub struct RequestHead {
     pub expect_continue: bool,
     /// The client accepts trailers in a chunked response (`TE: trailers`).
     pub trailers: bool,
+    /// What the proxy reads from the fields, noted as they went by.
+    pub facts: HeadFacts,
 }
 
 /// What the front of the read buffer holds.
@@ -137,6 +141,7 @@ pub fn parse_request_head(
     let mut keep_alive_token = false;
     let mut expect_continue = false;
     let mut trailers = false;
+    let mut facts = HeadFacts::default();
     for &span in spans.iter() {
         let (name, value) = field(&head, span).map_err(HeadError::Malformed)?;
         if name == header::CONTENT_LENGTH {
@@ -161,6 +166,7 @@ pub fn parse_request_head(
                 .split(|&b| b == b',')
                 .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
         }
+        facts.note(&name, &value);
         headers.append(name, value);
     }
     let framing = match (lengths.chunked_last, lengths.content_length) {
@@ -194,6 +200,7 @@ pub fn parse_request_head(
         keep_alive: !close && (version == Version::HTTP_11 || keep_alive_token),
         expect_continue: expect_continue && has_body && version == Version::HTTP_11,
         trailers,
+        facts,
     })))
 }
 
@@ -326,6 +333,30 @@ mod tests {
             Ok(Parsed::Head(h)) => *h,
             other => panic!("{raw:?}: {other:?}"),
         }
+    }
+
+    #[test]
+    fn what_the_proxy_reads_is_noted_while_parsing() {
+        let h = head(
+            "GET / HTTP/1.1\r\nHost: a.example\r\nX-Request-Id: r1\r\nhost: b\r\n\
+             Content-Type: application/grpc+proto\r\nX-Forwarded-For: 10.0.0.1\r\n\
+             x-request-id: r2\r\n\r\n",
+        );
+        let f = &h.facts;
+        assert_eq!(f.host.as_ref().unwrap(), "a.example");
+        assert_eq!(f.hosts, 2);
+        assert_eq!(f.request_id.as_ref().unwrap(), "r1");
+        assert!(f.grpc && f.forwarded_for && !f.hop_by_hop && !f.transfer_encoding);
+        assert_eq!(*f, HeadFacts::read(&h.headers));
+        let h = head(
+            "POST / HTTP/1.1\r\nHost: x\r\nConnection: x-secret\r\n\
+             Transfer-Encoding: chunked\r\n\r\n",
+        );
+        assert!(h.facts.hop_by_hop && h.facts.transfer_encoding && !h.facts.upgrade);
+        assert!(h.facts.request_id.is_none() && !h.facts.grpc && !h.facts.forwarded_for);
+        assert_eq!(h.facts, HeadFacts::read(&h.headers));
+        let h = head("GET / HTTP/1.0\r\n\r\n");
+        assert_eq!(h.facts, HeadFacts::default());
     }
 
     #[test]

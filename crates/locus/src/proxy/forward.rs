@@ -33,21 +33,23 @@ static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-prot
 /// Bodies up to this size are buffered so a request can be retried on another endpoint.
 const REPLAY_LIMIT: u64 = 64 * 1024;
 
+/// The request's head is borrowed, not moved: it stays in the caller's future for the whole
+/// exchange (each move of it into a step's future and out again was a copy of its 200 bytes).
 pub(super) async fn forward(
     shared: &Shared,
     info: &ConnInfo,
-    req: Request<ClientIn>,
+    parts: &mut http::request::Parts,
+    body: ClientIn,
     facts: &HeadFacts,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let (mut parts, body) = req.into_parts();
     if parts.uri.path_and_query().map_or(0, |p| p.as_str().len()) > shared.limits.max_uri {
         return Err(ProxyError::UriTooLong);
     }
-    check_head(&parts, facts)?;
+    check_head(parts, facts)?;
     if shared.limits.normalize_paths {
         normalize_path(&mut parts.uri, shared.limits.escaped_slashes)?;
     }
-    let host = request_host(&parts, facts);
+    let host = request_host(parts, facts);
     if let Some(tls) = &info.tls {
         // A connection is for the listener its SNI chose: a Host of another listener's (HTTP/2
         // connection reuse across names, or a forged Host) is misdirected (RFC 9110 §15.5.20).
@@ -62,7 +64,7 @@ pub(super) async fn forward(
         }
     }
     let (action, target, backend_filters, prefix, cors_origin) =
-        match route(shared, info, &host, &parts)? {
+        match route(shared, info, &host, parts)? {
             Routed::Answer(resp) => return Ok(*resp),
             Routed::Forward {
                 action,
@@ -76,13 +78,12 @@ pub(super) async fn forward(
     // after the head is made, and the client's side of the switch is kept for the tunnel.
     let upgrade = facts
         .upgrade
-        .then(|| upgrade_request(&mut parts, target.h2c || action.grpc))
+        .then(|| upgrade_request(parts, target.h2c || action.grpc))
         .flatten();
-    let mut path_and_query =
-        upstream_head(&mut parts, info, facts, &action.filters, prefix.as_deref())?;
+    let mut path_and_query = upstream_head(parts, info, facts, &action.filters, prefix.as_deref())?;
     if let Some(filters) = &backend_filters {
         // The backendRef's edits come after the rule's (the Gateway API's order).
-        path_and_query = apply_edits(&mut parts, filters, path_and_query, prefix.as_deref())?;
+        path_and_query = apply_edits(parts, filters, path_and_query, prefix.as_deref())?;
     }
     if let Some(u) = &upgrade {
         parts
@@ -90,11 +91,12 @@ pub(super) async fn forward(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, u.protocol.clone());
     }
-    let body = RequestBody::read(body, &target, &action, shared.limits.body_idle_timeout).await?;
+    let mut body =
+        RequestBody::read(body, &target, &action, shared.limits.body_idle_timeout).await?;
     // A WebSocket handshake is not mirrored: a copy could switch a mirror's connection too.
     for (mirror, fraction) in action.mirrors.iter().filter(|_| upgrade.is_none()) {
         if action.mirror_this(*fraction) {
-            mirror::send_mirror(shared, mirror, &parts, &path_and_query, body.replay());
+            mirror::send_mirror(shared, mirror, parts, &path_and_query, body.replay());
         }
     }
     let backend_edits = backend_filters
@@ -111,7 +113,7 @@ pub(super) async fn forward(
             || backend_edits.is_some()
             || cors.is_some(),
     };
-    let mut resp = exchange.run(parts, body, upgrade).await?;
+    let mut resp = exchange.run(parts, &mut body, upgrade).await?;
     if let Some(edits) = backend_edits {
         edits.apply(resp.headers_mut());
     }
@@ -485,13 +487,13 @@ struct Exchange<'a> {
 impl Exchange<'_> {
     async fn run(
         &self,
-        mut parts: http::request::Parts,
-        mut body: RequestBody,
+        parts: &mut http::request::Parts,
+        body: &mut RequestBody,
         mut upgrade: Option<Upgrade>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let target = self.target;
         let retry = &target.health.retry;
-        let max_attempts = match body {
+        let max_attempts = match *body {
             RequestBody::Replay(_) => retry.attempts + 1,
             RequestBody::Stream(..) => 1,
         };
@@ -535,12 +537,13 @@ impl Exchange<'_> {
         let mut set_cookie = None;
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut last_error = None;
-        // The request an attempt kept (a pooled HTTP/1.1 connection borrows it), reused as is
-        // by the retry.
-        let mut pending: Option<Request<ProxyBody>> = None;
+        // The upstream request, made by the first attempt and reused as it is by a retry (a
+        // pooled HTTP/1.1 connection only borrows it; hyper's HTTP/2 client takes it, so a
+        // retry there makes it again).
+        let mut upstream: Option<Request<ProxyBody>> = None;
 
         for n in 1..=max_attempts {
-            let first = tried.is_empty().then_some((&parts, &mut set_cookie));
+            let first = tried.is_empty().then_some((&*parts, &mut set_cookie));
             // One clock read for the pick and the attempt's start (the first attempt's is the
             // request's).
             let now = if n == 1 {
@@ -556,9 +559,9 @@ impl Exchange<'_> {
                 };
             tracing::debug!(service = %target.name, endpoint = %addr, bucket = %tier, attempt = n, route = %self.action.route, "forwarding");
             let last = n == max_attempts;
-            let mut upstream = match pending.take() {
+            let req = match &mut upstream {
                 Some(r) => r,
-                None => {
+                None => upstream.insert({
                     let mut r = Request::new(body.take());
                     *r.method_mut() = parts.method.clone();
                     *r.version_mut() = version;
@@ -572,9 +575,9 @@ impl Exchange<'_> {
                         parts.headers.clone()
                     };
                     r
-                }
+                }),
             };
-            *upstream.uri_mut() =
+            *req.uri_mut() =
                 upstream_uri(self.h2c(), self.tls().is_some(), addr, &self.path_and_query);
             // Another network's gateway takes the request for its own endpoints of the Service
             // the hop header names. A client's (or the one a hop arrived with) was stripped
@@ -582,10 +585,10 @@ impl Exchange<'_> {
             // must not carry it elsewhere.
             match via.as_deref().map(HeaderValue::from_str) {
                 Some(Ok(v)) => {
-                    upstream.headers_mut().insert(EAST_WEST_HEADER, v);
+                    req.headers_mut().insert(EAST_WEST_HEADER, v);
                 }
                 _ if n > 1 => {
-                    upstream.headers_mut().remove(EAST_WEST_HEADER);
+                    req.headers_mut().remove(EAST_WEST_HEADER);
                 }
                 _ => {}
             }
@@ -597,9 +600,11 @@ impl Exchange<'_> {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let sent = self.send(addr, &mut upstream, until).await;
-            // What hyper's HTTP/2 client took is gone; a retry builds the request again.
-            let kept = (!self.h2c()).then_some(upstream);
+            let sent = self.send(addr, req, until).await;
+            if self.h2c() {
+                // What hyper's HTTP/2 client took is gone; a retry makes the request again.
+                upstream = None;
+            }
             let resp = match sent {
                 Ok(resp) => resp,
                 Err(failure) => {
@@ -623,7 +628,6 @@ impl Exchange<'_> {
                     {
                         tracing::debug!(service = %target.name, endpoint = %addr, error = %error, "retrying on another endpoint");
                         tried.push(addr);
-                        pending = kept;
                         last_error = Some(error);
                         continue;
                     }
@@ -639,7 +643,6 @@ impl Exchange<'_> {
             {
                 tracing::debug!(service = %target.name, endpoint = %addr, status = status.as_u16(), "retrying on another endpoint");
                 tried.push(addr);
-                pending = kept;
                 continue;
             }
             let (mut head, mut body) = resp.into_parts();
@@ -685,6 +688,9 @@ impl Exchange<'_> {
                     hold,
                 ));
                 return Ok(Response::from_parts(head, ProxyBody::empty()));
+            }
+            if let Some(mut req) = upstream.take() {
+                super::h1::server_codec::recycle_fields(std::mem::take(req.headers_mut()));
             }
             let body = UpstreamBody::new(body, attempt);
             return Ok(Response::from_parts(head, ProxyBody::Upstream(body)));

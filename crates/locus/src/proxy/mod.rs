@@ -388,14 +388,16 @@ pub static ACCESS_LOG: std::sync::atomic::AtomicBool = std::sync::atomic::Atomic
 async fn handle(
     shared: &Shared,
     info: &ConnInfo,
-    mut req: Request<ClientIn>,
+    req: Request<ClientIn>,
     facts: request::HeadFacts,
 ) -> Response<ProxyBody> {
+    let (mut parts, body) = req.into_parts();
     let id = match &facts.request_id {
         Some(id) => Some(request::RequestId::Sent(id.clone())),
         None if shared.answers.request_ids => {
             let id = request::RequestId::Made(request::new_request_id());
-            req.headers_mut()
+            parts
+                .headers
                 .insert(request::X_REQUEST_ID.clone(), id.value());
             Some(id)
         }
@@ -406,15 +408,15 @@ async fn handle(
         .then(|| {
             (
                 std::time::Instant::now(),
-                req.method().clone(),
-                req.uri().clone(),
-                req.version(),
+                parts.method.clone(),
+                parts.uri.clone(),
+                parts.version,
                 facts.host.clone(),
             )
         });
     // A gRPC client reads errors from `grpc-status`, not from the HTTP status.
     let grpc = facts.grpc;
-    let resp = match forward::forward(shared, info, req, &facts).await {
+    let resp = match forward::forward(shared, info, &mut parts, body, &facts).await {
         Ok(resp) => resp,
         Err(e) => {
             tracing::debug!(error = %e, "request failed in the gateway");

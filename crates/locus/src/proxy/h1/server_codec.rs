@@ -27,6 +27,42 @@ pub const MAX_HEADER_SLOTS: usize = 1024;
 /// Headers the proxy may add to a request before it goes upstream.
 const EXTRA_HEADERS: usize = 4;
 
+thread_local! {
+    /// Field maps kept for reuse by this thread's next requests: a map is two allocations
+    /// (its index and its entries), and with their frees they were 2% of the gateway's
+    /// instructions per request. The proxy hands a request's map back ([`recycle_fields`])
+    /// once the exchange is done with it; only maps of an ordinary size are kept, and few.
+    static SPARE_MAPS: RefCell<Vec<HeaderMap>> = const { RefCell::new(Vec::new()) };
+}
+const SPARE_MAPS_KEPT: usize = 64;
+const SPARE_MAP_CAPACITY: usize = 64;
+
+/// An empty field map with room for `n` fields, reused when this thread has one spare.
+fn fields_map(n: usize) -> HeaderMap {
+    match SPARE_MAPS.with(|s| s.borrow_mut().pop()) {
+        Some(mut map) => {
+            map.reserve(n);
+            map
+        }
+        None => HeaderMap::with_capacity(n),
+    }
+}
+
+/// Gives a request's field map back for reuse, emptied (its values, slices of the request's
+/// head, are dropped now).
+pub fn recycle_fields(mut map: HeaderMap) {
+    if map.capacity() > SPARE_MAP_CAPACITY {
+        return;
+    }
+    map.clear();
+    SPARE_MAPS.with(|s| {
+        let mut spare = s.borrow_mut();
+        if spare.len() < SPARE_MAPS_KEPT {
+            spare.push(map);
+        }
+    });
+}
+
 /// Why a request head is refused: the status the client gets before the connection closes.
 #[derive(Debug, PartialEq, Eq)]
 pub enum HeadError {
@@ -135,7 +171,7 @@ pub fn parse_request_head(
     let head = buf.split_to(len).freeze();
     // Room for what the proxy adds (`x-request-id`, `x-forwarded-for`, `x-forwarded-proto`):
     // growing a map on the way was three reallocations per request.
-    let mut headers = HeaderMap::with_capacity(spans.len() + EXTRA_HEADERS);
+    let mut headers = fields_map(spans.len() + EXTRA_HEADERS);
     let mut lengths = Lengths::default();
     let mut close = false;
     let mut keep_alive_token = false;
@@ -333,6 +369,23 @@ mod tests {
             Ok(Parsed::Head(h)) => *h,
             other => panic!("{raw:?}: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_recycled_field_map_comes_back_empty() {
+        let first = head("GET / HTTP/1.1\r\nHost: a\r\nX-Secret: 1\r\n\r\n");
+        recycle_fields(first.headers);
+        let second = head("GET / HTTP/1.1\r\nHost: b\r\n\r\n");
+        assert_eq!(second.headers.len(), 1);
+        assert_eq!(second.headers["host"], "b");
+        assert!(second.headers.get("x-secret").is_none());
+        // A map too large to keep is dropped, not kept for the next request.
+        let mut big = HeaderMap::with_capacity(4 * SPARE_MAP_CAPACITY);
+        big.insert("x-big", HeaderValue::from_static("1"));
+        recycle_fields(big);
+        let third = head("GET / HTTP/1.1\r\nHost: c\r\n\r\n");
+        assert!(third.headers.get("x-big").is_none());
+        assert!(third.headers.capacity() <= SPARE_MAP_CAPACITY);
     }
 
     #[test]

@@ -27,9 +27,9 @@ const RULES: &str = r#"  - matches: [{path: {type: PathPrefix, value: /headers}}
     filters:
     - type: RequestHeaderModifier
       requestHeaderModifier:
-        set: [{name: x-set, value: from-route}]
+        set: [{name: x-set, value: from-route}, {name: x-forwarded-proto, value: from-route}]
         add: [{name: x-add, value: added}]
-        remove: [x-drop]
+        remove: [x-drop, x-request-id]
     - type: ResponseHeaderModifier
       responseHeaderModifier:
         add: [{name: x-served-by, value: locus}]
@@ -96,6 +96,10 @@ async fn header_edits_redirects_and_rewrites() {
     assert_eq!(seen["x-set"], "from-route");
     assert!(seen.get("x-drop").is_none(), "{seen}");
     assert_eq!(seen["x-add"], "mine, added", "{seen}");
+    // The fields the gateway adds are there for the route's edits to replace or remove.
+    assert_eq!(seen["x-forwarded-proto"], "from-route", "{seen}");
+    assert!(seen.get("x-request-id").is_none(), "{seen}");
+    assert_eq!(seen["x-forwarded-for"], "127.0.0.1", "{seen}");
     assert_eq!(r.headers["x-served-by"], "locus");
     assert!(!r.headers.contains_key("x-backend"));
 

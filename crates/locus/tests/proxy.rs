@@ -47,6 +47,23 @@ async fn forwards_headers_and_streams_bodies_over_http1_and_h2c() {
         );
         assert!(h.get("connection").is_none() || h["connection"] != "x-drop-me");
 
+        // No list from the client: the peer alone. A client's own `x-forwarded-proto` is
+        // replaced, not passed on beside the gateway's; a request id is made.
+        let r = c
+            .request(
+                "GET",
+                addr,
+                "svc.test",
+                "/",
+                &[("x-forwarded-proto", "https")],
+                Bytes::new(),
+            )
+            .await;
+        let h = &r.json()["headers"];
+        assert_eq!(h["x-forwarded-for"], "127.0.0.1", "h2={h2}: {h}");
+        assert_eq!(h["x-forwarded-proto"], "http", "h2={h2}: {h}");
+        assert_eq!(h["x-request-id"].as_str().map(str::len), Some(36), "{h}");
+
         // Large response bodies stream back.
         let r = c.get(addr, "svc.test", "/size/3000000").await;
         assert_eq!(r.body.len(), 3_000_000);

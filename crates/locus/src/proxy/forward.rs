@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::uri::PathAndQuery;
 use http::{Request, Response, Version};
 use http_body_util::BodyExt;
@@ -20,15 +20,13 @@ use super::h1::ExchangeError;
 use super::outcome::{Attempt, ClientBody, ClientBodyState};
 use super::pool::{self, SendError};
 use super::request::{
-    check_head, hash_key, idempotent, request_host, strip_hop_by_hop, upstream_uri, HeadFacts,
-    X_FORWARDED_FOR,
+    check_head, hash_key, idempotent, request_host, strip_hop_by_hop, upstream_uri, Added,
+    HeadFacts, X_FORWARDED_FOR, X_FORWARDED_PROTO,
 };
 use super::upstream_tls;
 use super::{mirror, ConnInfo, Shared};
 use crate::health::ms_at;
 use crate::routing::{Backend, RuleAction, ServiceTarget, EAST_WEST_HEADER};
-
-static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// Bodies up to this size are buffered so a request can be retried on another endpoint.
 const REPLAY_LIMIT: u64 = 64 * 1024;
@@ -41,6 +39,7 @@ pub(super) async fn forward(
     parts: &mut http::request::Parts,
     body: ClientIn,
     facts: &HeadFacts,
+    made_id: Option<&[u8; 36]>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     if parts.uri.path_and_query().map_or(0, |p| p.as_str().len()) > shared.limits.max_uri {
         return Err(ProxyError::UriTooLong);
@@ -80,10 +79,31 @@ pub(super) async fn forward(
         .upgrade
         .then(|| upgrade_request(parts, target.h2c || action.grpc))
         .flatten();
-    let mut path_and_query = upstream_head(parts, info, facts, &action.filters, prefix.as_deref())?;
+    let mut added = Added {
+        request_id: made_id,
+        ..Added::default()
+    };
+    let mut path_and_query = upstream_head(
+        parts,
+        info,
+        facts,
+        &mut added,
+        &action.filters,
+        prefix.as_deref(),
+    )?;
     if let Some(filters) = &backend_filters {
         // The backendRef's edits come after the rule's (the Gateway API's order).
-        path_and_query = apply_edits(parts, filters, path_and_query, prefix.as_deref())?;
+        path_and_query = apply_edits(
+            parts,
+            &mut added,
+            filters,
+            path_and_query,
+            prefix.as_deref(),
+        )?;
+    }
+    if !action.mirrors.is_empty() {
+        // A mirror gets a copy of the head as it goes upstream, added fields and all.
+        added.merge_into(&mut parts.headers);
     }
     if let Some(u) = &upgrade {
         parts
@@ -109,6 +129,7 @@ pub(super) async fn forward(
         action: &action,
         target: &target,
         path_and_query,
+        added,
         edits_response: action.filters.response_headers.is_some()
             || backend_edits.is_some()
             || cors.is_some(),
@@ -304,11 +325,13 @@ fn east_west_route(
 }
 
 /// Turns the client's request head into the upstream one (URL rewrite, hop-by-hop headers,
-/// `x-forwarded-*`, the route's header edits) and returns the path to send.
-fn upstream_head(
+/// `x-forwarded-*`, the route's header edits) and returns the path to send. The
+/// `x-forwarded-*` fields the client did not send go into `added`.
+fn upstream_head<'a>(
     parts: &mut http::request::Parts,
-    info: &ConnInfo,
+    info: &'a ConnInfo,
     facts: &HeadFacts,
+    added: &mut Added<'a>,
     filters: &crate::model::Filters,
     prefix: Option<&str>,
 ) -> Result<PathAndQuery, ProxyError> {
@@ -330,23 +353,32 @@ fn upstream_head(
         strip_hop_by_hop(headers);
     }
     // The peer's address is formatted once per connection; appended to a client's own list.
-    let prev = facts
-        .forwarded_for
-        .then(|| headers.get(&X_FORWARDED_FOR)?.to_str().ok())
-        .flatten();
-    let xff = match prev {
-        Some(prev) => HeaderValue::from_str(&format!("{prev}, {}", info.peer.ip())).ok(),
-        None => Some(info.peer_ip.clone()),
-    };
-    if let Some(v) = xff {
-        headers.insert(X_FORWARDED_FOR.clone(), v);
+    if facts.forwarded_for {
+        let prev = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
+        match prev.map(|prev| HeaderValue::from_str(&format!("{prev}, {}", info.peer.ip()))) {
+            Some(Ok(v)) => {
+                headers.insert(X_FORWARDED_FOR.clone(), v);
+            }
+            // Not text: replaced by the one hop the gateway knows.
+            _ => {
+                headers.insert(X_FORWARDED_FOR.clone(), info.peer_ip.clone());
+            }
+        }
+    } else {
+        added.forwarded_for = Some(&info.peer_ip);
     }
-    headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(info.scheme()),
-    );
+    if facts.forwarded_proto {
+        // The client's own claim is replaced, not passed on beside the gateway's.
+        headers.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(info.scheme()),
+        );
+    } else {
+        added.forwarded_proto = Some(info.scheme());
+    }
     // The route's edits come last, so they can override what the gateway adds.
     if let Some(edits) = &filters.request_headers {
+        added.merge_into(headers);
         edits.apply(headers);
     }
     Ok(path_and_query)
@@ -355,12 +387,14 @@ fn upstream_head(
 /// A backendRef's own URL rewrite and request header edits, after the rule's.
 fn apply_edits(
     parts: &mut http::request::Parts,
+    added: &mut Added<'_>,
     filters: &crate::model::Filters,
     path_and_query: PathAndQuery,
     prefix: Option<&str>,
 ) -> Result<PathAndQuery, ProxyError> {
     let path_and_query = rewrite(parts, filters, path_and_query, prefix)?;
     if let Some(edits) = &filters.request_headers {
+        added.merge_into(&mut parts.headers);
         edits.apply(&mut parts.headers);
     }
     Ok(path_and_query)
@@ -479,6 +513,8 @@ struct Exchange<'a> {
     action: &'a RuleAction,
     target: &'a Arc<ServiceTarget>,
     path_and_query: PathAndQuery,
+    /// The fields the gateway adds that are not in the request's map.
+    added: Added<'a>,
     /// A filter (the rule's or the backendRef's) or CORS edits the response's headers: the
     /// endpoint's fields go into the map first.
     edits_response: bool,
@@ -712,7 +748,9 @@ impl Exchange<'_> {
             detail: String::new(),
         };
         if self.h2c() {
-            let req = std::mem::replace(req, Request::new(ProxyBody::empty()));
+            let mut req = std::mem::replace(req, Request::new(ProxyBody::empty()));
+            let mut added = self.added;
+            added.merge_into(req.headers_mut());
             // Boxed: the HTTP/1.1 path, by far the common one, need not carry its state.
             let sending = match self.tls() {
                 Some(tls) => {
@@ -742,7 +780,7 @@ impl Exchange<'_> {
         }
         let opts = pool::PoolOptions::new(&self.shared.limits, &self.target.health.upstream);
         // The HTTP/1.1 connection keeps its own timer for `until` (see `h1::Deadline`).
-        pool::send(addr, req, &opts, until)
+        pool::send(addr, req, self.added, &opts, until)
             .await
             .map_err(|e| match e {
                 SendError::Connect(io) => SendFailure {

@@ -90,14 +90,16 @@ pub(super) fn send_mirror(
                     }
                     Err(e) => Err(e.to_string()),
                 },
-                (None, _) => match pool::send(addr, &mut req, &opts, None).await {
-                    Ok(resp) => {
-                        let status = resp.status();
-                        let _ = resp.into_body().collect().await;
-                        Ok(status)
+                (None, _) => {
+                    match pool::send(addr, &mut req, Default::default(), &opts, None).await {
+                        Ok(resp) => {
+                            let status = resp.status();
+                            let _ = resp.into_body().collect().await;
+                            Ok(status)
+                        }
+                        Err(_) => Err("connection failed".to_owned()),
                     }
-                    Err(_) => Err("connection failed".to_owned()),
-                },
+                }
             }
         };
         let status = tokio::time::timeout(MIRROR_TIMEOUT, copy).await;

@@ -395,11 +395,8 @@ async fn handle(
     let id = match &facts.request_id {
         Some(id) => Some(request::RequestId::Sent(id.clone())),
         None if shared.answers.request_ids => {
-            let id = request::RequestId::Made(request::new_request_id());
-            parts
-                .headers
-                .insert(request::X_REQUEST_ID.clone(), id.value());
-            Some(id)
+            // Sent upstream as an added field (`request::Added`), not put in the map.
+            Some(request::RequestId::Made(request::new_request_id()))
         }
         None => None,
     };
@@ -416,7 +413,16 @@ async fn handle(
         });
     // A gRPC client reads errors from `grpc-status`, not from the HTTP status.
     let grpc = facts.grpc;
-    let resp = match forward::forward(shared, info, &mut parts, body, &facts).await {
+    let resp = match forward::forward(
+        shared,
+        info,
+        &mut parts,
+        body,
+        &facts,
+        id.as_ref().and_then(request::RequestId::made),
+    )
+    .await
+    {
         Ok(resp) => resp,
         Err(e) => {
             tracing::debug!(error = %e, "request failed in the gateway");

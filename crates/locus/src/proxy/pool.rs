@@ -214,6 +214,7 @@ async fn connect(addr: SocketAddr, opts: &PoolOptions<'_>) -> std::io::Result<Bo
 pub async fn send(
     addr: SocketAddr,
     req: &mut Request<ProxyBody>,
+    added: super::request::Added<'_>,
     opts: &PoolOptions<'_>,
     until: Option<tokio::time::Instant>,
 ) -> Result<Response<PooledBody>, SendError> {
@@ -240,7 +241,10 @@ pub async fn send(
             }
         };
         conn.uses += 1;
-        match conn.exchange(req, opts.max_response_head, until).await {
+        match conn
+            .exchange(req, added, opts.max_response_head, until)
+            .await
+        {
             Ok(head) => return Ok(respond(key, conn, head, opts.max_uses)),
             // The endpoint had closed this idle connection: another one carries the request
             // (after it was written, only when sending it twice is harmless).

@@ -31,6 +31,7 @@ pub struct HeadFacts {
     pub transfer_encoding: bool,
     pub upgrade: bool,
     pub forwarded_for: bool,
+    pub forwarded_proto: bool,
 }
 
 impl HeadFacts {
@@ -49,6 +50,8 @@ impl HeadFacts {
             }
         } else if *name == X_FORWARDED_FOR {
             self.forwarded_for = true;
+        } else if *name == X_FORWARDED_PROTO {
+            self.forwarded_proto = true;
         } else if is_hop_by_hop_name(name.as_str().as_bytes()) {
             self.hop_by_hop = true;
             self.transfer_encoding |= *name == header::TRANSFER_ENCODING;
@@ -68,6 +71,52 @@ impl HeadFacts {
 
 /// `x-forwarded-for`: the client's list, which the gateway appends the peer to.
 pub(super) static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+/// `x-forwarded-proto`: the scheme the client used, set by the gateway.
+pub(super) static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
+/// The fields the gateway adds to an upstream request when the client sent none of its own
+/// (`x-request-id` made here, `x-forwarded-for` with the peer's address, `x-forwarded-proto`),
+/// kept beside the request's map and written after its fields by the HTTP/1.1 client instead
+/// of inserted: three inserts of custom names and an allocation for the id were 4% of the
+/// gateway's instructions per request. Whatever reads or edits the request's fields after
+/// they are made (a header filter, a mirror, hyper's HTTP/2 client) gets them in the map
+/// first ([`Added::merge_into`]), so no step sees a head without them.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Added<'a> {
+    pub request_id: Option<&'a [u8; 36]>,
+    pub forwarded_for: Option<&'a HeaderValue>,
+    pub forwarded_proto: Option<&'static str>,
+}
+
+impl Added<'_> {
+    /// The fields as name and value bytes, in the order they are written.
+    pub fn fields(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
+        let id = self
+            .request_id
+            .map(|id| (X_REQUEST_ID.as_str().as_bytes(), &id[..]));
+        let xff = self
+            .forwarded_for
+            .map(|v| (X_FORWARDED_FOR.as_str().as_bytes(), v.as_bytes()));
+        let xfp = self
+            .forwarded_proto
+            .map(|p| (X_FORWARDED_PROTO.as_str().as_bytes(), p.as_bytes()));
+        id.into_iter().chain(xff).chain(xfp)
+    }
+
+    /// Moves the fields into the map (replacing any of the same name); none are left here.
+    pub fn merge_into(&mut self, headers: &mut HeaderMap) {
+        if let Some(id) = self.request_id.take() {
+            let id = HeaderValue::from_bytes(id).expect("hex and dashes are a valid header value");
+            headers.insert(X_REQUEST_ID.clone(), id);
+        }
+        if let Some(v) = self.forwarded_for.take() {
+            headers.insert(X_FORWARDED_FOR.clone(), v.clone());
+        }
+        if let Some(p) = self.forwarded_proto.take() {
+            headers.insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static(p));
+        }
+    }
+}
 
 /// The request's host without port, lower-cased: the target's authority when it has one
 /// (h2's `:authority`, an absolute-form HTTP/1 target: RFC 9112 §3.2.2 says it wins over
@@ -145,6 +194,14 @@ pub(super) enum RequestId {
 }
 
 impl RequestId {
+    /// The id made here, which the upstream request carries as an added field.
+    pub(super) fn made(&self) -> Option<&[u8; 36]> {
+        match self {
+            RequestId::Made(id) => Some(id),
+            RequestId::Sent(_) => None,
+        }
+    }
+
     pub(super) fn value(&self) -> HeaderValue {
         match self {
             RequestId::Sent(v) => v.clone(),

@@ -52,12 +52,14 @@ pub enum RequestFraming {
 
 /// Appends the request head to `out`: the request line, the headers as they are (minus any
 /// framing header, which Locus writes itself from the body it actually sends; a request
-/// without a body whose client said a length says `0`). Returns whether the request asks to
-/// switch protocols (`Upgrade`), read on the way.
-pub fn encode_request_head(
+/// without a body whose client said a length says `0`), then the `added` fields the gateway
+/// kept beside the map. Returns whether the request asks to switch protocols (`Upgrade`),
+/// read on the way.
+pub fn encode_request_head<'a>(
     method: &Method,
     target: &str,
     headers: &HeaderMap,
+    added: impl Iterator<Item = (&'a [u8], &'a [u8])>,
     framing: RequestFraming,
     out: &mut Vec<u8>,
 ) -> bool {
@@ -77,6 +79,9 @@ pub fn encode_request_head(
         }
         upgrade |= name == header::UPGRADE;
         push_field(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+    for (name, value) in added {
+        push_field(out, name, value);
     }
     match framing {
         RequestFraming::None if said_length => out.extend_from_slice(b"content-length: 0\r\n"),
@@ -666,16 +671,19 @@ mod tests {
             HeaderValue::from_static("chunked"),
         );
         let mut out = Vec::new();
+        let added: [(&[u8], &[u8]); 1] = [(b"x-forwarded-proto", b"http")];
         encode_request_head(
             &Method::POST,
             "/x?y=1",
             &h,
+            added.into_iter(),
             RequestFraming::Length(12),
             &mut out,
         );
         assert_eq!(
             String::from_utf8(out).unwrap(),
-            "POST /x?y=1 HTTP/1.1\r\nhost: a.example\r\ncontent-length: 12\r\n\r\n"
+            "POST /x?y=1 HTTP/1.1\r\nhost: a.example\r\nx-forwarded-proto: http\r\n\
+             content-length: 12\r\n\r\n"
         );
         // No body, but the client said a length: `0`. An upgrade is noticed on the way.
         let mut out = Vec::new();
@@ -683,6 +691,7 @@ mod tests {
             &Method::GET,
             "/",
             &h,
+            std::iter::empty(),
             RequestFraming::None,
             &mut out
         ));
@@ -695,11 +704,19 @@ mod tests {
             &Method::GET,
             "/",
             &up,
+            std::iter::empty(),
             RequestFraming::None,
             &mut Vec::new()
         ));
         let mut out = Vec::new();
-        encode_request_head(&Method::PUT, "/", &h, RequestFraming::Chunked, &mut out);
+        encode_request_head(
+            &Method::PUT,
+            "/",
+            &h,
+            std::iter::empty(),
+            RequestFraming::Chunked,
+            &mut out,
+        );
         assert!(String::from_utf8(out)
             .unwrap()
             .ends_with("host: a.example\r\ntransfer-encoding: chunked\r\n\r\n"));

@@ -287,6 +287,7 @@ impl Conn {
     pub async fn exchange(
         &mut self,
         req: &mut Request<ProxyBody>,
+        added: super::request::Added<'_>,
         max_head: usize,
         until: Option<tokio::time::Instant>,
     ) -> Result<ResponseHead, ExchangeError> {
@@ -299,6 +300,7 @@ impl Conn {
             req.method(),
             target,
             req.headers(),
+            added.fields(),
             framing,
             &mut self.wbuf,
         );

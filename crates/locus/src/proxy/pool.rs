@@ -189,11 +189,11 @@ fn put_idle(addr: PoolKey, mut conn: Box<Conn>, max_uses: Option<u32>) {
             idle.sweep(now);
         }
         let list = idle.by_endpoint.entry(addr).or_default();
-        // The oldest is checked on every return: closed or expired ones do not pile up.
-        if list
-            .front()
-            .is_some_and(|c| age(c.since) >= IDLE_TIMEOUT || !c.conn.idle_ok())
-        {
+        // The oldest is checked on every return, by age only: expired ones do not pile up.
+        // One the endpoint closed waits for the next sweep (within `SWEEP_EVERY`) unless a
+        // request takes it first, which looks at it anyway (asking the reactor here on every
+        // return was 2% of the gateway's instructions per request).
+        if list.front().is_some_and(|c| age(c.since) >= IDLE_TIMEOUT) {
             list.pop_front();
         }
         if list.len() < MAX_IDLE_PER_ENDPOINT {

@@ -75,10 +75,7 @@ pub(super) async fn forward(
         };
     // An HTTP/1.1 upgrade (WebSocket): the upgrade headers are hop-by-hop, so they are put back
     // after the head is made, and the client's side of the switch is kept for the tunnel.
-    let upgrade = facts
-        .upgrade
-        .then(|| upgrade_request(parts, target.h2c || action.grpc))
-        .flatten();
+    let upgrade = upgrade_request(parts, facts, target.h2c || action.grpc);
     let mut added = Added {
         request_id: made_id,
         ..Added::default()
@@ -153,8 +150,15 @@ struct Upgrade {
 
 /// `Connection: upgrade` with `Upgrade: websocket` on HTTP/1.1 (an HTTP/2 upstream cannot take
 /// one: the request then goes as a plain request, its upgrade headers removed as hop-by-hop).
-fn upgrade_request(parts: &mut http::request::Parts, h2c_upstream: bool) -> Option<Upgrade> {
-    // The Upgrade header first: absent on nearly every request, one lookup and done.
+fn upgrade_request(
+    parts: &mut http::request::Parts,
+    facts: &HeadFacts,
+    h2c_upstream: bool,
+) -> Option<Upgrade> {
+    // No `Upgrade` field on nearly every request: nothing to look up.
+    if !facts.upgrade {
+        return None;
+    }
     let protocol = parts.headers.get(header::UPGRADE)?.clone();
     if parts.version != Version::HTTP_11 || h2c_upstream {
         return None;
@@ -354,16 +358,13 @@ fn upstream_head<'a>(
     }
     // The peer's address is formatted once per connection; appended to a client's own list.
     if facts.forwarded_for {
-        let prev = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok());
-        match prev.map(|prev| HeaderValue::from_str(&format!("{prev}, {}", info.peer.ip()))) {
-            Some(Ok(v)) => {
-                headers.insert(X_FORWARDED_FOR.clone(), v);
-            }
-            // Not text: replaced by the one hop the gateway knows.
-            _ => {
-                headers.insert(X_FORWARDED_FOR.clone(), info.peer_ip.clone());
-            }
-        }
+        // A list that is not text is replaced by the one hop the gateway knows.
+        let v = headers
+            .get(&X_FORWARDED_FOR)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|prev| HeaderValue::from_str(&format!("{prev}, {}", info.peer.ip())).ok())
+            .unwrap_or_else(|| info.peer_ip.clone());
+        headers.insert(X_FORWARDED_FOR.clone(), v);
     } else {
         added.forwarded_for = Some(&info.peer_ip);
     }

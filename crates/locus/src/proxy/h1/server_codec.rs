@@ -24,7 +24,9 @@ use super::codec::{
 /// Most header fields a request may carry (`--max-request-headers` is bounded by it).
 pub const MAX_HEADER_SLOTS: usize = 1024;
 
-/// Headers the proxy may add to a request before it goes upstream.
+/// Fields the proxy may still put in a request's map: the gateway's own fields (`Added`) when a
+/// header filter, a mirror or an HTTP/2 upstream needs them there, a hop header to another
+/// network, an upgrade's fields.
 const EXTRA_HEADERS: usize = 4;
 
 thread_local! {
@@ -169,8 +171,7 @@ pub fn parse_request_head(
     }
     // Names and values are sliced out of the one frozen head, not copied one by one.
     let head = buf.split_to(len).freeze();
-    // Room for what the proxy adds (`x-request-id`, `x-forwarded-for`, `x-forwarded-proto`):
-    // growing a map on the way was three reallocations per request.
+    // Room for what the proxy may add (a map grown on the way reallocates).
     let mut headers = fields_map(spans.len() + EXTRA_HEADERS);
     let mut lengths = Lengths::default();
     let mut close = false;

@@ -10,7 +10,10 @@
 # builds Locus in release mode, starts identical nginx backends (six endpoints in three
 # localities, plus a direct target), and runs wrk against each contender interleaved
 # (A B C D E, A B C D E, …), each proxy pinned to one core with one worker thread, wrk on the
-# other. Results: bench/results/<date>/results.json and results.md (medians, ratios to peers).
+# other. Results: bench/results/<date>/results.json and results.md (medians, ratios to peers),
+# with each proxy's own CPU time per request and how busy both cores were during its runs: wrk
+# shares its core with the backends, and when that core is full it caps every proxy's req/s
+# alike, where the CPU per request still tells the proxies apart.
 set -uo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
@@ -103,17 +106,36 @@ for t in envoy nginx haproxy locus; do
   echo "   $t: $got" | tee -a "$OUT/meta.txt"
 done
 
+cpu_ticks() {  # user+system clock ticks of a recorded process, its threads and its children
+  local pid p f t=0; pid=$(cat "$RUN/pid.$1" 2>/dev/null) || { echo 0; return; }
+  for p in "$pid" $(pgrep -P "$pid"); do
+    for f in /proc/$p/task/*/stat; do t=$((t + $(awk '{print $14 + $15}' "$f" 2>/dev/null || echo 0))); done
+  done
+  echo "$t"
+}
+core_times() {  # "busy total" jiffies of one CPU (idle and iowait are not busy)
+  awk -v c="cpu$1" '$1 == c {t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t}' /proc/stat
+}
+# Beside each run: the proxy's own CPU time and how busy the load generator's core and the
+# proxy's core were. With wrk and the backends sharing one core, that core can be the limit
+# for every proxy alike; the CPU per request shows what each proxy costs regardless.
 run_wrk() {  # run_wrk TARGET SCENARIO OUTFILE DURATION
   local t=$1 s=$2 out=$3 d=$4 hdr=()
   [[ $s == newconn ]] && hdr=(-H "Connection: close")
-  local sampler=""
+  local sampler="" name=${PROCNAME[$t]:-backend-direct}
   if [[ $t != direct ]]; then
     ( peak=0; while sleep 0.5; do r=$(rss_kb "${PROCNAME[$t]}"); (( r > peak )) && peak=$r; echo "$peak" > "$out.rss"; done ) &
     sampler=$!
   fi
+  local t0 w0 p0 t1 w1 p1
+  t0=$(cpu_ticks "$name"); w0=$(core_times "$WRK_CPU"); p0=$(core_times "$PROXY_CPU")
   pin "$WRK_CPU" wrk -t1 -c"$CONNS" -d"$d" --latency "${hdr[@]}" -s "$HERE/report.lua" \
     "http://127.0.0.1:${PORT[$t]}${PATHQ[$s]}" > "$out" 2>&1
+  t1=$(cpu_ticks "$name"); w1=$(core_times "$WRK_CPU"); p1=$(core_times "$PROXY_CPU")
   if [[ -n $sampler ]]; then kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null; fi
+  # Core lines: busy and total jiffies before, then after.
+  printf 'ticks=%s\nhz=%s\nload_core=%s %s\nproxy_core=%s %s\n' "$((t1 - t0))" "$(getconf CLK_TCK)" \
+    "$w0" "$w1" "$p0" "$p1" > "$out.cpu"
 }
 
 echo "-- warmup"

@@ -5,6 +5,24 @@ import glob, json, os, re, statistics, sys
 
 out = sys.argv[1]
 meta = dict(l.strip().split("=", 1) for l in open(f"{out}/meta.txt") if "=" in l and not l.startswith(" "))
+def cpu_figures(path, requests):
+    """The proxy's CPU per request and how busy both cores were, from run_wrk's .cpu file."""
+    try:
+        kv = dict(l.strip().split("=", 1) for l in open(path) if "=" in l)
+    except OSError:
+        return {}
+    def busy(key):
+        b0, t0, b1, t1 = map(int, kv[key].split())
+        return 100.0 * (b1 - b0) / max(1, t1 - t0)
+    seconds = int(kv["ticks"]) / int(kv["hz"])
+    return {
+        "cpu_us": seconds * 1e6 / requests if requests else None,
+        # Requests one fully busy core would answer at this CPU per request.
+        "per_core": requests / seconds if seconds else None,
+        "load_busy": busy("load_core"),
+        "proxy_busy": busy("proxy_core"),
+    }
+
 rows = {}
 for f in sorted(glob.glob(f"{out}/raw/*-*-[0-9]*.txt")):
     name = os.path.basename(f)[:-4]
@@ -24,6 +42,7 @@ for f in sorted(glob.glob(f"{out}/raw/*-*-[0-9]*.txt")):
         r["rss_kb"] = int(open(f + ".rss").read().strip())
     except (OSError, ValueError):
         r["rss_kb"] = None
+    r.update(cpu_figures(f + ".cpu", r["requests"]))
     rows.setdefault(scenario, {}).setdefault(target, []).append(r)
 
 def med(xs):
@@ -42,6 +61,11 @@ for scenario, targets in rows.items():
             "p999_ms": med([r["p999_us"] / 1000 for r in runs]),
             "errors": sum(r["sock_errors"] + r["non2xx"] for r in runs),
             "rss_peak_kb": med([r["rss_kb"] for r in runs]),
+            "cpu_us": med([r.get("cpu_us") for r in runs]),
+            "cpu_us_runs": [round(r["cpu_us"], 2) for r in runs if r.get("cpu_us")],
+            "per_core": med([r.get("per_core") for r in runs]),
+            "load_busy": med([r.get("load_busy") for r in runs]),
+            "proxy_busy": med([r.get("proxy_busy") for r in runs]),
         }
 json.dump({"meta": meta, "summary": summary}, open(f"{out}/results.json", "w"), indent=2)
 
@@ -67,6 +91,20 @@ for scenario in ["small", "1k", "64k", "newconn"]:
         lines.append(f"| {t} | {v['rps']:,.0f} | {v['p50_ms']:.2f} | {v['p99_ms']:.2f} | {v['p999_ms']:.2f} | "
                      f"{v['errors']} | {rss} | {ratio} |")
     lines.append("")
+    # What each proxy costs, from its own CPU time in the same runs: req/s is capped by
+    # whichever core is full, and wrk shares its core with the backends.
+    if any(s[t].get("cpu_us") for t in s if t != "direct"):
+        lines += ["| target | CPU µs/request | req/s per core (at 100% of one core) | Locus ÷ target, per core | "
+                  "load core busy % | proxy core busy % |", "|---|---:|---:|---:|---:|---:|"]
+        locus_core = s.get("locus", {}).get("per_core")
+        for t in ["envoy", "nginx", "haproxy", "locus", "locus-nometrics"]:
+            v = s.get(t)
+            if not v or not v.get("cpu_us"):
+                continue
+            ratio = f"{locus_core / v['per_core']:.2f}" if locus_core and t != "locus" else "—"
+            lines.append(f"| {t} | {v['cpu_us']:.1f} | {v['per_core']:,.0f} | {ratio} | "
+                         f"{v['load_busy']:.0f} | {v['proxy_busy']:.0f} |")
+        lines.append("")
 mem = ["| proxy | RSS idle MiB |", "|---|---:|"]
 for t in ["envoy", "nginx", "haproxy", "locus"]:
     k = f"rss_idle_kb.{t}"

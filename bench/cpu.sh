@@ -3,6 +3,7 @@
 #
 #   bash bench/cpu.sh                        # 15 interleaved rounds of 5 s each (≈4 min)
 #   ROUNDS=5 DUR=3 bash bench/cpu.sh         # shorter
+#   BIN=/path/to/locus bash bench/cpu.sh      # that binary instead of a fresh release build
 #   BIN2=/path/to/other/locus bash bench/cpu.sh   # a second Locus build beside the first
 #
 # Each proxy alone on cpu1 with one worker, wrk (-t1 -c64) on cpu0 with the peers' backends
@@ -15,9 +16,9 @@ set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
 PEERS=${PEERS:-$ROOT/../shared/peers}
-BIN=${BIN:-$ROOT/target/release/locus}
-[[ -x $BIN ]] || (cd "$ROOT" && cargo build --release --locked -q -p locus)
 source "$PEERS/lib.sh"
+source "$HERE/lib.sh"
+if [[ -n ${BIN:-} ]]; then LOCUS=$BIN; else build_locus; fi
 D=$(mktemp -d)
 trap 'stop_all >/dev/null 2>&1; rm -rf "$D"' EXIT
 ROUNDS=${ROUNDS:-15}; DUR=${DUR:-5}
@@ -28,30 +29,18 @@ start_haproxy >/dev/null 2>&1
 declare -A URL=([nginx]=http://127.0.0.1:10001/ [haproxy]=http://127.0.0.1:10002/)
 declare -A NAME=([nginx]=nginx-proxy [haproxy]=haproxy)
 TARGETS="nginx haproxy"
-start_locus() {  # start_locus NAME BINARY PORT
-  sed "s/port: 10003/port: $3/" "$D/m.yaml" > "$D/$1.yaml"
-  start_bg "$1" "$PROXY_CPU" "$2" serve -f "$D/$1.yaml" --workers 1 --bind 127.0.0.1 --admin off \
-    --locality region-a/zone-a >/dev/null
-  wait_http "http://127.0.0.1:$3/" >/dev/null
-  URL[$1]=http://127.0.0.1:$3/; NAME[$1]=$1; TARGETS="$TARGETS $1"
+add_locus() {  # add_locus NAME PORT: $LOCUS on PORT, measured beside the peers
+  sed "s/port: 10003/port: $2/" "$D/m.yaml" > "$D/$1.yaml"
+  start_locus "$1" "$D/$1.yaml" "$2" --admin off >/dev/null
+  URL[$1]=http://127.0.0.1:$2/; NAME[$1]=$1; TARGETS="$TARGETS $1"
 }
-start_locus locus "$BIN" 10003
-[[ -n ${BIN2:-} ]] && start_locus locus2 "$BIN2" 10004
-
-ticks() {  # "user system" clock ticks of a recorded process, its threads and its children
-  local pid u=0 k=0 p f a b; pid=$(cat "$RUN/pid.$1")
-  for p in "$pid" $(pgrep -P "$pid"); do
-    for f in /proc/$p/task/*/stat; do
-      read -r a b < <(awk '{print $14, $15}' "$f" 2>/dev/null || echo 0 0); u=$((u + a)); k=$((k + b))
-    done
-  done
-  echo "$u $k"
-}
+add_locus locus 10003
+[[ -n ${BIN2:-} ]] && LOCUS=$BIN2 add_locus locus2 10004
 for ((r = 1; r <= ROUNDS; r++)); do
   for t in $TARGETS; do
-    read -r u0 k0 < <(ticks "${NAME[$t]}")
+    read -r u0 k0 < <(cpu_ticks "${NAME[$t]}")
     n=$(pin "$WRK_CPU" wrk -t1 -c64 -d"${DUR}s" "${URL[$t]}" | awk '/requests in/ {print $1}')
-    read -r u1 k1 < <(ticks "${NAME[$t]}")
+    read -r u1 k1 < <(cpu_ticks "${NAME[$t]}")
     echo "$r $t $n $((u1 - u0)) $((k1 - k0))"
   done
 done > "$D/rounds.txt"

@@ -46,3 +46,26 @@ metadata: {name: a, namespace: apps, labels: {app: svc}}
 spec: {address: 127.0.0.1, ${3:+locality: $3, }ports: {http: $1}}
 YAML
 }
+
+# The pieces below use ../shared/peers/lib.sh (source it first): start_bg, wait_http, $RUN.
+
+# start_locus NAME MANIFEST PORT [extra args]: $LOCUS serving MANIFEST alone on the proxy core
+# with one worker, as the peers run; waits until PORT answers 200.
+start_locus() {
+  local name=$1 manifest=$2 port=$3; shift 3
+  start_bg "$name" "$PROXY_CPU" "$LOCUS" serve -f "$manifest" --workers 1 --bind 127.0.0.1 \
+    --locality region-a/zone-a "$@"
+  wait_http "http://127.0.0.1:$port/" 200
+}
+
+# cpu_ticks NAME: "user system" clock ticks of a process start_bg recorded, with its threads
+# and its children (nginx's workers).
+cpu_ticks() {
+  local pid p f a b u=0 k=0; pid=$(cat "$RUN/pid.$1" 2>/dev/null) || { echo 0 0; return; }
+  for p in "$pid" $(pgrep -P "$pid"); do
+    for f in /proc/$p/task/*/stat; do
+      read -r a b < <(awk '{print $14, $15}' "$f" 2>/dev/null || echo 0 0); u=$((u + a)); k=$((k + b))
+    done
+  done
+  echo "$u $k"
+}

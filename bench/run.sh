@@ -24,10 +24,10 @@ if [[ ${SKIP_SETUP:-0} != 1 ]]; then
   bash "$PEERS/setup.sh" >/tmp/locus-bench-setup.log 2>&1 || { tail -20 /tmp/locus-bench-setup.log; exit 1; }
 fi
 source "$PEERS/lib.sh"
+source "$HERE/lib.sh"
 trap 'stop_all' EXIT INT TERM
 
-(cd "$ROOT" && cargo build --release --locked -q -p locus) || exit 1
-LOCUS=$ROOT/target/release/locus
+build_locus || exit 1
 
 ROUNDS=${ROUNDS:-3}; DUR=${DUR:-10s}; CONNS=${CONNS:-64}
 SCENARIOS=(${SCENARIOS:-small 1k 64k newconn})
@@ -74,12 +74,6 @@ for port in 9100 9101 9102 9103 9104 9105 9106; do wait_http "http://127.0.0.1:$
 
 # ------------------------------------------------------------------ proxies
 "$HERE/locus-manifests.sh" > "$P/conf/locus-bench.yaml"
-start_locus() {  # start_locus NAME MANIFEST PORT [extra args]
-  local name=$1 manifest=$2 port=$3; shift 3
-  start_bg "$name" "$PROXY_CPU" "$LOCUS" serve -f "$manifest" --workers 1 --bind 127.0.0.1 \
-    --locality region-a/zone-a "$@"
-  wait_http "http://127.0.0.1:$port/" 200
-}
 start_envoy && start_nginx_proxy && start_haproxy || exit 1
 start_locus locus "$P/conf/locus-bench.yaml" 10003 --admin 127.0.0.1:15000 || exit 1
 # The same gateway with per-request metrics off, to measure what they cost.
@@ -106,13 +100,6 @@ for t in envoy nginx haproxy locus; do
   echo "   $t: $got" | tee -a "$OUT/meta.txt"
 done
 
-cpu_ticks() {  # user+system clock ticks of a recorded process, its threads and its children
-  local pid p f t=0; pid=$(cat "$RUN/pid.$1" 2>/dev/null) || { echo 0; return; }
-  for p in "$pid" $(pgrep -P "$pid"); do
-    for f in /proc/$p/task/*/stat; do t=$((t + $(awk '{print $14 + $15}' "$f" 2>/dev/null || echo 0))); done
-  done
-  echo "$t"
-}
 core_times() {  # "busy total" jiffies of one CPU (idle and iowait are not busy)
   awk -v c="cpu$1" '$1 == c {t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t}' /proc/stat
 }
@@ -127,14 +114,14 @@ run_wrk() {  # run_wrk TARGET SCENARIO OUTFILE DURATION
     ( peak=0; while sleep 0.5; do r=$(rss_kb "${PROCNAME[$t]}"); (( r > peak )) && peak=$r; echo "$peak" > "$out.rss"; done ) &
     sampler=$!
   fi
-  local t0 w0 p0 t1 w1 p1
-  t0=$(cpu_ticks "$name"); w0=$(core_times "$WRK_CPU"); p0=$(core_times "$PROXY_CPU")
+  local u0 k0 w0 p0 u1 k1 w1 p1
+  read -r u0 k0 < <(cpu_ticks "$name"); w0=$(core_times "$WRK_CPU"); p0=$(core_times "$PROXY_CPU")
   pin "$WRK_CPU" wrk -t1 -c"$CONNS" -d"$d" --latency "${hdr[@]}" -s "$HERE/report.lua" \
     "http://127.0.0.1:${PORT[$t]}${PATHQ[$s]}" > "$out" 2>&1
-  t1=$(cpu_ticks "$name"); w1=$(core_times "$WRK_CPU"); p1=$(core_times "$PROXY_CPU")
+  read -r u1 k1 < <(cpu_ticks "$name"); w1=$(core_times "$WRK_CPU"); p1=$(core_times "$PROXY_CPU")
   if [[ -n $sampler ]]; then kill "$sampler" 2>/dev/null; wait "$sampler" 2>/dev/null; fi
   # Core lines: busy and total jiffies before, then after.
-  printf 'ticks=%s\nhz=%s\nload_core=%s %s\nproxy_core=%s %s\n' "$((t1 - t0))" "$(getconf CLK_TCK)" \
+  printf 'ticks=%s\nhz=%s\nload_core=%s %s\nproxy_core=%s %s\n' "$((u1 + k1 - u0 - k0))" "$(getconf CLK_TCK)" \
     "$w0" "$w1" "$p0" "$p1" > "$out.cpu"
 }
 

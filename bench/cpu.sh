@@ -18,7 +18,7 @@ ROOT=$(cd "$HERE/.." && pwd)
 PEERS=${PEERS:-$ROOT/../shared/peers}
 source "$PEERS/lib.sh"
 source "$HERE/lib.sh"
-if [[ -n ${BIN:-} ]]; then LOCUS=$BIN; else build_locus; fi
+build_locus
 D=$(mktemp -d)
 trap 'stop_all >/dev/null 2>&1; rm -rf "$D"' EXIT
 ROUNDS=${ROUNDS:-15}; DUR=${DUR:-5}

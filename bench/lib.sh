@@ -1,9 +1,10 @@
 # bench/lib.sh — what the bench scripts share (source it after setting ROOT).
 
-# Builds the release binary and sets LOCUS to it.
+# Builds the release binary and sets LOCUS to it; BIN=path uses that binary instead (no build).
 build_locus() {
-  (cd "$ROOT" && cargo build --release --locked -q -p locus)
-  LOCUS=$ROOT/target/release/locus
+  if [[ -n ${BIN:-} ]]; then LOCUS=$BIN; return; fi
+  (cd "$ROOT" && cargo build --release --locked -q -p locus) || return 1
+  LOCUS=${CARGO_TARGET_DIR:-$ROOT/target}/release/locus
 }
 
 # start_echo NAME DIR: starts `locus echo` on a free port; sets ECHO_PORT (and ECHO_PID).

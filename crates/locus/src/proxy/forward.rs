@@ -632,12 +632,12 @@ impl Exchange<'_> {
 
             let mut attempt = Attempt::start(target.clone(), idx, health, n > 1, now);
             attempt.set_request_bytes(body.len());
-            let this_try = per_try.map(|t| tokio::time::Instant::now() + t);
+            let this_try = per_try.map(|t| tokio::time::Instant::from_std(now) + t);
             let until = match (deadline, this_try) {
                 (Some(a), Some(b)) => Some(a.min(b)),
                 (a, b) => a.or(b),
             };
-            let sent = self.send(addr, req, until).await;
+            let sent = self.send(addr, req, until, now).await;
             if self.h2c() {
                 // What hyper's HTTP/2 client took is gone; a retry makes the request again.
                 upstream = None;
@@ -743,6 +743,7 @@ impl Exchange<'_> {
         addr: SocketAddr,
         req: &mut Request<ProxyBody>,
         until: Option<tokio::time::Instant>,
+        now: std::time::Instant,
     ) -> Result<Response<pool::PooledBody>, SendFailure> {
         let timed_out = || SendFailure {
             fault: Fault::Timeout,
@@ -781,7 +782,7 @@ impl Exchange<'_> {
         }
         let opts = pool::PoolOptions::new(&self.shared.limits, &self.target.health.upstream);
         // The HTTP/1.1 connection keeps its own timer for `until` (see `h1::Deadline`).
-        pool::send(addr, req, self.added, &opts, until)
+        pool::send(addr, req, self.added, &opts, until, now)
             .await
             .map_err(|e| match e {
                 SendError::Connect(io) => SendFailure {

@@ -91,7 +91,16 @@ pub(super) fn send_mirror(
                     Err(e) => Err(e.to_string()),
                 },
                 (None, _) => {
-                    match pool::send(addr, &mut req, Default::default(), &opts, None).await {
+                    match pool::send(
+                        addr,
+                        &mut req,
+                        Default::default(),
+                        &opts,
+                        None,
+                        std::time::Instant::now(),
+                    )
+                    .await
+                    {
                         Ok(resp) => {
                             let status = resp.status();
                             let _ = resp.into_body().collect().await;

@@ -163,11 +163,10 @@ pub enum SendError {
     Exchange(ExchangeError),
 }
 
-fn take_idle(addr: PoolKey, idle_timeout: Duration) -> Option<Box<Conn>> {
+fn take_idle(addr: PoolKey, idle_timeout: Duration, now: Instant) -> Option<Box<Conn>> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.by_endpoint.get_mut(&addr)?;
-        let now = Instant::now();
         while let Some(c) = list.pop_back() {
             if c.conn.idle_ok() && now.saturating_duration_since(c.since) < idle_timeout {
                 return Some(c.conn);
@@ -177,13 +176,14 @@ fn take_idle(addr: PoolKey, idle_timeout: Duration) -> Option<Box<Conn>> {
     })
 }
 
+/// The connection's age counts from when its last request began ([`Conn::began`]).
 fn put_idle(addr: PoolKey, mut conn: Box<Conn>, max_uses: Option<u32>) {
+    let now = conn.began;
     if max_uses.is_some_and(|m| conn.uses >= m) || !conn.reusable() {
         return;
     }
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
-        let now = Instant::now();
         let age = |t: Instant| now.saturating_duration_since(t);
         if idle.swept.is_none_or(|t| age(t) >= SWEEP_EVERY) {
             idle.sweep(now);
@@ -217,13 +217,14 @@ pub async fn send(
     added: super::request::Added<'_>,
     opts: &PoolOptions<'_>,
     until: Option<tokio::time::Instant>,
+    now: Instant,
 ) -> Result<Response<PooledBody>, SendError> {
     let key = pool_key(addr, opts);
     loop {
         // Pooled connections first; a new one when none is left. Connecting is per
         // connection, not per request: boxed, so the request's future does not carry (and
         // move) the connect state every time.
-        let mut conn = match take_idle(key, opts.idle_timeout) {
+        let mut conn = match take_idle(key, opts.idle_timeout, now) {
             Some(c) => c,
             None => {
                 let connecting = Box::pin(connect(addr, opts));
@@ -241,6 +242,7 @@ pub async fn send(
             }
         };
         conn.uses += 1;
+        conn.began = now;
         match conn
             .exchange(req, added, opts.max_response_head, until)
             .await

@@ -128,6 +128,10 @@ pub struct Conn {
     spans: Vec<[usize; 4]>,
     /// Requests this connection has carried.
     pub uses: u32,
+    /// When the request it carries, or carried last, began: the pool's idle stamp, so a
+    /// connection can only look older than it is (closed a little early, never reused late),
+    /// and the request path reads the clock once for the attempt instead of again here.
+    pub began: std::time::Instant,
     /// The last read returned less than it was offered: the socket had nothing more.
     drained: bool,
     /// The request body was sent in full (an early answer can cut an upload short).
@@ -219,6 +223,7 @@ impl Conn {
             wbuf: Vec::new(),
             spans: Vec::new(),
             uses: 0,
+            began: std::time::Instant::now(),
             drained: true,
             request_done: true,
             upgrade_asked: false,

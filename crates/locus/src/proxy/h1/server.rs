@@ -93,7 +93,7 @@ pub async fn serve(
             .await?
         {
             NextHead::Head(h) => h,
-            NextHead::Closed => return Ok(Ended::Closed),
+            NextHead::Closed => return Ok(conn.close()),
             NextHead::Switch => {
                 let read = conn.read.take().expect("held between requests");
                 let io = read.reunite(conn.write).map_err(|e| e.to_string())?;
@@ -106,7 +106,7 @@ pub async fn serve(
                 conn.wbuf.clear();
                 encode_refusal(e.status(), &mut conn.wbuf);
                 conn.write.write_all(&conn.wbuf).await?;
-                return Ok(Ended::Closed);
+                return Ok(conn.close());
             }
         };
         let RequestHead {
@@ -158,7 +158,7 @@ pub async fn serve(
             poll_fn(|cx| conn.poll_run(handling.as_mut(), &mut continue_rx, &mut watch, cx)).await
         else {
             // The client closed with its request in flight: cancelled.
-            return Ok(Ended::Closed);
+            return Ok(conn.close());
         };
         draining = draining || shared.connections.draining();
         let keep = keep_alive && !draining && !closes(&resp);
@@ -171,15 +171,15 @@ pub async fn serve(
             .write_response(resp, &method, version, persistence, trailers)
             .await?;
         if !(keep && wrote) {
-            return Ok(Ended::Closed);
+            return Ok(conn.close());
         }
         // The request's body, with the read half and what was read past it, comes back.
         if let Some(mut back) = body_back {
             let Ok(returned) = back.try_recv() else {
-                return Ok(Ended::Closed);
+                return Ok(conn.close());
             };
             if !conn.take_back(returned) {
-                return Ok(Ended::Closed);
+                return Ok(conn.close());
             }
         }
         if conn.rbuf.capacity() > KEEP_BUFFER && conn.rbuf.is_empty() {
@@ -211,6 +211,17 @@ enum NextHead {
 }
 
 impl Conn {
+    /// Closes the connection, its halves put back together first: a write half dropped alone
+    /// sends a `shutdown(SHUT_WR)` before the close, one syscall more per connection for what
+    /// `close` does anyway. (While a request body holds the read half, the write half goes
+    /// alone.)
+    fn close(self) -> Ended {
+        if let Some(read) = self.read {
+            drop(read.reunite(self.write));
+        }
+        Ended::Closed
+    }
+
     /// Reads until a whole head is in the buffer (or the connection ends).
     async fn next_head(
         &mut self,

@@ -167,8 +167,9 @@ fn take_idle(addr: PoolKey, idle_timeout: Duration, now: Instant) -> Option<Box<
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.by_endpoint.get_mut(&addr)?;
-        while let Some(c) = list.pop_back() {
+        while let Some(mut c) = list.pop_back() {
             if c.conn.idle_ok() && now.saturating_duration_since(c.since) < idle_timeout {
+                c.conn.began = now;
                 return Some(c.conn);
             }
         }
@@ -202,10 +203,14 @@ fn put_idle(addr: PoolKey, mut conn: Box<Conn>, max_uses: Option<u32>) {
     });
 }
 
-async fn connect(addr: SocketAddr, opts: &PoolOptions<'_>) -> std::io::Result<Box<Conn>> {
+async fn connect(
+    addr: SocketAddr,
+    opts: &PoolOptions<'_>,
+    now: Instant,
+) -> std::io::Result<Box<Conn>> {
     let tls = opts.tls.map(|t| (t, false));
     let stream = connect::connect(addr, tls, opts.connect_timeout).await?;
-    Ok(Box::new(Conn::new(stream)))
+    Ok(Box::new(Conn::new(stream, now)))
 }
 
 /// Sends `req` to `addr` over a pooled or new connection, with its response head by `until`.
@@ -227,7 +232,7 @@ pub async fn send(
         let mut conn = match take_idle(key, opts.idle_timeout, now) {
             Some(c) => c,
             None => {
-                let connecting = Box::pin(connect(addr, opts));
+                let connecting = Box::pin(connect(addr, opts, now));
                 let connected = match until {
                     Some(at) => match tokio::time::timeout_at(at, connecting).await {
                         Ok(c) => c,
@@ -242,7 +247,6 @@ pub async fn send(
             }
         };
         conn.uses += 1;
-        conn.began = now;
         match conn
             .exchange(req, added, opts.max_response_head, until)
             .await

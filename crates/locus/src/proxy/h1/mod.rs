@@ -216,14 +216,15 @@ impl BodyState {
 }
 
 impl Conn {
-    pub fn new(stream: Stream) -> Self {
+    /// A new connection, made for a request that began at `began`.
+    pub fn new(stream: Stream, began: std::time::Instant) -> Self {
         Conn {
             stream,
             rbuf: BytesMut::new(),
             wbuf: Vec::new(),
             spans: Vec::new(),
             uses: 0,
-            began: std::time::Instant::now(),
+            began,
             drained: true,
             request_done: true,
             upgrade_asked: false,

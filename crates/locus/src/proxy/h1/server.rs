@@ -95,10 +95,10 @@ pub async fn serve(
             NextHead::Head(h) => h,
             NextHead::Closed => return Ok(conn.close()),
             NextHead::Switch => {
-                let read = conn.read.take().expect("held between requests");
-                let io = read.reunite(conn.write).map_err(|e| e.to_string())?;
+                let (io, pre) = conn.into_whole();
+                let io = io.ok_or("the read half is held by a request body")?;
                 return Ok(Ended::HandOff(Rewind {
-                    pre: conn.rbuf.freeze(),
+                    pre: pre.freeze(),
                     io,
                 }));
             }
@@ -211,14 +211,17 @@ enum NextHead {
 }
 
 impl Conn {
-    /// Closes the connection, its halves put back together first: a write half dropped alone
-    /// sends a `shutdown(SHUT_WR)` before the close, one syscall more per connection for what
-    /// `close` does anyway. (While a request body holds the read half, the write half goes
-    /// alone.)
+    /// The socket whole again (`None` while a request body holds the read half), and what
+    /// was read past the last request.
+    fn into_whole(self) -> (Option<TcpStream>, BytesMut) {
+        let io = self.read.and_then(|read| read.reunite(self.write).ok());
+        (io, self.rbuf)
+    }
+
+    /// Closes the connection whole: a write half dropped alone sends a `shutdown(SHUT_WR)`
+    /// before the close, one syscall more per connection for what `close` does anyway.
     fn close(self) -> Ended {
-        if let Some(read) = self.read {
-            drop(read.reunite(self.write));
-        }
+        drop(self.into_whole());
         Ended::Closed
     }
 

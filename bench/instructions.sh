@@ -7,7 +7,9 @@
 # Starts the peers' nginx backends (../shared/peers, setup.sh must have run), Locus with one
 # worker under `valgrind --tool=callgrind` on the bench manifest, warms up with wrk for 3 s,
 # zeroes the counters, runs wrk (-t1 -c16) for 5 s, dumps, and prints total instructions over
-# requests answered. Compare builds in the same way, one after the other.
+# requests answered, and the locked instructions among them (bench/locked.py: each costs about
+# 5 ns here, a full barrier, so they weigh far more than their count). Compare builds in the
+# same way, one after the other. KEEP=file keeps the dump (per-instruction, --dump-instr=yes).
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
@@ -21,7 +23,7 @@ VP=
 trap 'kill $VP 2>/dev/null; stop_all >/dev/null 2>&1; rm -rf "$D"' EXIT
 start_backends >/dev/null 2>&1
 "$HERE/locus-manifests.sh" > "$D/m.yaml"
-valgrind --tool=callgrind --callgrind-out-file="$D/cg.%p" "$BIN" serve -f "$D/m.yaml" --workers 1 \
+valgrind --tool=callgrind --dump-instr=yes --callgrind-out-file="$D/cg.%p" "$BIN" serve -f "$D/m.yaml" --workers 1 \
   --bind 127.0.0.1 --admin off --locality region-a/zone-a ${LOCUS_ARGS:-} >/dev/null 2>&1 &
 VP=$!
 for _ in $(seq 100); do curl -s -o /dev/null http://127.0.0.1:10003/ && break; sleep 0.2; done
@@ -33,4 +35,5 @@ for _ in $(seq 30); do ls "$D"/cg.*.* >/dev/null 2>&1 && break; sleep 1; done; s
 DUMP=$(ls -t "$D"/cg.*.* | head -1)
 TOTAL=$(grep -h "^summary:\|^totals:" "$DUMP" | head -1 | awk '{print $2}')
 echo "$(basename "$BIN"): requests=$N instructions/request=$((TOTAL / N))"
+python3 "$HERE/locked.py" "$DUMP" "$N" "${TOP:-0}"
 [[ -n ${KEEP:-} ]] && cp "$DUMP" "$KEEP"

@@ -59,7 +59,8 @@ impl AsyncWrite for Stream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
-            Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            // A direct `send`, without glibc's cancellation-point bookkeeping.
+            Stream::Plain(s) => crate::direct_io::poll_send(s, cx, buf),
             Stream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
         }
     }

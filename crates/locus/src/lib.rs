@@ -11,6 +11,7 @@ pub mod check;
 pub mod connect;
 pub mod data_plane;
 pub mod demo;
+pub mod direct_io;
 pub mod discovery;
 pub mod echo;
 #[doc(hidden)]

@@ -11,7 +11,7 @@
 
 use std::mem::MaybeUninit;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
 
@@ -184,11 +184,14 @@ impl Fields {
 /// Each field is written anew from its name and value, never passed on as its line, so
 /// httparse's leniencies (a bare LF) never reach the client.
 ///
-/// Boxed, with the positions in an array inside: one allocation, and the response that carries
-/// it stays small to move.
+/// Boxed, with the positions in an array inside, so the response that carries it stays small
+/// to move. The head is copied out of the connection's read buffer, not split off it: a split
+/// shares the buffer, and taking and dropping that share are two locked instructions per
+/// response, where copying a head of a few hundred bytes is cheaper. The box, and the room in
+/// it, is reused ([`RawFields::recycle`]).
 #[derive(Debug, Clone)]
 pub struct RawFields {
-    head: Bytes,
+    head: Vec<u8>,
     len: usize,
     spans: [[u16; 4]; MAX_RAW_FIELDS],
 }
@@ -196,7 +199,44 @@ pub struct RawFields {
 /// More fields than this (or a head past 64 KiB) go to a map.
 const MAX_RAW_FIELDS: usize = 32;
 
+thread_local! {
+    /// Boxes of fields kept for this thread's next responses (as `SPARE_MAPS` for requests):
+    /// the boxes themselves are what is reused, so the list holds boxes.
+    #[allow(clippy::vec_box)]
+    static SPARE_FIELDS: std::cell::RefCell<Vec<Box<RawFields>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+const SPARE_FIELDS_KEPT: usize = 64;
+/// A spare keeps a head's room up to this size.
+const SPARE_HEAD_CAPACITY: usize = 4096;
+
 impl RawFields {
+    /// An empty box, reused when this thread has one spare.
+    fn spare() -> Box<RawFields> {
+        SPARE_FIELDS
+            .with(|s| s.borrow_mut().pop())
+            .unwrap_or_else(|| {
+                Box::new(RawFields {
+                    head: Vec::new(),
+                    len: 0,
+                    spans: [[0; 4]; MAX_RAW_FIELDS],
+                })
+            })
+    }
+
+    /// Gives the box back for reuse once its fields are written.
+    pub fn recycle(self: Box<Self>) {
+        if self.head.capacity() > SPARE_HEAD_CAPACITY {
+            return;
+        }
+        SPARE_FIELDS.with(|s| {
+            let mut spare = s.borrow_mut();
+            if spare.len() < SPARE_FIELDS_KEPT {
+                spare.push(self);
+            }
+        });
+    }
+
     fn spans(&self) -> impl Iterator<Item = [usize; 4]> + '_ {
         self.spans[..self.len].iter().map(|s| s.map(usize::from))
     }
@@ -216,11 +256,13 @@ impl RawFields {
     /// The fields in a map, followed by those the gateway has `added` since (appended: a
     /// `Set-Cookie` of the gateway's goes beside the endpoint's, where `HeaderMap`'s `extend`
     /// would replace it).
-    pub fn into_map(self, added: HeaderMap) -> HeaderMap {
+    pub fn into_map(mut self, added: HeaderMap) -> HeaderMap {
         let mut map = HeaderMap::with_capacity(self.len + added.len());
+        // The values become slices of one buffer, the head's.
+        let head = Bytes::from(std::mem::take(&mut self.head));
         for span in self.spans() {
             // httparse checked names and values by the same rules `http` does, so none fails.
-            if let Ok((name, value)) = field(&self.head, span) {
+            if let Ok((name, value)) = field(&head, span) {
                 map.append(name, value);
             }
         }
@@ -270,7 +312,7 @@ pub fn parse_response_head(
     if len > max_head {
         return Err(ProtoError::HeadTooLarge(max_head));
     }
-    let head = buf.split_to(len).freeze();
+    let head = &buf[..len];
     let status = StatusCode::from_u16(code).map_err(|_| ProtoError::Head("invalid status"))?;
     let version = if minor == 1 {
         Version::HTTP_11
@@ -318,7 +360,8 @@ pub fn parse_response_head(
         kept += 1;
     }
     spans.truncate(kept);
-    let fields = if to_map || kept > MAX_RAW_FIELDS || head.len() > usize::from(u16::MAX) {
+    let fields = if to_map || kept > MAX_RAW_FIELDS || len > usize::from(u16::MAX) {
+        let head = buf.split_to(len).freeze();
         let mut headers = HeaderMap::with_capacity(spans.len());
         for &span in spans.iter() {
             let (name, value) = field(&head, span).map_err(ProtoError::Head)?;
@@ -326,15 +369,15 @@ pub fn parse_response_head(
         }
         Fields::Map(headers)
     } else {
-        let mut raw = Box::new(RawFields {
-            head,
-            len: kept,
-            spans: [[0; 4]; MAX_RAW_FIELDS],
-        });
+        let mut raw = RawFields::spare();
+        raw.head.clear();
+        raw.head.extend_from_slice(head);
+        raw.len = kept;
         for (to, from) in raw.spans.iter_mut().zip(spans.iter()) {
             // The head is shorter than 64 KiB: every position fits.
             *to = from.map(|p| p as u16);
         }
+        buf.advance(len);
         Fields::Raw(raw)
     };
     let framing = if status.is_informational()

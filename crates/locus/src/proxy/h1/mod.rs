@@ -31,6 +31,7 @@ use self::codec::{Chunk, ChunkedDecoder, Framing, ProtoError, RequestFraming, Re
 use super::body::ProxyBody;
 use super::outcome::BoxError;
 use crate::connect::Stream;
+use crate::direct_io;
 
 /// Spare room kept in the read buffer before each read.
 const READ_SIZE: usize = 16 * 1024;
@@ -69,10 +70,18 @@ pub enum ExchangeError {
 /// gateway's. This one lives as long as the connection and is moved only when it fires: it
 /// stays armed at an earlier deadline, and firing before the current one simply re-arms it
 /// there. A connection busy with short requests re-arms it about once per timeout period.
+///
+/// Nor is it polled again while it waits for the same task: polling a timer registers the
+/// task's waker with it again (two locked instructions, and about 120 more), which a connection
+/// waiting for its next request did once per request.
 #[derive(Debug, Default)]
 pub struct Deadline {
     at: Option<tokio::time::Instant>,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The task the armed timer will wake (its waker's data and vtable addresses), once it has
+    /// been polled since it was last armed. While the timer is armed it holds that waker, and
+    /// so that task: no other task can take its addresses meanwhile.
+    armed_for: Option<(usize, usize)>,
 }
 
 impl Deadline {
@@ -93,13 +102,25 @@ impl Deadline {
         if at < timer.deadline() {
             // A shorter timeout than the one armed (another route's per-try timeout).
             timer.as_mut().reset(at);
+            self.armed_for = None;
         }
-        while timer.as_mut().poll(cx).is_ready() {
+        let task = waker_identity(cx.waker());
+        if self.armed_for == Some(task) && !timer.is_elapsed() {
+            return false;
+        }
+        // Unconstrained: a timer polled with the task's budget spent answers Pending without
+        // taking the waker, and skipping the next polls would then leave nobody to wake.
+        while Pin::new(&mut tokio::task::unconstrained(timer.as_mut()))
+            .poll(cx)
+            .is_ready()
+        {
             if timer.deadline() >= at {
+                self.armed_for = None;
                 return true;
             }
             timer.as_mut().reset(at);
         }
+        self.armed_for = Some(task);
         false
     }
 
@@ -116,6 +137,15 @@ impl Deadline {
         })
         .await
     }
+}
+
+/// Which task a waker wakes, as two addresses (a `Deadline` moves between threads with its
+/// connection, so it keeps no pointers).
+fn waker_identity(waker: &Waker) -> (usize, usize) {
+    (
+        waker.data() as usize,
+        std::ptr::from_ref(waker.vtable()) as usize,
+    )
 }
 
 /// One upstream connection and its buffers, reused across requests.
@@ -500,7 +530,7 @@ impl Conn {
                     None => {}
                 }
             }
-            let n = match self.poll_fill(cx) {
+            let n = match self.poll_fill(cx, true) {
                 Poll::Ready(n) => n.map_err(ExchangeError::Io)?,
                 Poll::Pending if self.deadline.passed(cx) => {
                     return Poll::Ready(Err(ExchangeError::Timeout))
@@ -522,20 +552,35 @@ impl Conn {
         }
     }
 
-    /// Reads what the socket has into the read buffer; `0` is the end of the stream.
-    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+    /// Reads what the socket has into the read buffer; `0` is the end of the stream. A
+    /// response head (and the small body that usually comes with it) is read with a direct
+    /// `recv` ([`direct_io`]), a body's further bytes straight into the buffer.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, head: bool) -> Poll<io::Result<usize>> {
         if self.rbuf.capacity() - self.rbuf.len() < READ_SIZE / 4 {
             self.rbuf.reserve(READ_SIZE);
         }
         let offered = self.rbuf.capacity() - self.rbuf.len();
-        // `poll_read` (not `try_read`): on a short read tokio clears the readiness it saw
-        // before reading, race-free, so bytes arriving later still wake `idle_ok`.
-        let n = ready!(tokio_util::io::poll_read_buf(
-            Pin::new(&mut self.stream),
-            cx,
-            &mut self.rbuf
-        ))?;
-        self.drained = n < offered;
+        // Either way a short read clears the readiness seen before it, race-free, so bytes
+        // arriving later still wake `idle_ok`.
+        let (n, asked) = match &self.stream {
+            Stream::Plain(tcp) if head => {
+                let asked = offered.min(direct_io::SCRATCH);
+                let rbuf = &mut self.rbuf;
+                let n = ready!(
+                    direct_io::poll_recv(tcp, cx, asked, |data| rbuf.extend_from_slice(data))
+                )?;
+                (n, asked)
+            }
+            _ => {
+                let n = ready!(tokio_util::io::poll_read_buf(
+                    Pin::new(&mut self.stream),
+                    cx,
+                    &mut self.rbuf
+                ))?;
+                (n, offered)
+            }
+        };
+        self.drained = n < asked;
         Poll::Ready(Ok(n))
     }
 
@@ -558,7 +603,7 @@ impl Conn {
             if let Some(frame) = state.next_frame(&mut self.rbuf)? {
                 return Poll::Ready(frame.map(Ok));
             }
-            let n = ready!(self.poll_fill(cx)).map_err(ExchangeError::Io)?;
+            let n = ready!(self.poll_fill(cx, false)).map_err(ExchangeError::Io)?;
             if n == 0 {
                 if matches!(state, BodyState::UntilClose) {
                     *state = BodyState::Done;

@@ -35,6 +35,7 @@ use super::server_codec::{
     RequestHead, ResponseFraming,
 };
 use super::{BodyState, Deadline};
+use crate::direct_io;
 use crate::proxy::body::{ClientIn, ProxyBody};
 use crate::proxy::outcome::BoxError;
 use crate::proxy::{ConnInfo, Shared};
@@ -57,7 +58,7 @@ pub enum Ended {
 struct Conn {
     /// `None` while a request body holds it.
     read: Option<OwnedReadHalf>,
-    write: OwnedWriteHalf,
+    write: ClientWrite,
     rbuf: BytesMut,
     wbuf: Vec<u8>,
     spans: Vec<[usize; 4]>,
@@ -74,7 +75,7 @@ pub async fn serve(
     let (read, write) = stream.into_split();
     let mut conn = Conn {
         read: Some(read),
-        write,
+        write: ClientWrite(write),
         rbuf: BytesMut::new(),
         wbuf: Vec::new(),
         spans: Vec::new(),
@@ -214,7 +215,7 @@ impl Conn {
     /// The socket whole again (`None` while a request body holds the read half), and what
     /// was read past the last request.
     fn into_whole(self) -> (Option<TcpStream>, BytesMut) {
-        let io = self.read.and_then(|read| read.reunite(self.write).ok());
+        let io = self.read.and_then(|read| read.reunite(self.write.0).ok());
         (io, self.rbuf)
     }
 
@@ -363,6 +364,9 @@ impl Conn {
             persistence,
             &mut self.wbuf,
         );
+        if let Some(fields) = fields {
+            fields.recycle();
+        }
         if framing == ResponseFraming::Bodiless {
             drop(body);
             self.write.write_all(&self.wbuf).await?;
@@ -506,7 +510,47 @@ fn poll_fill(
     if buf.capacity() - buf.len() < READ_SIZE / 4 {
         buf.reserve(READ_SIZE);
     }
+    let room = buf.capacity() - buf.len();
+    direct_io::poll_recv(read.as_ref(), cx, room, |data| buf.extend_from_slice(data))
+}
+
+/// Reads more of a request body into `buf`, straight into its spare room.
+fn poll_fill_body(
+    read: &mut OwnedReadHalf,
+    buf: &mut BytesMut,
+    cx: &mut Context<'_>,
+) -> Poll<io::Result<usize>> {
+    if buf.capacity() - buf.len() < READ_SIZE / 4 {
+        buf.reserve(READ_SIZE);
+    }
     tokio_util::io::poll_read_buf(Pin::new(read), cx, buf)
+}
+
+/// The client connection's write half, written with direct `send`s ([`direct_io`]).
+struct ClientWrite(OwnedWriteHalf);
+
+impl ClientWrite {
+    fn try_write(&self, data: &[u8]) -> io::Result<usize> {
+        self.0.try_write(data)
+    }
+}
+
+impl AsyncWrite for ClientWrite {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        direct_io::poll_send(self.0.as_ref(), cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }
 
 /// A request body read off the client connection by whoever sends it upstream. When it is
@@ -576,7 +620,7 @@ impl Body for RequestBody {
                     )))))
                 }
             }
-            let n = match ready!(poll_fill(&mut r.read, &mut r.buf, cx)) {
+            let n = match ready!(poll_fill_body(&mut r.read, &mut r.buf, cx)) {
                 Ok(n) => n,
                 Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
             };

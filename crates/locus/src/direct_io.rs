@@ -1,11 +1,11 @@
 //! `send` and `recv` on a TCP socket as system calls made directly (rustix), not through
 //! glibc's wrappers.
 //!
-//! glibc's `send` and `recv` are thread cancellation points: each marks the thread
-//! cancellable before the system call and not after, two locked instructions (about 5 ns each
-//! on this machine) around every read and write. The gateway makes four of them per proxied
-//! request, so that was eight of its 68 locked instructions per request, and nginx, calling
-//! glibc too, pays the same. Locus never cancels threads.
+//! glibc's `send` and `recv` are thread cancellation points: in a process with more than one
+//! thread, each marks the thread cancellable before the system call and not after, two locked
+//! instructions (about 5 ns each on this machine) around every read and write. The gateway
+//! makes four of them per proxied request, so that was 8 of its 78 locked instructions per
+//! request (single-threaded nginx pays none of it). Locus never cancels threads.
 //!
 //! Readiness is kept as tokio keeps it for its own reads and writes: a short read or write
 //! clears the readiness seen before it (race-free: one that arrived meanwhile is kept), so the

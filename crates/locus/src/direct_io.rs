@@ -40,15 +40,8 @@ pub fn poll_send(tcp: &TcpStream, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::
             sent = rustix::net::send(tcp, buf, SendFlags::NOSIGNAL)?;
             short(sent, buf.len())
         });
-        match r {
-            Ok(()) => return Poll::Ready(Ok(sent)),
-            // Readiness is cleared: a short write returns what it sent, a refused one waits.
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if sent > 0 {
-                    return Poll::Ready(Ok(sent));
-                }
-            }
-            Err(e) => return Poll::Ready(Err(e)),
+        if let Some(done) = settle(r, sent) {
+            return Poll::Ready(done);
         }
     }
 }
@@ -76,15 +69,19 @@ pub fn poll_recv(
                 short(n, want)
             })
         });
-        match r {
-            Ok(()) => return Poll::Ready(Ok(got)),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if got > 0 {
-                    return Poll::Ready(Ok(got));
-                }
-            }
-            Err(e) => return Poll::Ready(Err(e)),
+        if let Some(done) = settle(r, got) {
+            return Poll::Ready(done);
         }
+    }
+}
+
+/// What one attempt comes to: the bytes it moved (a short transfer's too, its readiness now
+/// cleared), or `None` when the socket refused before moving any: wait for the reactor.
+fn settle(r: io::Result<()>, moved: usize) -> Option<io::Result<usize>> {
+    match r {
+        Ok(()) => Some(Ok(moved)),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => (moved > 0).then_some(Ok(moved)),
+        Err(e) => Some(Err(e)),
     }
 }
 

@@ -3,12 +3,12 @@
 //! nginx's smooth weighted round robin mutates per-peer counters on every pick, which needs a
 //! lock. Instead we precompute one period of the same kind of smooth sequence with an
 //! earliest-deadline-first scan (the scheduler Envoy uses for weighted hosts) and let requests
-//! walk it with one relaxed atomic increment: a pick is O(1) whatever the endpoint count, and
+//! walk it with a relaxed atomic cursor ([`step`]): a pick is O(1) whatever the endpoint count, and
 //! concurrent picks never wait on each other.
 
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
-use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
+use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
 
 /// A period longer than this is scaled down (weights kept in proportion, each at least 1) so a
 /// snapshot of many heavily weighted endpoints stays a few hundred KiB at most.
@@ -18,11 +18,22 @@ const MAX_PERIOD: u64 = 1 << 16;
 /// robin exactly; beyond it an O(period · log n) earliest-deadline-first scan is used instead.
 const EXACT_SWRR_WORK: u64 = 1 << 22;
 
+/// The counter's value, and one more for the next pick or draw: a load and a store, not a
+/// locked `fetch_add` (about 5 ns on the request path). Workers stepping at the same instant
+/// may take the same value, which only repeats one item of a rotation (or of a spread or random
+/// sequence); one worker's steps follow the sequence exactly.
+#[inline]
+pub(crate) fn step(counter: &AtomicU64) -> u64 {
+    let n = counter.load(AtomicOrdering::Relaxed);
+    counter.store(n.wrapping_add(1), AtomicOrdering::Relaxed);
+    n
+}
+
 /// One period of a smooth weighted sequence over `items`, walked by an atomic cursor.
 #[derive(Debug)]
 pub struct WeightedSchedule {
     sequence: Box<[u32]>,
-    cursor: AtomicUsize,
+    cursor: AtomicU64,
 }
 
 #[derive(PartialEq, Eq)]
@@ -109,7 +120,7 @@ impl WeightedSchedule {
         if entries.is_empty() {
             return WeightedSchedule {
                 sequence: Box::new([]),
-                cursor: AtomicUsize::new(0),
+                cursor: AtomicU64::new(0),
             };
         }
         let divisor = entries.iter().fold(0, |g, (_, w)| gcd(g, *w));
@@ -128,7 +139,7 @@ impl WeightedSchedule {
             // Equal weights: the sequence is the items in order.
             return WeightedSchedule {
                 sequence: entries.iter().map(|(i, _)| *i).collect(),
-                cursor: AtomicUsize::new(0),
+                cursor: AtomicU64::new(0),
             };
         }
         let sequence = if total.saturating_mul(entries.len() as u64) <= EXACT_SWRR_WORK {
@@ -138,7 +149,7 @@ impl WeightedSchedule {
         };
         WeightedSchedule {
             sequence: sequence.into_boxed_slice(),
-            cursor: AtomicUsize::new(0),
+            cursor: AtomicU64::new(0),
         }
     }
 
@@ -158,13 +169,7 @@ impl WeightedSchedule {
         if len == 0 {
             return None;
         }
-        // A load and a store, not `fetch_add`: a locked add costs a request path about 5 ns.
-        // Two workers stepping at the same instant may take the same item, which only nudges
-        // the rotation; one worker's picks follow the sequence exactly.
-        let n = self.cursor.load(AtomicOrdering::Relaxed);
-        self.cursor
-            .store(n.wrapping_add(1), AtomicOrdering::Relaxed);
-        Some(self.sequence[n % len])
+        Some(self.sequence[(step(&self.cursor) % len as u64) as usize])
     }
 
     /// The item at position `r` (mod the period): a weighted random pick for a random `r`.

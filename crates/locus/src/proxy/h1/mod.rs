@@ -148,6 +148,14 @@ fn waker_identity(waker: &Waker) -> (usize, usize) {
     )
 }
 
+/// Grows `buf` by `size` when less than a quarter of that is spare, and says how much is.
+pub(super) fn make_room(buf: &mut BytesMut, size: usize) -> usize {
+    if buf.capacity() - buf.len() < size / 4 {
+        buf.reserve(size);
+    }
+    buf.capacity() - buf.len()
+}
+
 /// One upstream connection and its buffers, reused across requests.
 #[derive(Debug)]
 pub struct Conn {
@@ -554,10 +562,7 @@ impl Conn {
     /// response head (and the small body that usually comes with it) is read with a direct
     /// `recv` ([`direct_io`]), a body's further bytes straight into the buffer.
     fn poll_fill(&mut self, cx: &mut Context<'_>, head: bool) -> Poll<io::Result<usize>> {
-        if self.rbuf.capacity() - self.rbuf.len() < READ_SIZE / 4 {
-            self.rbuf.reserve(READ_SIZE);
-        }
-        let offered = self.rbuf.capacity() - self.rbuf.len();
+        let offered = make_room(&mut self.rbuf, READ_SIZE);
         // Either way a short read clears the readiness seen before it, race-free, so bytes
         // arriving later still wake `idle_ok`.
         let (n, asked) = match &self.stream {

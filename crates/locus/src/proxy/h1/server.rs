@@ -34,7 +34,7 @@ use super::server_codec::{
     encode_refusal, encode_response_head, parse_request_head, HeadError, Parsed, Persistence,
     RequestHead, ResponseFraming,
 };
-use super::{BodyState, Deadline};
+use super::{make_room, BodyState, Deadline};
 use crate::direct_io;
 use crate::proxy::body::{ClientIn, ProxyBody};
 use crate::proxy::outcome::BoxError;
@@ -507,10 +507,7 @@ fn poll_fill(
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
-    if buf.capacity() - buf.len() < READ_SIZE / 4 {
-        buf.reserve(READ_SIZE);
-    }
-    let room = buf.capacity() - buf.len();
+    let room = make_room(buf, READ_SIZE);
     direct_io::poll_recv(read.as_ref(), cx, room, |data| buf.extend_from_slice(data))
 }
 
@@ -520,9 +517,7 @@ fn poll_fill_body(
     buf: &mut BytesMut,
     cx: &mut Context<'_>,
 ) -> Poll<io::Result<usize>> {
-    if buf.capacity() - buf.len() < READ_SIZE / 4 {
-        buf.reserve(READ_SIZE);
-    }
+    make_room(buf, READ_SIZE);
     tokio_util::io::poll_read_buf(Pin::new(read), cx, buf)
 }
 

@@ -7,7 +7,9 @@ barrier), so they weigh far more than their share of the instruction count.
 
 Finds every `lock`-prefixed instruction (and `xchg` with memory, locked implicitly) in each
 object the dump covers with objdump, sums how often callgrind saw each execute, and prints the
-total per request and the functions they sit in."""
+total per request and the functions they sit in. Also prints the hot code: the 64-byte lines
+of code run in at least half of the requests, the request path's footprint in the
+instruction cache."""
 import collections
 import re
 import subprocess
@@ -63,7 +65,8 @@ def main():
     dump, requests = sys.argv[1], int(sys.argv[2])
     top = int(sys.argv[3]) if len(sys.argv) > 3 else 0
     total, by_fn = 0, collections.Counter()
-    for obj, counts in executed(dump).items():
+    counts_by_obj = executed(dump)
+    for obj, counts in counts_by_obj.items():
         if not obj or not obj.startswith("/"):
             continue
         for a, (op, fn) in locked_addresses(obj).items():
@@ -71,7 +74,10 @@ def main():
             total += n
             if n:
                 by_fn[(op, fn)] += n
-    print(f"locked instructions/request={total / requests:.1f}")
+    hot = {(obj, a // 64) for obj, c in counts_by_obj.items() for a, n in c.items()
+           if n >= requests / 2}
+    print(f"locked instructions/request={total / requests:.1f} "
+          f"hot code lines={len(hot)} ({len(hot) * 64 / 1024:.0f} KiB)")
     for (op, fn), n in by_fn.most_common(top):
         print(f"  {n / requests:5.2f}  {op:13} {fn[:110]}")
 

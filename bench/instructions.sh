@@ -11,7 +11,11 @@
 # requests answered, and the locked instructions among them (bench/locked.py: each costs about
 # 5 ns here, a full barrier, so they weigh far more than their count). Compare builds in the
 # same way, one after the other. KEEP=file keeps the dump (per-instruction, --dump-instr=yes).
-# CACHE_SIM=1 adds callgrind's cache simulation and prints its L1i misses per request.
+# CACHE_SIM=1 adds callgrind's cache and branch simulation, and prints per request its L1i
+# misses and a modelled cycle count: instructions, plus 10 cycles per L1 miss (code or data),
+# 100 per last-level miss, 15 per mispredicted branch and 15 per locked instruction. A model
+# (no prefetch, a simple predictor), for comparing builds and proxies on this machine, which
+# exposes no cycle counters.
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/.." && pwd)
@@ -22,10 +26,11 @@ command -v valgrind >/dev/null || apt-get install -y -qq valgrind >/dev/null
 source "$PEERS/lib.sh"
 D=$(mktemp -d)
 VP=
-trap 'kill $VP 2>/dev/null; stop_all >/dev/null 2>&1; rm -rf "$D"' EXIT
+# Waits for the proxy to exit: the next run binds the same port.
+trap 'kill $VP 2>/dev/null; wait $VP 2>/dev/null; stop_all >/dev/null 2>&1; rm -rf "$D"' EXIT
 start_backends >/dev/null 2>&1
 CG=(valgrind --tool=callgrind --dump-instr=yes --callgrind-out-file="$D/cg.%p")
-[[ -n ${CACHE_SIM:-} ]] && CG+=(--cache-sim=yes)
+[[ -n ${CACHE_SIM:-} ]] && CG+=(--cache-sim=yes --branch-sim=yes)
 if [[ $BIN == nginx ]]; then
   # One process (no master), on a port of its own, the peers' proxy configuration otherwise.
   PORT=10011
@@ -48,9 +53,16 @@ for _ in $(seq 30); do ls "$D"/cg.*.* >/dev/null 2>&1 && break; sleep 1; done; s
 DUMP=$(ls -t "$D"/cg.*.* | head -1)
 TOTAL=$(grep -h "^summary:\|^totals:" "$DUMP" | head -1 | awk '{print $2}')
 echo "$(basename "$BIN"): requests=$N instructions/request=$((TOTAL / N))"
-python3 "$HERE/locked.py" "$DUMP" "$N" "${TOP:-0}"
+REPORT=$(python3 "$HERE/locked.py" "$DUMP" "$N" "${TOP:-0}")
+echo "$REPORT"
+LOCKED=$(sed -n 's/^locked instructions\/request=\([0-9.]*\).*/\1/p' <<<"$REPORT")
 if [[ -n ${CACHE_SIM:-} ]]; then
-  awk -v n="$N" '/^events:/ {for (i = 2; i <= NF; i++) col[$i] = i} /^summary:/ {
-    printf "simulated L1i misses/request=%.0f\n", $(col["I1mr"]) / n }' "$DUMP"
+  awk -v n="$N" -v locked="$LOCKED" '/^events:/ {for (i = 2; i <= NF; i++) col[$i] = i} /^summary:/ {
+    for (k in col) v[k] = $(col[k]) / n
+    l1 = v["I1mr"] + v["D1mr"] + v["D1mw"]; ll = v["ILmr"] + v["DLmr"] + v["DLmw"]
+    br = v["Bcm"] + v["Bim"]
+    printf "simulated L1i misses/request=%.0f L1d misses=%.0f mispredicted branches=%.0f\n", v["I1mr"], v["D1mr"] + v["D1mw"], br
+    printf "modelled cycles/request=%.0f (instructions %.0f, L1i %.0f, L1d %.0f, last level %.0f, branches %.0f, locked %.0f)\n", \
+      v["Ir"] + 10 * l1 + 100 * ll + 15 * br + 15 * locked, v["Ir"], 10 * v["I1mr"], 10 * (v["D1mr"] + v["D1mw"]), 100 * ll, 15 * br, 15 * locked }' "$DUMP"
 fi
 [[ -n ${KEEP:-} ]] && cp "$DUMP" "$KEEP"

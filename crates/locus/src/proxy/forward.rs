@@ -108,8 +108,12 @@ pub(super) async fn forward(
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         parts.headers.insert(header::UPGRADE, u.protocol.clone());
     }
-    let mut body =
-        RequestBody::read(body, &target, &action, shared.limits.body_idle_timeout).await?;
+    // Most requests have no body: they skip making and polling `read`'s future.
+    let mut body = if body.is_end_stream() {
+        RequestBody::Replay(Bytes::new())
+    } else {
+        RequestBody::read(body, &target, &action, shared.limits.body_idle_timeout).await?
+    };
     // A WebSocket handshake is not mirrored: a copy could switch a mirror's connection too.
     for (mirror, fraction) in action.mirrors.iter().filter(|_| upgrade.is_none()) {
         if action.mirror_this(*fraction) {
@@ -435,15 +439,14 @@ enum RequestBody {
 }
 
 impl RequestBody {
+    /// A body that is not known empty: read whole when a retry or a mirror may replay it and
+    /// it is small, else streamed.
     async fn read(
         body: ClientIn,
         target: &ServiceTarget,
         action: &RuleAction,
         idle: Option<std::time::Duration>,
     ) -> Result<Self, ProxyError> {
-        if body.is_end_stream() {
-            return Ok(RequestBody::Replay(Bytes::new()));
-        }
         let small = body.size_hint().upper().is_some_and(|n| n <= REPLAY_LIMIT);
         let (body, state) = ClientBody::new(body, idle);
         if (target.health.retry.attempts > 0 || !action.mirrors.is_empty()) && small {

@@ -38,6 +38,29 @@ impl ProxyBody {
         }
     }
 
+    /// The whole rest of the body appended to `out`, when it is at hand (already read from
+    /// the endpoint, or the gateway's own) and at most `limit` bytes: a small response goes
+    /// out with its head in one write, with no frame made for it. `false`: nothing copied.
+    pub fn copy_buffered(&mut self, out: &mut Vec<u8>, limit: u64) -> bool {
+        match self {
+            ProxyBody::Upstream(b) => match b.body.copy_buffered(out, limit) {
+                Some(n) => {
+                    b.attempt.add_response_bytes(n);
+                    true
+                }
+                None => false,
+            },
+            ProxyBody::Full(Some(d)) if d.len() as u64 > limit => false,
+            ProxyBody::Full(d) => {
+                if let Some(d) = d.take() {
+                    out.extend_from_slice(&d);
+                }
+                true
+            }
+            ProxyBody::Client(_) => false,
+        }
+    }
+
     pub fn text(s: impl Into<Bytes>) -> Self {
         let b: Bytes = s.into();
         if b.is_empty() {

@@ -338,6 +338,21 @@ impl PooledBody {
         }
     }
 
+    /// The rest of the body appended to `out`, when the connection's buffer holds all of it
+    /// (at most `limit` bytes; see `Conn::copy_buffered_body`), the connection then back in
+    /// the pool. `None`: nothing copied; read it frame by frame.
+    pub fn copy_buffered(&mut self, out: &mut Vec<u8>, limit: u64) -> Option<u64> {
+        let PooledBody::H1(body) = self else {
+            return None;
+        };
+        let n = body
+            .conn
+            .as_mut()?
+            .copy_buffered_body(&mut body.state, out, limit)?;
+        body.release();
+        Some(n)
+    }
+
     /// The connection of a `101 Switching Protocols` response: its socket and the bytes the
     /// endpoint sent after the head.
     pub fn take_upgraded(&mut self) -> Option<(Stream, bytes::BytesMut)> {

@@ -372,6 +372,15 @@ impl Conn {
             self.write.write_all(&self.wbuf).await?;
             return Ok(persistence != Persistence::Close);
         }
+        if matches!(framing, ResponseFraming::Length(_))
+            && body.copy_buffered(&mut self.wbuf, COPY_LIMIT as u64)
+        {
+            // All of it is at hand (the usual small response): it goes out with the head. The
+            // body is done with before the bytes go out, as at `Step::End` below.
+            drop(body);
+            self.write.write_all(&self.wbuf).await?;
+            return Ok(persistence != Persistence::Close);
+        }
         let mut left = match framing {
             ResponseFraming::Length(n) => Some(n),
             _ => None,

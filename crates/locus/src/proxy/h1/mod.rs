@@ -587,7 +587,6 @@ impl Conn {
         Poll::Ready(Ok(n))
     }
 
-    /// The next piece of the response body.
     /// Copies the rest of a length-delimited body into `out` when this connection's buffer
     /// already holds all of it (at most `limit` bytes) and no upload is still going out: the
     /// usual small response, written with its head, with no frame made for it (taking a frame
@@ -612,6 +611,7 @@ impl Conn {
         Some(n)
     }
 
+    /// The next piece of the response body.
     pub fn poll_body(
         &mut self,
         state: &mut BodyState,

@@ -367,16 +367,14 @@ impl Conn {
         if let Some(fields) = fields {
             fields.recycle();
         }
-        if framing == ResponseFraming::Bodiless {
-            drop(body);
-            self.write.write_all(&self.wbuf).await?;
-            return Ok(persistence != Persistence::Close);
-        }
-        if matches!(framing, ResponseFraming::Length(_))
-            && body.copy_buffered(&mut self.wbuf, COPY_LIMIT as u64)
-        {
-            // All of it is at hand (the usual small response): it goes out with the head. The
-            // body is done with before the bytes go out, as at `Step::End` below.
+        // No body to send, or all of it at hand (the usual small response, copied in after the
+        // head): one write. The body is done with before the bytes go out, as at `Step::End`.
+        let whole = match framing {
+            ResponseFraming::Bodiless => true,
+            ResponseFraming::Length(_) => body.copy_buffered(&mut self.wbuf, COPY_LIMIT as u64),
+            _ => false,
+        };
+        if whole {
             drop(body);
             self.write.write_all(&self.wbuf).await?;
             return Ok(persistence != Persistence::Close);

@@ -16,7 +16,10 @@
 //! - a request header `X-Echo-Set-Header: Name:value,Name2:value2` makes the response carry
 //!   those headers (how response header filters are tested);
 //! - a query parameter `delay=DURATION` (`500ms`, `1s`) delays the answer (how timeouts are
-//!   tested).
+//!   tested);
+//! - query parameters `uuid=ID&responseCode=NNN&succeedAfter=N[&delayRetry=DURATION]` make
+//!   the first N requests carrying that ID fail with NNN (each after the delay) and the ones
+//!   after it succeed (how retries are tested).
 //!
 //! With `--tls-cert` and `--tls-key` it serves HTTPS (HTTP/1.1, and HTTP/2 by ALPN), and the
 //! JSON echo says which server name (SNI) the client asked for.
@@ -65,6 +68,7 @@ pub async fn serve_with(
         busy: AtomicU32::new(0),
         answered: AtomicU64::new(0),
         work,
+        retries: Default::default(),
     });
     let builder = auto::Builder::new(TokioExecutor::new());
     loop {
@@ -116,6 +120,8 @@ struct State {
     /// Requests answered, `/_echo/…` ones aside.
     answered: AtomicU64,
     work: Option<Duration>,
+    /// Requests seen per retry-simulation ID. A test backend's bookkeeping: a lock is fine.
+    retries: std::sync::Mutex<std::collections::HashMap<String, u32>>,
 }
 
 /// A TLS server configuration for the echo backend from PEM files (HTTP/2 and HTTP/1.1 by
@@ -184,6 +190,10 @@ async fn respond(
     if let Some(delay) = query_delay(req.uri().query()) {
         tokio::time::sleep(delay).await;
     }
+    let simulated = simulated_failure(state, req.uri().query());
+    if let Some((_, Some(delay))) = simulated {
+        tokio::time::sleep(delay).await;
+    }
     let set_headers = req
         .headers()
         .get("x-echo-set-header")
@@ -200,6 +210,9 @@ async fn respond(
     } else if let Some(code) = path.strip_prefix("/_echo/fail/") {
         fail.store(code.parse().unwrap_or(0), Ordering::Relaxed);
         Bytes::from(format!("{name} fail status set to {code}"))
+    } else if let Some((code, _)) = simulated {
+        status = code;
+        Bytes::from(format!("{name} failing as asked"))
     } else if forced != 0 {
         status = StatusCode::from_u16(forced).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         Bytes::from(format!("{name} failing on purpose"))
@@ -269,9 +282,32 @@ async fn respond(
     resp
 }
 
+/// The retry simulation: whether this request of its `uuid` is one of the first
+/// `succeedAfter`, to be answered with `responseCode` after `delayRetry`.
+fn simulated_failure(state: &State, query: Option<&str>) -> Option<(StatusCode, Option<Duration>)> {
+    let param = |name: &str| {
+        query?
+            .split('&')
+            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+    };
+    let id = param("uuid")?;
+    let code = StatusCode::from_u16(param("responseCode")?.parse().ok()?).ok()?;
+    let fail_first: u32 = param("succeedAfter")?.parse().ok()?;
+    let seen = {
+        let mut retries = state.retries.lock().unwrap_or_else(|e| e.into_inner());
+        let n = retries.entry(id.to_owned()).or_default();
+        *n += 1;
+        *n
+    };
+    (seen <= fail_first).then(|| (code, param("delayRetry").and_then(duration)))
+}
+
 /// The `delay` query parameter: `250ms`, `1s` (a bare number is milliseconds).
 fn query_delay(query: Option<&str>) -> Option<Duration> {
-    let value = query?.split('&').find_map(|kv| kv.strip_prefix("delay="))?;
+    duration(query?.split('&').find_map(|kv| kv.strip_prefix("delay="))?)
+}
+
+fn duration(value: &str) -> Option<Duration> {
     if let Some(ms) = value.strip_suffix("ms") {
         return ms.parse().ok().map(Duration::from_millis);
     }

@@ -2926,6 +2926,205 @@ async fn httproute_timeout_request() {
     .await;
 }
 
+/// A rule matching `prefix` with these `retry` and `timeouts` fields (flow mappings' insides),
+/// to `infra-backend-v3`.
+fn retry_rule(prefix: &str, retry: &str, timeouts: &str) -> String {
+    let timeouts = if timeouts.is_empty() {
+        String::new()
+    } else {
+        format!("    timeouts: {{{timeouts}}}\n")
+    };
+    format!("  - matches: [{{path: {{type: PathPrefix, value: {prefix}}}}}]\n    retry: {{{retry}}}\n{timeouts}    backendRefs: [{{name: {V3}, port: 8080}}]\n")
+}
+
+/// Sends each case `(path, responseCode, succeedAfter, delayRetry, expected status)` with its
+/// own retry-simulation ID (the echo fails that ID's first `succeedAfter` requests), and
+/// returns how many requests the backend answered in all.
+async fn retry_cases(w: &World, cases: &[(&str, u16, u32, &str, u16)]) -> u64 {
+    static IDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let before = w.answered(V3).await;
+    for (path, code, fail_first, delay, want) in cases {
+        let i = IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let delay = if delay.is_empty() {
+            String::new()
+        } else {
+            format!("&delayRetry={delay}")
+        };
+        let r = w
+            .send(
+                "GET",
+                "example.com",
+                &format!(
+                    "{path}?uuid=case-{i}&responseCode={code}&succeedAfter={fail_first}{delay}"
+                ),
+                &[],
+            )
+            .await;
+        assert_eq!(
+            r.status, *want,
+            "case {i}: {path}, {code} for the first {fail_first}: {}",
+            r.body
+        );
+    }
+    w.answered(V3).await - before
+}
+
+/// HTTPRouteRetry: a rule's `retry` retries the codes it lists, up to `attempts` more times,
+/// on the Service's one endpoint; the backend's error reaches the client when the retries run
+/// out, and a code not listed is not retried. The backend's count of requests proves each
+/// retry was made, and no more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_retry() {
+    let all = "codes: [500, 502, 503, 504]";
+    let w = World::start(
+        "same-namespace",
+        &route(
+            "retries",
+            "same-namespace",
+            &[
+                retry_rule(
+                    "/retry/code-500-attempts-3",
+                    "codes: [500], attempts: 3",
+                    "",
+                ),
+                retry_rule(
+                    "/retry/code-all-attempts-2",
+                    &format!("{all}, attempts: 2"),
+                    "",
+                ),
+                retry_rule(
+                    "/retry/code-all-attempts-0",
+                    &format!("{all}, attempts: 0"),
+                    "",
+                ),
+            ]
+            .concat(),
+        ),
+    );
+    assert_accepted(&w.config().await, "retries", "same-namespace", None);
+    let (three, two) = ("/retry/code-500-attempts-3", "/retry/code-all-attempts-2");
+    let sent = retry_cases(
+        &w,
+        &[
+            (three, 500, 2, "", 200),
+            (three, 500, 4, "", 500),
+            (three, 503, 2, "", 503),
+            (two, 500, 1, "", 200),
+            (two, 500, 3, "", 500),
+            (two, 502, 1, "", 200),
+            (two, 502, 3, "", 502),
+            (two, 503, 1, "", 200),
+            (two, 503, 3, "", 503),
+            (two, 504, 1, "", 200),
+            (two, 504, 3, "", 504),
+            ("/retry/code-all-attempts-0", 500, 1, "", 500),
+        ],
+    )
+    .await;
+    assert_eq!(sent, 3 + 4 + 1 + 2 + 3 + 2 + 3 + 2 + 3 + 2 + 3 + 1);
+}
+
+/// HTTPRouteRetryWithTimeouts: an attempt cut off by `timeouts.backendRequest` is retried
+/// (with no codes listed), and the client gets 504 when every attempt was; the retries stop,
+/// with a 504, when `timeouts.request` runs out. And a rule's `retry.backoff` spaces the
+/// attempts, never past the request's deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_retry_with_timeouts() {
+    let w = World::start(
+        "same-namespace",
+        &route(
+            "retries-with-timeouts",
+            "same-namespace",
+            &[
+                retry_rule(
+                    "/retry/backend-request-timeout-200ms",
+                    "attempts: 2",
+                    "backendRequest: 200ms",
+                ),
+                retry_rule(
+                    "/retry/request-timeout-200ms",
+                    "codes: [500], attempts: 5",
+                    "backendRequest: 200ms, request: 400ms",
+                ),
+                retry_rule(
+                    "/retry/backoff-300ms",
+                    "codes: [500], attempts: 2, backoff: 300ms",
+                    "",
+                ),
+                retry_rule(
+                    "/retry/backoff-past-deadline",
+                    "codes: [500], attempts: 2, backoff: 1s",
+                    "request: 500ms",
+                ),
+            ]
+            .concat(),
+        ),
+    );
+    assert_accepted(
+        &w.config().await,
+        "retries-with-timeouts",
+        "same-namespace",
+        None,
+    );
+    let sent = retry_cases(
+        &w,
+        &[
+            ("/retry/backend-request-timeout-200ms", 500, 2, "300ms", 200),
+            ("/retry/backend-request-timeout-200ms", 500, 3, "300ms", 504),
+            ("/retry/request-timeout-200ms", 500, 1, "", 200),
+            ("/retry/request-timeout-200ms", 500, 4, "100ms", 504),
+        ],
+    )
+    .await;
+    // Answered by the backend (an attempt cut off by its timeout is not): 1 of 3, none of 3,
+    // 2, and the 100 ms attempts that fit in 400 ms.
+    assert!((1 + 2 + 3..=1 + 2 + 4).contains(&sent), "{sent} requests");
+
+    let started = std::time::Instant::now();
+    let sent = retry_cases(&w, &[("/retry/backoff-300ms", 500, 2, "", 200)]).await;
+    assert_eq!(sent, 3);
+    assert!(started.elapsed() >= std::time::Duration::from_millis(600));
+    let started = std::time::Instant::now();
+    let sent = retry_cases(&w, &[("/retry/backoff-past-deadline", 500, 1, "", 504)]).await;
+    assert_eq!(sent, 1, "no attempt after the deadline");
+    assert!(started.elapsed() < std::time::Duration::from_millis(1000));
+}
+
+/// HTTPRouteRetryConnectionError: a Service with one endpoint that refuses connections and
+/// one that answers; with a rule's `retry` every request is answered 200 by the healthy one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_retry_connection_error() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let svc = "infra-backend-connection-error";
+    let endpoint = |variant: &str, port: &str| {
+        format!("apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {svc}-{variant}, namespace: {INFRA}, labels: {{app: {svc}}}}}\nspec: {{address: 127.0.0.1, ports: {{http: {port}}}}}\n---\n")
+    };
+    let manifests = route(
+        "retries-connection-error",
+        "same-namespace",
+        &format!("  - matches: [{{path: {{type: PathPrefix, value: /retry-on-connection-errors}}}}]\n    retry: {{attempts: 100}}\n    backendRefs: [{{name: {svc}, port: 8080}}]\n"),
+    ) + &format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {svc}, namespace: {INFRA}}}\nspec:\n  selector: {{app: {svc}}}\n  ports: [{{name: http, port: 8080, targetPort: 3000}}]\n---\n")
+        + &endpoint("broken", &closed.to_string())
+        // The healthy endpoint is infra-backend-v1's echo, which the route does not name.
+        + &endpoint("healthy", &format!("@port-of-{V1}"))
+        + &format!("# {V1} runs for the healthy endpoint\n");
+    let w = World::start("same-namespace", &manifests);
+    assert_accepted(
+        &w.config().await,
+        "retries-connection-error",
+        "same-namespace",
+        None,
+    );
+    for _ in 0..20 {
+        w.expect_gets(&[("example.com", "/retry-on-connection-errors", V1)])
+            .await;
+    }
+}
+
 // ───────────────────────── gateway attachment ─────────────────────────
 
 /// GatewayHTTPListenerIsolation: on Gateways with listeners for no hostname, `*.example.com`,

@@ -329,8 +329,9 @@ impl Model {
                     g.controller = model.gateway_classes.get(&g.class).cloned();
                     model.gateways.push(g);
                 }
-                Resource::HttpRoute(route) => {
-                    let built = routes::build(&ctx, route, &model.grants, &mut model.warnings);
+                Resource::HttpRoute(route, retries) => {
+                    let built =
+                        routes::build(&ctx, route, retries, &model.grants, &mut model.warnings);
                     model.add_route(&ctx, &**route, RouteKind::Http, built)?;
                 }
                 Resource::GrpcRoute(route) => {

@@ -52,6 +52,14 @@ pub struct RetryPolicy {
     pub attempts: u32,
     pub statuses: Vec<u16>,
     pub per_try_timeout: Option<Duration>,
+    /// The least time between two attempts (HTTPRoute `retry.backoff`).
+    pub backoff: Option<Duration>,
+    /// An HTTPRoute rule's `retry` (GEP-1731), which asks more than a Service's policy: every
+    /// connection error (a reset of a request that is not idempotent too) and an attempt's own
+    /// timeout (`timeouts.backendRequest`) are retried, and once every endpoint has been tried
+    /// the next attempt goes back to them rather than giving up (a one-endpoint Service still
+    /// gets its retries).
+    pub route_rule: bool,
 }
 
 impl Default for RetryPolicy {
@@ -60,6 +68,8 @@ impl Default for RetryPolicy {
             attempts: 2,
             statuses: Vec::new(),
             per_try_timeout: None,
+            backoff: None,
+            route_rule: false,
         }
     }
 }
@@ -933,6 +943,7 @@ fn retry_from_envoy_gateway(
         attempts: r.num_retries.unwrap_or(2),
         statuses,
         per_try_timeout,
+        ..RetryPolicy::default()
     })
 }
 

@@ -11,6 +11,7 @@ use regex::Regex;
 
 use super::multicluster::{import_key, virtual_destination_key};
 use super::{name_of, namespace_of, DocCtx, GrantModel, ObjKey};
+use crate::resources::experimental::HttpRouteRetry;
 use crate::resources::multicluster::{GLOO_GROUP, MCS_GROUP};
 use crate::resources::{ConfigError, Origin};
 
@@ -85,6 +86,8 @@ pub struct RuleModel {
     pub request_timeout: Option<Duration>,
     /// `timeouts.backendRequest`: each attempt. Zero: none.
     pub backend_request_timeout: Option<Duration>,
+    /// `retry` (experimental channel): in place of the Service's retry policy.
+    pub retry: Option<super::RetryPolicy>,
 }
 
 #[derive(Clone, Debug)]
@@ -252,6 +255,7 @@ fn build_match(
 pub(super) fn build(
     ctx: &DocCtx<'_>,
     route: &HttpRoute,
+    retries: &[Option<HttpRouteRetry>],
     grants: &[super::GrantModel],
     warnings: &mut Vec<String>,
 ) -> Result<RouteModel, ConfigError> {
@@ -417,6 +421,10 @@ pub(super) fn build(
                 ));
             }
         }
+        let retry = match retries.get(r) {
+            Some(Some(retry)) => Some(route_retry(ctx, &field, retry)?),
+            _ => None,
+        };
         rules.push(RuleModel {
             matches,
             backends,
@@ -424,6 +432,7 @@ pub(super) fn build(
             filters,
             request_timeout,
             backend_request_timeout,
+            retry,
         });
     }
     Ok(RouteModel {
@@ -575,9 +584,45 @@ pub(super) fn build_grpc(
     value["kind"] = "HTTPRoute".into();
     let http: HttpRoute = serde_json::from_value(value)
         .map_err(|e| ctx.error("spec", format!("cannot be read as a route: {e}")))?;
-    let mut model = build(ctx, &http, grants, warnings)?;
+    let mut model = build(ctx, &http, &[], grants, warnings)?;
     model.kind = RouteKind::Grpc;
     Ok(model)
+}
+
+/// An HTTPRoute rule's `retry`: codes 400–599 (as the API's validation allows), attempts
+/// (default 2, as a Service's policy), the backoff a duration.
+fn route_retry(
+    ctx: &DocCtx<'_>,
+    field: &str,
+    retry: &HttpRouteRetry,
+) -> Result<super::RetryPolicy, ConfigError> {
+    for (i, code) in retry.codes.iter().enumerate() {
+        if !(400..=599).contains(code) {
+            return Err(ctx.error(
+                &format!("{field}.retry.codes[{i}]"),
+                format!("{code} is outside 400..=599"),
+            ));
+        }
+    }
+    let backoff = match retry.backoff.as_deref() {
+        None => None,
+        Some(s) => Some(parse_duration(s).ok_or_else(|| {
+            ctx.error(
+                &format!("{field}.retry.backoff"),
+                format!("{s:?} is not a duration (e.g. 100ms, 1s)"),
+            )
+        })?),
+    };
+    let mut statuses = retry.codes.clone();
+    statuses.sort_unstable();
+    statuses.dedup();
+    Ok(super::RetryPolicy {
+        attempts: retry.attempts.unwrap_or(2),
+        statuses,
+        per_try_timeout: None,
+        backoff: backoff.filter(|b| !b.is_zero()),
+        route_rule: true,
+    })
 }
 
 /// A GRPCRoute method match as an HTTPRoute path match.

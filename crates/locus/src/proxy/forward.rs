@@ -26,6 +26,7 @@ use super::request::{
 use super::upstream_tls;
 use super::{mirror, ConnInfo, Shared};
 use crate::health::ms_at;
+use crate::model::RetryPolicy;
 use crate::routing::{Backend, RuleAction, ServiceTarget, EAST_WEST_HEADER};
 
 /// Bodies up to this size are buffered so a request can be retried on another endpoint.
@@ -449,7 +450,7 @@ impl RequestBody {
     ) -> Result<Self, ProxyError> {
         let small = body.size_hint().upper().is_some_and(|n| n <= REPLAY_LIMIT);
         let (body, state) = ClientBody::new(body, idle);
-        if (target.health.retry.attempts > 0 || !action.mirrors.is_empty()) && small {
+        if (retry_policy(action, target).attempts > 0 || !action.mirrors.is_empty()) && small {
             // A client whose body breaks here never reached an endpoint: a plain 400 (408 when
             // it stalled). Boxed: most requests have no body, and need not carry the state.
             let bytes = match Box::pin(body.collect()).await {
@@ -504,6 +505,11 @@ impl RequestBody {
     }
 }
 
+/// The retry policy a request follows: its HTTPRoute rule's, else its Service's.
+fn retry_policy<'a>(action: &'a RuleAction, target: &'a ServiceTarget) -> &'a RetryPolicy {
+    action.retry.as_ref().unwrap_or(&target.health.retry)
+}
+
 /// A failed send: whose fault, and what happened.
 struct SendFailure {
     fault: Fault,
@@ -532,7 +538,7 @@ impl Exchange<'_> {
         mut upgrade: Option<Upgrade>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let target = self.target;
-        let retry = &target.health.retry;
+        let retry = retry_policy(self.action, target);
         let max_attempts = match *body {
             RequestBody::Replay(_) => retry.attempts + 1,
             RequestBody::Stream(..) => 1,
@@ -583,7 +589,12 @@ impl Exchange<'_> {
         let mut upstream: Option<Request<ProxyBody>> = None;
 
         for n in 1..=max_attempts {
-            let first = tried.is_empty().then_some((&*parts, &mut set_cookie));
+            if n > 1 {
+                if let Some(backoff) = retry.backoff {
+                    self.back_off(backoff, deadline, overall, &tried).await?;
+                }
+            }
+            let first = (n == 1).then_some((&*parts, &mut set_cookie));
             // One clock read for the pick and the attempt's start (the first attempt's is the
             // request's).
             let now = if n == 1 {
@@ -591,12 +602,20 @@ impl Exchange<'_> {
             } else {
                 std::time::Instant::now()
             };
-            let (addr, health, tier, idx, via) =
-                match pick_endpoint(target, &tried, ms_at(now), first, self.info) {
-                    Ok(p) => p,
-                    // Nothing left to retry on: the client gets the error that made us retry.
-                    Err(e) => return Err(last_error.unwrap_or(e)),
-                };
+            let picked = match pick_endpoint(target, &tried, ms_at(now), first, self.info) {
+                // An HTTPRoute retry goes back to the endpoints already tried once none is
+                // left untried.
+                Err(_) if retry.route_rule && !tried.is_empty() => {
+                    tried.clear();
+                    pick_endpoint(target, &tried, ms_at(now), None, self.info)
+                }
+                picked => picked,
+            };
+            let (addr, health, tier, idx, via) = match picked {
+                Ok(p) => p,
+                // Nothing left to retry on: the client gets the error that made us retry.
+                Err(e) => return Err(last_error.unwrap_or(e)),
+            };
             tracing::debug!(service = %target.name, endpoint = %addr, bucket = %tier, attempt = n, route = %self.action.route, "forwarding");
             let last = n == max_attempts;
             let req = match &mut upstream {
@@ -655,17 +674,25 @@ impl Exchange<'_> {
                         (Some(_), _) => overall,
                         (None, _) => per_try,
                     };
+                    // The attempt's own deadline passed, not the request's.
+                    let attempt_timed_out = fault == Fault::Timeout
+                        && match (deadline, this_try) {
+                            (Some(d), Some(t)) => t < d,
+                            (None, Some(_)) => true,
+                            (_, None) => false,
+                        };
                     let error = self.error(fault, addr, failure.detail, waited);
                     // A request that never reached the endpoint is retried: it cannot have had
                     // an effect there. So is an idempotent one whose connection broke (an
-                    // endpoint killed mid-request), as RFC 9110 §9.2.2 allows.
+                    // endpoint killed mid-request), as RFC 9110 §9.2.2 allows. An HTTPRoute
+                    // `retry` asks for every connection error and an attempt's timeout too.
                     let unsent = fault == Fault::Connect;
-                    if fault.is_upstream()
-                        && fault != Fault::Timeout
-                        && (unsent || idempotent(&parts.method))
-                        && !last
-                        && self.retry_allowed()
-                    {
+                    let retriable = if retry.route_rule {
+                        fault != Fault::Timeout || attempt_timed_out
+                    } else {
+                        fault != Fault::Timeout && (unsent || idempotent(&parts.method))
+                    };
+                    if fault.is_upstream() && retriable && !last && self.retry_allowed() {
                         tracing::debug!(service = %target.name, endpoint = %addr, error = %error, "retrying on another endpoint");
                         tried.push(addr);
                         last_error = Some(error);
@@ -678,7 +705,7 @@ impl Exchange<'_> {
             attempt.answered(status.as_u16());
             if !last
                 && retry.statuses.contains(&status.as_u16())
-                && another_endpoint_left(target, &tried, addr)
+                && (retry.route_rule || another_endpoint_left(target, &tried, addr))
                 && self.retry_allowed()
             {
                 tracing::debug!(service = %target.name, endpoint = %addr, status = status.as_u16(), "retrying on another endpoint");
@@ -816,6 +843,35 @@ impl Exchange<'_> {
     }
 
     /// Whether the Service's `maxRetries` leaves room for one more retry in flight.
+    /// Waits an HTTPRoute retry's backoff before the next attempt; past the request's
+    /// deadline, the client gets its timeout (504) instead.
+    async fn back_off(
+        &self,
+        backoff: std::time::Duration,
+        deadline: Option<tokio::time::Instant>,
+        overall: Option<std::time::Duration>,
+        tried: &[SocketAddr],
+    ) -> Result<(), ProxyError> {
+        let wake = tokio::time::Instant::now() + backoff;
+        match deadline {
+            Some(d) if d <= wake => {
+                tokio::time::sleep_until(d).await;
+                Err(ProxyError::Timeout {
+                    service: self.target.name.clone(),
+                    addr: tried
+                        .last()
+                        .copied()
+                        .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+                    timeout: overall.unwrap_or_default(),
+                })
+            }
+            _ => {
+                tokio::time::sleep_until(wake).await;
+                Ok(())
+            }
+        }
+    }
+
     fn retry_allowed(&self) -> bool {
         let target = self.target;
         let Some(max) = target.health.upstream.max_retries else {

@@ -7,6 +7,7 @@
 
 pub mod envoy_gateway;
 mod error;
+pub mod experimental;
 pub mod istio;
 mod load;
 pub mod multicluster;
@@ -44,7 +45,8 @@ pub struct Origin {
 pub enum Resource {
     GatewayClass(Box<GatewayClass>),
     Gateway(Box<Gateway>),
-    HttpRoute(Box<HttpRoute>),
+    /// With each rule's `retry` (experimental channel), which the standard type lacks.
+    HttpRoute(Box<HttpRoute>, Vec<Option<experimental::HttpRouteRetry>>),
     GrpcRoute(Box<GrpcRoute>),
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
@@ -86,7 +88,7 @@ impl Resource {
         match self {
             Resource::GatewayClass(_) => "GatewayClass",
             Resource::Gateway(_) => "Gateway",
-            Resource::HttpRoute(_) => "HTTPRoute",
+            Resource::HttpRoute(..) => "HTTPRoute",
             Resource::GrpcRoute(_) => "GRPCRoute",
             Resource::Service(_) => "Service",
             Resource::EndpointSlice(_) => "EndpointSlice",
@@ -287,12 +289,9 @@ fn parse_value(origin: Origin, value: Value, out: &mut ResourceSet) -> Result<()
             )?)
         }
         ("gateway.networking.k8s.io", "HTTPRoute") if matches!(version, "v1" | "v1beta1") => {
-            Resource::HttpRoute(typed(
-                &origin,
-                &doc,
-                with_version(value, "v1"),
-                &mut out.warnings,
-            )?)
+            let mut value = with_version(value, "v1");
+            let retries = experimental::take_retries(&origin, &doc, &mut value, &mut out.warnings)?;
+            Resource::HttpRoute(typed(&origin, &doc, value, &mut out.warnings)?, retries)
         }
         ("gateway.networking.k8s.io", "GRPCRoute") if matches!(version, "v1" | "v1alpha2") => {
             Resource::GrpcRoute(typed(
@@ -405,6 +404,24 @@ fn typed<T: DeserializeOwned>(
     value: Value,
     warnings: &mut Vec<String>,
 ) -> Result<Box<T>, ConfigError> {
+    typed_at(origin, doc, "", value, warnings).map(Box::new)
+}
+
+/// [`typed`] for a part of a document found at the field path `at` (empty: the whole), which
+/// its errors and warnings name.
+fn typed_at<T: DeserializeOwned>(
+    origin: &Origin,
+    doc: &DocRef,
+    at: &str,
+    value: Value,
+    warnings: &mut Vec<String>,
+) -> Result<T, ConfigError> {
+    let within = |path: &str| match (at, path) {
+        (_, "") => at.to_owned(),
+        ("", _) => path.to_owned(),
+        _ if path.starts_with('[') => format!("{at}{path}"),
+        _ => format!("{at}.{path}"),
+    };
     let mut ignored: Vec<String> = Vec::new();
     let result = {
         let mut note = |path: serde_ignored::Path<'_>| ignored.push(path.to_string());
@@ -414,19 +431,26 @@ fn typed<T: DeserializeOwned>(
     // The typed roots take `apiVersion` and `kind` as given, without reading them; `status`
     // (of objects read from a cluster) is never configuration.
     let configuration = |p: &&String| {
-        !matches!(p.as_str(), "apiVersion" | "kind" | "status") && !p.starts_with("status.")
+        !at.is_empty()
+            || (!matches!(p.as_str(), "apiVersion" | "kind" | "status")
+                && !p.starts_with("status."))
     };
     for path in ignored.iter().filter(configuration) {
         warnings.push(format!(
             "{}: {doc}: field {} is not one Locus reads (misspelt, or not in the API version Locus implements); ignored",
             origin.file.display(),
-            field_path(path)
+            within(&field_path(path))
         ));
     }
-    result.map(Box::new).map_err(|e| {
+    result.map_err(|e| {
         let path = e.path().to_string();
         let path = if path == "." { String::new() } else { path };
-        ConfigError::new(&origin.file, doc.clone(), &path, e.into_inner().to_string())
+        ConfigError::new(
+            &origin.file,
+            doc.clone(),
+            &within(&path),
+            e.into_inner().to_string(),
+        )
     })
 }
 
@@ -455,6 +479,32 @@ mod tests {
         let mut set = ResourceSet::default();
         parse_text(Path::new("test.yaml"), text, &mut set)?;
         Ok(set)
+    }
+
+    #[test]
+    fn an_httproute_rules_retry_is_read_with_its_field_paths() {
+        let route = |retry: &str| {
+            format!("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: apps}}\nspec:\n  rules:\n  - backendRefs: [{{name: a, port: 80}}]\n  - backendRefs: [{{name: b, port: 80}}]\n    retry: {retry}\n")
+        };
+        let set = parse(&route("{codes: [500, 503], attempts: 3, backof: 1s}")).unwrap();
+        let Resource::HttpRoute(_, retries) = &set.documents[0].resource else {
+            panic!("not an HTTPRoute");
+        };
+        assert_eq!(retries.len(), 2);
+        assert_eq!(retries[0], None);
+        let retry = retries[1].as_ref().unwrap();
+        assert_eq!(
+            (retry.codes.as_slice(), retry.attempts),
+            (&[500, 503][..], Some(3))
+        );
+        let all = set.warnings.join("\n");
+        assert!(
+            all.contains("field spec.rules[1].retry.backof is not one Locus reads"),
+            "{all}"
+        );
+        assert!(!all.contains("field spec.rules[1].retry "), "{all}");
+        let err = parse(&route("{attempts: many}")).unwrap_err().to_string();
+        assert!(err.contains("spec.rules[1].retry.attempts"), "{err}");
     }
 
     #[test]

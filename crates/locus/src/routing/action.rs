@@ -30,6 +30,8 @@ pub struct RuleAction {
     pub timeout: Option<Duration>,
     /// HTTPRoute `timeouts.backendRequest`, per attempt (zero: none).
     pub backend_timeout: Option<Duration>,
+    /// HTTPRoute `retry`: in place of the Service's retry policy.
+    pub retry: Option<crate::model::RetryPolicy>,
     /// Set when the rule uses filters Locus cannot apply (requests get a 500).
     pub unsupported: Option<Arc<str>>,
     /// Header edits, redirect, rewrite.
@@ -53,6 +55,7 @@ impl RuleAction {
             schedule: WeightedSchedule::new([(0, 1)]),
             timeout: None,
             backend_timeout: None,
+            retry: None,
             unsupported: None,
             filters: Default::default(),
             needs_prefix: false,
@@ -155,6 +158,7 @@ pub(super) fn build_action(
         schedule: WeightedSchedule::new(weights),
         timeout: rule.request_timeout,
         backend_timeout: rule.backend_request_timeout,
+        retry: rule.retry.clone(),
         needs_prefix: rule
             .filters
             .redirect

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod apiserver;
+pub mod scripted;
 pub mod tls;
 
 use std::collections::BTreeMap;

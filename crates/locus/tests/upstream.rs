@@ -284,6 +284,53 @@ async fn every_valid_framing_reaches_the_client_whole() {
     }
 }
 
+/// An HTTPRoute rule's `retry` retries a POST whose connection the endpoint closed without
+/// answering (GEP-1731: every connection error), on the same endpoint when it is the only
+/// one; without it, such a POST is not sent twice (it may have had an effect) and the client
+/// gets 502.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_route_retry_resends_a_post_whose_connection_broke() {
+    // Requests 0 and 2 are read, then their connection is closed without an answer.
+    let (port, seen) = scripted(|n, _| {
+        if n % 2 == 0 {
+            Answer {
+                close: true,
+                ..Answer::default()
+            }
+        } else {
+            answer("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        }
+    })
+    .await;
+    let rule = "{backendRefs: [{name: svc, port: 80}]}";
+    let manifest = one_backend(port, "").replacen(
+        &format!("rules: [{rule}]"),
+        &format!("rules: [{{matches: [{{path: {{type: PathPrefix, value: /retried}}}}], retry: {{attempts: 1}}, backendRefs: [{{name: svc, port: 80}}]}}, {rule}]"),
+        1,
+    );
+    assert!(manifest.contains("/retried"));
+    let dir = tempdir();
+    write(dir.path(), "all.yaml", &manifest);
+    let gw = Gw::start(dir.path(), &[]);
+    let c = HttpClient::default();
+    let post = |path: &'static str| {
+        c.request(
+            "POST",
+            gw.addr(8080),
+            "svc.test",
+            path,
+            &[],
+            Bytes::from_static(b"order"),
+        )
+    };
+    let r = post("/retried").await;
+    assert_eq!((r.status, r.body.as_str()), (200, "ok"));
+    assert_eq!(seen.load(Ordering::SeqCst), 2);
+    let r = post("/plain").await;
+    assert_eq!(r.status, 502, "{}", r.body);
+    assert_eq!(seen.load(Ordering::SeqCst), 3, "the POST was sent once");
+}
+
 /// A length-delimited response body reaches the client whole however the endpoint's writes
 /// split it: with its head in one write (up to 16 KiB it goes out with the head, copied), over
 /// that size, or arriving partly or wholly in a later segment than its head (frame by frame).

@@ -100,6 +100,13 @@ pub struct OverflowLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    pub service: String,
+    /// `status`, `connection` or `timeout`: what made the gateway send the request again.
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct PortLabels {
     pub port: u16,
 }
@@ -129,6 +136,7 @@ pub struct Metrics {
     pub duration: Family<RelationLabels, Histogram>,
     pub connect_failures: Family<ServiceLabels, Counter>,
     pub request_errors: Family<ErrorLabels, Counter>,
+    pub retries: Family<RetryLabels, Counter>,
     pub ejections: Family<ReasonLabels, Counter>,
     pub active_transitions: Family<ReasonLabels, Counter>,
     pub bucket_in_use: Family<ServiceLabels, Gauge>,
@@ -220,6 +228,7 @@ impl Metrics {
             duration: Family::default(),
             connect_failures: Family::default(),
             request_errors: Family::default(),
+            retries: Family::default(),
             ejections: Family::default(),
             active_transitions: Family::default(),
             bucket_in_use: Family::default(),
@@ -268,6 +277,11 @@ impl Metrics {
             "request_errors",
             "Attempts that got no response, by side (upstream: counted against the endpoint; client: the client's fault, never counted against it) and kind",
             m.request_errors.clone(),
+        );
+        locus.register(
+            "retries",
+            "Requests sent again to the Service after an attempt failed, by reason (status: a retriable response code; connection: a connect failure or a broken connection; timeout: an attempt's own timeout)",
+            m.retries.clone(),
         );
         locus.register(
             "outlier_ejections",
@@ -510,6 +524,33 @@ impl ErrorCounters {
 
     pub fn count(&self, fault: locus_core::health::Fault) {
         self.0[fault.index()].inc();
+    }
+}
+
+/// `locus_retries_total` handles of one Service port.
+#[derive(Debug)]
+pub struct RetryCounters {
+    pub status: Counter,
+    pub connection: Counter,
+    pub timeout: Counter,
+}
+
+impl RetryCounters {
+    pub fn new(metrics: &Metrics, service: &str) -> Self {
+        let one = |reason: &str| {
+            metrics
+                .retries
+                .get_or_create(&RetryLabels {
+                    service: service.to_owned(),
+                    reason: reason.to_owned(),
+                })
+                .clone()
+        };
+        RetryCounters {
+            status: one("status"),
+            connection: one("connection"),
+            timeout: one("timeout"),
+        }
     }
 }
 

@@ -329,6 +329,17 @@ async fn a_route_retry_resends_a_post_whose_connection_broke() {
     let r = post("/plain").await;
     assert_eq!(r.status, 502, "{}", r.body);
     assert_eq!(seen.load(Ordering::SeqCst), 3, "the POST was sent once");
+    let metrics = c.get(gw.admin, "admin", "/metrics").await.body;
+    let retries = |reason: &str| {
+        metrics
+            .lines()
+            .find(|l| {
+                l.starts_with("locus_retries_total{") && l.contains(&format!("reason=\"{reason}\""))
+            })
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    };
+    assert_eq!(retries("connection"), Some(1.0), "{metrics}");
+    assert_eq!(retries("status"), Some(0.0), "{metrics}");
 }
 
 /// A length-delimited response body reaches the client whole however the endpoint's writes

@@ -693,7 +693,12 @@ impl Exchange<'_> {
                         fault != Fault::Timeout && (unsent || idempotent(&parts.method))
                     };
                     if fault.is_upstream() && retriable && !last && self.retry_allowed() {
-                        tracing::debug!(service = %target.name, endpoint = %addr, error = %error, "retrying on another endpoint");
+                        tracing::debug!(service = %target.name, endpoint = %addr, error = %error, "retrying");
+                        if fault == Fault::Timeout {
+                            target.retries.timeout.inc();
+                        } else {
+                            target.retries.connection.inc();
+                        }
                         tried.push(addr);
                         last_error = Some(error);
                         continue;
@@ -708,7 +713,8 @@ impl Exchange<'_> {
                 && (retry.route_rule || another_endpoint_left(target, &tried, addr))
                 && self.retry_allowed()
             {
-                tracing::debug!(service = %target.name, endpoint = %addr, status = status.as_u16(), "retrying on another endpoint");
+                tracing::debug!(service = %target.name, endpoint = %addr, status = status.as_u16(), "retrying");
+                target.retries.status.inc();
                 tried.push(addr);
                 continue;
             }

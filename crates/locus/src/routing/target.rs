@@ -42,6 +42,8 @@ pub struct ServiceTarget {
     pub load_view: arc_swap::ArcSwapOption<LoadView>,
     /// `locus_request_errors_total`, by fault.
     pub errors: crate::metrics::ErrorCounters,
+    /// `locus_retries_total`, by reason.
+    pub retries: crate::metrics::RetryCounters,
     /// Circuit breaking: requests and retries in flight (counted only when the Service has
     /// such a limit), and the overflow counters (when it has any).
     pub in_flight: std::sync::atomic::AtomicU32,
@@ -299,6 +301,7 @@ fn new_target(
         .map(|e| live.metrics.endpoint(&name, &ctx.identity.identity, e))
         .collect();
     let errors = crate::metrics::ErrorCounters::new(live.metrics, &name);
+    let retries = crate::metrics::RetryCounters::new(live.metrics, &name);
     let up = &health_config.upstream;
     let overflows =
         (up.max_requests.is_some() || up.max_per_endpoint.is_some() || up.max_retries.is_some())
@@ -315,6 +318,7 @@ fn new_target(
         zone_balance_fallback,
         load_view: Default::default(),
         errors,
+        retries,
         in_flight: Default::default(),
         retries_in_flight: Default::default(),
         overflows,

@@ -169,3 +169,45 @@ async fn privileged_ports_are_bound_at_an_offset() {
         .await;
     assert_eq!((r.status, r.body.as_str()), (200, "offset"));
 }
+
+/// Retry settings Locus honours pass `check --strict` (no warning): an HTTPRoute rule's
+/// `retry` and a BackendTrafficPolicy's `perRetry.backOff`. Bad values name their field.
+#[test]
+fn retry_settings_pass_strict_check_and_bad_ones_name_their_field() {
+    let with = |route_retry: &str, back_off: &str| {
+        let m = manifest().replacen(
+            "rules: [{backendRefs: [{name: svc, port: 80}]}]",
+            &format!("rules: [{{retry: {route_retry}, backendRefs: [{{name: svc, port: 80}}]}}]"),
+            1,
+        );
+        format!("{m}---\napiVersion: gateway.envoyproxy.io/v1alpha1\nkind: BackendTrafficPolicy\nmetadata: {{name: svc, namespace: apps}}\nspec:\n  targetRefs: [{{group: '', kind: Service, name: svc}}]\n  retry:\n    numRetries: 3\n    perRetry: {{backOff: {back_off}}}\n")
+    };
+    let good = with(
+        "{codes: [500, 503], attempts: 2, backoff: 100ms}",
+        "{baseInterval: 10ms, maxInterval: 1s}",
+    );
+    assert!(good.contains("retry: {codes"));
+    let (ok, stdout, stderr) = run_with_stdin(&["check", "-f", "-", "--strict"], &good);
+    assert!(ok, "{stdout}{stderr}");
+    for (bad, field) in [
+        (
+            with("{codes: [200]}", "{baseInterval: 10ms}"),
+            "spec.rules[0].retry.codes[0]",
+        ),
+        (
+            with("{backoff: soon}", "{baseInterval: 10ms}"),
+            "spec.rules[0].retry.backoff",
+        ),
+        (
+            with("{attempts: 1}", "{baseInterval: 1s, maxInterval: 10ms}"),
+            "spec.retry.perRetry.backOff.maxInterval",
+        ),
+    ] {
+        let (ok, stdout, stderr) = run_with_stdin(&["check", "-f", "-"], &bad);
+        assert!(!ok, "{bad}");
+        assert!(
+            format!("{stdout}{stderr}").contains(&format!("field {field}")),
+            "{field}: {stdout}{stderr}"
+        );
+    }
+}

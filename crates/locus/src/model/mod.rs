@@ -25,7 +25,7 @@ pub use filters::{Filters, HeaderEdits, Mirror, PathEdit, Redirect, Rewrite};
 pub use gateways::{
     AllowedRoutes, ClientCa, ClientValidation, GatewayModel, ListenerModel, CONTROLLER_NAME,
 };
-pub use policies::{ActiveCheck, HealthConfig, RetryPolicy, UpstreamPolicy};
+pub use policies::{ActiveCheck, Backoff, HealthConfig, RetryPolicy, UpstreamPolicy};
 pub use routes::{
     BackendRefModel, MatchModel, ParentRefModel, PathMatch, RouteKind, RouteModel, RuleModel,
     ValueMatch,

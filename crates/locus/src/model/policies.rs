@@ -52,14 +52,45 @@ pub struct RetryPolicy {
     pub attempts: u32,
     pub statuses: Vec<u16>,
     pub per_try_timeout: Option<Duration>,
-    /// The least time between two attempts (HTTPRoute `retry.backoff`).
-    pub backoff: Option<Duration>,
+    /// The wait before each retry.
+    pub backoff: Option<Backoff>,
     /// An HTTPRoute rule's `retry` (GEP-1731), which asks more than a Service's policy: every
     /// connection error (a reset of a request that is not idempotent too) and an attempt's own
     /// timeout (`timeouts.backendRequest`) are retried, and once every endpoint has been tried
     /// the next attempt goes back to them rather than giving up (a one-endpoint Service still
     /// gets its retries).
     pub route_rule: bool,
+}
+
+/// How long a retry waits before it is sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backoff {
+    /// HTTPRoute `retry.backoff`: at least this long between two attempts.
+    Fixed(Duration),
+    /// Envoy's back-off (BackendTrafficPolicy `perRetry.backOff`): retry N waits a random time
+    /// up to (2^N − 1) × `base`, never over `max`, so retries of many requests spread out
+    /// instead of arriving together.
+    Jittered { base: Duration, max: Duration },
+}
+
+impl Backoff {
+    /// The wait before retry number `retry` (from 1), `random` a uniformly random number.
+    pub fn wait(self, retry: u32, random: u64) -> Duration {
+        match self {
+            Backoff::Fixed(d) => d,
+            Backoff::Jittered { base, max } => {
+                let factor = (1u64 << retry.clamp(1, 32)) - 1;
+                let ceiling = base
+                    .saturating_mul(u32::try_from(factor).unwrap_or(u32::MAX))
+                    .min(max);
+                let nanos = ceiling.as_nanos() as u64;
+                if nanos == 0 {
+                    return Duration::ZERO;
+                }
+                Duration::from_nanos(random % (nanos + 1))
+            }
+        }
+    }
 }
 
 impl Default for RetryPolicy {
@@ -933,16 +964,37 @@ fn retry_from_envoy_gateway(
             Duration::ZERO,
         )?),
     };
-    if r.per_retry.as_ref().is_some_and(|p| p.back_off.is_some()) {
-        warnings.push(format!(
-            "{}: spec.retry.perRetry.backOff is not supported; retries go to another endpoint at once",
-            ctx.place()
-        ));
-    }
+    let backoff = match r.per_retry.as_ref().and_then(|p| p.back_off.as_ref()) {
+        None => None,
+        Some(b) => {
+            warn_extra(ctx, "spec.retry.perRetry.backOff.", &b.extra, warnings);
+            // Envoy's defaults: 25 ms, and ten times the base.
+            let base = duration(
+                ctx,
+                "spec.retry.perRetry.backOff.baseInterval",
+                b.base_interval.as_ref(),
+                Duration::from_millis(25),
+            )?;
+            let max = duration(
+                ctx,
+                "spec.retry.perRetry.backOff.maxInterval",
+                b.max_interval.as_ref(),
+                base * 10,
+            )?;
+            if max < base {
+                return Err(ctx.error(
+                    "spec.retry.perRetry.backOff.maxInterval",
+                    format!("{max:?} is shorter than baseInterval ({base:?})"),
+                ));
+            }
+            Some(Backoff::Jittered { base, max })
+        }
+    };
     Ok(RetryPolicy {
         attempts: r.num_retries.unwrap_or(2),
         statuses,
         per_try_timeout,
+        backoff,
         ..RetryPolicy::default()
     })
 }
@@ -1216,5 +1268,42 @@ mod tests {
         );
         assert_eq!(host_to_service("*.shop.svc.cluster.local", "ns"), None);
         assert_eq!(host_to_service("api.example.com", "ns"), None);
+    }
+
+    /// Envoy's back-off: retry N waits up to (2^N − 1) × base, capped, spread over that range.
+    #[test]
+    fn jittered_backoff_grows_to_its_cap_and_spreads() {
+        let ms = Duration::from_millis;
+        let b = Backoff::Jittered {
+            base: ms(25),
+            max: ms(250),
+        };
+        for (retry, ceiling) in [
+            (1, ms(25)),
+            (2, ms(75)),
+            (3, ms(175)),
+            (4, ms(250)),
+            (40, ms(250)),
+        ] {
+            assert!(b.wait(retry, u64::MAX) <= ceiling, "retry {retry}");
+            let n = ceiling.as_nanos() as u64;
+            assert_eq!(b.wait(retry, n), ceiling, "retry {retry}");
+            assert_eq!(b.wait(retry, n + 1), Duration::ZERO, "retry {retry}");
+        }
+        // Spread: 1,000 splitmix draws cover the range's quarters about evenly.
+        let mut quarters = [0u32; 4];
+        let mut z = 1u64;
+        for _ in 0..1000 {
+            z = z.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut x = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            let wait = b.wait(2, x ^ (x >> 31));
+            quarters[(wait.as_nanos() * 4 / (ms(75).as_nanos() + 1)) as usize] += 1;
+        }
+        assert!(
+            quarters.iter().all(|q| (200..300).contains(q)),
+            "{quarters:?}"
+        );
+        assert_eq!(Backoff::Fixed(ms(300)).wait(3, 12345), ms(300));
     }
 }

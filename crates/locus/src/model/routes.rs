@@ -620,7 +620,7 @@ fn route_retry(
         attempts: retry.attempts.unwrap_or(2),
         statuses,
         per_try_timeout: None,
-        backoff: backoff.filter(|b| !b.is_zero()),
+        backoff: backoff.filter(|b| !b.is_zero()).map(super::Backoff::Fixed),
         route_rule: true,
     })
 }

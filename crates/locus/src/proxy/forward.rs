@@ -591,7 +591,8 @@ impl Exchange<'_> {
         for n in 1..=max_attempts {
             if n > 1 {
                 if let Some(backoff) = retry.backoff {
-                    self.back_off(backoff, deadline, overall, &tried).await?;
+                    let wait = backoff.wait(n - 1, super::request::random_u64());
+                    self.back_off(wait, deadline, overall, &tried).await?;
                 }
             }
             let first = (n == 1).then_some((&*parts, &mut set_cookie));
@@ -849,8 +850,8 @@ impl Exchange<'_> {
     }
 
     /// Whether the Service's `maxRetries` leaves room for one more retry in flight.
-    /// Waits an HTTPRoute retry's backoff before the next attempt; past the request's
-    /// deadline, the client gets its timeout (504) instead.
+    /// Waits a retry's backoff before the next attempt; past the request's deadline, the
+    /// client gets its timeout (504) instead.
     async fn back_off(
         &self,
         backoff: std::time::Duration,

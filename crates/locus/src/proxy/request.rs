@@ -147,15 +147,10 @@ pub(super) fn request_host<'a>(
     }
 }
 
-/// `x-request-id`: kept when the client sent one, else made here, forwarded upstream, written
-/// in the access log and on the gateway's own error responses.
-pub(super) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
-
-/// A new request id, shaped as a random (version 4) UUID. Random enough to tell requests apart,
-/// not to be a secret: a per-thread splitmix64 sequence seeded from std's per-process random
-/// hash keys, so making one costs a few multiplications. Returned as bytes, which cost nothing
-/// to keep beside the request for its error answer and its log line.
-pub(super) fn new_request_id() -> [u8; 36] {
+/// A random number, not to be a secret (request ids, retries' jitter): a per-thread
+/// splitmix64 sequence seeded from std's per-process random hash keys, a few multiplications.
+#[inline]
+pub(super) fn random_u64() -> u64 {
     use std::cell::Cell;
     use std::hash::{BuildHasher, Hasher};
     thread_local! {
@@ -165,16 +160,24 @@ pub(super) fn new_request_id() -> [u8; 36] {
             h.finish()
         });
     }
-    let next = || {
-        STATE.with(|s| {
-            let z = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
-            s.set(z);
-            let z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            let z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            z ^ (z >> 31)
-        })
-    };
-    let (hi, lo) = (next(), next());
+    STATE.with(|s| {
+        let z = s.get().wrapping_add(0x9e37_79b9_7f4a_7c15);
+        s.set(z);
+        let z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        let z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    })
+}
+
+/// `x-request-id`: kept when the client sent one, else made here, forwarded upstream, written
+/// in the access log and on the gateway's own error responses.
+pub(super) static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// A new request id, shaped as a random (version 4) UUID from [`random_u64`]: random enough to
+/// tell requests apart, not to be a secret. Returned as bytes, which cost nothing to keep
+/// beside the request for its error answer and its log line.
+pub(super) fn new_request_id() -> [u8; 36] {
+    let (hi, lo) = (random_u64(), random_u64());
     // Version 4, variant 10xx.
     let hi = (hi & !0xf000) | 0x4000;
     let lo = (lo & !(0b11 << 62)) | (0b10 << 62);

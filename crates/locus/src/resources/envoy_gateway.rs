@@ -199,5 +199,17 @@ pub struct PerRetry {
     #[serde(default)]
     pub timeout: Option<String>,
     #[serde(default)]
-    pub back_off: Option<serde_json::Value>,
+    pub back_off: Option<BackOff>,
+}
+
+/// `perRetry.backOff`: Envoy's exponential back-off with jitter.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BackOff {
+    #[serde(default)]
+    pub base_interval: Option<String>,
+    #[serde(default)]
+    pub max_interval: Option<String>,
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
 }

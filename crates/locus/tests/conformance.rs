@@ -3077,17 +3077,35 @@ async fn httproute_retry_with_timeouts() {
     )
     .await;
     // Answered by the backend (an attempt cut off by its timeout is not): 1 of 3, none of 3,
-    // 2, and the 100 ms attempts that fit in 400 ms.
-    assert!((1 + 2 + 3..=1 + 2 + 4).contains(&sent), "{sent} requests");
+    // 2, and the 100 ms attempts that fit in 400 ms with the default back-off between them.
+    assert!((1 + 2 + 2..=1 + 2 + 4).contains(&sent), "{sent} requests");
 
     let started = std::time::Instant::now();
     let sent = retry_cases(&w, &[("/retry/backoff-300ms", 500, 2, "", 200)]).await;
     assert_eq!(sent, 3);
     assert!(started.elapsed() >= std::time::Duration::from_millis(600));
+    let status_retries = || async {
+        let metrics = w.c.get(w.gw.admin, "admin", "/metrics").await.body;
+        metrics
+            .lines()
+            .find(|l| l.starts_with("locus_retries_total{") && l.contains("reason=\"status\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let before = status_retries().await;
+    assert!(
+        before >= 3.0,
+        "the retries on codes above are counted: {before}"
+    );
     let started = std::time::Instant::now();
     let sent = retry_cases(&w, &[("/retry/backoff-past-deadline", 500, 1, "", 504)]).await;
     assert_eq!(sent, 1, "no attempt after the deadline");
     assert!(started.elapsed() < std::time::Duration::from_millis(1000));
+    assert_eq!(
+        status_retries().await,
+        before,
+        "a retry never sent is not counted"
+    );
 }
 
 /// HTTPRouteRetryConnectionError: a Service with one endpoint that refuses connections and

@@ -979,7 +979,7 @@ fn retry_from_envoy_gateway(
                 ctx,
                 "spec.retry.perRetry.backOff.maxInterval",
                 b.max_interval.as_ref(),
-                base * 10,
+                base.saturating_mul(10),
             )?;
             if max < base {
                 return Err(ctx.error(

@@ -620,7 +620,16 @@ fn route_retry(
         attempts: retry.attempts.unwrap_or(2),
         statuses,
         per_try_timeout: None,
-        backoff: backoff.filter(|b| !b.is_zero()).map(super::Backoff::Fixed),
+        // Unset: Envoy's jittered back-off (as Envoy Gateway does), so that a large `attempts`
+        // against an endpoint refusing connections is not a tight loop; `0s`: none.
+        backoff: match backoff {
+            None => Some(super::Backoff::Jittered {
+                base: Duration::from_millis(25),
+                max: Duration::from_millis(250),
+            }),
+            Some(b) if b.is_zero() => None,
+            Some(b) => Some(super::Backoff::Fixed(b)),
+        },
         route_rule: true,
     })
 }

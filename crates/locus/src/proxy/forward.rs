@@ -540,7 +540,7 @@ impl Exchange<'_> {
         let target = self.target;
         let retry = retry_policy(self.action, target);
         let max_attempts = match *body {
-            RequestBody::Replay(_) => retry.attempts + 1,
+            RequestBody::Replay(_) => retry.attempts.saturating_add(1),
             RequestBody::Stream(..) => 1,
         };
         let version = if self.h2c() {
@@ -588,11 +588,23 @@ impl Exchange<'_> {
         // retry there makes it again).
         let mut upstream: Option<Request<ProxyBody>> = None;
 
+        // What the retry decided at the end of an attempt is for (`locus_retries_total`),
+        // counted once it is sent.
+        let mut retrying: Option<&prometheus_client::metrics::counter::Counter> = None;
+
         for n in 1..=max_attempts {
             if n > 1 {
-                if let Some(backoff) = retry.backoff {
-                    let wait = backoff.wait(n - 1, super::request::random_u64());
-                    self.back_off(wait, deadline, overall, &tried).await?;
+                let wait = retry.backoff.map_or(std::time::Duration::ZERO, |b| {
+                    b.wait(n - 1, super::request::random_u64())
+                });
+                // No retry starts past the request's deadline: it would fail at once and
+                // count against an endpoint that did nothing wrong.
+                let now = tokio::time::Instant::now();
+                if !wait.is_zero() || deadline.is_some_and(|d| d <= now) {
+                    Box::pin(self.back_off(now + wait, deadline, overall, &tried)).await?;
+                }
+                if let Some(counter) = retrying.take() {
+                    counter.inc();
                 }
             }
             let first = (n == 1).then_some((&*parts, &mut set_cookie));
@@ -688,18 +700,17 @@ impl Exchange<'_> {
                     // endpoint killed mid-request), as RFC 9110 §9.2.2 allows. An HTTPRoute
                     // `retry` asks for every connection error and an attempt's timeout too.
                     let unsent = fault == Fault::Connect;
-                    let retriable = if retry.route_rule {
-                        fault != Fault::Timeout || attempt_timed_out
-                    } else {
-                        fault != Fault::Timeout && (unsent || idempotent(&parts.method))
-                    };
+                    let connection_error = matches!(fault, Fault::Connect | Fault::Reset);
+                    let retriable = (fault != Fault::Timeout
+                        && (unsent || idempotent(&parts.method)))
+                        || (retry.route_rule && (connection_error || attempt_timed_out));
                     if fault.is_upstream() && retriable && !last && self.retry_allowed() {
                         tracing::debug!(service = %target.name, endpoint = %addr, error = %error, "retrying");
-                        if fault == Fault::Timeout {
-                            target.retries.timeout.inc();
+                        retrying = Some(if fault == Fault::Timeout {
+                            &target.retries.timeout
                         } else {
-                            target.retries.connection.inc();
-                        }
+                            &target.retries.connection
+                        });
                         tried.push(addr);
                         last_error = Some(error);
                         continue;
@@ -711,11 +722,12 @@ impl Exchange<'_> {
             attempt.answered(status.as_u16());
             if !last
                 && retry.statuses.contains(&status.as_u16())
-                && (retry.route_rule || another_endpoint_left(target, &tried, addr))
+                && (another_endpoint_left(target, &tried, addr)
+                    || (retry.route_rule && any_endpoint_left(target)))
                 && self.retry_allowed()
             {
                 tracing::debug!(service = %target.name, endpoint = %addr, status = status.as_u16(), "retrying");
-                target.retries.status.inc();
+                retrying = Some(&target.retries.status);
                 tried.push(addr);
                 continue;
             }
@@ -849,17 +861,15 @@ impl Exchange<'_> {
         tls.client.as_ref().ok()
     }
 
-    /// Whether the Service's `maxRetries` leaves room for one more retry in flight.
-    /// Waits a retry's backoff before the next attempt; past the request's deadline, the
-    /// client gets its timeout (504) instead.
+    /// Waits until `wake` (a retry's backoff) before the next attempt; when that is past the
+    /// request's deadline, the client gets its timeout (504) at the deadline instead.
     async fn back_off(
         &self,
-        backoff: std::time::Duration,
+        wake: tokio::time::Instant,
         deadline: Option<tokio::time::Instant>,
         overall: Option<std::time::Duration>,
         tried: &[SocketAddr],
     ) -> Result<(), ProxyError> {
-        let wake = tokio::time::Instant::now() + backoff;
         match deadline {
             Some(d) if d <= wake => {
                 tokio::time::sleep_until(d).await;
@@ -879,6 +889,7 @@ impl Exchange<'_> {
         }
     }
 
+    /// Whether the Service's `maxRetries` leaves room for one more retry in flight.
     fn retry_allowed(&self) -> bool {
         let target = self.target;
         let Some(max) = target.health.upstream.max_retries else {
@@ -949,6 +960,11 @@ fn io_detail(err: &(dyn std::error::Error + 'static)) -> String {
 
 /// Whether a retry after `addr` answered would find an endpoint not tried yet; if none is
 /// left, the response goes back as it is.
+/// Whether any endpoint can be picked at all (an HTTPRoute retry may go back to one tried).
+fn any_endpoint_left(target: &ServiceTarget) -> bool {
+    target.snapshot.load().pick_excluding(&[]).is_ok()
+}
+
 fn another_endpoint_left(target: &ServiceTarget, tried: &[SocketAddr], addr: SocketAddr) -> bool {
     let snap = target.snapshot.load();
     let mut idx = tried_indices(&snap.endpoints, tried);

@@ -3143,6 +3143,107 @@ async fn httproute_retry_connection_error() {
     }
 }
 
+/// HTTPRouteSessionPersistenceCookie (provisional upstream), and the same for a session in a
+/// header and a permanent cookie: the first answer sets the session (a cookie with no
+/// `Max-Age` or `Expires` unless Permanent), and every request carrying it reaches the same
+/// endpoint of a two-endpoint Service, where requests without it are spread over both. A
+/// value naming an endpoint the Service does not have starts a new session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn httproute_session_persistence_cookie() {
+    let svc = "session-persistence";
+    let endpoint = |name: &str| {
+        format!("apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {svc}-{name}, namespace: {INFRA}, labels: {{app: {svc}}}}}\nspec: {{address: 127.0.0.1, ports: {{http: @port-of-{name}}}}}\n---\n")
+    };
+    let rule = |prefix: &str, session: &str| {
+        format!("  - matches: [{{path: {{type: PathPrefix, value: {prefix}}}}}]\n    sessionPersistence: {{{session}}}\n    backendRefs: [{{name: {svc}, port: 8080}}]\n")
+    };
+    let manifests = route(
+        "session-persistence-cookie",
+        "same-namespace",
+        &[
+            rule("/session-persistence", "sessionName: session-persistence-route"),
+            rule("/header-session", "sessionName: x-session, type: Header"),
+            rule(
+                "/permanent",
+                "sessionName: perm, absoluteTimeout: 1h, cookieConfig: {lifetimeType: Permanent}",
+            ),
+        ]
+        .concat(),
+    ) + &format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {svc}, namespace: {INFRA}}}\nspec:\n  selector: {{app: {svc}}}\n  ports: [{{name: http, port: 8080, targetPort: 3000}}]\n---\n")
+        + &endpoint(V1)
+        + &endpoint(V2);
+    let w = World::start("same-namespace", &manifests);
+    assert_accepted(
+        &w.config().await,
+        "session-persistence-cookie",
+        "same-namespace",
+        None,
+    );
+    let get = |path: &'static str, headers: Vec<(String, String)>| {
+        let w = &w;
+        async move {
+            let h: Vec<(&str, &str)> = headers
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            let r = w.send("GET", "example.com", path, &h).await;
+            assert_eq!(r.status, 200, "{path}: {}", r.body);
+            r
+        }
+    };
+    // Without a session, requests are spread over both endpoints.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        seen.insert(get("/session-persistence", vec![]).await.who());
+    }
+    assert_eq!(seen.len(), 2, "{seen:?}");
+
+    for (path, header) in [
+        ("/session-persistence", false),
+        ("/header-session", true),
+        ("/permanent", false),
+    ] {
+        let first = get(path, vec![]).await;
+        let pod = first.who();
+        let (name, value) = if header {
+            let v = first.headers["x-session"].to_str().unwrap().to_owned();
+            ("x-session".to_owned(), v)
+        } else {
+            let set = first.headers[http::header::SET_COOKIE]
+                .to_str()
+                .unwrap()
+                .to_owned();
+            let permanent = path == "/permanent";
+            assert_eq!(set.contains("Max-Age=36"), permanent, "{set}");
+            assert!(!set.contains("Expires"), "{set}");
+            let pair = set.split(';').next().unwrap().to_owned();
+            ("cookie".to_owned(), pair)
+        };
+        for i in 0..10 {
+            let r = get(path, vec![(name.clone(), value.clone())]).await;
+            assert_eq!(r.who(), pod, "{path}: request {i} with its session");
+            assert!(
+                !r.headers.contains_key(http::header::SET_COOKIE)
+                    && !r.headers.contains_key("x-session"),
+                "{path}: the session is unchanged"
+            );
+        }
+    }
+    // A session naming an endpoint the Service does not have (127.0.0.1:1) starts again.
+    let r = get(
+        "/session-persistence",
+        vec![(
+            "cookie".into(),
+            "session-persistence-route=0.1.3132372e302e302e313a31".into(),
+        )],
+    )
+    .await;
+    assert!(
+        r.headers.contains_key(http::header::SET_COOKIE),
+        "a new session"
+    );
+}
+
 // ───────────────────────── gateway attachment ─────────────────────────
 
 /// GatewayHTTPListenerIsolation: on Gateways with listeners for no hostname, `*.example.com`,

@@ -603,6 +603,22 @@ impl ServiceSnapshot {
         }
     }
 
+    /// The endpoint at `addr`, when it may take traffic now (eligible in a bucket that takes
+    /// traffic now): how a session sticks to the endpoint that served it, as long as locality
+    /// and health would still send requests there. Linear in the endpoints, and only asked
+    /// for requests that carry a session.
+    pub fn pick_address(&self, addr: std::net::SocketAddr) -> Option<Pick> {
+        let endpoint = self.endpoints.iter().position(|e| e.addr == addr)? as u32;
+        let bucket = self
+            .buckets
+            .iter()
+            .position(|b| !b.schedule.is_empty() && b.eligible.contains(&endpoint))?;
+        Some(Pick {
+            endpoint,
+            bucket: bucket as u32,
+        })
+    }
+
     /// A pick avoiding endpoints already tried (retries): another endpoint of the drawn
     /// bucket, else of the next buckets in order, else of the earlier ones.
     pub fn pick_excluding(&self, tried: &[u32]) -> Result<Pick, NoEndpoint> {
@@ -754,6 +770,26 @@ mod tests {
             s.pick(),
             Err(NoEndpoint::StrictNoLocalEndpoint("n1".into()))
         );
+    }
+
+    /// A session's endpoint is found while it may take traffic (its bucket in use, itself
+    /// ready), and not once it is gone, not ready, or its bucket has no traffic.
+    #[test]
+    fn an_address_is_picked_while_it_is_eligible() {
+        let eps = local_and_two_remote(2);
+        let remote: std::net::SocketAddr = "127.0.0.1:11".parse().unwrap();
+        let s = ServiceSnapshot::build(gw(), PREFER_CLOSE, eps.clone());
+        let local = s.pick_address(eps[0].addr).unwrap();
+        assert_eq!(s.endpoint(local).addr, eps[0].addr);
+        assert_eq!(s.pick_address(remote), None, "the local zone takes all");
+        assert_eq!(s.pick_address("127.0.0.1:99".parse().unwrap()), None);
+        let mut not_ready = eps.clone();
+        not_ready[0].state = EndpointState::NotReady;
+        not_ready[1].state = EndpointState::NotReady;
+        let s = ServiceSnapshot::build(gw(), PREFER_CLOSE, not_ready);
+        assert_eq!(s.pick_address(eps[0].addr), None);
+        let p = s.pick_address(remote).unwrap();
+        assert_eq!(s.endpoint(p).addr, remote);
     }
 
     #[test]

@@ -28,7 +28,7 @@ pub use gateways::{
 pub use policies::{ActiveCheck, Backoff, HealthConfig, RetryPolicy, UpstreamPolicy};
 pub use routes::{
     BackendRefModel, MatchModel, ParentRefModel, PathMatch, RouteKind, RouteModel, RuleModel,
-    ValueMatch,
+    SessionModel, ValueMatch,
 };
 pub use services::{ServiceModel, ServicePortModel};
 
@@ -329,9 +329,9 @@ impl Model {
                     g.controller = model.gateway_classes.get(&g.class).cloned();
                     model.gateways.push(g);
                 }
-                Resource::HttpRoute(route, retries) => {
+                Resource::HttpRoute(route, extras) => {
                     let built =
-                        routes::build(&ctx, route, retries, &model.grants, &mut model.warnings);
+                        routes::build(&ctx, route, extras, &model.grants, &mut model.warnings);
                     model.add_route(&ctx, &**route, RouteKind::Http, built)?;
                 }
                 Resource::GrpcRoute(route) => {

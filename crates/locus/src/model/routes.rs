@@ -1,5 +1,6 @@
 //! HTTPRoute → attachment, matches and weighted backends.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use gateway_api::apis::standard::httproutes::{
@@ -11,7 +12,7 @@ use regex::Regex;
 
 use super::multicluster::{import_key, virtual_destination_key};
 use super::{name_of, namespace_of, DocCtx, GrantModel, ObjKey};
-use crate::resources::experimental::HttpRouteRetry;
+use crate::resources::experimental::{HttpRouteRetry, RuleExtras, SessionPersistence};
 use crate::resources::multicluster::{GLOO_GROUP, MCS_GROUP};
 use crate::resources::{ConfigError, Origin};
 
@@ -88,6 +89,22 @@ pub struct RuleModel {
     pub backend_request_timeout: Option<Duration>,
     /// `retry` (experimental channel): in place of the Service's retry policy.
     pub retry: Option<super::RetryPolicy>,
+    /// `sessionPersistence` (experimental channel).
+    pub session: Option<Arc<SessionModel>>,
+}
+
+/// An HTTPRoute rule's `sessionPersistence`: requests carrying the session's cookie (or header)
+/// go to the backend and endpoint that answered the first, while it can take them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionModel {
+    pub name: String,
+    /// The session travels in a header of this name instead of a cookie.
+    pub header: bool,
+    /// The cookie's `Max-Age` (`cookieConfig.lifetimeType: Permanent`).
+    pub max_age: Option<Duration>,
+    /// `absoluteTimeout`: a session older than this starts again (kept in its value, so it
+    /// holds for session cookies and headers too).
+    pub absolute_timeout: Option<Duration>,
 }
 
 #[derive(Clone, Debug)]
@@ -255,7 +272,7 @@ fn build_match(
 pub(super) fn build(
     ctx: &DocCtx<'_>,
     route: &HttpRoute,
-    retries: &[Option<HttpRouteRetry>],
+    extras: &[RuleExtras],
     grants: &[super::GrantModel],
     warnings: &mut Vec<String>,
 ) -> Result<RouteModel, ConfigError> {
@@ -421,9 +438,14 @@ pub(super) fn build(
                 ));
             }
         }
-        let retry = match retries.get(r) {
-            Some(Some(retry)) => Some(route_retry(ctx, &field, retry)?),
-            _ => None,
+        let extra = extras.get(r);
+        let retry = match extra.and_then(|e| e.retry.as_ref()) {
+            Some(retry) => Some(route_retry(ctx, &field, retry)?),
+            None => None,
+        };
+        let session = match extra.and_then(|e| e.session_persistence.as_ref()) {
+            Some(s) => Some(Arc::new(session(ctx, &field, s, warnings)?)),
+            None => None,
         };
         rules.push(RuleModel {
             matches,
@@ -433,6 +455,7 @@ pub(super) fn build(
             request_timeout,
             backend_request_timeout,
             retry,
+            session,
         });
     }
     Ok(RouteModel {
@@ -631,6 +654,80 @@ fn route_retry(
             Some(b) => Some(super::Backoff::Fixed(b)),
         },
         route_rule: true,
+    })
+}
+
+/// An HTTPRoute rule's `sessionPersistence`.
+fn session(
+    ctx: &DocCtx<'_>,
+    field: &str,
+    s: &SessionPersistence,
+    warnings: &mut Vec<String>,
+) -> Result<SessionModel, ConfigError> {
+    let at = |f: &str| format!("{field}.sessionPersistence.{f}");
+    let header = match s.kind.as_deref().unwrap_or("Cookie") {
+        "Cookie" => false,
+        "Header" => true,
+        other => {
+            return Err(ctx.error(
+                &at("type"),
+                format!("{other:?} is not a session persistence type (Cookie, Header)"),
+            ))
+        }
+    };
+    let name = s
+        .session_name
+        .clone()
+        .unwrap_or_else(|| "locus-session".to_owned());
+    // A cookie name and a header name are both RFC 9110 tokens.
+    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        return Err(ctx.error(&at("sessionName"), format!("{name:?} is not a valid token")));
+    }
+    let time = |f: &str, v: Option<&String>| match v {
+        None => Ok(None),
+        Some(v) => parse_duration(v)
+            .filter(|d| !d.is_zero())
+            .map(Some)
+            .ok_or_else(|| {
+                ctx.error(
+                    &at(f),
+                    format!("{v:?} is not a positive duration (e.g. 1h)"),
+                )
+            }),
+    };
+    let absolute_timeout = time("absoluteTimeout", s.absolute_timeout.as_ref())?;
+    if time("idleTimeout", s.idle_timeout.as_ref())?.is_some() {
+        warnings.push(format!(
+            "{}: {}: not supported; sessions end with absoluteTimeout or the cookie's lifetime only",
+            ctx.place(),
+            at("idleTimeout")
+        ));
+    }
+    let permanent = match s
+        .cookie_config
+        .as_ref()
+        .and_then(|c| c.lifetime_type.as_deref())
+    {
+        None | Some("Session") => false,
+        Some("Permanent") => true,
+        Some(other) => {
+            return Err(ctx.error(
+                &at("cookieConfig.lifetimeType"),
+                format!("{other:?} is not a lifetime type (Session, Permanent)"),
+            ))
+        }
+    };
+    if permanent && absolute_timeout.is_none() {
+        return Err(ctx.error(
+            &at("absoluteTimeout"),
+            "a Permanent cookie needs absoluteTimeout (its Max-Age)".to_owned(),
+        ));
+    }
+    Ok(SessionModel {
+        name,
+        header,
+        max_age: absolute_timeout.filter(|_| permanent && !header),
+        absolute_timeout,
     })
 }
 

@@ -23,6 +23,7 @@ use super::request::{
     check_head, hash_key, idempotent, request_host, strip_hop_by_hop, upstream_uri, Added,
     HeadFacts, X_FORWARDED_FOR, X_FORWARDED_PROTO,
 };
+use super::session::{self, Session};
 use super::upstream_tls;
 use super::{mirror, ConnInfo, Shared};
 use crate::health::ms_at;
@@ -63,7 +64,7 @@ pub(super) async fn forward(
             });
         }
     }
-    let (action, target, backend_filters, prefix, cors_origin) =
+    let (action, target, backend_filters, prefix, cors_origin, session) =
         match route(shared, info, &host, parts)? {
             Routed::Answer(resp) => return Ok(*resp),
             Routed::Forward {
@@ -72,7 +73,15 @@ pub(super) async fn forward(
                 backend_filters,
                 prefix,
                 cors_origin,
-            } => (action, target, backend_filters, prefix, cors_origin),
+                session,
+            } => (
+                action,
+                target,
+                backend_filters,
+                prefix,
+                cors_origin,
+                session,
+            ),
         };
     // An HTTP/1.1 upgrade (WebSocket): the upgrade headers are hop-by-hop, so they are put back
     // after the head is made, and the client's side of the switch is kept for the tunnel.
@@ -135,6 +144,7 @@ pub(super) async fn forward(
         edits_response: action.filters.response_headers.is_some()
             || backend_edits.is_some()
             || cors.is_some(),
+        session,
     };
     let mut resp = exchange.run(parts, &mut body, upgrade).await?;
     if let Some(edits) = backend_edits {
@@ -221,6 +231,8 @@ enum Routed {
         prefix: Option<String>,
         /// The request's `Origin`, when the rule's CORS filter allows it.
         cors_origin: Option<HeaderValue>,
+        /// Its session, on a rule with `sessionPersistence`.
+        session: Option<Session>,
     },
 }
 
@@ -290,7 +302,20 @@ fn route(
         }
         return Ok(Routed::Answer(Box::new(resp)));
     }
-    let (target, backend_filters) = match action.pick_backend() {
+    // A request of a session goes to the session's backendRef; any other is split by weight.
+    let carried = action
+        .session
+        .as_ref()
+        .map(|model| session::read(model, &parts.headers, action.backends.len()));
+    let (index, session) = match carried {
+        None => (action.pick_backend_index(), None),
+        Some(Some(s)) => (Some(s.backend), Some(s)),
+        Some(None) => {
+            let i = action.pick_backend_index();
+            (i, i.map(session::start))
+        }
+    };
+    let (target, backend_filters) = match index.map(|i| &action.backends[i]) {
         None => return Err(ProxyError::NoBackendWeight(action.route.clone())),
         Some(Backend::Invalid(why)) => return Err(ProxyError::InvalidBackend(why.clone())),
         Some(Backend::Service(t, f)) => (t.clone(), f.clone()),
@@ -301,6 +326,7 @@ fn route(
         backend_filters,
         prefix,
         cors_origin,
+        session,
     })
 }
 
@@ -330,6 +356,7 @@ fn east_west_route(
         backend_filters: None,
         prefix: None,
         cors_origin: None,
+        session: None,
     })
 }
 
@@ -528,6 +555,8 @@ struct Exchange<'a> {
     /// A filter (the rule's or the backendRef's) or CORS edits the response's headers: the
     /// endpoint's fields go into the map first.
     edits_response: bool,
+    /// The request's session, on a rule with `sessionPersistence`.
+    session: Option<Session>,
 }
 
 impl Exchange<'_> {
@@ -615,7 +644,16 @@ impl Exchange<'_> {
             } else {
                 std::time::Instant::now()
             };
-            let picked = match pick_endpoint(target, &tried, ms_at(now), first, self.info) {
+            // A session's first attempt goes to its endpoint while that may take traffic.
+            let pinned = self
+                .session
+                .and_then(|s| s.pinned)
+                .filter(|_| n == 1)
+                .and_then(|addr| pin_endpoint(target, addr, ms_at(now)));
+            let picked = match pinned.map_or_else(
+                || pick_endpoint(target, &tried, ms_at(now), first, self.info),
+                Ok,
+            ) {
                 // An HTTPRoute retry goes back to the endpoints already tried once none is
                 // left untried.
                 Err(_) if retry.route_rule && !tried.is_empty() => {
@@ -763,6 +801,11 @@ impl Exchange<'_> {
             }
             if let Some(cookie) = set_cookie.take() {
                 head.headers.append(header::SET_COOKIE, cookie);
+            }
+            if let Some((model, s)) = self.action.session.as_ref().zip(self.session.as_ref()) {
+                if let Some((name, value)) = session::answer(model, s, addr) {
+                    head.headers.append(name, value);
+                }
             }
             if let Some((u, (stream, early))) = tunnel {
                 let hold = self.info.ticket.lock().ok().and_then(|mut t| t.take());
@@ -1039,14 +1082,28 @@ fn pick_endpoint(
             Err(_) => {}
         }
     }
+    Ok(picked(&snap, pick))
+}
+
+/// A session's endpoint, when the snapshot would send it traffic and it is not ejected.
+fn pin_endpoint(target: &ServiceTarget, addr: SocketAddr, now: u64) -> Option<Picked> {
+    let snap = target.snapshot.load();
+    let pick = snap.pick_address(addr)?;
+    (!snap.endpoint_health(pick).is_ejected(now)).then(|| picked(&snap, pick))
+}
+
+fn picked(
+    snap: &locus_core::balancer::ServiceSnapshot,
+    pick: locus_core::balancer::Pick,
+) -> Picked {
     let ep = snap.endpoint(pick);
-    Ok((
+    (
         ep.addr,
         snap.endpoint_health(pick).clone(),
         snap.buckets[pick.bucket as usize].tier,
         pick.endpoint,
         ep.via.clone(),
-    ))
+    )
 }
 
 /// An endpoint picked: its address, health, bucket tier, index in the snapshot, and the hop

@@ -11,6 +11,7 @@ mod mirror;
 mod outcome;
 mod pool;
 mod request;
+mod session;
 mod tunnel;
 mod upstream_tls;
 

@@ -45,8 +45,8 @@ pub struct Origin {
 pub enum Resource {
     GatewayClass(Box<GatewayClass>),
     Gateway(Box<Gateway>),
-    /// With each rule's `retry` (experimental channel), which the standard type lacks.
-    HttpRoute(Box<HttpRoute>, Vec<Option<experimental::HttpRouteRetry>>),
+    /// With each rule's experimental-channel fields, which the standard type lacks.
+    HttpRoute(Box<HttpRoute>, Vec<experimental::RuleExtras>),
     GrpcRoute(Box<GrpcRoute>),
     Service(Box<Service>),
     EndpointSlice(Box<EndpointSlice>),
@@ -290,8 +290,9 @@ fn parse_value(origin: Origin, value: Value, out: &mut ResourceSet) -> Result<()
         }
         ("gateway.networking.k8s.io", "HTTPRoute") if matches!(version, "v1" | "v1beta1") => {
             let mut value = with_version(value, "v1");
-            let retries = experimental::take_retries(&origin, &doc, &mut value, &mut out.warnings)?;
-            Resource::HttpRoute(typed(&origin, &doc, value, &mut out.warnings)?, retries)
+            let extras =
+                experimental::take_rule_extras(&origin, &doc, &mut value, &mut out.warnings)?;
+            Resource::HttpRoute(typed(&origin, &doc, value, &mut out.warnings)?, extras)
         }
         ("gateway.networking.k8s.io", "GRPCRoute") if matches!(version, "v1" | "v1alpha2") => {
             Resource::GrpcRoute(typed(
@@ -396,7 +397,7 @@ fn with_version(mut value: Value, version: &str) -> Value {
 }
 
 /// Deserializes a document into its kind's type. Fields the type does not have (a typo, or a
-/// field of a newer or experimental API version, such as HTTPRoute `sessionPersistence`) are
+/// field of a newer API version) are
 /// reported as warnings, never dropped silently.
 fn typed<T: DeserializeOwned>(
     origin: &Origin,
@@ -487,12 +488,12 @@ mod tests {
             format!("apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r, namespace: apps}}\nspec:\n  rules:\n  - backendRefs: [{{name: a, port: 80}}]\n  - backendRefs: [{{name: b, port: 80}}]\n    retry: {retry}\n")
         };
         let set = parse(&route("{codes: [500, 503], attempts: 3, backof: 1s}")).unwrap();
-        let Resource::HttpRoute(_, retries) = &set.documents[0].resource else {
+        let Resource::HttpRoute(_, extras) = &set.documents[0].resource else {
             panic!("not an HTTPRoute");
         };
-        assert_eq!(retries.len(), 2);
-        assert_eq!(retries[0], None);
-        let retry = retries[1].as_ref().unwrap();
+        assert_eq!(extras.len(), 2);
+        assert_eq!(extras[0].retry, None);
+        let retry = extras[1].retry.as_ref().unwrap();
         assert_eq!(
             (retry.codes.as_slice(), retry.attempts),
             (&[500, 503][..], Some(3))
@@ -510,7 +511,7 @@ mod tests {
     #[test]
     fn fields_no_type_has_are_reported_not_dropped() {
         let set = parse(
-            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: apps}\nspec:\n  rules:\n  - backendRef: [{name: svc, port: 80}]\n    sessionPersistence: {sessionName: s}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: w, namespace: apps}\nspec: {address: 10.0.0.1}\nstatus: {conditions: []}\n",
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: r, namespace: apps}\nspec:\n  rules:\n  - backendRef: [{name: svc, port: 80}]\n    sessionPersistance: {sessionName: s}\n---\napiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {name: w, namespace: apps}\nspec: {address: 10.0.0.1}\nstatus: {conditions: []}\n",
         )
         .unwrap();
         let all = set.warnings.join("\n");
@@ -518,7 +519,7 @@ mod tests {
         assert!(!all.contains("field status"), "{all}");
         for field in [
             "spec.rules[0].backendRef",
-            "spec.rules[0].sessionPersistence",
+            "spec.rules[0].sessionPersistance",
         ] {
             assert!(
                 all.contains(&format!("field {field} is not one Locus reads")),

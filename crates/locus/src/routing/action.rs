@@ -32,6 +32,8 @@ pub struct RuleAction {
     pub backend_timeout: Option<Duration>,
     /// HTTPRoute `retry`: in place of the Service's retry policy.
     pub retry: Option<crate::model::RetryPolicy>,
+    /// HTTPRoute `sessionPersistence`.
+    pub session: Option<Arc<crate::model::SessionModel>>,
     /// Set when the rule uses filters Locus cannot apply (requests get a 500).
     pub unsupported: Option<Arc<str>>,
     /// Header edits, redirect, rewrite.
@@ -56,6 +58,7 @@ impl RuleAction {
             timeout: None,
             backend_timeout: None,
             retry: None,
+            session: None,
             unsupported: None,
             filters: Default::default(),
             needs_prefix: false,
@@ -83,7 +86,13 @@ impl RuleAction {
     /// is 0 (the Gateway API asks for a 500 then).
     #[inline]
     pub fn pick_backend(&self) -> Option<&Backend> {
-        self.schedule.next().map(|i| &self.backends[i as usize])
+        self.pick_backend_index().map(|i| &self.backends[i])
+    }
+
+    /// [`RuleAction::pick_backend`]'s choice as an index into `backends`.
+    #[inline]
+    pub fn pick_backend_index(&self) -> Option<usize> {
+        self.schedule.next().map(|i| i as usize)
     }
 }
 
@@ -159,6 +168,7 @@ pub(super) fn build_action(
         timeout: rule.request_timeout,
         backend_timeout: rule.backend_request_timeout,
         retry: rule.retry.clone(),
+        session: rule.session.clone(),
         needs_prefix: rule
             .filters
             .redirect

@@ -64,25 +64,17 @@ pub(super) async fn forward(
             });
         }
     }
-    let (action, target, backend_filters, prefix, cors_origin, session) =
-        match route(shared, info, &host, parts)? {
-            Routed::Answer(resp) => return Ok(*resp),
-            Routed::Forward {
-                action,
-                target,
-                backend_filters,
-                prefix,
-                cors_origin,
-                session,
-            } => (
-                action,
-                target,
-                backend_filters,
-                prefix,
-                cors_origin,
-                session,
-            ),
-        };
+    let Forward {
+        action,
+        target,
+        backend_filters,
+        prefix,
+        cors_origin,
+        session,
+    } = match route(shared, info, &host, parts)? {
+        Routed::Answer(resp) => return Ok(*resp),
+        Routed::Forward(forward) => forward,
+    };
     // An HTTP/1.1 upgrade (WebSocket): the upgrade headers are hop-by-hop, so they are put back
     // after the head is made, and the client's side of the switch is kept for the tunnel.
     let upgrade = upgrade_request(parts, facts, target.h2c || action.grpc);
@@ -222,18 +214,21 @@ pub(super) fn normalize_path(
 enum Routed {
     /// The gateway answers itself (a redirect; rare, so boxed).
     Answer(Box<Response<ProxyBody>>),
-    Forward {
-        action: Arc<RuleAction>,
-        target: Arc<ServiceTarget>,
-        /// The backendRef's own filters.
-        backend_filters: Option<Arc<crate::model::Filters>>,
-        /// The matched `PathPrefix`, kept only for the rules whose filters replace it.
-        prefix: Option<String>,
-        /// The request's `Origin`, when the rule's CORS filter allows it.
-        cors_origin: Option<HeaderValue>,
-        /// Its session, on a rule with `sessionPersistence`.
-        session: Option<Session>,
-    },
+    Forward(Forward),
+}
+
+/// Where a routed request goes, and what its rule asks on the way.
+struct Forward {
+    action: Arc<RuleAction>,
+    target: Arc<ServiceTarget>,
+    /// The backendRef's own filters.
+    backend_filters: Option<Arc<crate::model::Filters>>,
+    /// The matched `PathPrefix`, kept only for the rules whose filters replace it.
+    prefix: Option<String>,
+    /// The request's `Origin`, when the rule's CORS filter allows it.
+    cors_origin: Option<HeaderValue>,
+    /// Its session, on a rule with `sessionPersistence`.
+    session: Option<Session>,
 }
 
 /// Finds the rule and backend for a request. Everything read from the route table is cloned
@@ -320,14 +315,14 @@ fn route(
         Some(Backend::Invalid(why)) => return Err(ProxyError::InvalidBackend(why.clone())),
         Some(Backend::Service(t, f)) => (t.clone(), f.clone()),
     };
-    Ok(Routed::Forward {
+    Ok(Routed::Forward(Forward {
         action: action.clone(),
         target,
         backend_filters,
         prefix,
         cors_origin,
         session,
-    })
+    }))
 }
 
 /// The east-west listener routes by the hop header alone: to the named Service's endpoints in
@@ -350,14 +345,14 @@ fn east_west_route(
             path: parts.uri.path().to_owned(),
         });
     };
-    Ok(Routed::Forward {
+    Ok(Routed::Forward(Forward {
         action: action.clone(),
         target: target.clone(),
         backend_filters: None,
         prefix: None,
         cors_origin: None,
         session: None,
-    })
+    }))
 }
 
 /// Turns the client's request head into the upstream one (URL rewrite, hop-by-hop headers,

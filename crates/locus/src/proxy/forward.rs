@@ -298,19 +298,15 @@ fn route(
         return Ok(Routed::Answer(Box::new(resp)));
     }
     // A request of a session goes to the session's backendRef; any other is split by weight.
-    let carried = action
-        .session
-        .as_ref()
-        .map(|model| session::read(model, &parts.headers, action.backends.len()));
-    let (index, session) = match carried {
-        None => (action.pick_backend_index(), None),
-        Some(Some(s)) => (Some(s.backend), Some(s)),
-        Some(None) => {
-            let i = action.pick_backend_index();
-            (i, i.map(session::start))
+    let (backend, session) = match &action.session {
+        None => (action.pick_backend(), None),
+        Some(model) => {
+            let session = session::read(model, &parts.headers, action.backends.len())
+                .or_else(|| action.pick_backend_index().map(session::start));
+            (session.map(|s| &action.backends[s.backend]), session)
         }
     };
-    let (target, backend_filters) = match index.map(|i| &action.backends[i]) {
+    let (target, backend_filters) = match backend {
         None => return Err(ProxyError::NoBackendWeight(action.route.clone())),
         Some(Backend::Invalid(why)) => return Err(ProxyError::InvalidBackend(why.clone())),
         Some(Backend::Service(t, f)) => (t.clone(), f.clone()),
@@ -640,15 +636,17 @@ impl Exchange<'_> {
                 std::time::Instant::now()
             };
             // A session's first attempt goes to its endpoint while that may take traffic.
-            let pinned = self
-                .session
-                .and_then(|s| s.pinned)
-                .filter(|_| n == 1)
-                .and_then(|addr| pin_endpoint(target, addr, ms_at(now)));
-            let picked = match pinned.map_or_else(
-                || pick_endpoint(target, &tried, ms_at(now), first, self.info),
-                Ok,
-            ) {
+            let pinned = match self.session {
+                Some(Session {
+                    pinned: Some(addr), ..
+                }) if n == 1 => pin_endpoint(target, addr, ms_at(now)),
+                _ => None,
+            };
+            let picked = match pinned {
+                Some(p) => Ok(p),
+                None => pick_endpoint(target, &tried, ms_at(now), first, self.info),
+            };
+            let picked = match picked {
                 // An HTTPRoute retry goes back to the endpoints already tried once none is
                 // left untried.
                 Err(_) if retry.route_rule && !tried.is_empty() => {
@@ -1013,6 +1011,7 @@ fn another_endpoint_left(target: &ServiceTarget, tried: &[SocketAddr], addr: Soc
 /// The endpoint for an attempt: the balancer's pick on the first one, anything not tried yet
 /// on retries. The consistent-hash key is read from the request on the first attempt only,
 /// against the snapshot already loaded for the pick.
+#[inline]
 fn pick_endpoint(
     target: &ServiceTarget,
     tried: &[SocketAddr],
@@ -1087,6 +1086,7 @@ fn pin_endpoint(target: &ServiceTarget, addr: SocketAddr, now: u64) -> Option<Pi
     (!snap.endpoint_health(pick).is_ejected(now)).then(|| picked(&snap, pick))
 }
 
+#[inline]
 fn picked(
     snap: &locus_core::balancer::ServiceSnapshot,
     pick: locus_core::balancer::Pick,

@@ -301,7 +301,7 @@ fn route(
     let (backend, session) = match &action.session {
         None => (action.pick_backend(), None),
         Some(model) => {
-            let session = session::read(model, &parts.headers, action.backends.len())
+            let session = session::read(model, &parts.headers, &action.weights)
                 .or_else(|| action.pick_backend_index().map(session::start));
             (session.map(|s| &action.backends[s.backend]), session)
         }

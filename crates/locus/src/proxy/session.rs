@@ -32,9 +32,9 @@ fn now_secs() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// The session a request carries, if it is one of this rule's (its backend index below
-/// `backends`) and not past `absoluteTimeout`.
-pub fn read(model: &SessionModel, headers: &http::HeaderMap, backends: usize) -> Option<Session> {
+/// The session a request carries, if it is one of this rule's (a backend whose `weights` entry
+/// is not 0) and not past `absoluteTimeout`.
+pub fn read(model: &SessionModel, headers: &http::HeaderMap, weights: &[u32]) -> Option<Session> {
     let value = if model.header {
         headers
             .get(model.name.as_str())?
@@ -49,7 +49,8 @@ pub fn read(model: &SessionModel, headers: &http::HeaderMap, backends: usize) ->
     let fresh = model
         .absolute_timeout
         .is_none_or(|t| now_secs().saturating_sub(s.started) < t.as_secs().max(1));
-    (s.backend < backends && fresh).then_some(s)
+    let serving = weights.get(s.backend).is_some_and(|w| *w > 0);
+    (serving && fresh).then_some(s)
 }
 
 /// A new session for a request that starts one on `backend`.
@@ -161,13 +162,14 @@ mod tests {
                 let cookie = format!("other=1; {pair}; last=2");
                 headers.insert(header::COOKIE, cookie.parse().unwrap());
             }
-            let back = read(&m, &headers, 2).unwrap();
+            let back = read(&m, &headers, &[1, 1]).unwrap();
             assert_eq!(back.pinned, Some(addr));
             assert_eq!((back.backend, back.started), (1, s.started));
             // Already pinned there: nothing to write.
             assert_eq!(answer(&m, &back, addr), None);
-            // Not one of this rule's backends.
-            assert_eq!(read(&m, &headers, 1), None);
+            // Not one of this rule's backends, or one that takes no traffic now.
+            assert_eq!(read(&m, &headers, &[1]), None);
+            assert_eq!(read(&m, &headers, &[1, 0]), None);
         }
         let mut headers = http::HeaderMap::new();
         for bad in [
@@ -178,7 +180,7 @@ mod tests {
             "0.1.3132372e302e302e313a3830",
         ] {
             headers.insert(header::COOKIE, format!("sticky={bad}").parse().unwrap());
-            let parsed = read(&model(false, None), &headers, 10);
+            let parsed = read(&model(false, None), &headers, &[1; 10]);
             assert!(parsed.is_none() || bad.ends_with("3830"), "{bad}");
         }
         // Past absoluteTimeout: a new session.
@@ -186,7 +188,7 @@ mod tests {
             header::COOKIE,
             "sticky=0.1.3132372e302e302e313a3830".parse().unwrap(),
         );
-        assert!(read(&model(false, None), &headers, 1).is_some());
-        assert!(read(&model(false, Some(60)), &headers, 1).is_none());
+        assert!(read(&model(false, None), &headers, &[1]).is_some());
+        assert!(read(&model(false, Some(60)), &headers, &[1]).is_none());
     }
 }

@@ -25,6 +25,8 @@ pub struct RuleAction {
     /// `namespace/name` of the HTTPRoute and the rule index, for logs.
     pub route: Arc<str>,
     pub backends: Vec<Backend>,
+    /// Each backend's weight (parallel to `backends`): a session never goes to one at 0.
+    pub weights: Vec<u32>,
     schedule: WeightedSchedule,
     /// HTTPRoute `timeouts.request` (`None`: the gateway's default; zero: none).
     pub timeout: Option<Duration>,
@@ -54,6 +56,7 @@ impl RuleAction {
         RuleAction {
             route,
             backends: vec![Backend::Service(target, None)],
+            weights: vec![1],
             schedule: WeightedSchedule::new([(0, 1)]),
             timeout: None,
             backend_timeout: None,
@@ -164,6 +167,7 @@ pub(super) fn build_action(
     RuleAction {
         route: Arc::from(format!("{} rule {r}", route.key)),
         backends,
+        weights: rule.backends.iter().map(|b| b.weight).collect(),
         schedule: WeightedSchedule::new(weights),
         timeout: rule.request_timeout,
         backend_timeout: rule.backend_request_timeout,

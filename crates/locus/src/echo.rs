@@ -285,11 +285,7 @@ async fn respond(
 /// The retry simulation: whether this request of its `uuid` is one of the first
 /// `succeedAfter`, to be answered with `responseCode` after `delayRetry`.
 fn simulated_failure(state: &State, query: Option<&str>) -> Option<(StatusCode, Option<Duration>)> {
-    let param = |name: &str| {
-        query?
-            .split('&')
-            .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-    };
+    let param = |name: &str| query_param(query, name);
     let id = param("uuid")?;
     let code = StatusCode::from_u16(param("responseCode")?.parse().ok()?).ok()?;
     let fail_first: u32 = param("succeedAfter")?.parse().ok()?;
@@ -304,7 +300,14 @@ fn simulated_failure(state: &State, query: Option<&str>) -> Option<(StatusCode, 
 
 /// The `delay` query parameter: `250ms`, `1s` (a bare number is milliseconds).
 fn query_delay(query: Option<&str>) -> Option<Duration> {
-    duration(query?.split('&').find_map(|kv| kv.strip_prefix("delay="))?)
+    duration(query_param(query, "delay")?)
+}
+
+/// The value of query parameter `name`.
+fn query_param<'a>(query: Option<&'a str>, name: &str) -> Option<&'a str> {
+    query?
+        .split('&')
+        .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
 }
 
 fn duration(value: &str) -> Option<Duration> {

@@ -2926,6 +2926,16 @@ async fn httproute_timeout_request() {
     .await;
 }
 
+/// Service `svc` (port 8080, in infra) and one WorkloadEntry `svc-NAME` per `(NAME, port)`,
+/// the port a number or a `@port-of-` placeholder.
+fn service_with_entries(svc: &str, entries: &[(&str, &str)]) -> String {
+    let mut m = format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {svc}, namespace: {INFRA}}}\nspec:\n  selector: {{app: {svc}}}\n  ports: [{{name: http, port: 8080, targetPort: 3000}}]\n---\n");
+    for (name, port) in entries {
+        m += &format!("apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {svc}-{name}, namespace: {INFRA}, labels: {{app: {svc}}}}}\nspec: {{address: 127.0.0.1, ports: {{http: {port}}}}}\n---\n");
+    }
+    m
+}
+
 /// A rule matching `prefix` with these `retry` and `timeouts` fields (flow mappings' insides),
 /// to `infra-backend-v3`.
 fn retry_rule(prefix: &str, retry: &str, timeouts: &str) -> String {
@@ -3118,18 +3128,18 @@ async fn httproute_retry_connection_error() {
         .unwrap()
         .port();
     let svc = "infra-backend-connection-error";
-    let endpoint = |variant: &str, port: &str| {
-        format!("apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {svc}-{variant}, namespace: {INFRA}, labels: {{app: {svc}}}}}\nspec: {{address: 127.0.0.1, ports: {{http: {port}}}}}\n---\n")
-    };
     let manifests = route(
         "retries-connection-error",
         "same-namespace",
         &format!("  - matches: [{{path: {{type: PathPrefix, value: /retry-on-connection-errors}}}}]\n    retry: {{attempts: 100}}\n    backendRefs: [{{name: {svc}, port: 8080}}]\n"),
-    ) + &format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {svc}, namespace: {INFRA}}}\nspec:\n  selector: {{app: {svc}}}\n  ports: [{{name: http, port: 8080, targetPort: 3000}}]\n---\n")
-        + &endpoint("broken", &closed.to_string())
-        // The healthy endpoint is infra-backend-v1's echo, which the route does not name.
-        + &endpoint("healthy", &format!("@port-of-{V1}"))
-        + &format!("# {V1} runs for the healthy endpoint\n");
+    // The healthy endpoint is infra-backend-v1's echo, which the route does not name.
+    ) + &service_with_entries(
+        svc,
+        &[
+            ("broken", &closed.to_string()),
+            ("healthy", &format!("@port-of-{V1}")),
+        ],
+    ) + &format!("# {V1} runs for the healthy endpoint\n");
     let w = World::start("same-namespace", &manifests);
     assert_accepted(
         &w.config().await,
@@ -3151,9 +3161,6 @@ async fn httproute_retry_connection_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn httproute_session_persistence_cookie() {
     let svc = "session-persistence";
-    let endpoint = |name: &str| {
-        format!("apiVersion: networking.istio.io/v1\nkind: WorkloadEntry\nmetadata: {{name: {svc}-{name}, namespace: {INFRA}, labels: {{app: {svc}}}}}\nspec: {{address: 127.0.0.1, ports: {{http: @port-of-{name}}}}}\n---\n")
-    };
     let rule = |prefix: &str, session: &str| {
         format!("  - matches: [{{path: {{type: PathPrefix, value: {prefix}}}}}]\n    sessionPersistence: {{{session}}}\n    backendRefs: [{{name: {svc}, port: 8080}}]\n")
     };
@@ -3161,7 +3168,10 @@ async fn httproute_session_persistence_cookie() {
         "session-persistence-cookie",
         "same-namespace",
         &[
-            rule("/session-persistence", "sessionName: session-persistence-route"),
+            rule(
+                "/session-persistence",
+                "sessionName: session-persistence-route",
+            ),
             rule("/header-session", "sessionName: x-session, type: Header"),
             rule(
                 "/permanent",
@@ -3169,9 +3179,13 @@ async fn httproute_session_persistence_cookie() {
             ),
         ]
         .concat(),
-    ) + &format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {svc}, namespace: {INFRA}}}\nspec:\n  selector: {{app: {svc}}}\n  ports: [{{name: http, port: 8080, targetPort: 3000}}]\n---\n")
-        + &endpoint(V1)
-        + &endpoint(V2);
+    ) + &service_with_entries(
+        svc,
+        &[
+            (V1, &format!("@port-of-{V1}")),
+            (V2, &format!("@port-of-{V2}")),
+        ],
+    );
     let w = World::start("same-namespace", &manifests);
     assert_accepted(
         &w.config().await,

@@ -74,6 +74,14 @@ pub enum Backoff {
 }
 
 impl Backoff {
+    /// Envoy's default base interval.
+    pub const ENVOY_BASE: Duration = Duration::from_millis(25);
+    /// Envoy's default back-off: from [`Backoff::ENVOY_BASE`], at most ten times that.
+    pub const ENVOY: Backoff = Backoff::Jittered {
+        base: Backoff::ENVOY_BASE,
+        max: Duration::from_millis(250),
+    };
+
     /// The wait before retry number `retry` (from 1), `random` a uniformly random number.
     pub fn wait(self, retry: u32, random: u64) -> Duration {
         match self {
@@ -973,7 +981,7 @@ fn retry_from_envoy_gateway(
                 ctx,
                 "spec.retry.perRetry.backOff.baseInterval",
                 b.base_interval.as_ref(),
-                Duration::from_millis(25),
+                Backoff::ENVOY_BASE,
             )?;
             let max = duration(
                 ctx,

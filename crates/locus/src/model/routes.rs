@@ -98,8 +98,8 @@ pub struct RuleModel {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionModel {
     pub name: String,
-    /// The session travels in a header of this name instead of a cookie.
-    pub header: bool,
+    /// The header the session travels in (`type: Header`) instead of a cookie named `name`.
+    pub header: Option<http::HeaderName>,
     /// The cookie's `Max-Age` (`cookieConfig.lifetimeType: Permanent`).
     pub max_age: Option<Duration>,
     /// `absoluteTimeout`: a session older than this starts again (kept in its value, so it
@@ -414,14 +414,8 @@ pub(super) fn build(
             warnings,
             &mut unsupported_filters,
         )?;
-        let timeout = |which: &str, value: Option<&str>| match value {
-            None => Ok(None),
-            Some(s) => parse_duration(s).map(Some).ok_or_else(|| {
-                ctx.error(
-                    &format!("{field}.timeouts.{which}"),
-                    format!("{s:?} is not a duration (e.g. 10s, 500ms)"),
-                )
-            }),
+        let timeout = |which: &str, value: Option<&str>| {
+            duration_at(ctx, &format!("{field}.timeouts.{which}"), value)
         };
         let timeouts = rule.timeouts.as_ref();
         let request_timeout = timeout("request", timeouts.and_then(|t| t.request.as_deref()))?;
@@ -612,6 +606,21 @@ pub(super) fn build_grpc(
     Ok(model)
 }
 
+/// An optional Gateway API duration at `field`.
+fn duration_at(
+    ctx: &DocCtx<'_>,
+    field: &str,
+    value: Option<&str>,
+) -> Result<Option<Duration>, ConfigError> {
+    value
+        .map(|s| {
+            parse_duration(s).ok_or_else(|| {
+                ctx.error(field, format!("{s:?} is not a duration (e.g. 10s, 500ms)"))
+            })
+        })
+        .transpose()
+}
+
 /// An HTTPRoute rule's `retry`: codes 400–599 (as the API's validation allows), attempts
 /// (default 2, as a Service's policy), the backoff a duration.
 fn route_retry(
@@ -627,15 +636,11 @@ fn route_retry(
             ));
         }
     }
-    let backoff = match retry.backoff.as_deref() {
-        None => None,
-        Some(s) => Some(parse_duration(s).ok_or_else(|| {
-            ctx.error(
-                &format!("{field}.retry.backoff"),
-                format!("{s:?} is not a duration (e.g. 100ms, 1s)"),
-            )
-        })?),
-    };
+    let backoff = duration_at(
+        ctx,
+        &format!("{field}.retry.backoff"),
+        retry.backoff.as_deref(),
+    )?;
     let mut statuses = retry.codes.clone();
     statuses.sort_unstable();
     statuses.dedup();
@@ -646,10 +651,7 @@ fn route_retry(
         // Unset: Envoy's jittered back-off (as Envoy Gateway does), so that a large `attempts`
         // against an endpoint refusing connections is not a tight loop; `0s`: none.
         backoff: match backoff {
-            None => Some(super::Backoff::Jittered {
-                base: Duration::from_millis(25),
-                max: Duration::from_millis(250),
-            }),
+            None => Some(super::Backoff::ENVOY),
             Some(b) if b.is_zero() => None,
             Some(b) => Some(super::Backoff::Fixed(b)),
         },
@@ -680,20 +682,12 @@ fn session(
         .clone()
         .unwrap_or_else(|| "locus-session".to_owned());
     // A cookie name and a header name are both RFC 9110 tokens.
-    if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-        return Err(ctx.error(&at("sessionName"), format!("{name:?} is not a valid token")));
-    }
-    let time = |f: &str, v: Option<&String>| match v {
-        None => Ok(None),
-        Some(v) => parse_duration(v)
-            .filter(|d| !d.is_zero())
-            .map(Some)
-            .ok_or_else(|| {
-                ctx.error(
-                    &at(f),
-                    format!("{v:?} is not a positive duration (e.g. 1h)"),
-                )
-            }),
+    let token = http::HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| ctx.error(&at("sessionName"), format!("{name:?} is not a valid token")))?;
+    let time = |f: &str, v: Option<&String>| match duration_at(ctx, &at(f), v.map(String::as_str))?
+    {
+        Some(d) if d.is_zero() => Err(ctx.error(&at(f), "must be more than 0s".to_owned())),
+        d => Ok(d),
     };
     let absolute_timeout = time("absoluteTimeout", s.absolute_timeout.as_ref())?;
     if time("idleTimeout", s.idle_timeout.as_ref())?.is_some() {
@@ -725,7 +719,7 @@ fn session(
     }
     Ok(SessionModel {
         name,
-        header,
+        header: header.then_some(token),
         max_age: absolute_timeout.filter(|_| permanent && !header),
         absolute_timeout,
     })

@@ -713,18 +713,18 @@ impl Exchange<'_> {
                 Err(failure) => {
                     let fault = body.client_fault(failure.fault);
                     attempt.failed(fault);
-                    let waited = match (deadline, this_try) {
-                        (Some(d), Some(t)) if t < d => per_try,
-                        (Some(_), _) => overall,
-                        (None, _) => per_try,
+                    // Whether the attempt's own deadline, not the request's, bounded it.
+                    let per_try_bound = match (deadline, this_try) {
+                        (Some(d), Some(t)) => t < d,
+                        (None, Some(_)) => true,
+                        (_, None) => false,
                     };
-                    // The attempt's own deadline passed, not the request's.
-                    let attempt_timed_out = fault == Fault::Timeout
-                        && match (deadline, this_try) {
-                            (Some(d), Some(t)) => t < d,
-                            (None, Some(_)) => true,
-                            (_, None) => false,
-                        };
+                    let waited = if per_try_bound || deadline.is_none() {
+                        per_try
+                    } else {
+                        overall
+                    };
+                    let attempt_timed_out = fault == Fault::Timeout && per_try_bound;
                     let error = self.error(fault, addr, failure.detail, waited);
                     // A request that never reached the endpoint is retried: it cannot have had
                     // an effect there. So is an idempotent one whose connection broke (an
@@ -753,8 +753,7 @@ impl Exchange<'_> {
             attempt.answered(status.as_u16());
             if !last
                 && retry.statuses.contains(&status.as_u16())
-                && (another_endpoint_left(target, &tried, addr)
-                    || (retry.route_rule && any_endpoint_left(target)))
+                && endpoint_left(target, &tried, addr, retry.route_rule)
                 && self.retry_allowed()
             {
                 tracing::debug!(service = %target.name, endpoint = %addr, status = status.as_u16(), "retrying");
@@ -994,17 +993,21 @@ fn io_detail(err: &(dyn std::error::Error + 'static)) -> String {
     last
 }
 
-/// Whether a retry after `addr` answered would find an endpoint not tried yet; if none is
+/// Whether a retry after `addr` answered would find an endpoint: one not tried yet, or any
+/// when the retry may go back to those tried (`revisit`: an HTTPRoute `retry`). If none is
 /// left, the response goes back as it is.
-/// Whether any endpoint can be picked at all (an HTTPRoute retry may go back to one tried).
-fn any_endpoint_left(target: &ServiceTarget) -> bool {
-    target.snapshot.load().pick_excluding(&[]).is_ok()
-}
-
-fn another_endpoint_left(target: &ServiceTarget, tried: &[SocketAddr], addr: SocketAddr) -> bool {
+fn endpoint_left(
+    target: &ServiceTarget,
+    tried: &[SocketAddr],
+    addr: SocketAddr,
+    revisit: bool,
+) -> bool {
     let snap = target.snapshot.load();
-    let mut idx = tried_indices(&snap.endpoints, tried);
-    idx.extend(tried_indices(&snap.endpoints, &[addr]));
+    let mut idx = Vec::new();
+    if !revisit {
+        idx = tried_indices(&snap.endpoints, tried);
+        idx.extend(tried_indices(&snap.endpoints, &[addr]));
+    }
     snap.pick_excluding(&idx).is_ok()
 }
 

@@ -35,17 +35,11 @@ fn now_secs() -> u64 {
 /// The session a request carries, if it is one of this rule's (a backend whose `weights` entry
 /// is not 0) and not past `absoluteTimeout`.
 pub fn read(model: &SessionModel, headers: &http::HeaderMap, weights: &[u32]) -> Option<Session> {
-    let value = if model.header {
-        headers
-            .get(model.name.as_str())?
-            .to_str()
-            .ok()?
-            .trim()
-            .to_owned()
-    } else {
-        cookie(headers, &model.name)?.to_owned()
+    let value = match &model.header {
+        Some(name) => headers.get(name)?.to_str().ok()?.trim(),
+        None => cookie(headers, &model.name)?,
     };
-    let s = parse(&value)?;
+    let s = parse(value)?;
     let fresh = model
         .absolute_timeout
         .is_none_or(|t| now_secs().saturating_sub(s.started) < t.as_secs().max(1));
@@ -78,9 +72,8 @@ pub fn answer(
         session.started,
         hex(&addr.to_string())
     );
-    if model.header {
-        let name = HeaderName::from_bytes(model.name.as_bytes()).ok()?;
-        return Some((name, HeaderValue::from_str(&value).ok()?));
+    if let Some(name) = &model.header {
+        return Some((name.clone(), HeaderValue::from_str(&value).ok()?));
     }
     let mut cookie = format!("{}={value}; Path=/; HttpOnly", model.name);
     if let Some(age) = model.max_age {
@@ -139,7 +132,7 @@ mod tests {
     fn model(header: bool, absolute: Option<u64>) -> SessionModel {
         SessionModel {
             name: "sticky".into(),
-            header,
+            header: header.then(|| HeaderName::from_static("sticky")),
             max_age: None,
             absolute_timeout: absolute.map(Duration::from_secs),
         }

@@ -397,8 +397,7 @@ fn with_version(mut value: Value, version: &str) -> Value {
 }
 
 /// Deserializes a document into its kind's type. Fields the type does not have (a typo, or a
-/// field of a newer API version) are
-/// reported as warnings, never dropped silently.
+/// field of a newer API version) are reported as warnings, never dropped silently.
 fn typed<T: DeserializeOwned>(
     origin: &Origin,
     doc: &DocRef,
